@@ -1,0 +1,38 @@
+"""The shared mixing core: pure tensor functions, torch only, no module state, no I/O.
+
+λ sampling (:mod:`.lam`), pairing (:mod:`.pairing`), boxes and masks (:mod:`.boxes`), soft
+targets (:mod:`.targets`), losses (:mod:`.losses`), the result type (:mod:`.result`) and input
+checks (:mod:`.checks`). Everything random takes an optional ``torch.Generator``.
+"""
+
+from mixlab.core.boxes import (
+    box_area_fraction,
+    boxes_to_mask,
+    paste_boxes,
+    rand_boxes,
+    rand_boxes_inside,
+    resize_into_boxes,
+)
+from mixlab.core.lam import sample_lambda
+from mixlab.core.losses import BinaryCrossEntropy, SoftTargetCrossEntropy, mixed_cross_entropy, soft_cross_entropy
+from mixlab.core.pairing import pair_index
+from mixlab.core.result import MixResult
+from mixlab.core.targets import mix_targets, soft_targets
+
+__all__ = [
+    "BinaryCrossEntropy",
+    "MixResult",
+    "SoftTargetCrossEntropy",
+    "box_area_fraction",
+    "boxes_to_mask",
+    "mix_targets",
+    "mixed_cross_entropy",
+    "pair_index",
+    "paste_boxes",
+    "rand_boxes",
+    "rand_boxes_inside",
+    "resize_into_boxes",
+    "sample_lambda",
+    "soft_cross_entropy",
+    "soft_targets",
+]

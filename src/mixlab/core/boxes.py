@@ -1,0 +1,144 @@
+"""Boxes and masks.
+
+Boxes are int64 tensors (B, 4) of half-open pixel ranges ``(x1, y1, x2, y2)``: rows y1..y2-1 and
+columns x1..x2-1. Masks are (B, 1, H, W) tensors built on the images' device by comparing
+coordinate ramps with the box corners, never by a loop over the batch.
+
+The *corrected* λ of a box mixer is computed from the clipped integer box, so it is the exact
+fraction of pixels each source contributes (Yun et al. 2019's CutMix code does the same).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mixlab.core.random import rand
+
+__all__ = [
+    "rand_boxes",
+    "rand_boxes_inside",
+    "box_area_fraction",
+    "boxes_to_mask",
+    "paste_boxes",
+    "resize_into_boxes",
+]
+
+
+def rand_boxes(
+    area: Tensor,
+    height: int,
+    width: int,
+    centers: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """CutMix boxes: side √area of each image side, uniform centre, clipped to the image.
+
+    Args:
+        area: (B,) target area fractions in [0, 1] (CutMix: 1 - λ).
+        height, width: image size; boxes scale each side (H ≠ W is fine).
+        centers: optional (B, 2) float ``(cx, cy)`` pixel centres (SaliencyMix); default uniform.
+        generator: randomness for the centres.
+
+    Returns:
+        (B, 4) int64 boxes on ``area``'s device. Clipping can make the box smaller than asked;
+        use :func:`box_area_fraction` for the exact fraction.
+    """
+    b = area.shape[0]
+    ratio = area.float().clamp(0, 1).sqrt()
+    cut_h = (height * ratio).long()  # int() truncation, as the reference code
+    cut_w = (width * ratio).long()
+    if centers is None:
+        u = rand((b, 2), generator, device=area.device)
+        cx = (u[:, 0] * width).long()
+        cy = (u[:, 1] * height).long()
+    else:
+        cx, cy = centers[:, 0].long(), centers[:, 1].long()
+    x1 = (cx - cut_w // 2).clamp(0, width)
+    x2 = (cx + cut_w // 2).clamp(0, width)
+    y1 = (cy - cut_h // 2).clamp(0, height)
+    y2 = (cy + cut_h // 2).clamp(0, height)
+    return torch.stack([x1, y1, x2, y2], dim=1)
+
+
+def rand_boxes_inside(
+    side: Tensor, height: int, width: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """Boxes of side ``side`` × each image side, placed uniformly so they lie fully inside.
+
+    Args:
+        side: (B,) side fractions in (0, 1] (ResizeMix's scale τ).
+
+    Returns:
+        (B, 4) int64 boxes with sides ``max(1, round(τ·H))`` × ``max(1, round(τ·W))``.
+    """
+    b = side.shape[0]
+    h = (side.float() * height).round().long().clamp(1, height)
+    w = (side.float() * width).round().long().clamp(1, width)
+    u = rand((b, 2), generator, device=side.device)
+    x1 = (u[:, 0] * (width - w + 1)).long().clamp(max=width - 1)
+    y1 = (u[:, 1] * (height - h + 1)).long().clamp(max=height - 1)
+    x1 = torch.minimum(x1, width - w)
+    y1 = torch.minimum(y1, height - h)
+    return torch.stack([x1, y1, x1 + w, y1 + h], dim=1)
+
+
+def box_area_fraction(boxes: Tensor, height: int, width: int) -> Tensor:
+    """Exact fraction (B,) float32 of the image each box covers."""
+    area = (boxes[:, 2] - boxes[:, 0]).clamp_min(0) * (boxes[:, 3] - boxes[:, 1]).clamp_min(0)
+    return area.float() / float(height * width)
+
+
+def boxes_to_mask(
+    boxes: Tensor, height: int, width: int, device=None, dtype: torch.dtype = torch.bool
+) -> Tensor:
+    """(B, 1, H, W) mask, True (1) inside each box."""
+    device = boxes.device if device is None else device
+    boxes = boxes.to(device)
+    ys = torch.arange(height, device=device).view(1, height, 1)
+    xs = torch.arange(width, device=device).view(1, 1, width)
+    x1, y1, x2, y2 = (boxes[:, k].view(-1, 1, 1) for k in range(4))
+    inside = (ys >= y1) & (ys < y2) & (xs >= x1) & (xs < x2)  # (B, H, W)
+    return inside.unsqueeze(1).to(dtype)
+
+
+def paste_boxes(images: Tensor, partner: Tensor, boxes: Tensor) -> Tensor:
+    """Copy of ``images`` with each box filled by the same pixels of ``partner`` (B, C, H, W)."""
+    mask = boxes_to_mask(boxes, images.shape[-2], images.shape[-1], device=images.device)
+    return torch.where(mask, partner, images)
+
+
+def resize_into_boxes(source: Tensor, boxes: Tensor, height: int, width: int, mode: str = "bilinear") -> Tensor:
+    """Each whole ``source[i]`` resized into ``boxes[i]`` of an (H, W) canvas, vectorised.
+
+    One ``grid_sample`` call with a per-sample affine grid, so every sample may have a different
+    box size. Values outside the boxes are unspecified (combine with :func:`boxes_to_mask`). The
+    sampling matches ``F.interpolate(..., align_corners=False)`` of the source to the box size.
+
+    Args:
+        source: (B, C, h, w) images to shrink or enlarge.
+        boxes: (B, 4) target boxes in the (H, W) canvas.
+        mode: ``"nearest"`` or ``"bilinear"``.
+
+    Returns:
+        (B, C, H, W) canvas.
+    """
+    b = source.shape[0]
+    bx = boxes.to(device=source.device, dtype=torch.float32)
+    # box corners in normalised [-1, 1] canvas coordinates (align_corners=False)
+    x1 = 2 * bx[:, 0] / width - 1
+    x2 = 2 * bx[:, 2] / width - 1
+    y1 = 2 * bx[:, 1] / height - 1
+    y2 = 2 * bx[:, 3] / height - 1
+    hw = ((x2 - x1) / 2).clamp_min(1e-6)
+    hh = ((y2 - y1) / 2).clamp_min(1e-6)
+    theta = torch.zeros(b, 2, 3, device=source.device, dtype=torch.float32)
+    theta[:, 0, 0] = 1 / hw
+    theta[:, 0, 2] = -(x1 + x2) / 2 / hw
+    theta[:, 1, 1] = 1 / hh
+    theta[:, 1, 2] = -(y1 + y2) / 2 / hh
+    grid = F.affine_grid(theta, [b, source.shape[1], height, width], align_corners=False)
+    src = source if source.dtype in (torch.float32, torch.float64) else source.float()
+    out = F.grid_sample(src, grid.to(src.dtype), mode=mode, padding_mode="border", align_corners=False)
+    return out.to(source.dtype)

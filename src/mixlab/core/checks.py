@@ -1,0 +1,111 @@
+"""Input validation shared by every mixer and method.
+
+Every check raises ``TypeError`` (wrong kind of object) or ``ValueError`` (right kind, wrong value)
+with a message that names the argument, the accepted form and what was received, *before* any
+output is produced.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_alpha",
+    "check_probability",
+    "check_range",
+    "check_images",
+    "check_labels",
+    "check_choice",
+]
+
+
+def check_alpha(alpha: float, name: str = "alpha") -> float:
+    """A concentration parameter: a finite real number > 0."""
+    if isinstance(alpha, bool) or not isinstance(alpha, Real):
+        raise TypeError(f"{name} must be a real number > 0, got {type(alpha).__name__}")
+    alpha = float(alpha)
+    if not math.isfinite(alpha) or alpha <= 0.0:
+        raise ValueError(f"{name} must be a finite number > 0, got {alpha}")
+    return alpha
+
+
+def check_probability(p: float, name: str = "p") -> float:
+    """A probability in [0, 1]."""
+    if isinstance(p, bool) or not isinstance(p, Real):
+        raise TypeError(f"{name} must be a real number in [0, 1], got {type(p).__name__}")
+    p = float(p)
+    if not 0.0 <= p <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1], got {p}")
+    return p
+
+
+def check_range(
+    value: tuple[float, float], name: str, low: float = 0.0, high: float = 1.0
+) -> tuple[float, float]:
+    """An interval ``(a, b)`` with ``low <= a <= b <= high``."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name} must be a pair (min, max), got {value!r}")
+    a, b = (float(v) for v in value)
+    if not (low <= a <= b <= high):
+        raise ValueError(f"{name} must satisfy {low} <= min <= max <= {high}, got ({a}, {b})")
+    return a, b
+
+
+def check_choice(value: str, name: str, choices: tuple[str, ...]) -> str:
+    """One of a fixed set of strings."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_images(images: Tensor, check_finite: bool = False, min_batch: int = 2) -> None:
+    """A float batch (B, C, H, W) with B >= ``min_batch``."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
+    if images.ndim != 4:
+        raise ValueError(f"images must have 4 dims (B, C, H, W), got {images.ndim} dims with shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(
+            f"images must be a floating-point tensor (float32/float16/bfloat16), got {images.dtype}; "
+            "convert with images.float() / 255 or transforms.v2.ToDtype(torch.float32, scale=True)"
+        )
+    if images.shape[0] < min_batch:
+        raise ValueError(f"images must hold a batch of at least {min_batch} images to mix, got batch size {images.shape[0]}")
+    if check_finite and not bool(torch.isfinite(images).all()):
+        raise ValueError("images contain NaN or infinite values (check_finite=True)")
+
+
+def check_labels(labels: Tensor, batch_size: int, num_classes: int, check_finite: bool = False) -> None:
+    """Integer labels (B,) in [0, K) or probability labels (B, K) whose rows sum to 1."""
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"labels must be a torch.Tensor of shape (B,) or (B, K), got {type(labels).__name__}")
+    if labels.ndim not in (1, 2):
+        raise ValueError(f"labels must be (B,) class indices or (B, K) probabilities, got shape {tuple(labels.shape)}")
+    if labels.shape[0] != batch_size:
+        raise ValueError(f"labels length must match the batch size of the images: {labels.shape[0]} != {batch_size}")
+    if labels.ndim == 1:
+        if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
+            raise TypeError(f"(B,) labels must be integer class indices, got {labels.dtype}")
+        if batch_size and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+            raise ValueError(
+                f"labels must be class indices in [0, {num_classes}) for num_classes={num_classes}, "
+                f"got values in [{int(labels.min())}, {int(labels.max())}]"
+            )
+        return
+    if not labels.is_floating_point():
+        raise TypeError(f"(B, K) labels must be floating-point probabilities, got {labels.dtype}")
+    if labels.shape[1] != num_classes:
+        raise ValueError(f"probability labels must have width num_classes={num_classes}, got {labels.shape[1]}")
+    if check_finite and not bool(torch.isfinite(labels).all()):
+        raise ValueError("labels contain NaN or infinite values (check_finite=True)")
+    if bool((labels < 0).any()):
+        raise ValueError("probability labels must be non-negative")
+    sums = labels.float().sum(dim=1)
+    tol = 1e-3 if labels.dtype in (torch.float16, torch.bfloat16) else 1e-4
+    if not bool(torch.allclose(sums, torch.ones_like(sums), atol=tol * num_classes)):
+        bad = int((sums - 1).abs().argmax())
+        raise ValueError(f"probability labels must have rows summing to 1, row {bad} sums to {float(sums[bad]):.6f}")

@@ -1,0 +1,179 @@
+"""The one interface every training objective fits: :class:`Method`.
+
+The trainer (``mixlab.engine``) knows nothing about any particular method. Each step it calls::
+
+    out = method.training_step(model, batch, progress)   # StepOutput: loss (+ logits, logs)
+    out.loss.backward(); optimizer.step()
+    method.after_optimizer_step(model, progress)          # EMA / momentum / history updates
+
+and once per epoch ``method.on_epoch_start(epoch)``. ``progress`` is the fraction of training
+done, in [0, 1], so schedules (AutoMix's momentum and gamma decay, DINO's temperature warm-up)
+need no access to the trainer. A method is an ``nn.Module``: its parameters and buffers (a Mix
+Block, a momentum encoder, RecursiveMix's history) move to the device with ``.to()`` and are saved
+in every checkpoint through ``state_dict``; plain-Python state goes through ``extra_state``.
+
+How each kind of method fits (worked examples live in ``docs/method_interface.md`` and in
+``tests/test_method_interface.py``):
+
+============================  =================================================================
+kind                          what it uses
+============================  =================================================================
+stateless batch mixer         :class:`MixerMethod`: mix the batch, soft-target cross-entropy
+per-image dataset transform   ``train_transform()`` returns the transform (CropMix); the step is
+                              vanilla or a mixer's
+stateful (RecursiveMix)       buffers for the history; ``model.forward_features`` and
+                              ``model.forward_head``; an extra head in ``param_groups``
+extra modules + EMA (AutoMix) ``param_groups`` with its own lr; a momentum copy updated in
+                              ``after_optimizer_step``; features at stage l via
+                              ``mixlab.models.forward_until``
+input gradients (PuzzleMix)   a second forward/backward inside ``training_step``
+hidden-state mixing           ``mixlab.models.forward_until`` / ``forward_from`` to run the model
+(Manifold Mixup)              stage by stage
+self-supervised (MoCo, DINO)  ``batch`` is ``(views, labels)``; projector/predictor/heads in
+                              ``param_groups``; teacher updated in ``after_optimizer_step``
+============================  =================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from mixlab.core.losses import SoftTargetCrossEntropy
+from mixlab.core.result import MixResult
+
+__all__ = ["Method", "StepOutput", "Vanilla", "MixerMethod"]
+
+
+@dataclass
+class StepOutput:
+    """What one training step returns to the trainer.
+
+    Attributes:
+        loss: scalar tensor to back-propagate.
+        logits: (B, K) predictions on the training inputs, for running train accuracy; ``None``
+            for objectives without class logits (self-supervised).
+        logs: extra scalars to log (e.g. ``{"loss_mix": 1.2, "loss_cl": 0.1}``), as floats or
+            0-dim tensors; the trainer averages them over the epoch.
+        mixed: the mixed batch, when the method mixes inputs; used for ``samples.png``.
+    """
+
+    loss: Tensor
+    logits: Tensor | None = None
+    logs: dict[str, Any] = field(default_factory=dict)
+    mixed: MixResult | None = None
+
+
+class Method(nn.Module):
+    """Base class of every training objective.
+
+    Subclasses override :meth:`training_step` and, where they need them, the hooks below. The
+    base class implements plain supervised training with (optionally label-smoothed) cross-entropy,
+    so ``Method()`` is vanilla training.
+
+    Args:
+        num_classes: number of classes K of the classification head (0 for self-supervised).
+        label_smoothing: ε of label smoothing for the cross-entropy, in [0, 1).
+    """
+
+    name: str = "vanilla"
+
+    def __init__(self, num_classes: int = 0, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        self.num_classes = num_classes
+        self.label_smoothing = float(label_smoothing)
+        self.generator: torch.Generator | None = None
+
+    # ------------------------------------------------------------------ hooks the trainer calls
+    def setup(self, model: nn.Module, generator: torch.Generator | None = None) -> None:
+        """Called once before training, with the model and the method's generator.
+
+        Methods that build modules sized by the model (a second head, a Mix Block, a momentum
+        copy) do it here. They must create them on the model's device.
+        """
+        self.generator = generator
+
+    def train_transform(self, default: Callable | None) -> Callable | None:
+        """Per-image training transform; per-image methods (CropMix) replace ``default``."""
+        return default
+
+    def training_step(self, model: nn.Module, batch: Any, progress: float) -> StepOutput:
+        """One training step's loss. ``batch`` is ``(images, labels)`` for classification."""
+        images, labels = batch
+        logits = model(images)
+        loss = nn.functional.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        return StepOutput(loss=loss, logits=logits)
+
+    def param_groups(self, base_lr: float) -> list[dict]:
+        """Optimizer parameter groups for the method's own trainable modules (default: none).
+
+        Each dict is a torch optimizer group (``{"params": [...], "lr": ...}``); a group may set
+        ``"lr_scale"`` to follow the main schedule at a fixed ratio, or ``"fixed_lr": True`` to
+        keep its lr constant.
+        """
+        return []
+
+    def after_optimizer_step(self, model: nn.Module, progress: float) -> None:
+        """State updates after each optimizer step (EMA, momentum encoders); default none."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called at the start of each epoch (RecursiveMix resets its history here)."""
+
+    def mix_preview(self, images: Tensor, labels: Tensor) -> MixResult | None:
+        """Mix a batch without training, for ``samples.png`` and ``mixlab show``."""
+        return None
+
+
+class Vanilla(Method):
+    """Plain supervised training: cross-entropy on un-mixed images."""
+
+    name = "vanilla"
+
+
+class MixerMethod(Method):
+    """Adapter that turns any stateless batch mixer into a training method.
+
+    The mixer produces dense soft targets (label smoothing is the mixer's job), and the loss is
+    the soft-target cross-entropy ``-sum_k t_k log softmax(z)_k`` averaged over the batch.
+
+    Args:
+        mixer: a callable ``mixer(images, labels) -> MixResult`` (``mixlab.Mixup``, ...).
+        loss: loss on (logits, soft targets); default soft-target cross-entropy.
+
+    Example:
+        >>> import mixlab
+        >>> method = MixerMethod(mixlab.CutMix(num_classes=10, alpha=1.0))
+    """
+
+    def __init__(self, mixer: Callable[..., MixResult], loss: nn.Module | None = None) -> None:
+        num_classes = getattr(mixer, "num_classes", 0)
+        super().__init__(num_classes=num_classes)
+        self.mixer = mixer
+        self.loss_fn = loss if loss is not None else SoftTargetCrossEntropy()
+        self.name = getattr(mixer, "name", type(mixer).__name__.lower())
+
+    def setup(self, model: nn.Module, generator: torch.Generator | None = None) -> None:
+        super().setup(model, generator)
+        if hasattr(self.mixer, "generator") and generator is not None:
+            self.mixer.generator = generator
+
+    def training_step(self, model: nn.Module, batch: Any, progress: float) -> StepOutput:
+        images, labels = batch
+        mixed = self.mixer(images, labels)
+        logits = model(mixed.images)
+        loss = self.loss_fn(logits, mixed.targets)
+        return StepOutput(loss=loss, logits=logits, mixed=mixed)
+
+    def mix_preview(self, images: Tensor, labels: Tensor) -> MixResult | None:
+        return self.mixer(images, labels)
+
+    def extra_repr(self) -> str:
+        return f"mixer={self.mixer!r}"
+
