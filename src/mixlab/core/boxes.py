@@ -112,9 +112,10 @@ def paste_boxes(images: Tensor, partner: Tensor, boxes: Tensor) -> Tensor:
 def resize_into_boxes(source: Tensor, boxes: Tensor, height: int, width: int, mode: str = "bilinear") -> Tensor:
     """Each whole ``source[i]`` resized into ``boxes[i]`` of an (H, W) canvas, vectorised.
 
-    One ``grid_sample`` call with a per-sample affine grid, so every sample may have a different
-    box size. Values outside the boxes are unspecified (combine with :func:`boxes_to_mask`). The
-    sampling matches ``F.interpolate(..., align_corners=False)`` of the source to the box size.
+    Every sample may have a different box size: ``"bilinear"`` is one ``grid_sample`` call with a
+    per-sample affine grid, ``"nearest"`` two integer gathers. Values outside the boxes are
+    unspecified (combine with :func:`boxes_to_mask`). The sampling matches ``F.interpolate`` of
+    the source to the box size (``"bilinear"``, ``align_corners=False``; ``"nearest-exact"``).
 
     Args:
         source: (B, C, h, w) images to shrink or enlarge.
@@ -124,7 +125,19 @@ def resize_into_boxes(source: Tensor, boxes: Tensor, height: int, width: int, mo
     Returns:
         (B, C, H, W) canvas.
     """
-    b = source.shape[0]
+    b, c, h_src, w_src = source.shape
+    if mode == "nearest":  # integer gathers: exactly F.interpolate(mode="nearest-exact"), no ties to break
+        bx = boxes.to(device=source.device)
+        ys = torch.arange(height, device=source.device).view(1, -1)
+        xs = torch.arange(width, device=source.device).view(1, -1)
+        bh = (bx[:, 3] - bx[:, 1]).clamp_min(1).view(-1, 1)
+        bw = (bx[:, 2] - bx[:, 0]).clamp_min(1).view(-1, 1)
+        src_y = ((ys - bx[:, 1:2] + 0.5) * h_src / bh).floor().long().clamp(0, h_src - 1)  # (B, H)
+        src_x = ((xs - bx[:, 0:1] + 0.5) * w_src / bw).floor().long().clamp(0, w_src - 1)  # (B, W)
+        rows = source.gather(2, src_y.view(b, 1, height, 1).expand(b, c, height, w_src))
+        return rows.gather(3, src_x.view(b, 1, 1, width).expand(b, c, height, width))
+    if mode != "bilinear":
+        raise ValueError(f"mode must be 'nearest' or 'bilinear', got {mode!r}")
     bx = boxes.to(device=source.device, dtype=torch.float32)
     # box corners in normalised [-1, 1] canvas coordinates (align_corners=False)
     x1 = 2 * bx[:, 0] / width - 1
@@ -138,7 +151,7 @@ def resize_into_boxes(source: Tensor, boxes: Tensor, height: int, width: int, mo
     theta[:, 0, 2] = -(x1 + x2) / 2 / hw
     theta[:, 1, 1] = 1 / hh
     theta[:, 1, 2] = -(y1 + y2) / 2 / hh
-    grid = F.affine_grid(theta, [b, source.shape[1], height, width], align_corners=False)
+    grid = F.affine_grid(theta, [b, c, height, width], align_corners=False)
     src = source if source.dtype in (torch.float32, torch.float64) else source.float()
-    out = F.grid_sample(src, grid.to(src.dtype), mode=mode, padding_mode="border", align_corners=False)
+    out = F.grid_sample(src, grid.to(src.dtype), mode="bilinear", padding_mode="border", align_corners=False)
     return out.to(source.dtype)

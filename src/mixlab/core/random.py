@@ -76,10 +76,19 @@ def log_gamma_sample(shape_param: float, n: int, generator: torch.Generator | No
 
 
 def beta_sample(
-    alpha: float, beta: float, n: int, generator: torch.Generator | None = None, device=None
+    alpha: float,
+    beta: float,
+    n: int,
+    generator: torch.Generator | None = None,
+    device=None,
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """``n`` draws of Beta(alpha, beta) as float32 on ``device``: G1 / (G1 + G2), in log space."""
+    """``n`` draws of Beta(alpha, beta) on ``device``: G1 / (G1 + G2), computed in log space.
+
+    In float32, draws within ~6e-8 of 1 round to exactly 1.0 (for α = 0.1 that is ~8 % of them);
+    ask for ``dtype=torch.float64`` where that matters.
+    """
     log_g1 = log_gamma_sample(alpha, n, generator)
     log_g2 = log_gamma_sample(beta, n, generator)
-    lam = torch.sigmoid(log_g1 - log_g2).float()
+    lam = torch.sigmoid(log_g1 - log_g2).to(dtype)
     return lam if device is None else lam.to(device, non_blocking=True)

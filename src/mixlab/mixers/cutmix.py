@@ -40,7 +40,7 @@ def cutmix(images: Tensor, index: Tensor, boxes: Tensor, out: Tensor | None = No
     mask = boxes_to_mask(boxes, images.shape[-2], images.shape[-1], device=images.device)
     partner = partner_of(images, index, pairing or "")
     if out is None:
-        return torch.where(mask, partner, images)
+        out = torch.empty_like(images)  # keeps the memory format (channels_last)
     return torch.where(mask, partner, images, out=out)
 
 

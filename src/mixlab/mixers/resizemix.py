@@ -6,7 +6,8 @@ at a uniformly random position fully inside the image; the label weight of the p
 pasted area fraction, so λ = 1 - (exact box area)/(H·W) ≈ 1 - τ².
 
 Interpolation: the paper is silent; ``"nearest"`` by default, as openmixup's ResizeMix does,
-``"bilinear"`` selectable.
+``"bilinear"`` selectable. Both sample at pixel centres (``"nearest"`` is ``F.interpolate``'s
+``"nearest-exact"``), identically on the one-box and per-sample-box paths.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def resizemix(
     h, w = images.shape[-2:]
     if bool((boxes == boxes[:1]).all()):  # one box for the batch: resize once with interpolate
         x1, y1, x2, y2 = (int(v) for v in boxes[0])
-        small = F.interpolate(images.index_select(0, index.to(images.device)), size=(y2 - y1, x2 - x1), mode=mode)
+        partner = images.index_select(0, index.to(images.device))
+        small = F.interpolate(partner, size=(y2 - y1, x2 - x1), mode="nearest-exact" if mode == "nearest" else mode)
         if out is None:
             out = images.clone()
         elif out is not images:
@@ -42,7 +44,7 @@ def resizemix(
     canvas = resize_into_boxes(partner_of(images, index, pairing or ""), boxes, h, w, mode=mode)
     mask = boxes_to_mask(boxes, h, w, device=images.device)
     if out is None:
-        return torch.where(mask, canvas, images)
+        out = torch.empty_like(images)  # keeps the memory format (channels_last)
     return torch.where(mask, canvas, images, out=out)
 
 
