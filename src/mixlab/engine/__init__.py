@@ -1,0 +1,35 @@
+"""The training engine: config, the loop, checkpoints, metrics and plots.
+
+    from mixlab.engine import load_config, train
+    metrics = train(load_config(overrides=["method.name=mixup", "optim.epochs=3"]))
+"""
+
+from mixlab.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mixlab.engine.config import (DataConfig, MethodConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig,
+                                  apply_overrides, config_from_dict, config_to_dict, load_config, validate_config)
+from mixlab.engine.metrics import accuracy, evaluate
+from mixlab.engine.trainer import build_optimizer, lr_factor, set_lr, train, train_step
+
+__all__ = [
+    "CheckpointError",
+    "DataConfig",
+    "MethodConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "TrainConfig",
+    "accuracy",
+    "apply_overrides",
+    "build_optimizer",
+    "config_from_dict",
+    "config_to_dict",
+    "evaluate",
+    "load_checkpoint",
+    "load_config",
+    "lr_factor",
+    "save_checkpoint",
+    "set_lr",
+    "train",
+    "train_step",
+    "validate_config",
+]

@@ -1,0 +1,129 @@
+"""Speed of every mixer against a memory-copy floor and against timm / torchvision, in one run.
+
+    python benchmarks/mixers.py [--repeats 30] [--threads 2] [--device cpu]
+
+For B=128×3×32×32 and B=32×3×224×224 float32, prints the median time of each mixer, its ratio to
+``batch.clone()`` (the cost of touching the batch once) measured in the same run, and timm's
+``Mixup`` and torchvision v2's ``MixUp``/``CutMix`` on the same batches, each next to mixlab set
+to the same λ granularity and pairing (timm: one λ per batch, flip pairing, in place;
+torchvision: one λ per batch, roll pairing, out of place). Ends with the issue's targets, checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+import mixlab
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def run_size(shape: tuple[int, ...], k: int, repeats: int, device: str) -> dict[str, float]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(shape, generator=g).to(device)
+    y = torch.randint(0, k, (shape[0],), generator=g).to(device)
+    rows: dict[str, float] = {}
+
+    def add(name: str, fn: Callable[[], object]) -> None:
+        rows[name] = median_ms(fn, repeats)
+
+    add("clone (floor)", lambda: x.clone())
+    gen = torch.Generator().manual_seed(1)
+    ours = {
+        "mixlab Mixup (batch, roll)": mixlab.Mixup(k, generator=gen),
+        "mixlab Mixup (elem, roll)": mixlab.Mixup(k, granularity="elem", generator=gen),
+        "mixlab CutMix (batch, roll)": mixlab.CutMix(k, generator=gen),
+        "mixlab CutMix (elem, roll)": mixlab.CutMix(k, granularity="elem", generator=gen),
+        "mixlab ResizeMix (batch)": mixlab.ResizeMix(k, generator=gen),
+        "mixlab ResizeMix (elem)": mixlab.ResizeMix(k, granularity="elem", generator=gen),
+        "mixlab FMix (elem)": mixlab.FMix(k, granularity="elem", generator=gen),
+        "mixlab SaliencyMix (elem)": mixlab.SaliencyMix(k, granularity="elem", generator=gen),
+        "mixlab RandomChoice(Mixup|CutMix)": mixlab.RandomChoice(
+            [mixlab.Mixup(k, alpha=0.8), mixlab.CutMix(k)], generator=gen
+        ),
+    }
+    for name, mixer in ours.items():
+        add(name, lambda m=mixer: m(x, y))
+
+    # --- against timm (one λ per batch, flip pairing, in place; elem mode loops over samples)
+    try:
+        from timm.data import Mixup as TimmMixup
+
+        xt = x.clone()
+        tm = TimmMixup(mixup_alpha=1.0, cutmix_alpha=0.0, mode="batch", num_classes=k)
+        tc = TimmMixup(mixup_alpha=0.0, cutmix_alpha=1.0, mode="batch", num_classes=k)
+        te = TimmMixup(mixup_alpha=1.0, cutmix_alpha=0.0, mode="elem", num_classes=k)
+        add("timm Mixup (batch)", lambda: tm(xt, y))
+        add("mixlab Mixup (batch, flip, inplace)", lambda: mixlab.Mixup(k, pairing="flip", inplace=True, generator=gen)(xt, y))
+        add("timm CutMix (batch)", lambda: tc(xt, y))
+        add("mixlab CutMix (batch, flip, inplace)", lambda: mixlab.CutMix(k, pairing="flip", inplace=True, generator=gen)(xt, y))
+        add("timm Mixup (elem)", lambda: te(xt, y))
+        add("mixlab Mixup (elem, flip, inplace)", lambda: mixlab.Mixup(k, pairing="flip", granularity="elem", inplace=True, generator=gen)(xt, y))
+    except ImportError:
+        print("timm not installed: skipping its rows")
+
+    # --- against torchvision v2 (one λ per batch, roll pairing, out of place)
+    try:
+        from torchvision.transforms import v2
+
+        vm, vc = v2.MixUp(alpha=1.0, num_classes=k), v2.CutMix(alpha=1.0, num_classes=k)
+        add("torchvision MixUp", lambda: vm(x, y))
+        add("torchvision CutMix", lambda: vc(x, y))
+    except ImportError:
+        print("torchvision not installed: skipping its rows")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, median of {args.repeats}")
+    checks: list[tuple[str, bool]] = []
+    for shape in [(128, 3, 32, 32), (32, 3, 224, 224)]:
+        rows = run_size(shape, 10, args.repeats, args.device)
+        floor = rows["clone (floor)"]
+        print(f"\n### batch {'x'.join(map(str, shape))}\n")
+        print("| mixer | median ms | × clone |\n|---|---:|---:|")
+        for name, ms in rows.items():
+            print(f"| {name} | {ms:.3f} | {ms / floor:.2f} |")
+        tag = f"{shape[0]}x{shape[2]}²"
+        if shape[-1] == 224:
+            r = rows["mixlab Mixup (batch, roll)"] / floor
+            checks.append((f"{tag}: Mixup ≤ 2.5× clone floor ({r:.2f}×)", r <= 2.5))
+        pairs = [
+            ("mixlab Mixup (batch, flip, inplace)", "timm Mixup (batch)"),
+            ("mixlab CutMix (batch, flip, inplace)", "timm CutMix (batch)"),
+            ("mixlab Mixup (elem, flip, inplace)", "timm Mixup (elem)"),
+            ("mixlab Mixup (batch, roll)", "torchvision MixUp"),
+            ("mixlab CutMix (batch, roll)", "torchvision CutMix"),
+        ]
+        for a, b in pairs:
+            if a in rows and b in rows:
+                checks.append((f"{tag}: {a} faster than {b} ({rows[b] / rows[a]:.2f}× speed-up)", rows[a] < rows[b]))
+    print("\n### targets\n")
+    for text, ok in checks:
+        print(f"- [{'PASS' if ok else 'FAIL'}] {text}")
+
+
+if __name__ == "__main__":
+    main()

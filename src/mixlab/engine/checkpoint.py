@@ -1,0 +1,140 @@
+"""Checkpoints: everything needed to continue a run bit for bit, written atomically.
+
+A checkpoint is one ``torch.save`` dict (loadable with ``weights_only=True``)::
+
+    format       "mixlab-checkpoint-1"
+    epoch        epochs completed
+    step         optimizer steps taken
+    config       the run's config as a plain dict
+    num_classes  K of the model's head
+    model, optimizer, scaler, ema, method     state_dicts (ema is None without an EMA)
+    rng          python / numpy / torch (+ cuda) states and the engine's generators
+    history      the metrics rows so far
+
+It is written to a temporary file in the same directory, flushed and fsync'ed, then moved over the
+old one with ``os.replace``: a crash leaves either the old or the new checkpoint, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["CheckpointError", "CHECKPOINT_NAME", "save_checkpoint", "load_checkpoint", "resolve_checkpoint",
+           "rng_state", "set_rng_state", "atomic_write_bytes"]
+
+FORMAT = "mixlab-checkpoint-1"
+CHECKPOINT_NAME = "checkpoint.pt"
+_REQUIRED = ("epoch", "step", "config", "num_classes", "model", "optimizer", "scaler", "ema", "method", "rng",
+             "history")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the run."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not supported everywhere (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, write: Any) -> None:
+    """Call ``write(fileobj)`` on a temporary file next to ``path``, fsync, then replace ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
+    """Python, NumPy, torch CPU (and CUDA) states and the given generators' states."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
+        "generators": {k: g.get_state() for k, g in generators.items()},
+    }
+
+
+def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
+    """Inverse of :func:`rng_state`."""
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for k, g in generators.items():
+        if k not in state["generators"]:
+            raise CheckpointError(f"checkpoint has no state for the {k!r} generator")
+        g.set_state(state["generators"][k])
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` (see the module docstring) atomically to ``path``."""
+    missing = [k for k in _REQUIRED if k not in state]
+    if missing:
+        raise ValueError(f"checkpoint state is missing {missing}")
+    atomic_write_bytes(path, lambda f: torch.save({"format": FORMAT, **state}, f))
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or ``<run dir>/checkpoint.pt`` for a run directory.
+
+    Raises:
+        CheckpointError: nothing to resume at ``path``.
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / CHECKPOINT_NAME
+        if not p.is_file():
+            raise CheckpointError(f"cannot resume from {path}: the directory has no {CHECKPOINT_NAME}")
+    elif not p.is_file():
+        raise CheckpointError(f"cannot resume from {path}: no such checkpoint file or run directory")
+    return p
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and sanity-check a checkpoint (on the CPU).
+
+    Raises:
+        CheckpointError: missing, truncated, corrupt, or not a mixlab checkpoint.
+    """
+    p = resolve_checkpoint(path)
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, garbage bytes, unpickling errors
+        raise CheckpointError(f"cannot read checkpoint {p}: the file is truncated or corrupt ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{p} is not a mixlab checkpoint (expected format {FORMAT!r})")
+    missing = [k for k in _REQUIRED if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {p} is incomplete: missing {', '.join(missing)}")
+    ckpt["path"] = str(p)
+    return ckpt

@@ -1,0 +1,347 @@
+"""``TrainConfig``: every knob of a training run, as nested dataclasses loaded from YAML.
+
+A config file mirrors the dataclasses (sections ``data``, ``model``, ``optim``, ``method``,
+``run``); anything not given keeps its default. Overrides are dotted ``key=value`` strings whose
+values are parsed as YAML (``optim.lr=0.05``, ``method.params.alpha=0.4``, ``run.amp=none``)::
+
+    cfg = load_config("my.yaml", ["optim.epochs=30", "method.name=mixup"])
+
+The defaults are the README's default run (``mixlab train`` with no arguments): a small ResNet on
+the synthetic shapes with CutMix, a few minutes on two CPU cores. ``configs/default.yaml`` (package
+data) spells the same values out as a starting point for your own file.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "MethodConfig",
+    "RunConfig",
+    "TrainConfig",
+    "load_config",
+    "apply_overrides",
+    "set_value",
+    "config_from_dict",
+    "config_to_dict",
+    "validate_config",
+    "config_keys",
+]
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"  # a key of mixlab.data.DATASETS
+    root: str | None = None  # directory or .zip (imagefolder), CIFAR directory
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    num_workers: int = 2
+    augment: str = "crop-flip"  # "crop-flip" (random crop with padding + h-flip) or "none"
+    train_per_class: int | None = None  # class-balanced subset of the train split
+    num_per_class: int = 300  # synthetic only: train images per class
+    test_per_class: int = 100  # synthetic only: test images per class
+    image_size: int = 24  # synthetic: rendered size; folders of mixed-size images: crop size
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet_small"  # a key of mixlab.models.MODELS, or "timm:<name>"
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments of create_model
+    ema_decay: float = 0.0  # > 0 keeps an EMA of the weights (evaluated too); 0 disables
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # "sgd" or "adamw"
+    lr: float = 0.1
+    momentum: float = 0.9  # SGD
+    nesterov: bool = True  # SGD
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+    weight_decay: float = 5e-4  # not applied to 1-D parameters (biases, norms)
+    epochs: int = 40
+    warmup_epochs: float = 1.0
+    schedule: str = "cosine"  # "cosine", "step" or "constant", per step after the warm-up
+    min_lr: float = 0.0  # cosine: final lr
+    milestones: list[int] = field(default_factory=list)  # step: epochs where lr *= gamma
+    gamma: float = 0.1  # step
+    clip_grad: float = 0.0  # max gradient norm; 0 disables
+
+
+@dataclass
+class MethodConfig:
+    name: str = "cutmix"  # a key of mixlab.registry.METHODS
+    label_smoothing: float = 0.0
+    params: dict[str, Any] = field(default_factory=dict)  # overrides of the method's defaults
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    out: str | None = None  # run directory; default runs/<method>-<model>-<dataset>-<time>
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1"
+    amp: str = "auto"  # "auto" (bf16 on GPU), "bf16", "fp16" or "none"; always off on CPU
+    channels_last: bool = True  # NHWC model and batches (faster on GPU, and on CPU with oneDNN)
+    threads: int = 0  # torch CPU threads; 0 = the cores not taken by data.num_workers (at least 1)
+    progress: bool = True  # tqdm bar over each epoch's batches
+    tensorboard: bool = True  # also log to TensorBoard when it is installed
+    resume: str | None = None  # checkpoint file or run directory to continue
+    stop_epoch: int | None = None  # stop after this many epochs (the schedule still spans optim.epochs)
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# ---------------------------------------------------------------------------------- loading
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists), e.g. to save as YAML or in a checkpoint."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def config_keys() -> list[str]:
+    """Every dotted key a config accepts (``data.batch_size``, ...)."""
+    return [f"{name}.{f.name}" for name, tp in _section_types().items() for f in dataclasses.fields(tp)]
+
+
+def _section_types() -> dict[str, type]:
+    """``{"data": DataConfig, ...}``."""
+    return typing.get_type_hints(TrainConfig)
+
+
+def _suggest(key: str) -> str:
+    """' (did you mean 'optim.lr'?)' for a mistyped dotted key, or ''."""
+    keys = config_keys()
+    leaf = key.rsplit(".", 1)[-1]
+    same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
+    close = same_leaf or difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if not close:  # compare leaves: 'optim.learning_rate' ~ 'optim.lr' is hopeless, 'epoch' ~ 'epochs' is not
+        leaves = {k.rsplit(".", 1)[-1]: k for k in keys}
+        close = [leaves[m] for m in difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.7)]
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _unknown_key(key: str) -> ValueError:
+    section = key.split(".", 1)[0]
+    valid = [k for k in config_keys() if k.startswith(section + ".")] or list(_section_types())
+    return ValueError(f"unknown config key {key!r}{_suggest(key)}; valid: {', '.join(valid)}")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the field type ``tp`` (ints accepted for floats, lists for tuples)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError(f"{key} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"{key} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):  # --set run.out=2024
+            value = str(value)
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{key} must be a string, got {value!r}")
+    if origin in (dict,):
+        if isinstance(value, dict):
+            return dict(value)
+        raise ValueError(f"{key} must be a mapping (key: value), got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key} must be a list, got {value!r}")
+        if origin is tuple and len(value) != len(args):
+            raise ValueError(f"{key} must be a list of {len(args)} numbers, got {value!r}")
+        elem = args[0] if args else Any
+        out = [v if elem is Any else _coerce(f"{key}[{i}]", v, elem) for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    return value
+
+
+def _set(cfg: TrainConfig, key: str, value: Any) -> None:
+    """Set dotted ``key`` (``section.field`` or ``section.dictfield.name``) to ``value``."""
+    parts = key.split(".")
+    sections = _section_types()
+    if len(parts) < 2 or parts[0] not in sections:
+        raise _unknown_key(key)
+    section = getattr(cfg, parts[0])
+    hints = typing.get_type_hints(type(section))
+    if parts[1] not in hints:
+        raise _unknown_key(key)
+    tp = hints[parts[1]]
+    if len(parts) == 2:
+        setattr(section, parts[1], _coerce(key, value, tp))
+    elif typing.get_origin(tp) is dict:  # method.params.alpha=0.4
+        target = getattr(section, parts[1])
+        for p in parts[2:-1]:
+            target = target.setdefault(p, {})
+        target[parts[-1]] = value
+    else:
+        raise _unknown_key(key)
+
+
+def config_from_dict(d: dict[str, Any], base: TrainConfig | None = None, source: str = "config") -> TrainConfig:
+    """Build a config from a nested dict, on top of ``base`` (default: the defaults).
+
+    Raises:
+        ValueError: unknown section or key (with the nearest valid key), or a value of the wrong type.
+    """
+    cfg = copy.deepcopy(base) if base is not None else TrainConfig()
+    if d is None:
+        return cfg
+    if not isinstance(d, dict):
+        raise ValueError(f"{source} must be a mapping of sections (data, model, optim, method, run), "
+                         f"got {type(d).__name__}")
+    for section, values in d.items():
+        if section not in _section_types():
+            raise _unknown_key(str(section))
+        if not isinstance(values, (dict, type(None))):
+            raise ValueError(f"{source}: section {section!r} must be a mapping, got {values!r}")
+        for k, v in (values or {}).items():
+            _set(cfg, f"{section}.{k}", v)
+    return cfg
+
+
+def apply_overrides(cfg: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
+    """Apply ``key=value`` strings in order; values are parsed with ``yaml.safe_load``.
+
+    Raises:
+        ValueError: a string without ``=``, an unknown key (with a suggestion) or a bad value.
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override must look like key=value (e.g. optim.lr=0.05), got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ValueError(f"cannot parse the value of {key.strip()!r}: {raw!r} ({e})") from None
+        _set(cfg, key.strip(), value)
+    return cfg
+
+
+def set_value(cfg: TrainConfig, key: str, value: Any) -> None:
+    """Set dotted ``key`` to an already-typed ``value`` (type-checked like a YAML value).
+
+    Raises:
+        ValueError: unknown key (with the nearest valid one) or a value of the wrong type.
+    """
+    _set(cfg, key, value)
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    base: TrainConfig | None = None,
+    values: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Defaults (or ``base``) <- YAML file <- ``key=value`` overrides <- ``values`` (dotted key ->
+    typed value, e.g. from CLI flags), then :func:`validate_config`.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: unknown keys, unparsable YAML or invalid values.
+    """
+    cfg = copy.deepcopy(base) if base is not None else TrainConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            d = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ValueError(f"cannot parse config file {path}: {e}") from None
+        cfg = config_from_dict(d, cfg, source=str(path))
+    cfg = apply_overrides(cfg, overrides)
+    for key, value in (values or {}).items():
+        _set(cfg, key, value)
+    validate_config(cfg)
+    return cfg
+
+
+# ------------------------------------------------------------------------------- validation
+def _check(ok: bool, key: str, accepted: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"{key} must be {accepted}, got {value!r}")
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Check every number and choice, naming the key and the accepted range. Names of methods,
+    models and datasets are checked by :mod:`mixlab.registry` when they are built.
+
+    Raises:
+        ValueError: the first invalid value.
+    """
+    d, o, m, r = cfg.data, cfg.optim, cfg.method, cfg.run
+    finite = lambda x: isinstance(x, (int, float)) and math.isfinite(x)  # noqa: E731
+    _check(d.batch_size >= 2, "data.batch_size", "an integer >= 2 (mixing pairs images)", d.batch_size)
+    _check(d.eval_batch_size >= 1, "data.eval_batch_size", "an integer >= 1", d.eval_batch_size)
+    _check(d.num_workers >= 0, "data.num_workers", "an integer >= 0", d.num_workers)
+    _check(d.augment in ("crop-flip", "none"), "data.augment", "'crop-flip' or 'none'", d.augment)
+    _check(d.train_per_class is None or d.train_per_class >= 1, "data.train_per_class", "null or an integer >= 1",
+           d.train_per_class)
+    _check(d.num_per_class >= 1, "data.num_per_class", "an integer >= 1", d.num_per_class)
+    _check(d.test_per_class >= 1, "data.test_per_class", "an integer >= 1", d.test_per_class)
+    _check(d.image_size >= 8, "data.image_size", "an integer >= 8", d.image_size)
+    _check(0.0 <= cfg.model.ema_decay < 1.0, "model.ema_decay", "in [0, 1) (0 disables the EMA)", cfg.model.ema_decay)
+    _check(o.name in ("sgd", "adamw"), "optim.name", "'sgd' or 'adamw'", o.name)
+    _check(finite(o.lr) and o.lr > 0, "optim.lr", "a number > 0", o.lr)
+    _check(0.0 <= o.momentum < 1.0, "optim.momentum", "in [0, 1)", o.momentum)
+    _check(all(0.0 <= b < 1.0 for b in o.betas), "optim.betas", "two numbers in [0, 1)", o.betas)
+    _check(finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", "a number >= 0", o.weight_decay)
+    _check(o.epochs >= 1, "optim.epochs", "an integer >= 1", o.epochs)
+    _check(finite(o.warmup_epochs) and 0 <= o.warmup_epochs <= o.epochs, "optim.warmup_epochs",
+           f"a number in [0, optim.epochs={o.epochs}]", o.warmup_epochs)
+    _check(o.schedule in ("cosine", "step", "constant"), "optim.schedule", "'cosine', 'step' or 'constant'", o.schedule)
+    _check(finite(o.min_lr) and 0 <= o.min_lr <= o.lr, "optim.min_lr", f"a number in [0, optim.lr={o.lr}]", o.min_lr)
+    _check(all(0 < e <= o.epochs for e in o.milestones), "optim.milestones", f"epochs in (0, {o.epochs}]", o.milestones)
+    _check(finite(o.gamma) and 0 < o.gamma <= 1, "optim.gamma", "in (0, 1]", o.gamma)
+    _check(finite(o.clip_grad) and o.clip_grad >= 0, "optim.clip_grad", "a number >= 0 (0 disables clipping)",
+           o.clip_grad)
+    _check(0.0 <= m.label_smoothing < 1.0, "method.label_smoothing", "in [0, 1)", m.label_smoothing)
+    _check(r.seed >= 0, "run.seed", "an integer >= 0", r.seed)
+    _check(r.threads >= 0, "run.threads", "an integer >= 0 (0 = auto)", r.threads)
+    _check(r.amp in ("auto", "bf16", "fp16", "none"), "run.amp", "'auto', 'bf16', 'fp16' or 'none'", r.amp)
+    _check(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"), "run.device",
+           "'auto', 'cpu', 'cuda' or 'cuda:N'", r.device)
+    _check(r.stop_epoch is None or 1 <= r.stop_epoch <= o.epochs, "run.stop_epoch",
+           f"null or an integer in [1, optim.epochs={o.epochs}]", r.stop_epoch)

@@ -1,0 +1,98 @@
+"""Classification metrics and the evaluation loop.
+
+``evaluate`` returns plain floats keyed by name, so new metrics (calibration, robustness; see
+``mixlab.evaluation``) can be added beside these without touching the trainer.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["accuracy", "evaluate", "write_metrics"]
+
+
+def accuracy(logits: Tensor, labels: Tensor, topk: tuple[int, ...] = (1,)) -> list[Tensor]:
+    """Number of samples whose label is among the top-k logits, for each k (k capped at K).
+
+    Args:
+        logits: (B, K).
+        labels: (B,) class indices.
+
+    Returns:
+        one 0-dim int64 tensor (count of correct samples) per k.
+    """
+    maxk = min(max(topk), logits.shape[1])
+    top = logits.topk(maxk, dim=1).indices  # (B, maxk)
+    hit = top == labels.unsqueeze(1)  # (B, maxk)
+    return [hit[:, : min(k, maxk)].any(dim=1).sum() for k in topk]
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device | str,
+    preprocess: Callable[[Tensor], Tensor] | None = None,
+    autocast: Callable[[], Any] = nullcontext,
+) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (in %) and mean NLL of ``model`` over ``loader``.
+
+    Args:
+        model: classifier returning (B, K) logits; put in eval mode for the loop and restored after.
+        loader: iterable of ``(images, labels)`` batches.
+        device: where to run.
+        preprocess: applied to each image batch on the device (e.g. uint8 -> normalised float).
+        autocast: context manager factory for mixed precision.
+
+    Returns:
+        ``{"acc1", "acc5", "nll", "n"}``.
+    """
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = nll = torch.zeros((), device=device, dtype=torch.float64)
+    n = 0
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if preprocess is not None:
+            images = preprocess(images)
+        with autocast():
+            logits = model(images)
+        c1, c5 = accuracy(logits, labels, (1, 5))
+        correct1 = correct1 + c1
+        correct5 = correct5 + c5
+        nll = nll + F.cross_entropy(logits.float(), labels, reduction="sum").double()
+        n += labels.shape[0]
+    model.train(was_training)
+    if n == 0:
+        raise ValueError("evaluate: the loader yielded no samples")
+    return {"acc1": 100.0 * float(correct1) / n, "acc5": 100.0 * float(correct5) / n, "nll": float(nll) / n, "n": n}
+
+
+def write_metrics(run_dir: str | Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite ``metrics.csv`` and ``metrics.jsonl`` from the full history (one row per epoch).
+
+    Rewriting (rather than appending) keeps the files consistent with the checkpoint after a
+    resume, and lets columns appear later (a method that starts logging a term mid-run).
+    """
+    run_dir = Path(run_dir)
+    columns: list[str] = []
+    for row in history:
+        columns += [k for k in row if k not in columns]
+    tmp = run_dir / ".metrics.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+    tmp.replace(run_dir / "metrics.csv")
+    tmp = run_dir / ".metrics.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
+    tmp.replace(run_dir / "metrics.jsonl")

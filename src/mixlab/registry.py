@@ -1,0 +1,164 @@
+"""Every name the CLI and the configs accept, in one visible place: plain dicts, no decorators.
+
+* :data:`METHODS`: training objectives, ``name -> MethodSpec`` (constructor, paper, defaults).
+* models: :data:`mixlab.models.MODELS` (plus ``timm:<name>``), built by :func:`build_model`.
+* datasets: :data:`mixlab.data.DATASETS`, built by :func:`build_dataset`.
+
+Adding a method is one entry in :data:`METHODS`::
+
+    METHODS["mymix"] = MethodSpec(_mixer(MyMix), "Doe et al. 2025, MyMix", {"alpha": 1.0}, "what it does")
+
+Example:
+    >>> from mixlab.registry import build_method
+    >>> method = build_method("mixup", num_classes=10, alpha=0.4)
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from mixlab.methods.base import Method, MixerMethod, Vanilla
+from mixlab.mixers import CutMix, FMix, Mixup, RandomChoice, ResizeMix, SaliencyMix
+
+__all__ = ["MethodSpec", "METHODS", "build_method", "build_model", "build_dataset", "check_names", "model_names",
+           "dataset_names"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered training method.
+
+    Attributes:
+        build: ``build(num_classes, label_smoothing, **hparams) -> Method``.
+        paper: reference of the paper the defaults come from.
+        defaults: the paper's hyper-parameters; each can be overridden by name.
+        description: one line for ``--help`` and listings.
+        options: further keyword arguments ``build`` accepts (not paper hyper-parameters).
+    """
+
+    build: Callable[..., Method]
+    paper: str
+    defaults: dict[str, Any]
+    description: str
+    options: tuple[str, ...] = field(default=())
+
+
+_MIXER_OPTIONS = ("p", "pairing", "granularity")  # common to every mixlab.mixers.Mixer
+
+
+def _mixer(cls: type) -> Callable[..., Method]:
+    """Constructor of a :class:`MixerMethod` around the stateless mixer ``cls``."""
+
+    def build(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
+        return MixerMethod(cls(num_classes=num_classes, label_smoothing=label_smoothing, **hparams))
+
+    return build
+
+
+def _vanilla(num_classes: int, label_smoothing: float = 0.0) -> Method:
+    return Vanilla(num_classes=num_classes, label_smoothing=label_smoothing)
+
+
+def _mixup_cutmix(
+    num_classes: int, label_smoothing: float = 0.0, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0,
+    cutmix_prob: float = 0.5,
+) -> Method:
+    mixers = [Mixup(num_classes, alpha=mixup_alpha, label_smoothing=label_smoothing),
+              CutMix(num_classes, alpha=cutmix_alpha, label_smoothing=label_smoothing)]
+    method = MixerMethod(RandomChoice(mixers, probabilities=[1.0 - cutmix_prob, cutmix_prob]))
+    method.name = "mixup-cutmix"
+    return method
+
+
+METHODS: dict[str, MethodSpec] = {
+    "vanilla": MethodSpec(_vanilla, "-", {}, "plain cross-entropy on un-mixed images"),
+    "mixup": MethodSpec(_mixer(Mixup), "Zhang et al. 2018, mixup: Beyond Empirical Risk Minimization",
+                        {"alpha": 1.0}, "convex combination of two images and their labels", _MIXER_OPTIONS),
+    "cutmix": MethodSpec(_mixer(CutMix), "Yun et al. 2019, CutMix: Regularization Strategy to Train Strong "
+                         "Classifiers with Localizable Features", {"alpha": 1.0},
+                         "paste a random box from the partner image; label by area", _MIXER_OPTIONS),
+    "resizemix": MethodSpec(_mixer(ResizeMix), "Qin et al. 2020, ResizeMix: Mixing Data with Preserved Object "
+                            "Information and True Labels", {"scale": (0.1, 0.8)},
+                            "paste the whole partner image, resized, into a random box", _MIXER_OPTIONS),
+    "fmix": MethodSpec(_mixer(FMix), "Harris et al. 2020, FMix: Enhancing Mixed Sample Data Augmentation",
+                       {"alpha": 1.0, "decay_power": 3.0}, "binary masks from low-pass Fourier noise",
+                       _MIXER_OPTIONS),
+    "saliencymix": MethodSpec(_mixer(SaliencyMix), "Uddin et al. 2021, SaliencyMix: A Saliency Guided Data "
+                              "Augmentation Strategy for Better Regularization", {"alpha": 1.0},
+                              "CutMix box centred on the partner's most salient point", _MIXER_OPTIONS),
+    "mixup-cutmix": MethodSpec(_mixup_cutmix, "Touvron et al. 2021, DeiT (training recipe)",
+                               {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "cutmix_prob": 0.5},
+                               "Mixup or CutMix, chosen per batch"),
+}
+
+
+def _unknown(kind: str, name: str, valid: list[str]) -> ValueError:
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ValueError(f"unknown {kind} {name!r}{hint}; valid {kind}s: {', '.join(valid)}")
+
+
+def check_names(method: str | None = None, method_params: dict | None = None, model: str | None = None,
+                dataset: str | None = None) -> None:
+    """Check names (and a method's hyper-parameter names) without building anything.
+
+    Raises:
+        ValueError: an unknown name, with the valid ones and the nearest match.
+    """
+    if method is not None:
+        if method not in METHODS:
+            raise _unknown("method", method, list(METHODS))
+        spec = METHODS[method]
+        valid = list(spec.defaults) + list(spec.options)
+        for key in method_params or {}:
+            if key not in valid:
+                raise ValueError(f"method {method!r} has no hyper-parameter {key!r}; "
+                                 f"valid: {', '.join(valid) or 'none'}")
+    if model is not None and not model.startswith("timm:") and model not in model_names():
+        raise _unknown("model", model, model_names() + ["timm:<name>"])
+    if dataset is not None and dataset not in dataset_names():
+        raise _unknown("dataset", dataset, dataset_names())
+
+
+def build_method(name: str, num_classes: int, label_smoothing: float = 0.0, **overrides: Any) -> Method:
+    """The method ``name`` with its paper defaults, updated by ``overrides``.
+
+    Raises:
+        ValueError: unknown method name or hyper-parameter (the valid ones are listed).
+    """
+    check_names(method=name, method_params=overrides)
+    spec = METHODS[name]
+    hparams = {**spec.defaults, **overrides}
+    if "scale" in hparams and isinstance(hparams["scale"], list):  # YAML gives lists
+        hparams["scale"] = tuple(hparams["scale"])
+    return spec.build(num_classes, label_smoothing, **hparams)
+
+
+def model_names() -> list[str]:
+    from mixlab.models import MODELS
+
+    return list(MODELS)
+
+
+def dataset_names() -> list[str]:
+    from mixlab.data import DATASETS
+
+    return list(DATASETS)
+
+
+def build_model(name: str, num_classes: int, **kwargs: Any):
+    """``mixlab.models.create_model`` with a clear error for unknown names (``timm:<name>`` passes)."""
+    from mixlab.models import create_model
+
+    check_names(model=name)
+    return create_model(name, num_classes=num_classes, **kwargs)
+
+
+def build_dataset(name: str, split: str, root: str | None = None, **kwargs: Any):
+    """``mixlab.data.build_dataset`` with a clear error for unknown names."""
+    from mixlab.data import build_dataset as _build
+
+    check_names(dataset=name)
+    return _build(name, split, root=root, **kwargs)
