@@ -59,7 +59,7 @@ def test_yaml_file_and_overrides(tmp_path):
     ("optim.epochs=0", "optim.epochs must be an integer >= 1"),
     ("optim.epochs=2.5", "optim.epochs must be an integer"),
     ("data.batch_size=1", "data.batch_size must be an integer >= 2"),
-    ("optim.warmup_epochs=-1", "optim.warmup_epochs must be a number in [0, optim.epochs=40]"),
+    ("optim.warmup_epochs=-1", "optim.warmup_epochs must be a number in [0, optim.epochs=25]"),
     ("method.label_smoothing=1.5", "method.label_smoothing must be in [0, 1)"),
     ("run.amp=fp8", "run.amp must be 'auto', 'bf16', 'fp16' or 'none'"),
     ("optim.lr", "must look like key=value"),
@@ -78,7 +78,7 @@ def test_unknown_yaml_section(tmp_path):
 
 # ------------------------------------------------------------------------- optimizer / lr
 def test_lr_schedule_and_weight_decay_groups():
-    cfg = OptimConfig(lr=0.1, epochs=10, warmup_epochs=1, min_lr=0.001)
+    cfg = OptimConfig(name="sgd", lr=0.1, epochs=10, warmup_epochs=1, min_lr=0.001)
     assert lr_factor(0, 10, cfg) == pytest.approx(0.1)
     assert lr_factor(9, 10, cfg) == pytest.approx(1.0)
     assert lr_factor(10, 10, cfg) == pytest.approx(1.0)

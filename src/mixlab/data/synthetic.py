@@ -26,8 +26,8 @@ __all__ = ["SyntheticShapes", "SHAPES", "SYNTHETIC_MEAN", "SYNTHETIC_STD"]
 SHAPES = ("disk", "ring", "square", "triangle", "cross", "star", "bar", "crescent", "diamond", "hexagon")
 # Per-channel statistics of the train split (seed 0, 32x32, 1000 per class); fixed so that train
 # and test normalise identically. They hardly depend on the seed or size.
-SYNTHETIC_MEAN = (0.4651, 0.4656, 0.4664)
-SYNTHETIC_STD = (0.2622, 0.2622, 0.2620)
+SYNTHETIC_MEAN = (0.4730, 0.4718, 0.4711)
+SYNTHETIC_STD = (0.2768, 0.2772, 0.2766)
 _DEFAULT_PER_CLASS = {"train": 1000, "test": 200}
 _CHUNK = 1024  # images rendered per batch (bounds memory; fixed so results do not depend on it)
 
@@ -112,11 +112,11 @@ def _render(labels: Tensor, size: int, g: torch.Generator) -> Tensor:
     bcol = U(n, 3, 3)
     for j in range(3):
         img = over(img, blob[:, j], bcol[:, j])
-    alpha, col = segments(5, 0.8, 2.2, 0.7)
+    alpha, col = segments(3, 0.8, 2.0, 0.5)
     for j in range(alpha.shape[1]):
         img = over(img, alpha[:, j], col[:, j])
     # 3. the shape: random scale, aspect, rotation, position; colour contrasted with the background
-    r = U(n, lo=0.3, hi=0.62)
+    r = U(n, lo=0.4, hi=0.75)
     aspect = torch.exp(U(n, lo=-0.15, hi=0.15))
     theta = U(n, lo=0, hi=2 * math.pi)
     lim = 1.0 - 0.7 * r
@@ -131,13 +131,13 @@ def _render(labels: Tensor, size: int, g: torch.Generator) -> Tensor:
         sdf[idx] = _shape_sdf(k, u[idx], v[idx])
     alpha = (0.5 - sdf * (r[:, None, None] / px)).clamp(0, 1)
     local = (img * alpha.unsqueeze(1)).sum((2, 3)) / alpha.sum((1, 2)).clamp_min(1e-6)[:, None]  # bg under it
-    delta = U(n, 3, lo=0.3, hi=0.65) * torch.where(U(n, 3) < 0.5, -1.0, 1.0)
+    delta = U(n, 3, lo=0.35, hi=0.7) * torch.where(U(n, 3) < 0.5, -1.0, 1.0)
     fg = local + delta
     fg = torch.where((fg < 0) | (fg > 1), local - delta, fg).clamp(0, 1)
     shade = 1 + U(n, 1, 1, 1, lo=-0.2, hi=0.2) * u.clamp(-1, 1).unsqueeze(1)  # soft gradient on the shape
     img = over(img, alpha, fg[:, :, None, None] * shade)
     # 4. occluders over the shape, then pixel noise
-    alpha, col = segments(2, 0.8, 1.8, 0.35)
+    alpha, col = segments(1, 0.8, 1.5, 0.3)
     for j in range(alpha.shape[1]):
         img = over(img, alpha[:, j], col[:, j])
     img = img + torch.randn(n, 3, size, size, generator=g) * U(n, 1, 1, 1, lo=0.0, hi=0.05)

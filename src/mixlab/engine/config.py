@@ -51,9 +51,9 @@ class DataConfig:
     num_workers: int = 2
     augment: str = "crop-flip"  # "crop-flip" (random crop with padding + h-flip) or "none"
     train_per_class: int | None = None  # class-balanced subset of the train split
-    num_per_class: int = 300  # synthetic only: train images per class
+    num_per_class: int = 400  # synthetic only: train images per class
     test_per_class: int = 100  # synthetic only: test images per class
-    image_size: int = 24  # synthetic: rendered size; folders of mixed-size images: crop size
+    image_size: int = 32  # synthetic: rendered size; folders of mixed-size images: crop size
 
 
 @dataclass
@@ -65,13 +65,13 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # "sgd" or "adamw"
-    lr: float = 0.1
+    name: str = "adamw"  # "sgd" or "adamw"
+    lr: float = 3e-3
     momentum: float = 0.9  # SGD
     nesterov: bool = True  # SGD
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW
-    weight_decay: float = 5e-4  # not applied to 1-D parameters (biases, norms)
-    epochs: int = 40
+    weight_decay: float = 0.05  # not applied to 1-D parameters (biases, norms)
+    epochs: int = 25
     warmup_epochs: float = 1.0
     schedule: str = "cosine"  # "cosine", "step" or "constant", per step after the warm-up
     min_lr: float = 0.0  # cosine: final lr
