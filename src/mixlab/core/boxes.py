@@ -10,6 +10,8 @@ fraction of pixels each source contributes (Yun et al. 2019's CutMix code does t
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -17,6 +19,7 @@ from torch import Tensor
 from mixlab.core.random import rand
 
 __all__ = [
+    "rand_box",
     "rand_boxes",
     "rand_boxes_inside",
     "box_area_fraction",
@@ -60,6 +63,17 @@ def rand_boxes(
     y1 = (cy - cut_h // 2).clamp(0, height)
     y2 = (cy + cut_h // 2).clamp(0, height)
     return torch.stack([x1, y1, x2, y2], dim=1)
+
+
+def rand_box(area: float, height: int, width: int, generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+    """One CutMix box ``(x1, y1, x2, y2)`` as Python ints: :func:`rand_boxes` for a single box,
+    with the arithmetic done in Python (a batch-level box needs no tensor ops)."""
+    ratio = math.sqrt(min(max(float(area), 0.0), 1.0))
+    cut_h, cut_w = int(height * ratio), int(width * ratio)
+    u = rand((2,), generator).tolist()
+    cx, cy = int(u[0] * width), int(u[1] * height)
+    clip = lambda v, hi: min(max(v, 0), hi)  # noqa: E731
+    return clip(cx - cut_w // 2, width), clip(cy - cut_h // 2, height), clip(cx + cut_w // 2, width), clip(cy + cut_h // 2, height)
 
 
 def rand_boxes_inside(

@@ -136,7 +136,9 @@ class Mixer(ABC):
 
 
 def partner_of(images: Tensor, index: Tensor, pairing: str) -> Tensor:
-    """``images[index]``; a cheap roll for the roll pairing."""
+    """``images[index]`` (a new tensor); a roll for the roll pairing, a flip for the flip pairing."""
     if pairing == "roll":
         return images.roll(1, 0)
-    return images.index_select(0, index)
+    if pairing == "flip":
+        return images.flip(0)
+    return images.index_select(0, index.to(images.device))

@@ -10,27 +10,33 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mixlab.core.boxes import box_area_fraction, boxes_to_mask, rand_boxes
+from mixlab.core.boxes import box_area_fraction, boxes_to_mask, rand_box, rand_boxes
 from mixlab.core.checks import check_alpha
 from mixlab.mixers.base import Mixer, partner_of
 
 __all__ = ["CutMix", "cutmix"]
 
 
-def cutmix(images: Tensor, index: Tensor, boxes: Tensor, out: Tensor | None = None, pairing: str | None = None) -> Tensor:
-    """Functional kernel: paste ``images[index[i]]`` into ``boxes[i]`` of ``images[i]``.
-
-    If all boxes are equal (one box per batch) only the box region is gathered and copied.
+def cutmix(
+    images: Tensor,
+    index: Tensor,
+    boxes: Tensor | tuple[int, int, int, int],
+    out: Tensor | None = None,
+    pairing: str | None = None,
+) -> Tensor:
+    """Functional kernel: paste ``images[index[i]]`` into box i of ``images[i]``.
 
     Args:
         images: (B, C, H, W).
         index: (B,) partner index.
-        boxes: (B, 4) int64 ``(x1, y1, x2, y2)``.
+        boxes: one box ``(x1, y1, x2, y2)`` of Python ints shared by the batch (only the box
+            region is gathered and copied), or (B, 4) int64 per-sample boxes.
         out: optional output (may be ``images`` for in-place).
+        pairing: ``"roll"`` lets the kernel use a roll instead of a gather.
     """
-    if bool((boxes == boxes[:1]).all()):
-        x1, y1, x2, y2 = (int(v) for v in boxes[0])
-        patch = images[:, :, y1:y2, x1:x2].index_select(0, index.to(images.device))  # copy before writing
+    if isinstance(boxes, tuple):
+        x1, y1, x2, y2 = boxes
+        patch = partner_of(images[:, :, y1:y2, x1:x2], index, pairing or "")  # a copy, taken before writing
         if out is None:
             out = images.clone()
         elif out is not images:
@@ -67,20 +73,25 @@ class CutMix(Mixer):
     def make_params(self, images: Tensor, index: Tensor) -> dict:
         b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
         lam = self.sample_lambda(b, self.alpha, index, device="cpu")
-        n_boxes = 1 if self.granularity == "batch" else b
-        boxes = rand_boxes(1.0 - lam[:n_boxes], h, w, generator=self.generator)
-        if self.granularity == "batch":
-            boxes = boxes.expand(b, 4)
-        elif self.granularity == "pair":
+        if self.granularity == "batch":  # one box: Python ints, no tensor ops
+            return {"box": rand_box(1.0 - float(lam[0]), h, w, generator=self.generator)}
+        boxes = rand_boxes(1.0 - lam, h, w, generator=self.generator)
+        if self.granularity == "pair":
             boxes = boxes[torch.minimum(torch.arange(b), index.cpu())]  # the pair shares its box
         return {"boxes": boxes.to(images.device)}
 
     def mix(self, images: Tensor, index: Tensor, params: dict):
-        boxes = params["boxes"]
         h, w = images.shape[-2:]
-        out = cutmix(images, index, boxes, out=images if self.inplace else None, pairing=self.pairing)
-        lam = 1.0 - box_area_fraction(boxes, h, w)
-        return out, lam, None, boxes
+        out = images if self.inplace else None
+        if "box" in params:
+            box = params["box"]
+            mixed = cutmix(images, index, box, out=out, pairing=self.pairing)
+            lam = torch.full((images.shape[0],), 1.0 - (box[2] - box[0]) * (box[3] - box[1]) / (h * w), device=images.device)
+            boxes = torch.tensor(box, device=images.device).expand(images.shape[0], 4)
+            return mixed, lam, None, boxes
+        boxes = params["boxes"]
+        mixed = cutmix(images, index, boxes, out=out, pairing=self.pairing)
+        return mixed, 1.0 - box_area_fraction(boxes, h, w), None, boxes
 
     def _hyper_repr(self) -> str:
         return f"alpha={self.alpha}"

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from mixlab.core.checks import check_alpha
-from mixlab.mixers.base import Mixer
+from mixlab.mixers.base import Mixer, partner_of
 
 __all__ = ["Mixup", "mixup"]
 
@@ -37,7 +37,7 @@ def mixup(images: Tensor, index: Tensor, lam: Tensor | float, out: Tensor | None
         torch.lerp(images[:-1], images[1:], w1, out=out[1:])
         torch.lerp(images[-1:], images[:1], w0, out=out[:1])
         return out
-    partner = images.index_select(0, index.to(images.device))
+    partner = partner_of(images, index, pairing or "")  # a copy, so out may alias images
     return torch.lerp(partner, images, lam, out=out)
 
 

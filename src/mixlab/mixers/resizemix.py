@@ -27,13 +27,21 @@ INTERPOLATIONS = ("nearest", "bilinear")
 
 
 def resizemix(
-    images: Tensor, index: Tensor, boxes: Tensor, mode: str = "nearest", out: Tensor | None = None, pairing: str | None = None
+    images: Tensor,
+    index: Tensor,
+    boxes: Tensor | tuple[int, int, int, int],
+    mode: str = "nearest",
+    out: Tensor | None = None,
+    pairing: str | None = None,
 ) -> Tensor:
-    """Functional kernel: the whole ``images[index[i]]`` resized into ``boxes[i]`` of ``images[i]``."""
+    """Functional kernel: the whole ``images[index[i]]`` resized into box i of ``images[i]``.
+
+    ``boxes`` is one box of Python ints shared by the batch (one ``interpolate``) or (B, 4) int64.
+    """
     h, w = images.shape[-2:]
-    if bool((boxes == boxes[:1]).all()):  # one box for the batch: resize once with interpolate
-        x1, y1, x2, y2 = (int(v) for v in boxes[0])
-        partner = images.index_select(0, index.to(images.device))
+    if isinstance(boxes, tuple):  # one box for the batch: resize once with interpolate
+        x1, y1, x2, y2 = boxes
+        partner = partner_of(images, index, pairing or "")
         small = F.interpolate(partner, size=(y2 - y1, x2 - x1), mode="nearest-exact" if mode == "nearest" else mode)
         if out is None:
             out = images.clone()
@@ -75,15 +83,17 @@ class ResizeMix(Mixer):
         tau = self.scale[0] + (self.scale[1] - self.scale[0]) * rand((n,), self.generator)
         boxes = rand_boxes_inside(tau, h, w, generator=self.generator)
         if self.granularity == "batch":
-            boxes = boxes.expand(b, 4)
-        elif self.granularity == "pair":
+            return {"box": tuple(boxes[0].tolist())}
+        if self.granularity == "pair":
             boxes = boxes[torch.minimum(torch.arange(b), index.cpu())]
         return {"boxes": boxes.to(images.device)}
 
     def mix(self, images: Tensor, index: Tensor, params: dict):
-        boxes = params["boxes"]
         h, w = images.shape[-2:]
+        boxes = params.get("box") or params["boxes"]
         out = resizemix(images, index, boxes, self.interpolation, out=images if self.inplace else None, pairing=self.pairing)
+        if isinstance(boxes, tuple):
+            boxes = torch.tensor(boxes, device=images.device).expand(images.shape[0], 4)
         return out, 1.0 - box_area_fraction(boxes, h, w), None, boxes
 
     def _hyper_repr(self) -> str:
