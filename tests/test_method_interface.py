@@ -70,12 +70,7 @@ class HistoryMix(Method):
     def on_epoch_start(self, epoch):
         self.hist_images, self.hist_targets = torch.empty(0), torch.empty(0)  # forget across epochs
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # the history's shape is only known once training ran: resize the buffers before loading
-        for name in ("hist_images", "hist_targets"):
-            if prefix + name in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    resizable_buffers = ("hist_images", "hist_targets")  # shapes known only once training ran
 
     def training_step(self, model, batch, progress):
         images, labels = batch

@@ -80,6 +80,9 @@ class Method(nn.Module):
     """
 
     name: str = "vanilla"
+    #: buffers whose shape is only known once training runs (a history batch); loading a
+    #: checkpoint resizes them to the saved shape first, so a fresh method accepts it.
+    resizable_buffers: tuple[str, ...] = ()
 
     def __init__(self, num_classes: int = 0, label_smoothing: float = 0.0) -> None:
         super().__init__()
@@ -90,6 +93,16 @@ class Method(nn.Module):
         self.num_classes = num_classes
         self.label_smoothing = float(label_smoothing)
         self.generator: torch.Generator | None = None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        for name in self.resizable_buffers:
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name], device=self._buffer_device(name)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _buffer_device(self, name: str) -> torch.device:
+        current = getattr(self, name, None)
+        return current.device if isinstance(current, torch.Tensor) else torch.device("cpu")
 
     # ------------------------------------------------------------------ hooks the trainer calls
     def setup(self, model: nn.Module, generator: torch.Generator | None = None) -> None:
