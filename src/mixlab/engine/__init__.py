@@ -1,18 +1,22 @@
-"""The training engine: config, the loop, checkpoints, metrics and plots.
+"""The training engine: config, the loop, checkpoints, metrics, plots and data-parallel helpers.
 
     from mixlab.engine import load_config, train
     metrics = train(load_config(overrides=["method.name=mixup", "optim.epochs=3"]))
+
+Under ``torchrun --nproc_per_node=N`` the same ``train`` runs data-parallel (docs/distributed.md).
 """
 
 from mixlab.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mixlab.engine.config import (DataConfig, MethodConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig,
                                   apply_overrides, config_from_dict, config_to_dict, load_config, validate_config)
+from mixlab.engine.distributed import DistInfo, init_distributed, is_main_process
 from mixlab.engine.metrics import accuracy, evaluate
 from mixlab.engine.trainer import build_optimizer, lr_factor, set_lr, train, train_step
 
 __all__ = [
     "CheckpointError",
     "DataConfig",
+    "DistInfo",
     "MethodConfig",
     "ModelConfig",
     "OptimConfig",
@@ -24,6 +28,8 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "evaluate",
+    "init_distributed",
+    "is_main_process",
     "load_checkpoint",
     "load_config",
     "lr_factor",

@@ -42,8 +42,14 @@ def evaluate(
     device: torch.device | str,
     preprocess: Callable[[Tensor], Tensor] | None = None,
     autocast: Callable[[], Any] = nullcontext,
+    all_reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, float]:
     """Top-1 / top-5 accuracy (in %) and mean NLL of ``model`` over ``loader``.
+
+    In data-parallel evaluation each process passes its own shard of the test set and
+    ``all_reduce=mixlab.engine.distributed.all_reduce_sum``: the *sums* (correct counts, NLL, N)
+    are added over the processes before dividing, so the result is exactly that of the whole set
+    (up to the order of the float64 NLL additions), whatever the shard sizes.
 
     Args:
         model: classifier returning (B, K) logits; put in eval mode for the loop and restored after.
@@ -51,9 +57,13 @@ def evaluate(
         device: where to run.
         preprocess: applied to each image batch on the device (e.g. uint8 -> normalised float).
         autocast: context manager factory for mixed precision.
+        all_reduce: sums a float64 tensor over processes in place (default: this process only).
 
     Returns:
-        ``{"acc1", "acc5", "nll", "n"}``.
+        ``{"acc1", "acc5", "nll", "n"}`` (``n``: images evaluated, over all processes).
+
+    Raises:
+        ValueError: no process's loader yielded a sample.
     """
     was_training = model.training
     model.eval()
@@ -72,9 +82,14 @@ def evaluate(
         nll = nll + F.cross_entropy(logits.float(), labels, reduction="sum").double()
         n += labels.shape[0]
     model.train(was_training)
+    sums = torch.stack([correct1, correct5, nll, torch.tensor(float(n), device=device, dtype=torch.float64)])
+    if all_reduce is not None:
+        sums = all_reduce(sums)
+    correct1, correct5, nll, total = sums.tolist()
+    n = round(total)
     if n == 0:
         raise ValueError("evaluate: the loader yielded no samples")
-    return {"acc1": 100.0 * float(correct1) / n, "acc5": 100.0 * float(correct5) / n, "nll": float(nll) / n, "n": n}
+    return {"acc1": 100.0 * correct1 / n, "acc5": 100.0 * correct5 / n, "nll": nll / n, "n": n}
 
 
 def write_metrics(run_dir: str | Path, history: list[dict[str, Any]]) -> None:

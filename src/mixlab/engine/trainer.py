@@ -4,6 +4,7 @@
     mixlab train --method mixup --epochs 30 --set optim.lr=0.05
     mixlab train --model resnet18 --dataset imagefolder --data-root ../shared/data/cifar10-jpeg.zip
     mixlab train --resume runs/cutmix-resnet_small-synthetic-20250101-120000
+    torchrun --nproc_per_node=2 -m mixlab.cli train   # data parallel: 2 processes (gloo on CPU, nccl on GPUs)
 
     from mixlab.engine import TrainConfig, train
     metrics = train(TrainConfig())
@@ -16,6 +17,12 @@ Randomness: the global RNGs are seeded once from ``seed + rank``; the engine own
 ``torch.Generator`` per purpose (data order, the method's mixing, the loader), and each image's
 augmentation is seeded from ``(seed, epoch, index)``, so a run does not depend on the number of
 workers, and a resumed run continues bit for bit on the CPU.
+
+Data parallel (``torchrun``, see ``mixlab.engine.distributed`` and ``docs/distributed.md``): every
+process holds the whole model and a disjoint shard of each epoch's permutation (``data.batch_size``
+is per process); the method gets the plain model, and :func:`train_step` averages the gradients
+across processes after backward. The test set is sharded and its sums added up. Rank 0 alone
+writes files and prints; the mixing generators differ per rank (seeded from ``seed`` and ``rank``).
 """
 
 from __future__ import annotations
@@ -36,18 +43,20 @@ import numpy as np
 import torch
 import yaml
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from mixlab import registry
 from mixlab.engine.checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, rng_state, save_checkpoint,
                                       set_rng_state)
 from mixlab.engine.config import TrainConfig, config_to_dict, validate_config
+from mixlab.engine.distributed import (DistInfo, all_gather_object, all_reduce_sum, average_gradients, barrier,
+                                       broadcast_object, broadcast_tensors, cleanup, init_distributed)
 from mixlab.engine.metrics import evaluate, write_metrics
 from mixlab.engine.plots import plot_curves, plot_samples
 from mixlab.methods.base import Method, StepOutput
 
 __all__ = ["train", "train_step", "build_optimizer", "lr_factor", "set_lr", "default_run_dir", "EpochSampler",
-           "SeededItems"]
+           "SeededItems", "rank_generators"]
 
 
 # ------------------------------------------------------------------------------- small helpers
@@ -86,21 +95,44 @@ def _prepare_run_dir(path: Path) -> None:
 
 class EpochSampler(Sampler):
     """Shuffled indices, a deterministic function of ``(seed, epoch)``; yields ``(epoch, index)``
-    so that :class:`SeededItems` can seed each image's augmentation. Call ``set_epoch`` first."""
+    so that :class:`SeededItems` can seed each image's augmentation. Call ``set_epoch`` first.
 
-    def __init__(self, num_samples: int, seed: int, shuffle: bool = True) -> None:
+    With ``world_size > 1`` (``DistributedSampler``'s semantics): every rank draws the same
+    permutation, pads it to a multiple of ``world_size`` by repeating its start, and takes
+    positions ``rank, rank + world_size, ...``; the shards are disjoint apart from the padding,
+    and all ranks take the same number of steps.
+    """
+
+    def __init__(self, num_samples: int, seed: int, shuffle: bool = True, *, rank: int = 0,
+                 world_size: int = 1) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"EpochSampler: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         self.num_samples, self.seed, self.shuffle, self.epoch = num_samples, seed, shuffle, 0
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.num_samples
+        return -(-self.num_samples // self.world_size)  # ceil: this rank's share, padding included
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch))
         order = torch.randperm(self.num_samples, generator=g) if self.shuffle else torch.arange(self.num_samples)
+        if self.world_size > 1:
+            total = len(self) * self.world_size
+            order = order.repeat(-(-total // max(1, self.num_samples)))[:total]  # pad with the permutation's start
+            order = order[self.rank::self.world_size]
         return ((self.epoch, i) for i in order.tolist())
+
+
+def rank_generators(seed: int, rank: int) -> dict[str, torch.Generator]:
+    """The engine's generators of one process: ``method`` (mixing: boxes, λ, pairings) and
+    ``loader`` (worker seeds), seeded from ``(seed, rank)`` so that data-parallel ranks mix
+    their batches differently. (The data order and each image's augmentation are seeded from
+    ``seed`` alone: ranks share the permutation and own disjoint images of it.)"""
+    return {"method": torch.Generator().manual_seed(_mix_seed(seed, rank, 1)),
+            "loader": torch.Generator().manual_seed(_mix_seed(seed, rank, 2))}
 
 
 class SeededItems(Dataset):
@@ -226,32 +258,43 @@ def train_step(
     scaler: torch.amp.GradScaler | None = None,
     clip_grad: float = 0.0,
     autocast: Callable[[], Any] = nullcontext,
+    distributed: bool = False,
 ) -> StepOutput:
     """One optimisation step: the method's loss, backward, clipping, step, the method's update.
 
     Gradients are zeroed *after* ``training_step``, so a method may run its own backward passes
     inside it (PuzzleMix's input gradient) without cleaning up.
+
+    With ``distributed=True`` (data parallel, inside a process group) the gradients of every
+    optimised parameter, and the model's floating-point buffers (BatchNorm statistics, updated by
+    this step's forward), are averaged across processes after backward, before clipping and the
+    step: the methods run the plain model and need not know about it (see ``docs/distributed.md``).
     """
     with autocast():
         out = method.training_step(model, batch, progress)
     optimizer.zero_grad(set_to_none=True)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     if scaler is not None and scaler.is_enabled():
         scaler.scale(out.loss).backward()
+        if distributed:  # scaled gradients: a non-finite one anywhere makes every process skip the step
+            average_gradients(params, model.buffers())
         if clip_grad > 0:
             scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_grad)
+            nn.utils.clip_grad_norm_(params, clip_grad)
         scaler.step(optimizer)
         scaler.update()
     else:
         out.loss.backward()
+        if distributed:
+            average_gradients(params, model.buffers())
         if clip_grad > 0:
-            nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_grad)
+            nn.utils.clip_grad_norm_(params, clip_grad)
         optimizer.step()
     method.after_optimizer_step(model, progress)
     return out
 
 
-def _datasets(cfg: TrainConfig):
+def _datasets(cfg: TrainConfig, world_size: int = 1):
     """The train and test splits (+ the class-balanced subset of the train split, if asked)."""
     d = cfg.data
     def synthetic(n: int) -> dict[str, Any]:  # the synthetic set's size; other datasets take only a root
@@ -267,9 +310,13 @@ def _datasets(cfg: TrainConfig):
     for split, ds in (("train", train_set), ("test", test_set)):
         if len(ds) == 0:
             raise ValueError(f"the {split} split of dataset {d.name!r} (root {d.root}) is empty")
-    if len(train_set) < d.batch_size:
+    if world_size == 1 and len(train_set) < d.batch_size:
         raise ValueError(f"data.batch_size={d.batch_size} is larger than the training set ({len(train_set)} images); "
                          f"lower --batch-size")
+    share = -(-len(train_set) // world_size)
+    if world_size > 1 and share < d.batch_size:
+        raise ValueError(f"data.batch_size={d.batch_size} (per process) is larger than the {share} training images "
+                         f"each of the {world_size} processes gets ({len(train_set)} in all); lower --batch-size")
     return train_set, test_set
 
 
@@ -291,6 +338,56 @@ def _load_state(what: str, load: Callable[[], Any], path: str) -> None:
         raise CheckpointError(f"checkpoint {path}: cannot load the saved {what} into this run: {detail}") from None
 
 
+def _on_main(fn: Callable[[], Any], info: DistInfo, share: bool = True) -> Any:
+    """``fn()`` on rank 0 only; its result is broadcast to every rank (``share``) or returned on
+    rank 0 alone (``None`` elsewhere). A ``ValueError``/``OSError`` it raises is raised on every
+    rank, so that no process is left waiting for a rank 0 that stopped."""
+    result, error = None, None
+    if info.is_main:
+        try:
+            result = fn()
+        except (ValueError, OSError) as e:
+            error = e
+    if info.distributed:
+        result_or_none, error = broadcast_object((result if share else None, error))
+        result = result if info.is_main else result_or_none
+    if error is not None:
+        raise error
+    return result
+
+
+def _test_loader(test_set, cfg: TrainConfig, info: DistInfo, pin_memory: bool) -> Any:
+    """This process's contiguous shard of the test set (all of it in a single process). Shards are
+    not padded, so no image is evaluated twice; ``evaluate`` adds the sums over the processes."""
+    n, bs = len(test_set), cfg.data.eval_batch_size
+    lo, hi = n * info.rank // info.world_size, n * (info.rank + 1) // info.world_size
+    if test_set.transform is None:  # decoded uint8 tensors: plain slices, no loader needed
+        return list(zip(test_set.images[lo:hi].split(bs), test_set.labels[lo:hi].split(bs)))
+    shard = test_set if info.world_size == 1 else Subset(test_set, range(lo, hi))
+    return DataLoader(shard, batch_size=bs, num_workers=cfg.data.num_workers, pin_memory=pin_memory)
+
+
+def _epoch_sums(sums: dict[str, Tensor], correct: Tensor | int, seen: int, device: torch.device
+                ) -> tuple[dict[str, float], float | None, int]:
+    """The epoch's sums over every process: ``({key: sum / images}, correct / images or None,
+    images)``; keys a method logged on only some ranks count as 0 on the others."""
+    keys = list(dict.fromkeys(k for ks in all_gather_object(list(sums)) for k in ks))  # rank 0's order first
+    f64 = dict(device=device, dtype=torch.float64)
+    totals = torch.stack([*(sums[k] for k in keys), torch.as_tensor(correct, device=device).double(),
+                          torch.tensor(float(seen), **f64), torch.tensor(float(isinstance(correct, Tensor)), **f64)])
+    *values, correct_all, seen_all, with_logits = all_reduce_sum(totals).tolist()
+    means = {k: v / seen_all for k, v in zip(keys, values)}
+    return means, (correct_all / seen_all if with_logits > 0 else None), round(seen_all)
+
+
+def _fingerprint(model: nn.Module) -> str:
+    """Exact digest of the weights and buffers (two float64 sums, as hex), to compare ranks."""
+    tensors = [t.detach().double() for t in model.state_dict().values() if t.is_floating_point()]
+    total = sum(float(t.sum()) for t in tensors)
+    squares = sum(float(t.square().sum()) for t in tensors)
+    return f"{total.hex()}/{squares.hex()}"
+
+
 # -------------------------------------------------------------------------------- the loop
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train ``config.model`` on ``config.data`` with ``config.method``; returns the final metrics.
@@ -298,34 +395,43 @@ def train(config: TrainConfig) -> dict[str, Any]:
     The run directory receives ``checkpoint.pt`` (every epoch), ``metrics.csv`` / ``metrics.jsonl``
     (one row per epoch), ``curves.png``, ``samples.png`` and ``config.yaml``.
 
+    Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) it joins the process group (and leaves it at
+    the end, unless the caller had set it up) and trains data-parallel: every rank returns the
+    same metrics, which cover all processes; rank 0 alone writes the run directory.
+
     Returns:
         the last epoch's row: ``epoch``, ``step``, ``lr``, ``train_loss``, ``train_acc`` (%, when
         the method gives logits), ``train_<log>`` for each of the method's logs, ``test_acc1``,
         ``test_acc5`` (%), ``test_nll``, ``ema_test_*`` (with an EMA), ``epoch_time``,
-        ``images_per_s``; plus ``run_dir`` and ``checkpoint`` (paths).
+        ``images_per_s`` (all processes together); plus ``run_dir`` and ``checkpoint`` (paths).
 
     Raises:
         ValueError (``CheckpointError`` is one), FileNotFoundError: anything wrong with the inputs
             (config values, names, dataset path, resume checkpoint, run directory), before the
             first step.
     """
+    validate_config(config)
+    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    info = init_distributed(device=config.run.device)
     threads = torch.get_num_threads()
     try:
-        return _train(config)
+        return _train(config, info)
     finally:
         torch.set_num_threads(threads)  # run.threads applies to the run only
+        if owns_group:
+            cleanup()
 
 
-def _train(cfg: TrainConfig) -> dict[str, Any]:
+def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     validate_config(cfg)
     registry.check_names(cfg.method.name, cfg.method.params, cfg.model.name, cfg.data.name)
     d, o, r = cfg.data, cfg.optim, cfg.run
-    rank = int(os.environ.get("RANK", 0))
-    device = resolve_device(r.device)
+    rank, main, device = info.rank, info.is_main, info.device
     on_gpu = device.type == "cuda"
     if on_gpu:
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))  # the processes torchrun put on this machine
     torch.set_num_threads(r.threads or max(1, cores - d.num_workers))  # spare cores for the loader's workers
     random.seed(r.seed + rank)
     np.random.seed(r.seed + rank)
@@ -333,11 +439,16 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
 
     ckpt = None
     if r.resume:
+        barrier()  # (rank 0 of an earlier run in this process group wrote it before a barrier too)
         ckpt = load_checkpoint(r.resume)
         _check_resumable(ckpt, cfg)
 
     # ---- data, model, method
-    train_set, test_set = _datasets(cfg)
+    if d.name == "imagefolder" and info.distributed:  # rank 0 decodes into the disk cache, the others read it
+        sets = _on_main(lambda: _datasets(cfg, info.world_size), info, share=False)
+        train_set, test_set = sets if sets is not None else _datasets(cfg, info.world_size)
+    else:
+        train_set, test_set = _datasets(cfg, info.world_size)
     num_classes = train_set.num_classes
     if ckpt is not None and ckpt["num_classes"] != num_classes:
         raise CheckpointError(f"checkpoint {ckpt['path']} has {ckpt['num_classes']} classes, dataset "
@@ -345,27 +456,28 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     model = registry.build_model(cfg.model.name, num_classes, **cfg.model.kwargs).to(device)
     if r.channels_last:  # ~1.5x faster on CPU too (oneDNN), measured on resnet_small
         model = model.to(memory_format=torch.channels_last)
+    broadcast_tensors(model.state_dict().values())  # every rank starts from rank 0's initial weights
     method = registry.build_method(cfg.method.name, num_classes, cfg.method.label_smoothing,
                                    **cfg.method.params).to(device)
-    generators = {"method": torch.Generator().manual_seed(_mix_seed(r.seed, rank, 1)),
-                  "loader": torch.Generator().manual_seed(_mix_seed(r.seed, rank, 2))}
+    generators = rank_generators(r.seed, rank)
     method.setup(model, generators["method"])
+    broadcast_tensors(method.state_dict().values())
     train_transform, test_transform = _transforms(train_set, cfg)
     train_set = train_set.with_transform(method.train_transform(train_transform))
     test_set = test_set.with_transform(test_transform)
     preprocess = _normalizer(train_set.mean, train_set.std, r.channels_last)
 
-    sampler = EpochSampler(len(train_set), seed=_mix_seed(r.seed, rank, 3))
+    # the same permutation and per-image augmentation seeds on every rank (rank 0's of a single
+    # process); each rank loads its own positions of it
+    sampler = EpochSampler(len(train_set), seed=_mix_seed(r.seed, 0, 3), rank=rank, world_size=info.world_size)
     from mixlab.data import seed_worker
 
-    train_loader = DataLoader(SeededItems(train_set, seed=_mix_seed(r.seed, rank, 4)), batch_size=d.batch_size,
+    train_loader = DataLoader(SeededItems(train_set, seed=_mix_seed(r.seed, 0, 4)), batch_size=d.batch_size,
                               sampler=sampler, drop_last=True, num_workers=d.num_workers,
                               persistent_workers=d.num_workers > 0, pin_memory=on_gpu,
                               worker_init_fn=seed_worker, generator=generators["loader"])
-    if test_set.transform is None:  # decoded uint8 tensors: plain slices, no loader needed
-        test_loader = list(zip(test_set.images.split(d.eval_batch_size), test_set.labels.split(d.eval_batch_size)))
-    else:
-        test_loader = DataLoader(test_set, batch_size=d.eval_batch_size, num_workers=d.num_workers, pin_memory=on_gpu)
+    test_loader = _test_loader(test_set, cfg, info, on_gpu)
+    reduce = all_reduce_sum if info.distributed else None
 
     # ---- optimisation
     optimizer = build_optimizer(model, method, o)
@@ -374,13 +486,13 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     autocast = partial(torch.autocast, device.type, dtype=amp_dtype) if amp_dtype else nullcontext
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     ema = None
-    if cfg.model.ema_decay > 0:
+    if cfg.model.ema_decay > 0:  # updated on every rank: the weights are the same everywhere
         ema = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.model.ema_decay), use_buffers=True)
     steps_per_epoch = len(train_loader)
     total_steps = o.epochs * steps_per_epoch
 
-    # ---- resume: every state, then the RNGs last
+    # ---- resume: every state, then the RNGs last (each rank its own)
     start_epoch, step, history = 0, 0, []
     if ckpt is not None:
         path = ckpt["path"]
@@ -390,20 +502,34 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         _load_state("AMP scaler state", lambda: scaler.load_state_dict(ckpt["scaler"]), path)
         if ema is not None and ckpt["ema"] is not None:
             _load_state("EMA weights", lambda: ema.load_state_dict(ckpt["ema"]), path)
-        _load_state("RNG states", lambda: set_rng_state(ckpt["rng"], generators), path)
+        saved = ckpt.get("rng_per_rank") or [ckpt["rng"]]
+        if len(saved) != info.world_size and main:
+            print(f"mixlab: note: {path} was written by {len(saved)} process(es) and this run has "
+                  f"{info.world_size}: training continues, but not bit for bit (data shards and RNG streams differ)",
+                  flush=True)
+        if rank < len(saved):
+            _load_state("RNG states", lambda: set_rng_state(saved[rank], generators), path)
         start_epoch, step, history = ckpt["epoch"], ckpt["step"], list(ckpt["history"])
-    run_dir = Path(r.out) if r.out else Path(ckpt["path"]).parent if ckpt is not None else default_run_dir(cfg)
-    if ckpt is None and (run_dir / CHECKPOINT_NAME).exists():
-        raise ValueError(f"run directory {run_dir} already holds a {CHECKPOINT_NAME}; pass --resume {run_dir} "
-                         f"to continue it, or choose another --out")
-    _prepare_run_dir(run_dir)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    writer = _tensorboard(run_dir) if r.tensorboard else None
+
+    def prepare_run_dir() -> str:
+        run_dir = Path(r.out) if r.out else Path(ckpt["path"]).parent if ckpt is not None else default_run_dir(cfg)
+        if ckpt is None and (run_dir / CHECKPOINT_NAME).exists():
+            raise ValueError(f"run directory {run_dir} already holds a {CHECKPOINT_NAME}; pass --resume {run_dir} "
+                             f"to continue it, or choose another --out")
+        _prepare_run_dir(run_dir)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        return str(run_dir)
+
+    run_dir = Path(_on_main(prepare_run_dir, info))  # rank 0's name (it holds a timestamp)
+    writer = _tensorboard(run_dir) if r.tensorboard and main else None
     from tqdm.auto import tqdm
 
-    print(f"mixlab: {cfg.method.name} | {cfg.model.name} | {d.name} ({len(train_set)} train / {len(test_set)} test, "
-          f"{num_classes} classes) | {o.epochs} epochs x {steps_per_epoch} steps | {device} | run dir {run_dir}",
-          flush=True)
+    if main:
+        procs = (f" | {info.world_size} processes x batch {d.batch_size} ({info.world_size * d.batch_size} in all)"
+                 if info.distributed else "")
+        print(f"mixlab: {cfg.method.name} | {cfg.model.name} | {d.name} ({len(train_set)} train / {len(test_set)} "
+              f"test, {num_classes} classes) | {o.epochs} epochs x {steps_per_epoch} steps | {device}{procs} | "
+              f"run dir {run_dir}", flush=True)
     samples = None  # the run's first mixed batch, drawn in samples.png
     for epoch in range(start_epoch, min(o.epochs, r.stop_epoch or o.epochs)):
         model.train()
@@ -413,13 +539,13 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         sums: dict[str, Tensor] = defaultdict(lambda: torch.zeros((), device=device, dtype=torch.float64))
         seen = correct = 0
         t0 = time.perf_counter()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{o.epochs}", disable=not r.progress, leave=False,
-                   dynamic_ncols=True)
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{o.epochs}", disable=not (r.progress and main),
+                   leave=False, dynamic_ncols=True)
         for images, labels in bar:
             images, labels = _to_device((images, labels), device, preprocess)  # images (B, C, H, W) float
             set_lr(optimizer, lr_factor(step, steps_per_epoch, o))
             out = train_step(model, method, optimizer, (images, labels), step / total_steps, scaler=scaler,
-                             clip_grad=o.clip_grad, autocast=autocast)
+                             clip_grad=o.clip_grad, autocast=autocast, distributed=info.distributed)
             if ema is not None:
                 ema.update_parameters(model)
             b = labels.shape[0]
@@ -429,48 +555,58 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
             if out.logits is not None and out.logits.shape[0] == b:
                 target = out.mixed.targets.argmax(1) if out.mixed is not None else labels
                 correct += (out.logits.argmax(1) == target).sum()
-            if step == 0 and isinstance(images, Tensor):
+            if step == 0 and main and isinstance(images, Tensor):
                 samples = _preview(method, out, images[:16], labels[:16])
             seen += b
             step += 1
-            if r.progress and step % 10 == 0:
+            if r.progress and main and step % 10 == 0:
                 bar.set_postfix(loss=f"{sums['loss'].item() / seen:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
         train_time = time.perf_counter() - t0
 
+        # ---- the epoch's row: train sums over every process (weighted by images), sharded test sums
+        means, acc, seen_all = _epoch_sums(sums, correct, seen, device)
         row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"]}
-        row.update({f"train_{k}": float(v) / seen for k, v in sums.items()})
+        row.update({f"train_{k}": v for k, v in means.items()})
         if not math.isfinite(row["train_loss"]):
             raise FloatingPointError(f"training loss is {row['train_loss']} in epoch {epoch + 1}; lower optim.lr or "
                                      f"set optim.clip_grad (the last checkpoint was left untouched)")
-        if isinstance(correct, Tensor):
-            row["train_acc"] = 100.0 * float(correct) / seen
-        row.update({f"test_{k}": v for k, v in evaluate(model, test_loader, device, preprocess, autocast).items()
-                    if k != "n"})
+        if acc is not None:
+            row["train_acc"] = 100.0 * acc
+        row.update({f"test_{k}": v for k, v in evaluate(model, test_loader, device, preprocess, autocast,
+                                                        all_reduce=reduce).items() if k != "n"})
         if ema is not None:
             row.update({f"ema_test_{k}": v for k, v in evaluate(ema.module, test_loader, device, preprocess,
-                                                                autocast).items() if k != "n"})
-        row.update({"epoch_time": time.perf_counter() - t0, "images_per_s": seen / train_time})
+                                                                autocast, all_reduce=reduce).items() if k != "n"})
+        row.update({"epoch_time": time.perf_counter() - t0, "images_per_s": seen_all / train_time})
         history.append(row)
 
-        save_checkpoint(run_dir / CHECKPOINT_NAME, {
-            "epoch": epoch + 1, "step": step, "config": config_to_dict(cfg), "num_classes": num_classes,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None, "method": method.state_dict(),
-            "rng": rng_state(generators), "history": history})
-        write_metrics(run_dir, history)
-        plot_curves(history, run_dir / "curves.png")
-        if samples is not None:
-            plot_samples(*samples, train_set.classes, run_dir / "samples.png", train_set.mean, train_set.std,
-                         title=f"{cfg.method.name}: first training batch")
-            samples = None
-        if writer is not None:
-            for k, v in row.items():
-                if k != "epoch":
-                    writer.add_scalar(k, v, epoch + 1)
-        ema_text = f" (EMA {row['ema_test_acc1']:.1f}%)" if ema is not None else ""
-        print(f"epoch {epoch + 1}/{o.epochs}  loss {row['train_loss']:.4f}  test top-1 {row['test_acc1']:.2f}%"
-              f"{ema_text}  top-5 {row['test_acc5']:.2f}%  nll {row['test_nll']:.3f}  lr {row['lr']:.4g}  "
-              f"{row['epoch_time']:.1f}s  {row['images_per_s']:.0f} img/s", flush=True)
+        # every rank's RNG states go into the checkpoint; the weights must be the same on every rank
+        gathered = all_gather_object((rng_state(generators), _fingerprint(model) if info.distributed else ""))
+        if len({f for _, f in gathered}) > 1:
+            raise RuntimeError(f"the model weights differ across processes after epoch {epoch + 1} "
+                               f"({[f for _, f in gathered]}); this is a bug in the synchronisation")
+        if main:
+            save_checkpoint(run_dir / CHECKPOINT_NAME, {
+                "epoch": epoch + 1, "step": step, "config": config_to_dict(cfg), "num_classes": num_classes,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None, "method": method.state_dict(),
+                "rng": gathered[0][0], "rng_per_rank": [g for g, _ in gathered] if info.distributed else None,
+                "world_size": info.world_size, "history": history})
+            write_metrics(run_dir, history)
+            plot_curves(history, run_dir / "curves.png")
+            if samples is not None:
+                plot_samples(*samples, train_set.classes, run_dir / "samples.png", train_set.mean, train_set.std,
+                             title=f"{cfg.method.name}: first training batch")
+                samples = None
+            if writer is not None:
+                for k, v in row.items():
+                    if k != "epoch":
+                        writer.add_scalar(k, v, epoch + 1)
+            ema_text = f" (EMA {row['ema_test_acc1']:.1f}%)" if ema is not None else ""
+            print(f"epoch {epoch + 1}/{o.epochs}  loss {row['train_loss']:.4f}  test top-1 {row['test_acc1']:.2f}%"
+                  f"{ema_text}  top-5 {row['test_acc5']:.2f}%  nll {row['test_nll']:.3f}  lr {row['lr']:.4g}  "
+                  f"{row['epoch_time']:.1f}s  {row['images_per_s']:.0f} img/s", flush=True)
+        barrier()  # the checkpoint of this epoch is complete before any rank goes on
     if writer is not None:
         writer.close()
     final = dict(history[-1]) if history else {}
