@@ -7,7 +7,8 @@ The mixing core imports torch alone::
     images, targets = mixer(images, labels)
 
 Subpackages with heavier dependencies (``mixlab.models``, ``mixlab.data``, ``mixlab.engine``,
-...) are imported only when used.
+...) are imported only when used. ``mixlab.CropMix`` and ``mixlab.CropMixBatch`` (per-image and
+batched CropMix, :mod:`mixlab.transforms`) are lazy exports: the first access imports torchvision.
 """
 
 from mixlab.core import BinaryCrossEntropy, MixResult, SoftTargetCrossEntropy
@@ -15,8 +16,13 @@ from mixlab.mixers import CutMix, FMix, MixCollate, Mixer, Mixup, RandomChoice, 
 
 __version__ = "0.1.0"
 
+# name -> module, imported on first access (PEP 562), so `import mixlab` does not import torchvision
+_LAZY = {"CropMix": "mixlab.transforms", "CropMixBatch": "mixlab.transforms"}
+
 __all__ = [
     "BinaryCrossEntropy",
+    "CropMix",
+    "CropMixBatch",
     "CutMix",
     "FMix",
     "MixCollate",
@@ -29,3 +35,17 @@ __all__ = [
     "SoftTargetCrossEntropy",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later accesses skip this function
+        return value
+    raise AttributeError(f"module 'mixlab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -72,6 +72,40 @@ def _mixup_cutmix(
     return method
 
 
+def _as_tuples(hparams: dict[str, Any]) -> dict[str, Any]:
+    """YAML/CLI lists -> tuples for CropMix's sequence arguments."""
+    keys = ("scale", "ratio", "num_crops", "inter_aug", "size")
+    return {k: tuple(v) if k in keys and isinstance(v, list) else v for k, v in hparams.items()}
+
+
+def _cropmix(mix: str, mixer: type | None = None, mixer_alpha: str = "") -> Callable[..., Method]:
+    """Constructor of a :class:`~mixlab.methods.cropmix.CropMixMethod` (CropMix in the loader), with
+    ``mix`` fixed and optionally a batch ``mixer`` whose α is the hyper-parameter ``mixer_alpha``."""
+
+    def build(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
+        from mixlab.methods.cropmix import CropMixMethod
+
+        batch_mixer = None
+        if mixer is not None:
+            batch_mixer = mixer(num_classes, alpha=hparams.pop(mixer_alpha), label_smoothing=label_smoothing)
+        return CropMixMethod(num_classes, label_smoothing, mixer=batch_mixer, mix=mix, **_as_tuples(hparams))
+
+    return build
+
+
+def _rrc(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
+    from mixlab.methods.cropmix import RRCMethod
+
+    return RRCMethod(num_classes, label_smoothing, **_as_tuples(hparams))
+
+
+_CROPMIX_PAPER = "Han et al. 2022, CropMix: Sampling a Rich Input Distribution via Multi-Scale Cropping"
+# the CIFAR setting of §4.1: N = 2 crops of (0.01, 1), Mixup with λ ~ Beta(0.4/N, 0.4/N), channel permutation
+_CROPMIX_DEFAULTS = {"scale": (0.01, 1.0), "num_crops": 2, "alpha": 0.4, "inter_aug": ("permute",),
+                     "placement": "before"}
+_CROPMIX_OPTIONS = ("ratio", "interpolation", "multi_scale", "antialias", "size")
+
+
 METHODS: dict[str, MethodSpec] = {
     "vanilla": MethodSpec(_vanilla, "-", {}, "plain cross-entropy on un-mixed images"),
     "mixup": MethodSpec(_mixer(Mixup), "Zhang et al. 2018, mixup: Beyond Empirical Risk Minimization",
@@ -91,6 +125,22 @@ METHODS: dict[str, MethodSpec] = {
     "mixup-cutmix": MethodSpec(_mixup_cutmix, "Touvron et al. 2021, DeiT (training recipe)",
                                {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "cutmix_prob": 0.5},
                                "Mixup or CutMix, chosen per batch"),
+    "cropmix": MethodSpec(_cropmix("mixup"), _CROPMIX_PAPER, _CROPMIX_DEFAULTS,
+                          "loader mixes N crops of distinct scales of each image (Mixup); labels unchanged",
+                          _CROPMIX_OPTIONS),
+    "cropmix-cutmix": MethodSpec(_cropmix("cutmix"), _CROPMIX_PAPER, {**_CROPMIX_DEFAULTS, "alpha": 1.0},
+                                 "loader mixes N crops of distinct scales of each image (CutMix boxes)",
+                                 _CROPMIX_OPTIONS),
+    "cropmix+mixup": MethodSpec(_cropmix("mixup", Mixup, "mixup_alpha"), _CROPMIX_PAPER + " (recipe R2)",
+                                {**_CROPMIX_DEFAULTS, "mixup_alpha": 1.0},
+                                "CropMix in the loader, then Mixup on the batch", _CROPMIX_OPTIONS),
+    "cropmix+cutmix": MethodSpec(_cropmix("mixup", CutMix, "cutmix_alpha"), _CROPMIX_PAPER + " (with CutMix, as R3)",
+                                 {**_CROPMIX_DEFAULTS, "cutmix_alpha": 1.0},
+                                 "CropMix in the loader, then CutMix on the batch", _CROPMIX_OPTIONS),
+    "rrc": MethodSpec(_rrc, "Szegedy et al. 2015, Going Deeper with Convolutions (RandomResizedCrop; the "
+                      "CropMix paper's baseline)", {"scale": (0.08, 1.0)},
+                      "RandomResizedCrop + flip in the loader (CropMix's baseline)",
+                      ("ratio", "interpolation", "antialias", "size")),
 }
 
 

@@ -1,0 +1,24 @@
+"""Per-image and batched training transforms (``torchvision.transforms.v2`` style).
+
+* :class:`CropMix` (Han et al. 2022): N random-resized crops of one image at distinct scales,
+  mixed into one image; a v2 ``Transform`` for the DataLoader. :func:`rrc` is its RandomResizedCrop
+  baseline with the same argument names; :func:`scale_ranges` the §3.2 sub-range split.
+* :class:`CropMixBatch` / :func:`cropmix_batch`: the same operation on a batch on its device.
+
+This package imports torchvision; ``import mixlab`` does not (``mixlab.CropMix`` is a lazy export).
+"""
+
+from mixlab.transforms.cropmix import CropMix, augment_view, cutmix_views, mix_views, mixup_views, rrc, scale_ranges
+from mixlab.transforms.cropmix_batch import CropMixBatch, cropmix_batch
+
+__all__ = [
+    "CropMix",
+    "CropMixBatch",
+    "augment_view",
+    "cropmix_batch",
+    "cutmix_views",
+    "mix_views",
+    "mixup_views",
+    "rrc",
+    "scale_ranges",
+]
