@@ -21,27 +21,31 @@ import torch
 import mixlab
 
 
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, float]:
+    """Median ms of each function, timed round-robin (A, B, C, A, B, C, ...) so that machine load
+    and allocator state drift affect every candidate alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 def run_size(shape: tuple[int, ...], k: int, repeats: int, device: str) -> dict[str, float]:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(shape, generator=g).to(device)
     y = torch.randint(0, k, (shape[0],), generator=g).to(device)
-    rows: dict[str, float] = {}
+    fns: dict[str, Callable[[], object]] = {}
 
     def add(name: str, fn: Callable[[], object]) -> None:
-        rows[name] = median_ms(fn, repeats)
+        fns[name] = fn
 
     add("clone (floor)", lambda: x.clone())
     gen = torch.Generator().manual_seed(1)
@@ -87,7 +91,7 @@ def run_size(shape: tuple[int, ...], k: int, repeats: int, device: str) -> dict[
         add("torchvision CutMix", lambda: vc(x, y))
     except ImportError:
         print("torchvision not installed: skipping its rows")
-    return rows
+    return interleaved_medians(fns, repeats)
 
 
 def main() -> None:
