@@ -447,3 +447,15 @@ def test_evaluate_all_writes_outputs_and_table(trained, tmp_path):
         assert word in table
     light = evaluate_all(model, (x[:32], y[:32]), MEAN, STD, fgsm=False, corruptions=False)
     assert light["fgsm"] is None and light["corruptions"] is None and "mCA" not in format_table(light)
+
+
+def test_corruption_subset_is_strided_over_a_class_sorted_set():
+    """max_images takes images evenly over the set, so a class-sorted split keeps every class."""
+    from mixlab.engine.evaluation import _cache_pixels, _Pixels
+
+    labels = torch.arange(10).repeat_interleave(50)  # sorted by class, as an ImageFolder test split
+    images = torch.zeros(500, 3, 4, 4, dtype=torch.uint8)
+    loader = [(images[i : i + 64], labels[i : i + 64]) for i in range(0, 500, 64)]
+    _, kept = _cache_pixels(loader, _Pixels(None, None, torch.device("cpu")), 100, None)
+    assert kept.numel() == 100
+    assert torch.equal(torch.bincount(kept, minlength=10), torch.full((10,), 10))

@@ -288,22 +288,23 @@ def fgsm_accuracy(model: nn.Module, loader: Data, mean: Sequence[float], std: Se
 
 def _cache_pixels(loader: Data, px: _Pixels, max_images: int | None,
                   batch_size: int | None) -> tuple[Tensor, Tensor]:
-    """All (or the first ``max_images``) images on the CPU: uint8 if the data is uint8, else
-    float32 pixels in [0, 1]; and their labels."""
-    images, labels, n = [], [], 0
+    """The images on the CPU (uint8 if the data is uint8, else float32 pixels in [0, 1]) and their
+    labels: all of them, or ``max_images`` evenly strided over the whole set, so that a subset of a
+    class-sorted test split (an ImageFolder) still covers every class."""
+    images, labels = [], []
     for x, y in _batches(loader, batch_size):
-        if max_images is not None and n >= max_images:
-            break
-        take = x.shape[0] if max_images is None else min(x.shape[0], max_images - n)
-        x, y = x[:take], y[:take]
         images.append(x.cpu() if x.dtype == torch.uint8 else px.pixels(x).cpu())
         labels.append(y.cpu().long())
-        n += take
-    if n == 0:
+    if not images:
         raise ValueError("corruption_accuracy: the loader yielded no samples")
     if len({t.dtype for t in images}) > 1:
         images = [t.float() / 255.0 if t.dtype == torch.uint8 else t for t in images]
-    return torch.cat(images), torch.cat(labels)
+    images_all, labels_all = torch.cat(images), torch.cat(labels)
+    n = images_all.shape[0]
+    if max_images is not None and max_images < n:
+        keep = torch.linspace(0, n - 1, max_images).round().long()  # evenly strided, deterministic
+        images_all, labels_all = images_all[keep], labels_all[keep]
+    return images_all, labels_all
 
 
 @torch.no_grad()
@@ -325,7 +326,7 @@ def corruption_accuracy(model: nn.Module, loader: Data, mean: Sequence[float], s
         corruptions: names from :data:`~mixlab.engine.corruptions.CORRUPTIONS` (default: all).
         severities: subset of 1..5 (default all five).
         seed: results are reproducible for the same seed, device and ``batch_size``.
-        max_images: evaluate only the first ``max_images`` images (default: all).
+        max_images: evaluate ``max_images`` images evenly strided over the set (default: all).
         batch_size: images per corrupted batch (default: the loader's ``batch_size``, else 256).
         progress: tqdm bar over the corruption × severity loop.
 
@@ -400,7 +401,7 @@ def evaluate_all(model: nn.Module, loader: Data, mean: Sequence[float], std: Seq
             diagram, :func:`~mixlab.engine.calibration.reliability_diagram`) are written there.
         fgsm: run the FGSM attack (``epsilon``, default 8/255).
         corruptions: True for all corruptions, False for none, or a list of names.
-        max_corruption_images: corruption accuracy on the first N images only (default: all).
+        max_corruption_images: corruption accuracy on N images evenly strided over the set (default: all).
         severities, seed: see :func:`corruption_accuracy`.
         n_bins: calibration bins (default 15).
         batch_size: batch size for tensor input and corrupted batches.
