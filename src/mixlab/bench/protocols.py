@@ -1,0 +1,186 @@
+"""Benchmark protocols: a fixed training config, the methods to compare, the seeds, the evaluation.
+
+A protocol is a YAML file shipped in ``mixlab/bench/protocols/`` (or any file given by its path)::
+
+    description: one paragraph saying what the protocol measures and what it costs
+    base:                  # a TrainConfig, as in mixlab/configs/default.yaml (no method, seed, out)
+      data: {name: imagefolder, root: ../shared/data/cifar10-jpeg.zip, train_per_class: 100}
+      model: {name: resnet_small}
+      optim: {name: sgd, lr: 0.1, epochs: 120}
+    methods:               # method name -> overrides of its paper defaults ({} keeps them)
+      vanilla: {}
+      mixup: {alpha: 1.0}
+    seeds: [0, 1, 2]
+    eval: {max_corruption_images: 1000, fgsm: true, corruptions: true}
+
+    >>> protocol = load_protocol("cifar10-quick")
+    >>> cfg = protocol.config("mixup", seed=0)      # the TrainConfig of one run
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mixlab import registry
+from mixlab.engine.config import TrainConfig, config_from_dict, validate_config
+
+__all__ = ["Protocol", "EvalSettings", "list_protocols", "load_protocol", "protocol_from_dict"]
+
+_KEYS = ("description", "base", "methods", "seeds", "eval")
+_EVAL_KEYS = ("max_corruption_images", "fgsm", "corruptions")
+# set per run by the runner, so a protocol must leave them alone
+_RUNNER_KEYS = ("method.name", "method.params", "run.seed", "run.out", "run.resume", "run.stop_epoch")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How each finished run is evaluated (:func:`mixlab.engine.eval_run.evaluate_checkpoint`)."""
+
+    max_corruption_images: int | None = None  # corruption accuracy on the first N test images (None: all)
+    fgsm: bool = True
+    corruptions: bool = True
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A validated protocol; :meth:`config` gives the TrainConfig of one (method, seed) run."""
+
+    name: str
+    description: str
+    base: TrainConfig
+    methods: dict[str, dict[str, Any]]
+    seeds: tuple[int, ...]
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+    def config(self, method: str, seed: int) -> TrainConfig:
+        """``base`` with ``method.name``, ``method.params`` and ``run.seed`` set.
+
+        Raises:
+            ValueError: ``method`` is not one of the protocol's methods (they are listed).
+        """
+        if method not in self.methods:
+            raise ValueError(f"protocol {self.name!r} has no method {method!r}; its methods: {', '.join(self.methods)}")
+        cfg = copy.deepcopy(self.base)
+        cfg.method.name, cfg.method.params, cfg.run.seed = method, copy.deepcopy(self.methods[method]), seed
+        return cfg
+
+
+def _packaged() -> dict[str, Any]:
+    """``{name: resource}`` of the protocols shipped with mixlab."""
+    folder = resources.files("mixlab.bench") / "protocols"
+    return {p.name[: -len(".yaml")]: p for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def list_protocols() -> dict[str, str]:
+    """``{name: description}`` of the shipped protocols, sorted by name (read, not validated)."""
+    out = {}
+    for name, resource in sorted(_packaged().items()):
+        try:
+            data = yaml.safe_load(resource.read_text())
+        except yaml.YAMLError:
+            data = None
+        description = data.get("description") if isinstance(data, dict) else None
+        out[name] = " ".join(str(description or "").split())
+    return out
+
+
+def load_protocol(name_or_path: str | Path) -> Protocol:
+    """A shipped protocol by name (``"cifar10-quick"``), or a protocol YAML file by path.
+
+    Raises:
+        ValueError: unknown name (the shipped ones are listed), unparsable YAML or an invalid protocol.
+    """
+    packaged = _packaged()
+    text: str
+    if str(name_or_path) in packaged:
+        name, text = str(name_or_path), packaged[str(name_or_path)].read_text()
+    elif Path(name_or_path).suffix in (".yaml", ".yml") and Path(name_or_path).is_file():
+        name, text = Path(name_or_path).stem, Path(name_or_path).read_text()
+    elif Path(name_or_path).suffix in (".yaml", ".yml"):
+        raise ValueError(f"protocol file {name_or_path} not found (shipped protocols: {', '.join(sorted(packaged))})")
+    else:
+        close = difflib.get_close_matches(str(name_or_path), list(packaged), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown protocol {str(name_or_path)!r}{hint}; available: {', '.join(sorted(packaged))} "
+                         f"(or the path of a protocol .yaml file)")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"protocol {name!r}: cannot parse the YAML: {e}") from None
+    return protocol_from_dict(data, name)
+
+
+def protocol_from_dict(data: Any, name: str = "protocol") -> Protocol:
+    """Validate a protocol given as a dict (the parsed YAML).
+
+    Raises:
+        ValueError: a missing or unknown top-level key, a base config key the runner sets or that
+            TrainConfig does not know, an unknown method or method hyper-parameter, bad seeds or
+            eval settings; the message names the protocol and the key.
+    """
+    def fail(msg: str) -> ValueError:
+        return ValueError(f"protocol {name!r}: {msg}")
+
+    if not isinstance(data, dict):
+        raise fail(f"must be a mapping with keys {', '.join(_KEYS)}, got {type(data).__name__}")
+    unknown = [k for k in data if k not in _KEYS]
+    if unknown:
+        raise fail(f"unknown key(s) {', '.join(map(repr, unknown))}; valid: {', '.join(_KEYS)}")
+    missing = [k for k in ("base", "methods", "seeds") if k not in data]
+    if missing:
+        raise fail(f"missing key(s) {', '.join(missing)}")
+
+    base_dict = data["base"]
+    if not isinstance(base_dict, dict):
+        raise fail(f"base must be a mapping of config sections, got {base_dict!r}")
+    taken = [f"{s}.{k}" for s, values in base_dict.items() if isinstance(values, dict) for k in values
+             if f"{s}.{k}" in _RUNNER_KEYS]
+    if taken:
+        raise fail(f"base sets {', '.join(taken)}, which the runner sets per run (use 'methods' and 'seeds')")
+    try:
+        base = config_from_dict(base_dict, source=f"protocol {name!r} base")
+        validate_config(base)
+        registry.check_names(model=base.model.name, dataset=base.data.name)
+    except ValueError as e:
+        raise fail(str(e)) from None
+
+    methods = data["methods"]
+    if not isinstance(methods, dict) or not methods:
+        raise fail(f"methods must be a non-empty mapping of method name -> parameters, got {methods!r}")
+    for method, params in methods.items():
+        if not isinstance(params, (dict, type(None))):
+            raise fail(f"the parameters of method {method!r} must be a mapping (or {{}}), got {params!r}")
+        try:  # names, then values: building a method is cheap and checks its hyper-parameters
+            registry.build_method(str(method), 10, base.method.label_smoothing, **(params or {}))
+        except (ValueError, TypeError) as e:
+            raise fail(str(e)) from None
+    methods = {str(m): dict(p or {}) for m, p in methods.items()}
+
+    seeds = data["seeds"]
+    if (not isinstance(seeds, list) or not seeds
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
+        raise fail(f"seeds must be a non-empty list of integers >= 0, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise fail(f"seeds must be distinct, got {seeds!r}")
+
+    ev = data.get("eval") or {}
+    if not isinstance(ev, dict) or any(k not in _EVAL_KEYS for k in ev):
+        raise fail(f"eval must be a mapping with keys among {', '.join(_EVAL_KEYS)}, got {ev!r}")
+    n = ev.get("max_corruption_images")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise fail(f"eval.max_corruption_images must be null (all test images) or an integer >= 1, got {n!r}")
+    for key in ("fgsm", "corruptions"):
+        if not isinstance(ev.get(key, True), bool):
+            raise fail(f"eval.{key} must be true or false, got {ev[key]!r}")
+    description = data.get("description") or ""
+    if not isinstance(description, str):
+        raise fail(f"description must be a string, got {description!r}")
+    return Protocol(name=name, description=" ".join(description.split()), base=base, methods=methods,
+                    seeds=tuple(seeds), eval=EvalSettings(**ev))

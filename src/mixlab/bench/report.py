@@ -1,0 +1,209 @@
+"""The results of a benchmark: one CSV row per run, one Markdown row per method.
+
+Every number is measured on the test split. Accuracy is the *last* epoch's (``top1``, from
+``eval.json``); the best epoch's accuracy appears only in the CSV, as ``best_top1`` with its
+``best_epoch``, and is never averaged into the table. Means and standard deviations are over
+seeds (sample std, ``n - 1``).
+
+Which methods differ from vanilla is decided from the seed-to-seed spread: the pooled standard
+deviation ``s = sqrt(sum_m (n_m - 1) s_m^2 / sum_m (n_m - 1))`` over every method with at least
+two seeds; a method differs when ``|mean_m - mean_vanilla| > 2 s``. With ``n`` seeds the
+difference of two means has a standard error of ``s * sqrt(2 / n)``, so 2 s is about 2.4 standard
+errors with 3 seeds: a screen against seed noise, not a significance test.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from mixlab.engine.corruptions import CORRUPTIONS
+
+__all__ = ["COLUMNS", "collect_rows", "read_history", "mean_std", "pooled_std", "summarize", "compare_to_baseline",
+           "write_csv", "write_markdown"]
+
+# results.csv columns: (name, meaning)
+COLUMNS = {
+    "method": "method name",
+    "seed": "run seed",
+    "top1": "test top-1 % at the last epoch",
+    "best_top1": "BEST test top-1 % over all epochs (an optimistic number: reported for reference only)",
+    "best_epoch": "the epoch of best_top1",
+    "top5": "test top-5 % (last epoch)",
+    "nll": "test negative log-likelihood (last epoch)",
+    "ece": "expected calibration error %, 15 bins (last epoch)",
+    "rms": "RMS calibration error %, 15 bins (last epoch)",
+    "fgsm_top1": "test top-1 % under FGSM, eps = 8/255 (last epoch)",
+    "corruption_top1": "mean test top-1 % over the corruptions x severities 1-5 (mCA, last epoch)",
+    "corruption_images": "test images the corruption accuracy is measured on",
+    "epochs": "epochs trained",
+    "epoch_time_s": "mean seconds per epoch (training + the per-epoch test pass)",
+    "images_per_s": "mean training throughput, images per second",
+    "wall_time_s": "wall-clock seconds of the run: training (over all resumes; at least the sum of the epochs' "
+                   "times) + evaluation",
+    "run_dir": "the run directory",
+}
+_TABLE = [("top1", "top-1 % (last epoch)"), ("ece", "ECE %"), ("fgsm_top1", "FGSM top-1 %"),
+          ("corruption_top1", "corruption top-1 % (mCA)"), ("epoch_time_s", "s / epoch")]
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, float]]:
+    """The run's ``metrics.csv`` as a list of ``{column: float}`` (missing values are NaN)."""
+    with open(Path(run_dir) / "metrics.csv", newline="") as f:
+        return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _row(run_dir: Path, method: str, seed: int) -> dict[str, Any]:
+    ev = json.loads((run_dir / "eval.json").read_text())
+    history = read_history(run_dir)
+    best = max(history, key=lambda r: r["test_acc1"])
+    try:
+        timing = json.loads((run_dir / "bench-timing.json").read_text())
+    except (OSError, ValueError):  # trained outside the runner
+        timing = {}
+    # a segment killed hard (no time recorded) still left its epochs' times in the metrics
+    wall = max(timing.get("train_s", 0.0), sum(r["epoch_time"] for r in history)) \
+        + timing.get("eval_s", ev.get("seconds", 0.0))
+    corr, fgsm, clean = ev.get("corruptions") or {}, ev.get("fgsm") or {}, ev["clean"]
+    return {
+        "method": method, "seed": seed, "top1": clean["top1"], "best_top1": best["test_acc1"],
+        "best_epoch": int(best["epoch"]), "top5": clean["top5"], "nll": clean["nll"], "ece": clean["ece"],
+        "rms": clean["rms"], "fgsm_top1": fgsm.get("top1", math.nan), "corruption_top1": corr.get("mCA", math.nan),
+        "corruption_images": corr.get("n", 0), "epochs": int(history[-1]["epoch"]),
+        "epoch_time_s": sum(r["epoch_time"] for r in history) / len(history),
+        "images_per_s": sum(r["images_per_s"] for r in history) / len(history), "wall_time_s": wall,
+        "run_dir": str(run_dir),
+    }
+
+
+def collect_rows(runs: Sequence[Any]) -> list[dict[str, Any]]:
+    """One row (``COLUMNS``) per finished run (``status == "done"``), in the given order."""
+    return [_row(r.dir, r.method, r.seed) for r in runs if r.status == "done"]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (``n - 1``; NaN for fewer than 2 values), NaNs dropped."""
+    xs = [float(v) for v in values if not math.isnan(float(v))]
+    if not xs:
+        return math.nan, math.nan
+    mean = sum(xs) / len(xs)
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else math.nan
+    return mean, std
+
+
+def pooled_std(groups: Sequence[Sequence[float]]) -> float:
+    """``sqrt(sum (n_i - 1) s_i^2 / sum (n_i - 1))`` over the groups with 2+ values; NaN if none."""
+    num = den = 0.0
+    for g in groups:
+        xs = [float(v) for v in g if not math.isnan(float(v))]
+        if len(xs) > 1:
+            num += (len(xs) - 1) * mean_std(xs)[1] ** 2
+            den += len(xs) - 1
+    return math.sqrt(num / den) if den else math.nan
+
+
+def summarize(rows: Sequence[dict[str, Any]], baseline: str = "vanilla") -> list[dict[str, Any]]:
+    """One dict per method (in order of first appearance): ``method``, ``n``, ``seeds``, and
+    ``(mean, std)`` for every table metric, plus ``time_ratio`` (s / epoch over the baseline's)."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    out = []
+    for m in methods:
+        mine = [r for r in rows if r["method"] == m]
+        s = {"method": m, "n": len(mine), "seeds": [r["seed"] for r in mine]}
+        s.update({key: mean_std([r.get(key, math.nan) for r in mine]) for key, _ in _TABLE})
+        out.append(s)
+    base = next((s for s in out if s["method"] == baseline), None)
+    for s in out:
+        s["time_ratio"] = s["epoch_time_s"][0] / base["epoch_time_s"][0] if base else math.nan
+    return out
+
+
+def _pm(mean: float, std: float, digits: int = 2) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if not math.isnan(std) else "")
+
+
+def compare_to_baseline(rows: Sequence[dict[str, Any]], key: str = "top1", label: str = "last-epoch test top-1",
+                        baseline: str = "vanilla") -> str:
+    """One plain-language sentence: which methods differ from ``baseline`` on ``key`` by more than
+    2 x the pooled seed-to-seed standard deviation (see the module docstring), and which do not."""
+    groups: dict[str, list[float]] = {}
+    for r in rows:
+        groups.setdefault(r["method"], []).append(r[key])
+    others = [m for m in groups if m != baseline]
+    if baseline not in groups or not others:
+        return f"{label}: nothing to compare ({baseline} and at least one other method need finished runs)."
+    base = mean_std(groups[baseline])[0]
+    delta = {m: mean_std(groups[m])[0] - base for m in others}
+    s = pooled_std(list(groups.values()))
+    if math.isnan(s):
+        return (f"{label}: {baseline} {base:.2f}; differences " + ", ".join(f"{m} {delta[m]:+.2f}" for m in others)
+                + " (one seed per method: no spread to judge them by).")
+    verdicts = {"better than": [m for m in others if delta[m] > 2 * s],
+                "worse than": [m for m in others if delta[m] < -2 * s],
+                "within the seed-to-seed spread of": [m for m in others if abs(delta[m]) <= 2 * s]}
+    said = [f"{', '.join(f'{m} ({delta[m]:+.2f})' for m in ms)} {'is' if len(ms) == 1 else 'are'} {verdict} {baseline}"
+            for verdict, ms in verdicts.items() if ms]
+    return f"{label} ({baseline} {base:.2f}, threshold 2 x {s:.2f} = {2 * s:.2f} points): " + "; ".join(said) + "."
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """``results.csv``: one row per run, the columns of :data:`COLUMNS`."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def _duration(seconds: float) -> str:
+    h, rest = divmod(round(seconds), 3600)
+    return f"{h} h {rest // 60:02d} min" if h else f"{rest // 60} min {rest % 60:02d} s"
+
+
+def write_markdown(rows: Sequence[dict[str, Any]], path: str | Path, *, protocol: Any, commands: Sequence[str],
+                   machines: Sequence[str], wall_clock_s: float, missing: Sequence[str] = (),
+                   baseline: str = "vanilla") -> str:
+    """``results.md``: the per-method table (mean ± std over seeds), the seed-to-seed spread, the
+    generated comparison with ``baseline``, the commands, machines and wall-clock time. Returns the text."""
+    summary = summarize(rows, baseline)
+    header = ["method", "seeds"] + [label for _, label in _TABLE] + [f"time vs {baseline}"]
+    lines = [f"# Benchmark `{protocol.name}`", "", protocol.description, "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for s in summary:
+        ratio = f"{s['time_ratio']:.2f}x" if not math.isnan(s["time_ratio"]) else "–"
+        cells = [s["method"], str(s["n"])] + [_pm(*s[k], digits=1 if k == "epoch_time_s" else 2) for k, _ in _TABLE]
+        lines.append("| " + " | ".join(cells + [ratio]) + " |")
+    spread = pooled_std([[r["top1"] for r in rows if r["method"] == s["method"]] for s in summary])
+    spread_text = (f"{spread:.2f} points (pooled over the methods with 2+ seeds)" if not math.isnan(spread)
+                   else "unknown (one seed per method)")
+    lines += ["", "Mean ± sample std over seeds; every number on the test split, at the last epoch (the best-epoch "
+              "accuracy is only in results.csv, labelled best_top1). Calibration: 15 bins. FGSM: eps = 8/255. "
+              f"Corruptions: {len(CORRUPTIONS)} kinds x severities 1-5 on {_corruption_images(rows)} test images.", "",
+              f"Seed-to-seed std of top-1: {spread_text}.", "", "## Which methods differ from " + baseline, ""]
+    lines.append(f"A method differs from {baseline} when its mean is more than 2 x the pooled seed-to-seed std away "
+                 f"from {baseline}'s (pooled over the methods with 2+ seeds; with 3 seeds that is about 2.4 standard "
+                 f"errors of the difference: a screen against seed noise, not a significance test). Differences "
+                 f"are in percentage points.")
+    lines += [""] + [f"- {compare_to_baseline(rows, key, label, baseline)}" for key, label in
+                     (("top1", "Clean top-1 (last epoch)"), ("fgsm_top1", "FGSM top-1"),
+                      ("corruption_top1", "Corruption top-1 (mCA)"))]
+    lines += ["", "## How it was run", ""]
+    lines += [f"- command: `{c}`" for c in commands]
+    lines += [f"- machine: {m}" for m in machines]
+    lines.append(f"- total wall-clock time: {_duration(wall_clock_s)} (all invocations); "
+                 f"sum over runs: {_duration(sum(r['wall_time_s'] for r in rows))}")
+    if missing:
+        lines.append(f"- not finished, so not in the table ({len(missing)}): {', '.join(missing)}")
+    text = "\n".join(lines) + "\n"
+    Path(path).write_text(text)
+    return text
+
+
+def _corruption_images(rows: Sequence[dict[str, Any]]) -> str:
+    counts = sorted({int(r["corruption_images"]) for r in rows})
+    return "/".join(map(str, counts)) or "0"

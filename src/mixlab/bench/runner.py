@@ -1,0 +1,409 @@
+"""Plan, run and resume the runs of a protocol: one ordinary training run per (method, seed).
+
+Each run lives in ``<bench dir>/runs/<method>-s<seed>/`` (a normal run directory: checkpoint.pt,
+metrics.csv, curves.png, ... plus ``eval.json`` from
+:func:`mixlab.engine.eval_run.evaluate_checkpoint`). The state of a run is read from its files,
+so a benchmark can be stopped and restarted at any time:
+
+=========  ==========================================================================
+done       checkpoint at the last epoch and its ``eval.json``: never redone
+evaluate   checkpoint at the last epoch, no ``eval.json`` for it: evaluation only
+resume     checkpoint of an earlier epoch: training continues from it (``run.resume``)
+new        no checkpoint
+=========  ==========================================================================
+
+A run directory trained with a different config (another protocol version) is an error, not
+silently mixed into the results. With ``jobs > 1`` each run is two subprocesses,
+``python -m mixlab.cli train <run dir>/bench-config.yaml --no-eval --set run.threads=T ...`` and
+``python -m mixlab.cli eval <run dir> ...``, with the cores split between the jobs
+(:func:`split_cores`); their output goes to ``<run dir>/bench.log``.
+
+    >>> runs = plan(load_protocol("smoke"), "bench/smoke")
+    >>> outcomes = execute(runs, load_protocol("smoke").eval, jobs=1)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import yaml
+
+from mixlab.bench.protocols import EvalSettings, Protocol
+from mixlab.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from mixlab.engine.config import TrainConfig, config_to_dict
+
+__all__ = ["Run", "plan", "execute", "run_protocol", "split_cores", "machine_description", "available_cores",
+           "TIMING_NAME"]
+
+EVAL_NAME = "eval.json"  # written by evaluate_checkpoint next to the checkpoint
+TIMING_NAME = "bench-timing.json"  # wall-clock seconds of a run's training and evaluation, and the machine
+CONFIG_NAME = "bench-config.yaml"  # the run's full config (``mixlab train <run dir>/bench-config.yaml``)
+LOG_NAME = "bench.log"  # output of the --jobs subprocesses
+# keys that do not change what a run computes: they may differ between a checkpoint and the plan
+_FREE_KEYS = {"run": ("out", "resume", "threads", "progress", "tensorboard", "stop_epoch"),
+              "data": ("root", "num_workers", "eval_batch_size")}
+
+
+@dataclass
+class Run:
+    """One (method, seed) run of a protocol and its state on disk (see the module docstring)."""
+
+    method: str
+    seed: int
+    dir: Path
+    config: TrainConfig
+    status: str  # "done", "evaluate", "resume" or "new"
+    epoch: int = 0  # epochs in the checkpoint
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-s{self.seed}"
+
+
+# ------------------------------------------------------------------------------------------ plan
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def split_cores(jobs: int, num_workers: int, threads: int = 0, cores: int | None = None) -> tuple[int, int]:
+    """``(torch threads, DataLoader workers)`` of each of ``jobs`` simultaneous runs: each gets a
+    share of ``cores // jobs`` (at least 1) threads, or ``threads`` (the protocol's ``run.threads``)
+    if that is set and smaller, and at most ``num_workers`` (the protocol's) workers, fewer than
+    its share, so that a 1-core share loads in the main process."""
+    share = max(1, (cores or available_cores()) // jobs)
+    return (min(threads, share) if threads > 0 else share), min(num_workers, share - 1)
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    d = copy.deepcopy(config)
+    for section, keys in _FREE_KEYS.items():
+        for key in keys:
+            d.get(section, {}).pop(key, None)
+    return d
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """``"key: old there, new in the protocol"`` for each differing key of two config dicts; keys
+    that only one of them has (a config key added or removed in another mixlab version) are skipped."""
+    if isinstance(old, dict) and isinstance(new, dict) and prefix.count(".") < 2:  # sections and their keys
+        return [d for k in old if k in new for d in _differences(old[k], new[k], f"{prefix}{k}.")]
+    return [] if old == new else [f"{prefix[:-1]}: {old!r} there, {new!r} in the protocol"]
+
+
+def _state(run_dir: Path, cfg: TrainConfig, settings: EvalSettings) -> tuple[str, int]:
+    """``(status, epochs done)`` of the run directory (see the module docstring).
+
+    Raises:
+        ValueError: an unreadable checkpoint, or one trained with a different config.
+    """
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    if not ckpt_path.is_file():
+        return "new", 0
+    ckpt = load_checkpoint(ckpt_path)  # CheckpointError (a ValueError) when corrupt
+    diffs = _differences(_comparable(ckpt["config"]), _comparable(config_to_dict(cfg)))
+    if diffs:
+        raise ValueError(f"run directory {run_dir} was trained with another config ({'; '.join(diffs[:4])}); "
+                         f"delete it to redo the run, or choose another --out")
+    epoch = int(ckpt["epoch"])
+    if epoch < cfg.optim.epochs:
+        return "resume", epoch
+    return ("done" if _evaluated(run_dir / EVAL_NAME, epoch, settings) else "evaluate"), epoch
+
+
+def _evaluated(path: Path, epoch: int, settings: EvalSettings) -> bool:
+    """Whether ``eval.json`` holds the evaluation of ``epoch`` with these settings."""
+    try:
+        ev = json.loads(path.read_text())
+        corr, n = ev.get("corruptions"), ev["clean"]["n"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    wanted_n = n if settings.max_corruption_images is None else min(n, settings.max_corruption_images)
+    return (ev.get("epoch") == epoch and (ev.get("fgsm") is not None) == settings.fgsm
+            and (corr is not None) == settings.corruptions and (corr is None or corr.get("n") == wanted_n))
+
+
+def _data_root(protocol: Protocol, data_root: str | os.PathLike | None) -> str | None:
+    """The protocol's (or ``data_root``'s) dataset location, made absolute from the current
+    directory, or None for the synthetic dataset.
+
+    Raises:
+        FileNotFoundError: the location does not exist (the message says how to give it).
+    """
+    d = protocol.base.data
+    if d.name == "synthetic":
+        return None
+    root = data_root if data_root is not None else d.root
+    if root is None:
+        raise FileNotFoundError(f"protocol {protocol.name!r} needs the {d.name} data: pass --data-root PATH")
+    path = Path(root).expanduser().resolve()
+    if not path.exists():
+        hint = ("check --data-root" if data_root is not None else
+                "the protocol's data.root is relative to the directory you run from: run from there, or pass "
+                "--data-root PATH")
+        raise FileNotFoundError(f"{d.name} data not found at {root} (resolved from {Path.cwd()} to {path}); {hint}")
+    return str(path)
+
+
+def plan(protocol: Protocol, out: str | os.PathLike, methods: Sequence[str] | None = None,
+         seeds: Sequence[int] | None = None, data_root: str | os.PathLike | None = None) -> list[Run]:
+    """The runs of ``protocol`` in ``out``, seed by seed (every method once before any twice), with
+    their state on disk.
+
+    Args:
+        protocol: a loaded protocol.
+        out: the bench directory; runs go to ``out/runs/<method>-s<seed>``.
+        methods: run only these of the protocol's methods (default: all, in the protocol's order).
+        seeds: these seeds instead of the protocol's.
+        data_root: the dataset's location instead of the protocol's ``data.root``.
+
+    Raises:
+        ValueError: a method not in the protocol (its methods are listed), a negative seed, a run
+            directory trained with another config.
+        FileNotFoundError: the dataset is not where the protocol (or ``data_root``) says.
+    """
+    methods = list(protocol.methods) if methods is None else list(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in protocol.methods]
+    if unknown:
+        raise ValueError(f"protocol {protocol.name!r} has no method {', '.join(map(repr, unknown))}; "
+                         f"its methods: {', '.join(protocol.methods)}")
+    seeds = list(protocol.seeds) if seeds is None else list(dict.fromkeys(seeds))
+    if not methods or not seeds or any(s < 0 for s in seeds):
+        raise ValueError(f"need at least one method and one seed (>= 0), got methods {methods}, seeds {seeds}")
+    root = _data_root(protocol, data_root)
+    runs = []
+    for seed in seeds:
+        for method in methods:
+            cfg = protocol.config(method, seed)
+            run_dir = Path(out).resolve() / "runs" / f"{method}-s{seed}"
+            cfg.data.root, cfg.run.out = root, str(run_dir)
+            runs.append(Run(method, seed, run_dir, cfg, *_state(run_dir, cfg, protocol.eval)))
+    return runs
+
+
+# ------------------------------------------------------------------------------------------- run
+def machine_description() -> str:
+    """'2 CPU cores (Intel Xeon ...), torch 2.x, GPU: NVIDIA H100' or '..., no GPU'."""
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        cpu = platform.processor()
+    gpu = f"GPU: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
+    return f"{available_cores()} CPU cores{f' ({cpu})' if cpu else ''}, torch {torch.__version__}, {gpu}"
+
+
+def _add_timing(run_dir: Path, **seconds: float) -> None:
+    """Add ``seconds`` to the run's ``bench-timing.json`` (training accumulates over resumes)."""
+    path = run_dir / TIMING_NAME
+    try:
+        timing = json.loads(path.read_text())
+    except (OSError, ValueError):
+        timing = {}
+    for key, value in seconds.items():
+        timing[key] = round((timing.get(key, 0.0) if key == "train_s" else 0.0) + value, 2)
+    timing["machine"] = machine_description()
+    path.write_text(json.dumps(timing, indent=2) + "\n")
+
+
+def _evaluate(run: Run, settings: EvalSettings, threads: int) -> dict[str, Any]:
+    """``evaluate_checkpoint`` of the run on ``threads`` torch threads (restored afterwards)."""
+    from mixlab.engine.eval_run import evaluate_checkpoint
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return evaluate_checkpoint(run.dir, fgsm=settings.fgsm, corruptions=settings.corruptions,
+                                   max_corruption_images=settings.max_corruption_images, device=run.config.run.device,
+                                   progress=False, data_root=run.config.data.root)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _in_process(run: Run, settings: EvalSettings, threads: int, workers: int) -> None:
+    from mixlab.engine.trainer import train
+
+    cfg = copy.deepcopy(run.config)
+    cfg.run.threads, cfg.data.num_workers = threads, workers
+    cfg.run.resume = str(run.dir) if run.status == "resume" else None
+    if run.status in ("new", "resume"):
+        t0 = time.perf_counter()
+        try:
+            train(cfg)
+        finally:  # an interrupted segment's time counts too
+            _add_timing(run.dir, train_s=time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    _evaluate(run, settings, threads)
+    _add_timing(run.dir, eval_s=time.perf_counter() - t0)
+
+
+def _subprocess(run: Run, settings: EvalSettings, threads: int, workers: int) -> None:
+    run.dir.mkdir(parents=True, exist_ok=True)
+    (run.dir / CONFIG_NAME).write_text(yaml.safe_dump(config_to_dict(run.config), sort_keys=False))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    sets = [f"run.threads={threads}", f"data.num_workers={workers}", "run.progress=false"]
+    if run.status == "resume":
+        sets.append(f"run.resume={run.dir}")
+    eval_cmd = [sys.executable, "-m", "mixlab.cli", "eval", str(run.dir), "--no-progress", "--device",
+                run.config.run.device]
+    if settings.max_corruption_images:
+        eval_cmd += ["--max-corruption-images", str(settings.max_corruption_images)]
+    eval_cmd += ["--no-fgsm"] if not settings.fgsm else []
+    eval_cmd += ["--no-corruptions"] if not settings.corruptions else []
+    eval_cmd += ["--data-root", run.config.data.root] if run.config.data.root else []
+    steps = [("eval_s", eval_cmd)]
+    if run.status in ("new", "resume"):
+        train_cmd = [sys.executable, "-m", "mixlab.cli", "train", str(run.dir / CONFIG_NAME), "--no-eval"]
+        steps.insert(0, ("train_s", train_cmd + [a for s in sets for a in ("--set", s)]))
+    with open(run.dir / LOG_NAME, "a") as log:
+        for key, cmd in steps:
+            log.write(f"$ {shlex.join(cmd)}\n")
+            log.flush()
+            t0 = time.perf_counter()
+            try:
+                code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+            finally:
+                _add_timing(run.dir, **{key: time.perf_counter() - t0})
+            if code != 0:
+                tail = (run.dir / LOG_NAME).read_text().splitlines()[-5:]
+                raise RuntimeError(f"exit status {code} (log: {run.dir / LOG_NAME}): " + " | ".join(tail))
+
+
+def execute(runs: Sequence[Run], settings: EvalSettings, jobs: int = 1,
+            log: Callable[[str], None] = print) -> dict[str, str]:
+    """Train and evaluate every run that is not done, ``jobs`` at a time.
+
+    ``jobs == 1`` runs in this process; ``jobs > 1`` in subprocesses (see the module docstring),
+    each with :func:`split_cores`'s threads and workers. A failing run is reported and the others
+    go on.
+
+    Returns:
+        ``{run name: outcome}`` in plan order, outcome ``"skipped"`` (was done), ``"trained"``,
+        ``"evaluated"`` or ``"failed: <error>"``.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    todo = [r for r in runs if r.status != "done"]
+    outcomes = {r.name: "skipped" if r.status == "done" else "not run" for r in runs}
+    if not todo:
+        return outcomes
+    threads, workers = split_cores(jobs, runs[0].config.data.num_workers, runs[0].config.run.threads)
+    log(f"mixlab bench: {len(todo)} run(s) to do, {min(jobs, len(todo))} at a time, {threads} thread(s) and "
+        f"{workers} loader worker(s) each")
+
+    def one(i_run: tuple[int, Run]) -> None:
+        i, run = i_run
+        what = {"new": "training", "resume": f"resuming from epoch {run.epoch}", "evaluate": "evaluating"}[run.status]
+        log(f"[{i}/{len(todo)}] {run.name}: {what} ({run.dir})")
+        t0 = time.perf_counter()
+        try:
+            (_in_process if jobs == 1 else _subprocess)(run, settings, threads, workers)
+        except Exception as e:  # noqa: BLE001 - report the run and go on with the others
+            outcomes[run.name] = f"failed: {type(e).__name__}: {e}"
+            log(f"[{i}/{len(todo)}] {run.name}: FAILED: {type(e).__name__}: {e}")
+            return
+        outcomes[run.name] = "evaluated" if run.status == "evaluate" else "trained"
+        run.status, run.epoch = "done", run.config.optim.epochs
+        log(f"[{i}/{len(todo)}] {run.name}: done in {time.perf_counter() - t0:.0f} s")
+
+    if jobs == 1:
+        for item in enumerate(todo, 1):
+            one(item)
+    else:
+        pool = ThreadPoolExecutor(max_workers=jobs)
+        try:
+            list(pool.map(one, enumerate(todo, 1)))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return outcomes
+
+
+# ------------------------------------------------------------------------------ the whole bench
+BENCH_NAME = "bench.json"  # the bench directory's protocol, commands, machines and wall-clock total
+
+
+def _run_dir_seeds(out: Path, methods: Sequence[str]) -> list[int]:
+    """Seeds of the ``<method>-s<seed>`` directories already in ``out/runs``."""
+    seeds = []
+    for d in sorted((out / "runs").glob("*-s*")):
+        method, _, seed = d.name.rpartition("-s")
+        if method in methods and seed.isdigit():
+            seeds.append(int(seed))
+    return seeds
+
+
+def run_protocol(protocol: Protocol, out: str | os.PathLike, *, methods: Sequence[str] | None = None,
+                 seeds: Sequence[int] | None = None, jobs: int = 1, data_root: str | os.PathLike | None = None,
+                 dry_run: bool = False, command: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Plan, run what is not done, then write ``results.csv``, ``results.md``, ``accuracy.png``,
+    ``curves.png`` and ``gallery.png`` in ``out`` from every finished run there.
+
+    The report covers every finished run of the protocol in ``out`` (earlier invocations'
+    included), not only this invocation's ``methods`` and ``seeds``.
+
+    Returns:
+        ``{"runs": [Run, ...] planned now, "outcomes": execute()'s dict, "rows": results rows,
+        "files": [paths written]}``; with ``dry_run`` only ``runs`` (nothing is run or written).
+
+    Raises:
+        ValueError: as :func:`plan`; ``out`` holds another protocol's bench.
+        FileNotFoundError: the dataset is missing.
+    """
+    from mixlab.bench import plots, report
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    runs = plan(protocol, out, methods, seeds, data_root)
+    if dry_run:
+        return {"runs": runs, "outcomes": {}, "rows": [], "files": []}
+    bench_file = out / BENCH_NAME
+    info = json.loads(bench_file.read_text()) if bench_file.is_file() else {"protocol": protocol.name}
+    if info.get("protocol") != protocol.name:
+        raise ValueError(f"{out} holds a bench of protocol {info.get('protocol')!r}, not {protocol.name!r}; "
+                         f"choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    info.setdefault("commands", [])
+    info.setdefault("machines", [])
+    for key, value in (("commands", command), ("machines", machine_description())):
+        if value and value not in info[key]:
+            info[key].append(value)
+    bench_file.write_text(json.dumps(info, indent=2) + "\n")
+    try:
+        outcomes = execute(runs, protocol.eval, jobs, log)
+    finally:  # an interrupted invocation's time counts too
+        info["wall_clock_s"] = round(info.get("wall_clock_s", 0.0) + time.perf_counter() - t0, 1)
+        bench_file.write_text(json.dumps(info, indent=2) + "\n")
+
+    # the report: every finished run of the protocol in `out`, seed by seed
+    all_seeds = list(dict.fromkeys([*protocol.seeds, *(s.seed for s in runs), *_run_dir_seeds(out, protocol.methods)]))
+    everything = plan(protocol, out, None, all_seeds, data_root)  # states re-read from disk
+    order = list(protocol.methods)
+    rows = sorted(report.collect_rows(everything), key=lambda r: (order.index(r["method"]), r["seed"]))
+    wanted = {r.name for r in runs} | {f"{m}-s{s}" for m in protocol.methods for s in protocol.seeds}
+    missing = [r.name for r in everything if r.status != "done" and r.name in wanted]
+    if not rows:
+        log("mixlab bench: no finished run to report")
+        return {"runs": runs, "outcomes": outcomes, "rows": [], "files": []}
+    files = [out / "results.csv", out / "results.md", out / "accuracy.png", out / "curves.png", out / "gallery.png"]
+    report.write_csv(rows, files[0])
+    report.write_markdown(rows, files[1], protocol=protocol, commands=info["commands"], machines=info["machines"],
+                          wall_clock_s=info["wall_clock_s"], missing=missing)
+    plots.plot_accuracy(rows, files[2],
+                        title=f"{protocol.name}: last-epoch test top-1\nmean ± std over seeds (dots: seeds)")
+    plots.plot_curves(rows, files[3], title=f"{protocol.name}: test top-1 per epoch, mean over seeds")
+    plots.plot_gallery(everything[0].config, protocol.methods, files[4])
+    log(f"mixlab bench: {len(rows)} finished run(s) reported in {out}: " + ", ".join(f.name for f in files))
+    return {"runs": runs, "outcomes": outcomes, "rows": rows, "files": files}

@@ -1,0 +1,236 @@
+"""mixlab bench: protocols, the runner (plan, run, resume, jobs), the report and the plots.
+
+The end-to-end tests run the ``smoke`` protocol (synthetic data, 1 epoch, 2 methods, 1 seed):
+a few seconds in this process, about 15 s more for the ``--jobs 2`` subprocesses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from mixlab.bench import command, report
+from mixlab.bench.protocols import list_protocols, load_protocol, protocol_from_dict
+from mixlab.bench.runner import plan, run_protocol, split_cores
+
+PNG = b"\x89PNG\r\n\x1a\n"
+OUTPUTS = ("results.csv", "results.md", "accuracy.png", "curves.png", "gallery.png")
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="mixlab")
+    command.add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["bench", *argv])
+
+
+def _mtimes(bench: Path) -> dict[str, int]:
+    return {str(p.relative_to(bench)): p.stat().st_mtime_ns
+            for name in ("checkpoint.pt", "eval.json", "metrics.csv") for p in bench.glob(f"runs/*/{name}")}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> Path:
+    """The smoke protocol, run once through the command (in this process)."""
+    out = tmp_path_factory.mktemp("bench") / "smoke"
+    assert command.run(_parse("smoke", "--out", str(out))) == 0
+    return out
+
+
+def _smoke_dict() -> dict:
+    return {"base": {"data": {"name": "synthetic", "image_size": 16, "num_per_class": 8, "test_per_class": 4,
+                              "batch_size": 16, "num_workers": 0},
+                     "model": {"name": "resnet_small", "kwargs": {"width": 8}},
+                     "optim": {"name": "sgd", "lr": 0.05, "epochs": 2, "warmup_epochs": 0},
+                     "run": {"device": "cpu", "threads": 1, "progress": False, "tensorboard": False}},
+            "methods": {"vanilla": {}, "mixup": {"alpha": 1.0}}, "seeds": [0],
+            "eval": {"max_corruption_images": 4}}
+
+
+# ------------------------------------------------------------------------------------- end to end
+def test_smoke_writes_every_output(smoke: Path) -> None:
+    for name in OUTPUTS:
+        assert (smoke / name).is_file(), name
+        if name.endswith(".png"):
+            assert (smoke / name).read_bytes()[:8] == PNG, name
+    rows = list(csv.DictReader(open(smoke / "results.csv")))
+    assert [(r["method"], r["seed"]) for r in rows] == [("vanilla", "0"), ("cutmix", "0")]
+    for r in rows:  # the last epoch's accuracy is the evaluation's, and the best one is labelled as such
+        ev = json.loads((Path(r["run_dir"]) / "eval.json").read_text())
+        assert float(r["top1"]) == pytest.approx(ev["clean"]["top1"], abs=1e-3)
+        assert float(r["best_top1"]) >= float(r["top1"]) - 1e-3 and r["best_epoch"] == "1"
+        assert int(r["corruption_images"]) == 16 and 0 <= float(r["fgsm_top1"]) <= 100
+    md = (smoke / "results.md").read_text()
+    assert "| vanilla | 1 |" in md and "| cutmix | 1 |" in md and "mixlab bench smoke --out" in md
+    assert "one seed per method" in md and "torch" in md and "CPU cores" in md
+
+
+def test_second_invocation_does_no_training(smoke: Path) -> None:
+    before = _mtimes(smoke)
+    assert len(before) == 6
+    result = run_protocol(load_protocol("smoke"), smoke, log=lambda _: None)
+    assert result["outcomes"] == {"vanilla-s0": "skipped", "cutmix-s0": "skipped"}
+    assert _mtimes(smoke) == before
+    assert len(result["rows"]) == 2
+
+
+def test_dry_run_lists_and_writes_nothing(smoke: Path, tmp_path: Path, capsys) -> None:
+    assert command.run(_parse("smoke", "--out", str(smoke), "--dry-run", "--seeds", "0,5")) == 0
+    out = capsys.readouterr().out
+    assert "vanilla-s0" in out and "done (skipped)" in out and "cutmix-s5" in out and "train + evaluate" in out
+    assert not (smoke / "runs" / "cutmix-s5").exists()
+    assert command.run(_parse("smoke", "--out", str(tmp_path / "b"), "--dry-run")) == 0
+    assert not (tmp_path / "b").exists()
+
+
+def test_jobs_run_in_subprocesses_with_the_same_results(smoke: Path, tmp_path: Path) -> None:
+    out = tmp_path / "jobs"
+    assert command.run(_parse("smoke", "--out", str(out), "--jobs", "2")) == 0
+    for name in OUTPUTS:
+        assert (out / name).is_file()
+    first = {r["method"]: r for r in csv.DictReader(open(smoke / "results.csv"))}
+    for r in csv.DictReader(open(out / "results.csv")):  # same seed, same threads: the same numbers
+        assert (r["top1"], r["fgsm_top1"], r["corruption_top1"]) == \
+            (first[r["method"]]["top1"], first[r["method"]]["fgsm_top1"], first[r["method"]]["corruption_top1"])
+    log = (out / "runs" / "vanilla-s0" / "bench.log").read_text()
+    assert "mixlab.cli train" in log and "--set run.threads=1" in log and "mixlab.cli eval" in log
+
+
+def test_interrupted_run_resumes_and_other_config_is_refused(tmp_path: Path) -> None:
+    from mixlab.engine.trainer import train
+
+    protocol = protocol_from_dict(_smoke_dict(), "tiny")
+    [run] = plan(protocol, tmp_path, methods=["mixup"])
+    assert run.status == "new" and run.dir == tmp_path.resolve() / "runs" / "mixup-s0"
+    run.config.run.stop_epoch = 1  # interrupted after epoch 1 of 2
+    train(run.config)
+    [run] = plan(protocol, tmp_path, methods=["mixup"])
+    assert (run.status, run.epoch) == ("resume", 1)
+    result = run_protocol(protocol, tmp_path, methods=["mixup"], log=lambda _: None)
+    assert result["outcomes"] == {"mixup-s0": "trained"}
+    assert [r["epoch"] for r in report.read_history(run.dir)] == [1.0, 2.0]
+    assert "not finished, so not in the table (1): vanilla-s0" in (tmp_path / "results.md").read_text()
+    other = _smoke_dict()
+    other["base"]["optim"]["lr"] = 0.1
+    with pytest.raises(ValueError, match=r"trained with another config \(optim.lr: 0.05 there, 0.1"):
+        plan(protocol_from_dict(other, "tiny"), tmp_path, methods=["mixup"])
+
+
+# ---------------------------------------------------------------------------- protocols and plans
+def test_shipped_protocols_are_valid() -> None:
+    names = list_protocols()
+    assert {"smoke", "cifar10-quick", "cifar10-full"} <= set(names)
+    quick, full = load_protocol("cifar10-quick"), load_protocol("cifar10-full")
+    for p in (quick, full):
+        assert list(p.methods) == ["vanilla", "mixup", "cutmix", "resizemix", "fmix", "saliencymix", "mixup-cutmix"]
+        assert p.methods["mixup"] == {"alpha": 1.0} and p.methods["cutmix"] == {"alpha": 1.0}
+        assert p.base.optim.name == "sgd" and p.base.optim.lr == 0.1 and p.base.optim.weight_decay == 5e-4
+        assert len(p.seeds) >= 2 and p.description
+    assert quick.base.data.train_per_class == 100 and quick.eval.max_corruption_images == 1000
+    assert full.base.model.name == "resnet18" and full.base.optim.epochs == 200 and full.base.data.batch_size == 128
+    assert full.base.run.amp == "bf16" and full.base.run.channels_last
+    cfg = quick.config("fmix", 2)
+    assert (cfg.method.name, cfg.method.params, cfg.run.seed) == ("fmix", {"alpha": 1.0, "decay_power": 3.0}, 2)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(epochs=3), r"unknown key\(s\) 'epochs'"),
+    (lambda d: d.pop("seeds"), "missing key"),
+    (lambda d: d["methods"].update(mixupp={}), r"unknown method 'mixupp' \(did you mean 'mixup'\?\)"),
+    (lambda d: d["methods"].update(mixup={"beta": 1}), "method 'mixup' has no hyper-parameter 'beta'"),
+    (lambda d: d["methods"].update(mixup={"alpha": -1}), "alpha"),
+    (lambda d: d["base"]["optim"].update(lrr=0.1), r"unknown config key 'optim.lrr' \(did you mean 'optim.lr'\?\)"),
+    (lambda d: d["base"]["run"].update(seed=1), "base sets run.seed, which the runner sets"),
+    (lambda d: d["base"].update(method={"name": "cutmix"}), "base sets method.name"),
+    (lambda d: d["base"]["optim"].update(epochs=0), "optim.epochs must be an integer >= 1"),
+    (lambda d: d.update(seeds=[0, 0]), "seeds must be distinct"),
+    (lambda d: d.update(seeds=[-1]), "seeds must be a non-empty list of integers >= 0"),
+    (lambda d: d.update(methods={}), "methods must be a non-empty mapping"),
+    (lambda d: d.update(eval={"max_corruption_images": 0}), "eval.max_corruption_images must be null"),
+    (lambda d: d.update(eval={"fgsm_eps": 1}), "eval must be a mapping with keys among"),
+])
+def test_protocol_validation_errors(change, message) -> None:
+    d = _smoke_dict()
+    change(d)
+    with pytest.raises(ValueError, match=message) as info:
+        protocol_from_dict(d, "mine")
+    assert "protocol 'mine'" in str(info.value)
+
+
+def test_unknown_protocol_lists_the_shipped_ones(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown protocol 'cifar10-quik' \(did you mean 'cifar10-quick'\?\); "
+                                         r"available: cifar10-full, cifar10-quick, smoke"):
+        load_protocol("cifar10-quik")
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: {}\nmethods: {vanilla: {}}\nseeds: [0]\n")
+    assert load_protocol(path).name == "mine"
+    with pytest.raises(ValueError, match="give a protocol: "):
+        command.run(_parse())
+
+
+def test_methods_filter_and_unknown_method(tmp_path: Path) -> None:
+    protocol = protocol_from_dict(_smoke_dict(), "tiny")
+    runs = plan(protocol, tmp_path, methods=["mixup"], seeds=[3, 1])
+    assert [(r.method, r.seed, r.status) for r in runs] == [("mixup", 3, "new"), ("mixup", 1, "new")]
+    assert [r.name for r in plan(protocol, tmp_path, seeds=[0, 1])] == ["vanilla-s0", "mixup-s0", "vanilla-s1",
+                                                                       "mixup-s1"]
+    with pytest.raises(ValueError, match="protocol 'tiny' has no method 'cutmix'; its methods: vanilla, mixup"):
+        plan(protocol, tmp_path, methods=["cutmix"])
+    with pytest.raises(SystemExit):  # argparse: not a list of seeds
+        _parse("smoke", "--seeds", "a,b")
+
+
+def test_missing_data_root_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the protocol's ../shared/data/... does not exist from here
+    with pytest.raises(FileNotFoundError, match="imagefolder data not found at ../shared/data/cifar10-jpeg.zip"):
+        plan(load_protocol("cifar10-quick"), tmp_path / "b")
+    with pytest.raises(FileNotFoundError, match=r"--data-root"):
+        command.run(_parse("cifar10-quick", "--data-root", "nowhere.zip", "--dry-run"))
+
+
+def test_split_cores() -> None:
+    assert split_cores(1, num_workers=1, cores=2) == (2, 1)
+    assert split_cores(2, num_workers=4, cores=2) == (1, 0)
+    assert split_cores(3, num_workers=4, cores=2) == (1, 0)
+    assert split_cores(1, num_workers=8, cores=16) == (16, 8)
+    assert split_cores(4, num_workers=8, threads=2, cores=16) == (2, 3)
+
+
+# ------------------------------------------------------------------------------------------ report
+def _rows() -> list[dict]:
+    values = {"vanilla": [50.4, 52.8, 55.2], "mixup": [57.4, 58.4, 56.4], "cutmix": [54.8, 55.2, 54.4],
+              "fmix": [40.0, 41.0, 42.0]}
+    return [{"method": m, "seed": s, "top1": v, "ece": 5.0 + s, "fgsm_top1": 10.0, "corruption_top1": v - 5,
+             "epoch_time_s": {"vanilla": 2.0, "mixup": 2.2}.get(m, 3.0), "wall_time_s": 100.0,
+             "corruption_images": 1000} for m, vs in values.items() for s, v in enumerate(vs)]
+
+
+def test_mean_std_and_pooled_std() -> None:
+    assert report.mean_std([50.4, 52.8, 55.2]) == pytest.approx((52.8, 2.4))
+    mean, std = report.mean_std([3.0])
+    assert mean == 3.0 and math.isnan(std)
+    assert report.mean_std([1.0, math.nan, 3.0]) == pytest.approx((2.0, math.sqrt(2)))
+    # sqrt((2 * 2.4^2 + 2 * 1^2) / 4)
+    assert report.pooled_std([[50.4, 52.8, 55.2], [57.4, 58.4, 56.4], [7.0]]) == pytest.approx(math.sqrt(3.38))
+
+
+def test_summary_table_and_comparison(tmp_path: Path) -> None:
+    summary = {s["method"]: s for s in report.summarize(_rows())}
+    assert summary["vanilla"]["top1"] == pytest.approx((52.8, 2.4))
+    assert summary["mixup"]["n"] == 3 and summary["mixup"]["time_ratio"] == pytest.approx(1.1)
+    text = report.compare_to_baseline(_rows(), "top1", "top-1")
+    s = math.sqrt((2.4 ** 2 + 1 + 0.4 ** 2 + 1) / 4)  # pooled over the four methods, 2 df each
+    assert f"threshold 2 x {s:.2f}" in text
+    assert "mixup (+4.60) is better than vanilla" in text and "fmix (-11.80) is worse than vanilla" in text
+    assert "cutmix (+2.00) is within the seed-to-seed spread of vanilla" in text
+    md = report.write_markdown(_rows(), tmp_path / "results.md", protocol=load_protocol("smoke"),
+                               commands=["mixlab bench x"], machines=["2 CPU cores"], wall_clock_s=4000)
+    assert "| vanilla | 3 | 52.80 ± 2.40 | 6.00 ± 1.00 | 10.00 ± 0.00 | 47.80 ± 2.40 | 2.0 ± 0.0 | 1.00x |" in md
+    assert "| mixup | 3 | 57.40 ± 1.00 |" in md and "1.10x |" in md
+    assert f"Seed-to-seed std of top-1: {s:.2f} points" in md and "1 h 06 min" in md
+    single = report.compare_to_baseline([r for r in _rows() if r["seed"] == 0], "top1", "top-1")
+    assert "no spread to judge them by" in single and "mixup +7.00" in single
