@@ -1,4 +1,5 @@
-"""``curves.png`` (loss and accuracy per epoch) and ``samples.png`` (a mixed batch with its soft labels).
+"""``curves.png`` (loss and accuracy per epoch), ``samples.png`` (a mixed batch with its soft labels) and
+``mixlab show``'s grid (inputs, partners, masks and mixed images: :func:`plot_mix`).
 
 Drawn with matplotlib's object API on an Agg canvas: no pyplot, so the global backend of an
 interactive session is left alone.
@@ -7,13 +8,16 @@ interactive session is left alone.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["plot_curves", "plot_samples", "soft_label_text"]
+from mixlab.core.result import MixResult
+
+__all__ = ["plot_curves", "plot_mix", "plot_samples", "soft_label_text"]
 
 
 def _figure(width: float, height: float):
@@ -60,6 +64,41 @@ def soft_label_text(target: Tensor, classes: Sequence[str], k: int = 2) -> str:
     return " / ".join(parts)
 
 
+def _display(images: Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+    """(B, C, H, W) images -> (B, H, W, C) float numpy in [0, 1] for ``imshow``: normalised floats are
+    denormalised with ``mean``/``std``; uint8 (or values above 1.5) are divided by 255."""
+    images = images.detach().float().cpu()
+    if mean is not None and std is not None:  # undo the normalisation: x * std + mean
+        images = images * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+    elif images.numel() and images.max() > 1.5:  # uint8 range
+        images = images / 255.0
+    return images.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def _show(ax, img, text: str = "", frame: bool = False, **imshow: Any) -> None:
+    """One (H, W, C) tile, ``text`` underneath; one channel is drawn in grey. No axes, only a thin
+    ``frame`` if asked (for tiles that may be white, such as masks)."""
+    if frame:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_linewidth(0.5)
+            spine.set_color("0.6")
+    else:
+        ax.axis("off")
+    if img.shape[-1] == 1:
+        imshow = {"cmap": "gray", **imshow}
+        img = img.squeeze(-1)
+    ax.imshow(img, interpolation="nearest", **imshow)
+    if text:
+        ax.set_title(text, fontsize=7, y=-0.2 if "\n" not in text else -0.32)
+
+
+def _one_hot(targets: Tensor, num_classes: int) -> Tensor:
+    targets = targets.detach().float().cpu()
+    return torch.nn.functional.one_hot(targets.long(), num_classes).float() if targets.ndim == 1 else targets
+
+
 def plot_samples(
     images: Tensor,
     targets: Tensor,
@@ -78,15 +117,8 @@ def plot_samples(
         classes: class names.
         path: the PNG to write.
     """
-    images = images[:max_images].detach().float().cpu()
-    targets = targets[:max_images].detach().float().cpu()
-    if targets.ndim == 1:
-        targets = torch.nn.functional.one_hot(targets.long(), len(classes)).float()
-    if mean is not None and std is not None:  # undo the normalisation: x * std + mean
-        images = images * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
-    elif images.max() > 1.5:  # uint8 range
-        images = images / 255.0
-    images = images.clamp(0, 1).permute(0, 2, 3, 1).numpy()  # (B, H, W, C)
+    images = _display(images[:max_images], mean, std)  # (B, H, W, C)
+    targets = _one_hot(targets[:max_images], len(classes))
     n = images.shape[0]
     cols = min(8, n)
     rows = math.ceil(n / cols)
@@ -95,11 +127,66 @@ def plot_samples(
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.axis("off")
         if i < n:
-            img = images[i]
-            ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
-                      interpolation="nearest")
-            ax.set_title(soft_label_text(targets[i], classes), fontsize=7, y=-0.2)
+            _show(ax, images[i], soft_label_text(targets[i], classes))
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def plot_mix(
+    images: Tensor,
+    labels: Tensor,
+    mixed: MixResult | None,
+    classes: Sequence[str],
+    path: str | Path,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    title: str = "",
+) -> None:
+    """What a mixing method does to a batch, one column per image (``mixlab show``).
+
+    Rows: the inputs; their partners ``inputs[index]``; the mask (per-pixel weight of the own
+    image, black 0 to white 1; a flat tile at λ for global mixes such as Mixup, whose mask is
+    ``None``); the mixed images, with their top-2 soft label and λ underneath. With ``mixed=None``
+    (a method that does not mix, such as vanilla) only the inputs are drawn, titled "no mixing".
+
+    Args:
+        images: (B, C, H, W) inputs, normalised float (then give ``mean``/``std``) or uint8.
+        labels: (B,) class indices or (B, K) soft targets of the inputs.
+        mixed: the method's ``mix_preview(images, labels)``, or ``None``.
+        classes: class names.
+        path: the PNG to write.
+        mean, std: per-channel normalisation of ``images`` and ``mixed.images``, to undo for display.
+        title: drawn above the grid.
+    """
+    n = images.shape[0]
+    labels = _one_hot(labels, len(classes))  # (B, K)
+    names = [soft_label_text(t, classes, k=1 if bool((t == 1).any()) else 2).removesuffix(" 1.00") for t in labels]
+    rows: list[tuple[str, Any, list[str], dict[str, Any]]] = [("input", _display(images, mean, std), names, {})]
+    if mixed is None:
+        title = f"{title}: no mixing" if title else "no mixing"
+    else:
+        index = mixed.index.detach().cpu().long()
+        lam = mixed.lam.detach().float().cpu().expand(n)  # (B,)
+        mask = mixed.mask
+        if mask is None:  # global mix: every pixel weighs λ
+            mask = lam.view(n, 1, 1, 1).expand(n, 1, *images.shape[-2:])
+        targets = _one_hot(mixed.targets, len(classes))
+        rows += [
+            ("partner", _display(images[index], mean, std), [names[j] for j in index.tolist()], {}),
+            ("mask (own)", _display(mask.float().clamp(0, 1)), [], {"vmin": 0.0, "vmax": 1.0, "frame": True}),
+            ("mixed", _display(mixed.images, mean, std),
+             [f"{soft_label_text(t, classes)}\nλ {l:.2f}".replace(" 0.", " .") for t, l in zip(targets, lam.tolist())],
+             {}),
+        ]
+    fig = _figure(1.5 * n + 0.6, 1.75 * len(rows) + 0.5 + (0.3 if mixed is not None else 0))
+    axes = fig.subplots(len(rows), n, squeeze=False)
+    for r, (name, tiles, texts, imshow) in enumerate(rows):
+        for i in range(n):
+            _show(axes[r][i], tiles[i], texts[i] if texts else "", **imshow)
+        axes[r][0].text(-0.12, 0.5, name, transform=axes[r][0].transAxes, rotation=90, ha="right", va="center",
+                        fontsize=9)
+    fig.suptitle(textwrap.fill(title, max(40, round(fig.get_figwidth() * 12))), fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
