@@ -117,10 +117,28 @@ def boxes_to_mask(
     return inside.unsqueeze(1).to(dtype)
 
 
-def paste_boxes(images: Tensor, partner: Tensor, boxes: Tensor) -> Tensor:
-    """Copy of ``images`` with each box filled by the same pixels of ``partner`` (B, C, H, W)."""
+def paste_boxes(
+    images: Tensor, source: Tensor, boxes: tuple[int, int, int, int] | Tensor, out: Tensor | None = None
+) -> Tensor:
+    """``images`` with box region(s) taken from ``source``, written to ``out`` (may be ``images``).
+
+    ``boxes`` is one ``(x1, y1, x2, y2)`` of Python ints shared by the batch, with ``source`` the
+    (B, C, y2-y1, x2-x1) patch (only the box is written); or (B, 4) per-sample boxes, with
+    ``source`` a full (B, C, H, W) batch whose pixels inside each box are taken. Keeps the memory
+    format (channels_last).
+    """
+    if isinstance(boxes, tuple):
+        x1, y1, x2, y2 = boxes
+        if out is None:
+            out = images.clone()
+        elif out is not images:
+            out.copy_(images)
+        out[:, :, y1:y2, x1:x2] = source
+        return out
     mask = boxes_to_mask(boxes, images.shape[-2], images.shape[-1], device=images.device)
-    return torch.where(mask, partner, images)
+    if out is None:
+        out = torch.empty_like(images)
+    return torch.where(mask, source, images, out=out)
 
 
 def resize_into_boxes(source: Tensor, boxes: Tensor, height: int, width: int, mode: str = "bilinear") -> Tensor:

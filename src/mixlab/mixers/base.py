@@ -142,3 +142,4 @@ def partner_of(images: Tensor, index: Tensor, pairing: str) -> Tensor:
     if pairing == "flip":
         return images.flip(0)
     return images.index_select(0, index.to(images.device))
+

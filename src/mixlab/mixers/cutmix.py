@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mixlab.core.boxes import box_area_fraction, boxes_to_mask, rand_box, rand_boxes
+from mixlab.core.boxes import box_area_fraction, paste_boxes, rand_box, rand_boxes
 from mixlab.core.checks import check_alpha
 from mixlab.mixers.base import Mixer, partner_of
 
@@ -37,17 +37,8 @@ def cutmix(
     if isinstance(boxes, tuple):
         x1, y1, x2, y2 = boxes
         patch = partner_of(images[:, :, y1:y2, x1:x2], index, pairing or "")  # a copy, taken before writing
-        if out is None:
-            out = images.clone()
-        elif out is not images:
-            out.copy_(images)
-        out[:, :, y1:y2, x1:x2] = patch
-        return out
-    mask = boxes_to_mask(boxes, images.shape[-2], images.shape[-1], device=images.device)
-    partner = partner_of(images, index, pairing or "")
-    if out is None:
-        out = torch.empty_like(images)  # keeps the memory format (channels_last)
-    return torch.where(mask, partner, images, out=out)
+        return paste_boxes(images, patch, boxes, out)
+    return paste_boxes(images, partner_of(images, index, pairing or ""), boxes, out)
 
 
 class CutMix(Mixer):

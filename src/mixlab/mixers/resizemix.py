@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mixlab.core.boxes import box_area_fraction, boxes_to_mask, rand_boxes_inside, resize_into_boxes
+from mixlab.core.boxes import box_area_fraction, paste_boxes, rand_boxes_inside, resize_into_boxes
 from mixlab.core.checks import check_choice, check_range
 from mixlab.core.random import rand
 from mixlab.mixers.base import Mixer, partner_of
@@ -39,21 +39,12 @@ def resizemix(
     ``boxes`` is one box of Python ints shared by the batch (one ``interpolate``) or (B, 4) int64.
     """
     h, w = images.shape[-2:]
+    partner = partner_of(images, index, pairing or "")
     if isinstance(boxes, tuple):  # one box for the batch: resize once with interpolate
         x1, y1, x2, y2 = boxes
-        partner = partner_of(images, index, pairing or "")
         small = F.interpolate(partner, size=(y2 - y1, x2 - x1), mode="nearest-exact" if mode == "nearest" else mode)
-        if out is None:
-            out = images.clone()
-        elif out is not images:
-            out.copy_(images)
-        out[:, :, y1:y2, x1:x2] = small
-        return out
-    canvas = resize_into_boxes(partner_of(images, index, pairing or ""), boxes, h, w, mode=mode)
-    mask = boxes_to_mask(boxes, h, w, device=images.device)
-    if out is None:
-        out = torch.empty_like(images)  # keeps the memory format (channels_last)
-    return torch.where(mask, canvas, images, out=out)
+        return paste_boxes(images, small, boxes, out)
+    return paste_boxes(images, resize_into_boxes(partner, boxes, h, w, mode=mode), boxes, out)
 
 
 class ResizeMix(Mixer):
