@@ -40,7 +40,7 @@ pixelate            374     size factor 0.95, 0.9, 0.85, 0.75, 0.65 (BOX down, B
 
 These are the CIFAR values; ImageNet-C (``make_imagenet_c.py``, 224 px) uses different ones. Glass blur
 (a sequential pixel-swap loop), motion blur and snow (ImageMagick), frost (image files), fog,
-spatter and elastic transform are not implemented, so a mean over :data:`CORRUPTIONS` is not the
+spatter and elastic transform are outside this set (12 of the 19), so a mean over :data:`CORRUPTIONS` is not the
 15-corruption CIFAR-10-C number.
 
 Differences common to all corruptions: the reference works on one uint8 PIL image at a time, in
