@@ -215,6 +215,13 @@ def _check_bool(value: Any, name: str) -> bool:
     return value
 
 
+def set_config(obj: Any, cfg: dict[str, Any]) -> None:
+    """Store a :func:`check_config` result as attributes (``scale``, ``ratio``, ``num_crops``,
+    ``mix``, ``alpha``, ``interpolation``, ``inter_aug``, ``placement``, ``multi_scale``)."""
+    for key, value in cfg.items():
+        setattr(obj, key, value)
+
+
 def check_config(
     *, scale: Any, ratio: Any, num_crops: Any, mix: Any, alpha: Any, interpolation: Any, inter_aug: Any,
     placement: Any, multi_scale: Any,
@@ -482,15 +489,7 @@ class CropMix(v2.Transform):
                            interpolation=interpolation, inter_aug=inter_aug, placement=placement,
                            multi_scale=multi_scale)
         self.size = _check_size(size)
-        self.scale: tuple[float, float] = cfg["scale"]
-        self.ratio: tuple[float, float] = cfg["ratio"]
-        self.num_crops: tuple[int, ...] = cfg["num_crops"]
-        self.mix: str = cfg["mix"]
-        self.alpha: float = cfg["alpha"]
-        self.interpolation: InterpolationMode = cfg["interpolation"]
-        self.inter_aug: tuple[str, ...] = cfg["inter_aug"]
-        self.placement: str = cfg["placement"]
-        self.multi_scale: bool = cfg["multi_scale"]
+        set_config(self, cfg)
         self.antialias: bool = _check_bool(antialias, "antialias")
         # one torchvision RRC sampler per (N, sub-range); the size is unused (we only sample)
         self._croppers = {n: [v2.RandomResizedCrop(1, scale=r, ratio=self.ratio)

@@ -52,7 +52,7 @@ from torch import Tensor
 
 from mixlab.core.boxes import boxes_to_mask, rand_boxes
 from mixlab.core.random import beta_sample, generator_device
-from mixlab.transforms.cropmix import JITTER, _check_size, check_config
+from mixlab.transforms.cropmix import JITTER, _check_size, check_config, set_config
 
 __all__ = ["CropMixBatch", "cropmix_batch", "sample_crop_boxes", "resized_crops", "augment_batch",
            "color_jitter_batch", "mixup_matrices"]
@@ -328,15 +328,7 @@ class CropMixBatch:
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         self.size = _check_size(size)
-        self.scale: tuple[float, float] = cfg["scale"]
-        self.ratio: tuple[float, float] = cfg["ratio"]
-        self.num_crops: tuple[int, ...] = cfg["num_crops"]
-        self.mix: str = cfg["mix"]
-        self.alpha: float = cfg["alpha"]
-        self.interpolation: str = cfg["interpolation"].value
-        self.inter_aug: tuple[str, ...] = cfg["inter_aug"]
-        self.placement: str = cfg["placement"]
-        self.multi_scale: bool = cfg["multi_scale"]
+        set_config(self, {**cfg, "interpolation": cfg["interpolation"].value})  # grid_sample's mode name
         self.generator = generator
 
     # ------------------------------------------------------------------ sampling
