@@ -120,17 +120,43 @@ def test_interrupted_run_resumes_and_other_config_is_refused(tmp_path: Path) -> 
         plan(protocol_from_dict(other, "tiny"), tmp_path, methods=["mixup"])
 
 
+def test_method_variants_and_sparse_test_passes(tmp_path: Path) -> None:
+    """``name@variant`` runs method ``name`` with its own parameters under its own label; with
+    ``run.eval_every: 2`` over 3 epochs the test set is seen after epochs 2 and 3 only, and the
+    report's best epoch and curves use those epochs."""
+    d = _smoke_dict()
+    d["base"]["optim"]["epochs"] = 3
+    d["base"]["run"]["eval_every"] = 2
+    d["methods"] = {"rrc": {}, "rrc@0.5": {"scale": [0.5, 1.0]}}
+    result = run_protocol(protocol_from_dict(d, "variants"), tmp_path, log=lambda _: None)
+    assert result["outcomes"] == {"rrc-s0": "trained", "rrc@0.5-s0": "trained"}
+    config = (tmp_path / "runs" / "rrc@0.5-s0" / "config.yaml").read_text()
+    assert "name: rrc\n" in config and "- 0.5" in config
+    history = report.read_history(tmp_path / "runs" / "rrc@0.5-s0")
+    assert [math.isnan(r["test_acc1"]) for r in history] == [True, False, False]
+    assert all(r["train_time"] <= r["epoch_time"] for r in history)
+    with open(tmp_path / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == ["rrc", "rrc@0.5"] and all(r["best_epoch"] in ("2", "3") for r in rows)
+    assert "| rrc@0.5 |" in (tmp_path / "results.md").read_text()
+
+
 # ---------------------------------------------------------------------------- protocols and plans
 def test_shipped_protocols_are_valid() -> None:
     names = list_protocols()
     assert {"smoke", "cifar10-quick", "cifar10-full"} <= set(names)
     quick, full = load_protocol("cifar10-quick"), load_protocol("cifar10-full")
     for p in (quick, full):
-        assert list(p.methods) == ["vanilla", "mixup", "cutmix", "resizemix", "fmix", "saliencymix", "mixup-cutmix"]
+        assert list(p.methods) == ["vanilla", "mixup", "cutmix", "resizemix", "fmix", "saliencymix", "mixup-cutmix",
+                                   "rrc", "rrc@0.01", "cropmix"]
         assert p.methods["mixup"] == {"alpha": 1.0} and p.methods["cutmix"] == {"alpha": 1.0}
+        # the CropMix paper's comparison: RRC at the usual and at CropMix's range, CropMix at (0.01, 1)
+        assert p.config("rrc@0.01", 0).method.name == "rrc" and p.methods["rrc@0.01"] == {"scale": [0.01, 1.0]}
+        assert p.config("cropmix", 1).method.params == {"scale": [0.01, 1.0]}
         assert p.base.optim.name == "sgd" and p.base.optim.lr == 0.1 and p.base.optim.weight_decay == 5e-4
         assert len(p.seeds) >= 2 and p.description
     assert quick.base.data.train_per_class == 100 and quick.eval.max_corruption_images == 1000
+    assert quick.base.run.eval_every == 5 and full.base.run.eval_every == 1
     assert full.base.model.name == "resnet18" and full.base.optim.epochs == 200 and full.base.data.batch_size == 128
     assert full.base.run.amp == "bf16" and full.base.run.channels_last
     cfg = quick.config("fmix", 2)
@@ -152,6 +178,9 @@ def test_shipped_protocols_are_valid() -> None:
     (lambda d: d.update(methods={}), "methods must be a non-empty mapping"),
     (lambda d: d.update(eval={"max_corruption_images": 0}), "eval.max_corruption_images must be null"),
     (lambda d: d.update(eval={"fgsm_eps": 1}), "eval must be a mapping with keys among"),
+    (lambda d: d["methods"].update({"rrc@": {}}), "empty variant after '@'"),
+    (lambda d: d["methods"].update({"rcc@0.01": {}}), r"unknown method 'rcc' \(did you mean 'rrc'\?\)"),
+    (lambda d: d["base"]["run"].update(eval_every=0), "run.eval_every must be an integer >= 1"),
 ])
 def test_protocol_validation_errors(change, message) -> None:
     d = _smoke_dict()

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
+from mixlab.bench.protocols import method_name
 from mixlab.bench.report import mean_std, read_history
 from mixlab.engine.config import TrainConfig
 from mixlab.engine.plots import _display, _figure, _show, soft_label_text
@@ -52,11 +53,11 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "
     ax = fig.add_subplot(1, 1, 1)
     for method in dict.fromkeys(r["method"] for r in rows):
         histories = [read_history(r["run_dir"]) for r in rows if r["method"] == method]
-        epochs = min(len(h) for h in histories)
-        curve = [mean_std([h[e]["test_acc1"] for h in histories]) for e in range(epochs)]
-        xs = list(range(1, epochs + 1))
+        epochs = min(len(h) for h in histories)  # the epochs every seed tested (run.eval_every may skip some)
+        xs = [e + 1 for e in range(epochs) if all(not math.isnan(h[e].get("test_acc1", math.nan)) for h in histories)]
+        curve = [mean_std([h[x - 1]["test_acc1"] for h in histories]) for x in xs]
         mean = [m for m, _ in curve]
-        line, = ax.plot(xs, mean, label=f"{method} (n={len(histories)})", marker="o" if epochs <= 20 else None)
+        line, = ax.plot(xs, mean, label=f"{method} (n={len(histories)})", marker="o" if len(xs) <= 20 else None)
         if len(histories) > 1:
             ax.fill_between(xs, [m - s for m, s in curve], [m + s for m, s in curve], color=line.get_color(),
                             alpha=0.15, linewidth=0)
@@ -102,7 +103,7 @@ def plot_gallery(cfg: TrainConfig, methods: dict[str, dict[str, Any]], path: str
     model = registry.build_model(cfg.model.name, test.num_classes, **cfg.model.kwargs).eval()
     rows = []
     for name, params in methods.items():
-        method = registry.build_method(name, test.num_classes, cfg.method.label_smoothing, **params)
+        method = registry.build_method(method_name(name), test.num_classes, cfg.method.label_smoothing, **params)
         method.setup(model, torch.Generator().manual_seed(seed))
         with torch.no_grad():
             mixed = method.mix_preview(images, labels)

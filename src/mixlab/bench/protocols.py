@@ -10,6 +10,7 @@ A protocol is a YAML file shipped in ``mixlab/bench/protocols/`` (or any file gi
     methods:               # method name -> overrides of its paper defaults ({} keeps them)
       vanilla: {}
       mixup: {alpha: 1.0}
+      rrc@0.01: {scale: [0.01, 1.0]}   # "name@variant": method "name" again, with other parameters
     seeds: [0, 1, 2]
     eval: {max_corruption_images: 1000, fgsm: true, corruptions: true}
 
@@ -31,12 +32,18 @@ import yaml
 from mixlab import registry
 from mixlab.engine.config import TrainConfig, config_from_dict, validate_config
 
-__all__ = ["Protocol", "EvalSettings", "list_protocols", "load_protocol", "protocol_from_dict"]
+__all__ = ["Protocol", "EvalSettings", "list_protocols", "load_protocol", "protocol_from_dict", "method_name"]
 
 _KEYS = ("description", "base", "methods", "seeds", "eval")
 _EVAL_KEYS = ("max_corruption_images", "fgsm", "corruptions")
 # set per run by the runner, so a protocol must leave them alone
 _RUNNER_KEYS = ("method.name", "method.params", "run.seed", "run.out", "run.resume", "run.stop_epoch")
+
+
+def method_name(label: str) -> str:
+    """The registry name of a protocol's method label: ``"rrc@0.01"`` -> ``"rrc"`` (a label without
+    ``@`` is the name itself). Variants let one method appear with several parameter sets."""
+    return label.partition("@")[0]
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,8 @@ class Protocol:
         if method not in self.methods:
             raise ValueError(f"protocol {self.name!r} has no method {method!r}; its methods: {', '.join(self.methods)}")
         cfg = copy.deepcopy(self.base)
-        cfg.method.name, cfg.method.params, cfg.run.seed = method, copy.deepcopy(self.methods[method]), seed
+        cfg.method.name, cfg.method.params = method_name(method), copy.deepcopy(self.methods[method])
+        cfg.run.seed = seed
         return cfg
 
 
@@ -158,7 +166,9 @@ def protocol_from_dict(data: Any, name: str = "protocol") -> Protocol:
         if not isinstance(params, (dict, type(None))):
             raise fail(f"the parameters of method {method!r} must be a mapping (or {{}}), got {params!r}")
         try:  # names, then values: building a method is cheap and checks its hyper-parameters
-            registry.build_method(str(method), 10, base.method.label_smoothing, **(params or {}))
+            if "@" in str(method) and not str(method).partition("@")[2]:
+                raise ValueError(f"method label {method!r} has an empty variant after '@' (e.g. 'rrc@0.01')")
+            registry.build_method(method_name(str(method)), 10, base.method.label_smoothing, **(params or {}))
         except (ValueError, TypeError) as e:
             raise fail(str(e)) from None
     methods = {str(m): dict(p or {}) for m, p in methods.items()}

@@ -99,6 +99,7 @@ class RunConfig:
     tensorboard: bool = True  # also log to TensorBoard when it is installed
     resume: str | None = None  # checkpoint file or run directory to continue
     stop_epoch: int | None = None  # stop after this many epochs (the schedule still spans optim.epochs)
+    eval_every: int = 1  # test-set pass every k epochs (and always after the last one)
 
 
 @dataclass
@@ -343,5 +344,7 @@ def validate_config(cfg: TrainConfig) -> None:
     _check(r.amp in ("auto", "bf16", "fp16", "none"), "run.amp", "'auto', 'bf16', 'fp16' or 'none'", r.amp)
     _check(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"), "run.device",
            "'auto', 'cpu', 'cuda' or 'cuda:N'", r.device)
+    _check(isinstance(r.eval_every, int) and not isinstance(r.eval_every, bool) and r.eval_every >= 1,
+           "run.eval_every", "an integer >= 1", r.eval_every)
     _check(r.stop_epoch is None or 1 <= r.stop_epoch <= o.epochs, "run.stop_epoch",
            f"null or an integer in [1, optim.epochs={o.epochs}]", r.stop_epoch)

@@ -37,15 +37,19 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path) -> None:
     ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, [row["train_loss"] for row in history], marker=marker, label="train loss")
     if any("test_nll" in row for row in history):
-        ax1.plot(epochs, [row.get("test_nll", math.nan) for row in history], marker=marker, label="test NLL")
+        tested = [row for row in history if "test_nll" in row]
+        ax1.plot([row["epoch"] for row in tested], [row["test_nll"] for row in tested], marker=marker, label="test NLL")
     ax1.set_xlabel("epoch")
     ax1.set_title("loss")
     ax1.legend()
-    ax2.plot(epochs, [row["test_acc1"] for row in history], marker=marker, label="test top-1")
+    tested = [row for row in history if "test_acc1" in row]  # run.eval_every > 1 skips epochs
+    ax2.plot([row["epoch"] for row in tested], [row["test_acc1"] for row in tested], marker=marker, label="test top-1")
     if any("train_acc" in row for row in history):
         ax2.plot(epochs, [row.get("train_acc", math.nan) for row in history], marker=marker and ".", label="train")
     if any("ema_test_acc1" in row for row in history):
-        ax2.plot(epochs, [row.get("ema_test_acc1", math.nan) for row in history], marker=marker, label="EMA test top-1")
+        tested = [row for row in history if "ema_test_acc1" in row]
+        ax2.plot([row["epoch"] for row in tested], [row["ema_test_acc1"] for row in tested], marker=marker,
+                 label="EMA test top-1")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("%")
     ax2.set_title("accuracy")

@@ -402,8 +402,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     Returns:
         the last epoch's row: ``epoch``, ``step``, ``lr``, ``train_loss``, ``train_acc`` (%, when
         the method gives logits), ``train_<log>`` for each of the method's logs, ``test_acc1``,
-        ``test_acc5`` (%), ``test_nll``, ``ema_test_*`` (with an EMA), ``epoch_time``,
-        ``images_per_s`` (all processes together); plus ``run_dir`` and ``checkpoint`` (paths).
+        ``test_acc5`` (%), ``test_nll``, ``ema_test_*`` (with an EMA), ``epoch_time`` (training and
+        test pass), ``train_time``, ``images_per_s`` (all processes together); plus ``run_dir`` and ``checkpoint`` (paths).
 
     Raises:
         ValueError (``CheckpointError`` is one), FileNotFoundError: anything wrong with the inputs
@@ -572,12 +572,15 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
                                      f"set optim.clip_grad (the last checkpoint was left untouched)")
         if acc is not None:
             row["train_acc"] = 100.0 * acc
-        row.update({f"test_{k}": v for k, v in evaluate(model, test_loader, device, preprocess, autocast,
-                                                        all_reduce=reduce).items() if k != "n"})
-        if ema is not None:
-            row.update({f"ema_test_{k}": v for k, v in evaluate(ema.module, test_loader, device, preprocess,
-                                                                autocast, all_reduce=reduce).items() if k != "n"})
-        row.update({"epoch_time": time.perf_counter() - t0, "images_per_s": seen_all / train_time})
+        last = epoch + 1 == min(o.epochs, r.stop_epoch or o.epochs)
+        if (epoch + 1) % r.eval_every == 0 or last:  # other epochs' rows have no test_* keys
+            row.update({f"test_{k}": v for k, v in evaluate(model, test_loader, device, preprocess, autocast,
+                                                            all_reduce=reduce).items() if k != "n"})
+            if ema is not None:
+                row.update({f"ema_test_{k}": v for k, v in evaluate(ema.module, test_loader, device, preprocess,
+                                                                    autocast, all_reduce=reduce).items() if k != "n"})
+        row.update({"epoch_time": time.perf_counter() - t0, "train_time": train_time,
+                    "images_per_s": seen_all / train_time})
         history.append(row)
 
         # every rank's RNG states go into the checkpoint; the weights must be the same on every rank
@@ -602,9 +605,12 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
                 for k, v in row.items():
                     if k != "epoch":
                         writer.add_scalar(k, v, epoch + 1)
-            ema_text = f" (EMA {row['ema_test_acc1']:.1f}%)" if ema is not None else ""
-            print(f"epoch {epoch + 1}/{o.epochs}  loss {row['train_loss']:.4f}  test top-1 {row['test_acc1']:.2f}%"
-                  f"{ema_text}  top-5 {row['test_acc5']:.2f}%  nll {row['test_nll']:.3f}  lr {row['lr']:.4g}  "
+            test_text = ""
+            if "test_acc1" in row:
+                ema_text = f" (EMA {row['ema_test_acc1']:.1f}%)" if ema is not None else ""
+                test_text = (f"  test top-1 {row['test_acc1']:.2f}%{ema_text}  top-5 {row['test_acc5']:.2f}%  "
+                             f"nll {row['test_nll']:.3f}")
+            print(f"epoch {epoch + 1}/{o.epochs}  loss {row['train_loss']:.4f}{test_text}  lr {row['lr']:.4g}  "
                   f"{row['epoch_time']:.1f}s  {row['images_per_s']:.0f} img/s", flush=True)
         barrier()  # the checkpoint of this epoch is complete before any rank goes on
     if writer is not None:
