@@ -148,7 +148,8 @@ def test_shipped_protocols_are_valid() -> None:
     quick, full = load_protocol("cifar10-quick"), load_protocol("cifar10-full")
     for p in (quick, full):
         assert list(p.methods) == ["vanilla", "mixup", "cutmix", "resizemix", "fmix", "saliencymix", "mixup-cutmix",
-                                   "rrc", "rrc@0.01", "cropmix"]
+                                   "rrc", "rrc@0.01", "cropmix", "recursivemix", "recursivemix@rs",
+                                   "recursivemix@rs+his"]
         assert p.methods["mixup"] == {"alpha": 1.0} and p.methods["cutmix"] == {"alpha": 1.0}
         # the CropMix paper's comparison: RRC at the usual and at CropMix's range, CropMix at (0.01, 1)
         assert p.config("rrc@0.01", 0).method.name == "rrc" and p.methods["rrc@0.01"] == {"scale": [0.01, 1.0]}

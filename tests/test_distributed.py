@@ -288,3 +288,26 @@ def test_two_processes_match_one_process_without_batchnorm(tmp_path):
     assert ddp["train_loss"] == pytest.approx(single["train_loss"], abs=1e-5)
     assert ddp["train_acc"] == single["train_acc"] and ddp["test_acc1"] == single["test_acc1"]
     assert ddp["test_nll"] == pytest.approx(single["test_nll"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_torchrun_recursivemix_keeps_a_history_per_rank(tmp_path):
+    """RecursiveMix under 2 processes: each rank mixes with its own history; the checkpoint holds
+    both, and each rank gets its own back on resume, so 1 epoch + resume == 2 epochs straight."""
+    common = ["method.name=recursivemix", "method.params={reset_each_epoch: false}", "data.batch_size=8",
+              "optim.epochs=2", "model.kwargs={width: 8}"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    _mixlab(common, tmp_path, "--out", str(straight))
+    ckpt = load_checkpoint(straight)
+    histories = [state["hist_images"] for state in ckpt["method_per_rank"]]
+    assert len(histories) == 2 and histories[0].shape == (8, 3, 16, 16)
+    assert not torch.equal(*histories)  # each rank's own batches
+    assert torch.equal(ckpt["method"]["hist_images"], histories[0])
+    _mixlab([*common, "run.stop_epoch=1"], tmp_path, "--out", str(split))
+    _mixlab([], tmp_path, "--resume", str(split))
+    a, b = _state(straight), _state(split)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    resumed = load_checkpoint(split)["method_per_rank"]
+    for r in range(2):
+        assert torch.equal(resumed[r]["hist_images"], histories[r])

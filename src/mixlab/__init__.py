@@ -8,7 +8,8 @@ The mixing core imports torch alone::
 
 Subpackages with heavier dependencies (``mixlab.models``, ``mixlab.data``, ``mixlab.engine``,
 ...) are imported only when used. ``mixlab.CropMix`` and ``mixlab.CropMixBatch`` (per-image and
-batched CropMix, :mod:`mixlab.transforms`) are lazy exports: the first access imports torchvision.
+batched CropMix, :mod:`mixlab.transforms`) are lazy exports: the first access imports torchvision;
+so is ``mixlab.RecursiveMix`` (:mod:`mixlab.methods.recursivemix`, torch until its first RoIAlign).
 """
 
 from mixlab.core import BinaryCrossEntropy, MixResult, SoftTargetCrossEntropy
@@ -17,7 +18,8 @@ from mixlab.mixers import CutMix, FMix, MixCollate, Mixer, Mixup, RandomChoice, 
 __version__ = "0.1.0"
 
 # name -> module, imported on first access (PEP 562), so `import mixlab` does not import torchvision
-_LAZY = {"CropMix": "mixlab.transforms", "CropMixBatch": "mixlab.transforms"}
+_LAZY = {"CropMix": "mixlab.transforms", "CropMixBatch": "mixlab.transforms",
+         "RecursiveMix": "mixlab.methods.recursivemix"}
 
 __all__ = [
     "BinaryCrossEntropy",
@@ -30,6 +32,7 @@ __all__ = [
     "Mixer",
     "Mixup",
     "RandomChoice",
+    "RecursiveMix",
     "ResizeMix",
     "SaliencyMix",
     "SoftTargetCrossEntropy",

@@ -99,6 +99,12 @@ def _rrc(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Meth
     return RRCMethod(num_classes, label_smoothing, **_as_tuples(hparams))
 
 
+def _recursivemix(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
+    from mixlab.methods.recursivemix import RecursiveMix
+
+    return RecursiveMix(num_classes, label_smoothing, **hparams)
+
+
 _CROPMIX_PAPER = "Han et al. 2022, CropMix: Sampling a Rich Input Distribution via Multi-Scale Cropping"
 # the CIFAR setting of §4.1: N = 2 crops of (0.01, 1), Mixup with λ ~ Beta(0.4/N, 0.4/N), channel permutation
 _CROPMIX_DEFAULTS = {"scale": (0.01, 1.0), "num_crops": 2, "alpha": 0.4, "inter_aug": ("permute",),
@@ -137,6 +143,10 @@ METHODS: dict[str, MethodSpec] = {
     "cropmix+cutmix": MethodSpec(_cropmix("mixup", CutMix, "cutmix_alpha"), _CROPMIX_PAPER + " (with CutMix, as R3)",
                                  {**_CROPMIX_DEFAULTS, "cutmix_alpha": 1.0},
                                  "CropMix in the loader, then CutMix on the batch", _CROPMIX_OPTIONS),
+    "recursivemix": MethodSpec(_recursivemix, "Yang et al. 2022, RecursiveMix: Mixed Learning with History",
+                               {"alpha": 0.5, "omega": 0.1},
+                               "paste the resized previous batch into a box; consistency loss on its RoI",
+                               ("interpolation", "share_head", "per_sample_boxes", "history", "reset_each_epoch")),
     "rrc": MethodSpec(_rrc, "Szegedy et al. 2015, Going Deeper with Convolutions (RandomResizedCrop; the "
                       "CropMix paper's baseline)", {"scale": (0.08, 1.0)},
                       "RandomResizedCrop + flip in the loader (CropMix's baseline)",

@@ -26,6 +26,7 @@ __all__ = [
     "boxes_to_mask",
     "paste_boxes",
     "resize_into_boxes",
+    "resize_paste",
 ]
 
 
@@ -187,3 +188,25 @@ def resize_into_boxes(source: Tensor, boxes: Tensor, height: int, width: int, mo
     src = source if source.dtype in (torch.float32, torch.float64) else source.float()
     out = F.grid_sample(src, grid.to(src.dtype), mode="bilinear", padding_mode="border", align_corners=False)
     return out.to(source.dtype)
+
+
+def resize_paste(
+    images: Tensor, source: Tensor, boxes: tuple[int, int, int, int] | Tensor, mode: str = "nearest",
+    out: Tensor | None = None,
+) -> Tensor:
+    """``images`` with each whole ``source[i]`` resized into box i (ResizeMix's paste, RecursiveMix's
+    ResizeFill), written to ``out`` (may be ``images``).
+
+    ``boxes`` is one ``(x1, y1, x2, y2)`` of Python ints shared by the batch (one ``interpolate``
+    call) or (B, 4) int64 per-sample boxes (:func:`resize_into_boxes`). ``"nearest"`` samples at
+    pixel centres (``F.interpolate``'s ``"nearest-exact"``) on both paths; ``"bilinear"`` uses
+    ``align_corners=False``. An empty box pastes nothing.
+    """
+    h, w = images.shape[-2:]
+    if isinstance(boxes, tuple):
+        x1, y1, x2, y2 = boxes
+        if x2 <= x1 or y2 <= y1:  # nothing to paste (interpolate cannot produce an empty image)
+            return images.clone() if out is None else out if out is images else out.copy_(images)
+        small = F.interpolate(source, size=(y2 - y1, x2 - x1), mode="nearest-exact" if mode == "nearest" else mode)
+        return paste_boxes(images, small, boxes, out)
+    return paste_boxes(images, resize_into_boxes(source, boxes, h, w, mode=mode), boxes, out)

@@ -24,6 +24,9 @@ class MixResult:
         lam: (B,) float32, the weight of image i in output i.
         index: (B,) int64 partner index.
         source_targets: the un-mixed (smoothed) targets (B, K); ``targets`` mixes them.
+        partner_targets: (B, K) targets of each output's partner when the partner is not in the
+            batch (RecursiveMix's history; then ``index`` is the identity); ``None`` means
+            ``source_targets[index]``.
         boxes: (B, 4) int64 ``(x1, y1, x2, y2)`` of the region pasted from the partner (half-open
             pixel ranges), for box mixers; ``None`` otherwise.
         mask: (B, 1, H, W) weight of image i at each pixel (1 = pixel from image i) for mask and
@@ -31,7 +34,7 @@ class MixResult:
             access from ``boxes``, so it costs nothing when unused.
     """
 
-    __slots__ = ("images", "targets", "lam", "index", "source_targets", "boxes", "_mask")
+    __slots__ = ("images", "targets", "lam", "index", "source_targets", "boxes", "partner_targets", "_mask")
 
     def __init__(
         self,
@@ -42,6 +45,7 @@ class MixResult:
         source_targets: Tensor,
         mask: Tensor | None = None,
         boxes: Tensor | None = None,
+        partner_targets: Tensor | None = None,
     ) -> None:
         self.images = images
         self.targets = targets
@@ -49,6 +53,7 @@ class MixResult:
         self.index = index
         self.source_targets = source_targets
         self.boxes = boxes
+        self.partner_targets = partner_targets
         self._mask = mask
 
     @property
@@ -68,7 +73,8 @@ class MixResult:
 
         See :func:`mixlab.core.losses.mixed_cross_entropy`.
         """
-        return self.source_targets, self.source_targets[self.index], self.lam
+        partner = self.partner_targets if self.partner_targets is not None else self.source_targets[self.index]
+        return self.source_targets, partner, self.lam
 
     def __repr__(self) -> str:
         return (

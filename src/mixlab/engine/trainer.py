@@ -497,7 +497,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     if ckpt is not None:
         path = ckpt["path"]
         _load_state("model weights", lambda: model.load_state_dict(ckpt["model"]), path)
-        _load_state("method state", lambda: method.load_state_dict(ckpt["method"]), path)
+        own = ckpt.get("method_per_rank") or []  # each rank's own history (RecursiveMix)
+        own = own[rank] if rank < len(own) else {}
+        _load_state("method state", lambda: method.load_state_dict({**ckpt["method"], **own}), path)
         _load_state("optimizer state", lambda: optimizer.load_state_dict(ckpt["optimizer"]), path)
         _load_state("AMP scaler state", lambda: scaler.load_state_dict(ckpt["scaler"]), path)
         if ema is not None and ckpt["ema"] is not None:
@@ -584,16 +586,19 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         history.append(row)
 
         # every rank's RNG states go into the checkpoint; the weights must be the same on every rank
-        gathered = all_gather_object((rng_state(generators), _fingerprint(model) if info.distributed else ""))
-        if len({f for _, f in gathered}) > 1:
+        own = method.per_rank_state() if info.distributed else {}
+        gathered = all_gather_object((rng_state(generators), _fingerprint(model) if info.distributed else "",
+                                      {k: v.cpu() for k, v in own.items()}))
+        if len({f for _, f, _ in gathered}) > 1:
             raise RuntimeError(f"the model weights differ across processes after epoch {epoch + 1} "
-                               f"({[f for _, f in gathered]}); this is a bug in the synchronisation")
+                               f"({[f for _, f, _ in gathered]}); this is a bug in the synchronisation")
         if main:
             save_checkpoint(run_dir / CHECKPOINT_NAME, {
                 "epoch": epoch + 1, "step": step, "config": config_to_dict(cfg), "num_classes": num_classes,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None, "method": method.state_dict(),
-                "rng": gathered[0][0], "rng_per_rank": [g for g, _ in gathered] if info.distributed else None,
+                "rng": gathered[0][0], "rng_per_rank": [g for g, _, _ in gathered] if info.distributed else None,
+                "method_per_rank": [m for _, _, m in gathered] if own else None,
                 "world_size": info.world_size, "history": history})
             write_metrics(run_dir, history)
             plot_curves(history, run_dir / "curves.png")

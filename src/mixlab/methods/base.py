@@ -143,6 +143,12 @@ class Method(nn.Module):
         """Mix a batch without training, for ``samples.png`` and ``mixlab show``."""
         return None
 
+    def per_rank_state(self) -> dict[str, Tensor]:
+        """State that differs between data-parallel processes (``state_dict`` keys -> tensors);
+        the trainer saves every rank's copy and gives each its own back on resume. Default: the
+        :attr:`resizable_buffers` (a per-rank history)."""
+        return {name: getattr(self, name) for name in self.resizable_buffers}
+
 
 class Vanilla(Method):
     """Plain supervised training: cross-entropy on un-mixed images."""

@@ -13,10 +13,9 @@ Interpolation: the paper is silent; ``"nearest"`` by default, as openmixup's Res
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from mixlab.core.boxes import box_area_fraction, paste_boxes, rand_boxes_inside, resize_into_boxes
+from mixlab.core.boxes import box_area_fraction, rand_boxes_inside, resize_paste
 from mixlab.core.checks import check_choice, check_range
 from mixlab.core.random import rand
 from mixlab.mixers.base import Mixer, partner_of
@@ -38,13 +37,7 @@ def resizemix(
 
     ``boxes`` is one box of Python ints shared by the batch (one ``interpolate``) or (B, 4) int64.
     """
-    h, w = images.shape[-2:]
-    partner = partner_of(images, index, pairing or "")
-    if isinstance(boxes, tuple):  # one box for the batch: resize once with interpolate
-        x1, y1, x2, y2 = boxes
-        small = F.interpolate(partner, size=(y2 - y1, x2 - x1), mode="nearest-exact" if mode == "nearest" else mode)
-        return paste_boxes(images, small, boxes, out)
-    return paste_boxes(images, resize_into_boxes(partner, boxes, h, w, mode=mode), boxes, out)
+    return resize_paste(images, partner_of(images, index, pairing or ""), boxes, mode, out)
 
 
 class ResizeMix(Mixer):

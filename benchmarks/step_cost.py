@@ -1,0 +1,103 @@
+"""Cost of one training step of model-aware methods against the plain mixers, in one run.
+
+For each method (default: vanilla, mixup, cutmix, recursivemix), the engine's ``train_step``
+(forward, the method's loss, backward, SGD step, the method's update) on the same model, the same
+batch of random images already on the device and the same optimizer settings. Blocks of steps
+of the methods alternate (round robin, 2 warm-up steps per block discarded) and the median block
+is reported, so load from other processes affects all alike. Printed: ms per step, the ratio to
+each reference method, the method's own state (its buffers and extra parameters: RecursiveMix's
+history and H′, AutoMix's Mix Block and momentum copy), and on CUDA the peak memory of a step.
+
+Targets: RecursiveMix <= 1.05x CutMix (issue 12); AutoMix <= 2.0x vanilla (issue 13).
+
+    python benchmarks/step_cost.py                                  # resnet_small, batch 128, CPU
+    python benchmarks/step_cost.py --model resnet18 --device cuda --methods vanilla,mixup,automix
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from mixlab import registry
+from mixlab.engine.config import OptimConfig
+from mixlab.engine.trainer import build_optimizer, train_step
+
+
+def state_bytes(method: torch.nn.Module) -> int:
+    """Bytes of the method's own parameters and buffers (what it adds to the deployed model)."""
+    return sum(t.numel() * t.element_size() for t in [*method.parameters(), *method.buffers()])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--methods", default="vanilla,mixup,cutmix,recursivemix")
+    p.add_argument("--reference", default="vanilla,cutmix", help="ratios against these methods")
+    p.add_argument("--model", default="resnet_small")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--blocks", type=int, default=10)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per block")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    names = args.methods.split(",")
+    torch.manual_seed(0)
+    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (args.batch_size,), device=device)
+    runs = {}
+    for name in names:
+        model = registry.build_model(args.model, 10).to(device).to(memory_format=torch.channels_last)
+        method = registry.build_method(name, 10).to(device)
+        method.setup(model, torch.Generator(device=device).manual_seed(0))
+        optimizer = build_optimizer(model, method, OptimConfig(name="sgd", lr=0.01))
+        runs[name] = (model, method, optimizer)
+
+    def block(name: str, steps: int) -> float:
+        model, method, optimizer = runs[name]
+        for _ in range(2):
+            train_step(model, method, optimizer, (x, y), 0.5)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            train_step(model, method, optimizer, (x, y), 0.5)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / steps
+
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(args.blocks):
+        for name in names:
+            times[name].append(block(name, args.steps))
+    peaks = {}
+    if device.type == "cuda":
+        for name in names:
+            torch.cuda.reset_peak_memory_stats()
+            block(name, 1)
+            peaks[name] = torch.cuda.max_memory_allocated() / 2**20
+
+    ms = {n: statistics.median(t) * 1e3 for n, t in times.items()}
+    refs = [r for r in args.reference.split(",") if r in ms]
+    print(f"{args.model}, batch {args.batch_size} x {args.image_size}x{args.image_size}, {device}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}; median of {args.blocks} blocks "
+          f"x {args.steps} steps")
+    header = f"{'method':<14}{'ms/step':>9}" + "".join(f"{'/ ' + r:>12}" for r in refs) + f"{'state MiB':>11}"
+    header += f"{'peak MiB':>10}" if peaks else ""
+    print(header)
+    for n in names:
+        line = f"{n:<14}{ms[n]:9.1f}" + "".join(f"{ms[n] / ms[r]:12.3f}" for r in refs)
+        line += f"{state_bytes(runs[n][1]) / 2**20:11.2f}"
+        line += f"{peaks[n]:10.0f}" if peaks else ""
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
