@@ -180,6 +180,9 @@ def test_shipped_protocols_are_valid() -> None:
     (lambda d: d.update(eval={"max_corruption_images": 0}), "eval.max_corruption_images must be null"),
     (lambda d: d.update(eval={"fgsm_eps": 1}), "eval must be a mapping with keys among"),
     (lambda d: d["methods"].update({"rrc@": {}}), "empty variant after '@'"),
+    (lambda d: d.update(claims=[{"method": "mixup", "baseline": "cutmix", "claim": "x"}]),
+     "claim 'x': baseline 'cutmix' is not one of the protocol's methods"),
+    (lambda d: d.update(claims=[{"method": "mixup", "baseline": "vanilla"}]), "each claim must be a mapping"),
     (lambda d: d["methods"].update({"rcc@0.01": {}}), r"unknown method 'rcc' \(did you mean 'rrc'\?\)"),
     (lambda d: d["base"]["run"].update(eval_every=0), "run.eval_every must be an integer >= 1"),
 ])
@@ -237,6 +240,20 @@ def _rows() -> list[dict]:
     return [{"method": m, "seed": s, "top1": v, "ece": 5.0 + s, "fgsm_top1": 10.0, "corruption_top1": v - 5,
              "epoch_time_s": {"vanilla": 2.0, "mixup": 2.2}.get(m, 3.0), "wall_time_s": 100.0,
              "corruption_images": 1000} for m, vs in values.items() for s, v in enumerate(vs)]
+
+
+def test_claims_are_checked_against_the_seed_spread() -> None:
+    rows = [{"method": m, "seed": s, "top1": v} for m, vals in
+            (("a", [50.0, 51.0, 52.0]), ("b", [45.0, 46.0, 47.0]), ("c", [50.5, 51.5, 52.5])) for s, v in enumerate(vals)]
+    assert report.check_claim(rows, "a", "b", "A beats B") == (
+        "A beats B: a 51.00 vs b 46.00 (+5.00 points, threshold 2 x 1.00 = 2.00): supported here.")
+    assert report.check_claim(rows, "b", "a", "B beats A").endswith("contradicted here (the difference is the other "
+                                                                     "way, beyond the spread).")
+    assert report.check_claim(rows, "c", "a", "C beats A").endswith("not resolved here (within the spread).")
+    assert report.check_claim(rows, "a", "zz", "A beats Z") == "A beats Z: not checked (zz has no finished run)."
+    claims = load_protocol("cifar10-quick").claims
+    assert ("cropmix", "rrc@0.01") in {(c.method, c.baseline) for c in claims}
+    assert ("recursivemix", "cutmix") in {(c.method, c.baseline) for c in claims}
 
 
 def test_mean_std_and_pooled_std() -> None:

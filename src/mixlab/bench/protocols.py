@@ -13,6 +13,8 @@ A protocol is a YAML file shipped in ``mixlab/bench/protocols/`` (or any file gi
       rrc@0.01: {scale: [0.01, 1.0]}   # "name@variant": method "name" again, with other parameters
     seeds: [0, 1, 2]
     eval: {max_corruption_images: 1000, fgsm: true, corruptions: true}
+    claims:                # optional: the papers' claims the results check (method vs baseline, top-1)
+      - {method: mixup, baseline: vanilla, claim: "Mixup beats ERM (Zhang et al. 2018, Table 1)"}
 
     >>> protocol = load_protocol("cifar10-quick")
     >>> cfg = protocol.config("mixup", seed=0)      # the TrainConfig of one run
@@ -32,9 +34,10 @@ import yaml
 from mixlab import registry
 from mixlab.engine.config import TrainConfig, config_from_dict, validate_config
 
-__all__ = ["Protocol", "EvalSettings", "list_protocols", "load_protocol", "protocol_from_dict", "method_name"]
+__all__ = ["Protocol", "Claim", "EvalSettings", "list_protocols", "load_protocol", "protocol_from_dict", "method_name"]
 
-_KEYS = ("description", "base", "methods", "seeds", "eval")
+_KEYS = ("description", "base", "methods", "seeds", "eval", "claims")
+_CLAIM_KEYS = ("method", "baseline", "claim")
 _EVAL_KEYS = ("max_corruption_images", "fgsm", "corruptions")
 # set per run by the runner, so a protocol must leave them alone
 _RUNNER_KEYS = ("method.name", "method.params", "run.seed", "run.out", "run.resume", "run.stop_epoch")
@@ -56,6 +59,15 @@ class EvalSettings:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """A paper's claim that ``method`` beats ``baseline`` (both labels of the protocol's methods)."""
+
+    method: str
+    baseline: str
+    claim: str
+
+
+@dataclass(frozen=True)
 class Protocol:
     """A validated protocol; :meth:`config` gives the TrainConfig of one (method, seed) run."""
 
@@ -65,6 +77,7 @@ class Protocol:
     methods: dict[str, dict[str, Any]]
     seeds: tuple[int, ...]
     eval: EvalSettings = field(default_factory=EvalSettings)
+    claims: tuple[Claim, ...] = ()
 
     def config(self, method: str, seed: int) -> TrainConfig:
         """``base`` with ``method.name``, ``method.params`` and ``run.seed`` set.
@@ -189,8 +202,17 @@ def protocol_from_dict(data: Any, name: str = "protocol") -> Protocol:
     for key in ("fgsm", "corruptions"):
         if not isinstance(ev.get(key, True), bool):
             raise fail(f"eval.{key} must be true or false, got {ev[key]!r}")
+    claims = data.get("claims") or []
+    if not isinstance(claims, list):
+        raise fail(f"claims must be a list of {{method, baseline, claim}} mappings, got {claims!r}")
+    for c in claims:
+        if not isinstance(c, dict) or sorted(c) != sorted(_CLAIM_KEYS) or not all(isinstance(v, str) for v in c.values()):
+            raise fail(f"each claim must be a mapping with string keys {', '.join(_CLAIM_KEYS)}, got {c!r}")
+        for key in ("method", "baseline"):
+            if c[key] not in methods:
+                raise fail(f"claim {c['claim']!r}: {key} {c[key]!r} is not one of the protocol's methods")
     description = data.get("description") or ""
     if not isinstance(description, str):
         raise fail(f"description must be a string, got {description!r}")
     return Protocol(name=name, description=" ".join(description.split()), base=base, methods=methods,
-                    seeds=tuple(seeds), eval=EvalSettings(**ev))
+                    seeds=tuple(seeds), eval=EvalSettings(**ev), claims=tuple(Claim(**c) for c in claims))

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from mixlab.engine.corruptions import CORRUPTIONS
 
-__all__ = ["COLUMNS", "collect_rows", "read_history", "mean_std", "pooled_std", "summarize", "compare_to_baseline",
+__all__ = ["COLUMNS", "collect_rows", "read_history", "mean_std", "pooled_std", "summarize", "compare_to_baseline", "check_claim",
            "write_csv", "write_markdown"]
 
 # results.csv columns: (name, meaning)
@@ -153,6 +153,28 @@ def compare_to_baseline(rows: Sequence[dict[str, Any]], key: str = "top1", label
     return f"{label} ({baseline} {base:.2f}, threshold 2 x {s:.2f} = {2 * s:.2f} points): " + "; ".join(said) + "."
 
 
+def check_claim(rows: Sequence[dict[str, Any]], method: str, baseline: str, claim: str, key: str = "top1") -> str:
+    """One sentence on a paper's claim that ``method`` beats ``baseline``: the measured difference
+    and whether it exceeds 2 x the pooled seed-to-seed std of the two (the screen of
+    :func:`compare_to_baseline`)."""
+    a = [r[key] for r in rows if r["method"] == method]
+    b = [r[key] for r in rows if r["method"] == baseline]
+    if not a or not b:
+        return f"{claim}: not checked ({method if not a else baseline} has no finished run)."
+    delta = mean_std(a)[0] - mean_std(b)[0]
+    s = pooled_std([a, b])
+    head = f"{claim}: {method} {mean_std(a)[0]:.2f} vs {baseline} {mean_std(b)[0]:.2f} ({delta:+.2f} points"
+    if math.isnan(s):
+        return head + "; one seed each: no spread to judge by)."
+    if delta > 2 * s:
+        verdict = "supported here"
+    elif delta < -2 * s:
+        verdict = "contradicted here (the difference is the other way, beyond the spread)"
+    else:
+        verdict = "not resolved here (within the spread)"
+    return head + f", threshold 2 x {s:.2f} = {2 * s:.2f}): {verdict}."
+
+
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     """``results.csv``: one row per run, the columns of :data:`COLUMNS`."""
     with open(path, "w", newline="") as f:
@@ -194,6 +216,10 @@ def write_markdown(rows: Sequence[dict[str, Any]], path: str | Path, *, protocol
     lines += [""] + [f"- {compare_to_baseline(rows, key, label, baseline)}" for key, label in
                      (("top1", "Clean top-1 (last epoch)"), ("fgsm_top1", "FGSM top-1"),
                       ("corruption_top1", "Corruption top-1 (mCA)"))]
+    claims = getattr(protocol, "claims", ())
+    if claims:
+        lines += ["", "## The papers' claims", ""]
+        lines += [f"- {check_claim(rows, c.method, c.baseline, c.claim)}" for c in claims]
     lines += ["", "## How it was run", ""]
     lines += [f"- command: `{c}`" for c in commands]
     lines += [f"- machine: {m}" for m in machines]
