@@ -35,7 +35,8 @@ def state_bytes(method: torch.nn.Module) -> int:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", default="vanilla,mixup,cutmix,recursivemix")
-    p.add_argument("--reference", default="vanilla,cutmix", help="ratios against these methods")
+    p.add_argument("--reference", default="vanilla,mixup,cutmix",
+                   help="ratios against these methods (those that are run)")
     p.add_argument("--model", default="resnet_small")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--image-size", type=int, default=32)

@@ -9,7 +9,8 @@ The mixing core imports torch alone::
 Subpackages with heavier dependencies (``mixlab.models``, ``mixlab.data``, ``mixlab.engine``,
 ...) are imported only when used. ``mixlab.CropMix`` and ``mixlab.CropMixBatch`` (per-image and
 batched CropMix, :mod:`mixlab.transforms`) are lazy exports: the first access imports torchvision;
-so is ``mixlab.RecursiveMix`` (:mod:`mixlab.methods.recursivemix`, torch until its first RoIAlign).
+so is ``mixlab.RecursiveMix`` (:mod:`mixlab.methods.recursivemix`, torch until its first RoIAlign),
+and ``mixlab.AutoMix`` (:mod:`mixlab.methods.automix`, which imports ``mixlab.models``).
 """
 
 from mixlab.core import BinaryCrossEntropy, MixResult, SoftTargetCrossEntropy
@@ -19,9 +20,10 @@ __version__ = "0.1.0"
 
 # name -> module, imported on first access (PEP 562), so `import mixlab` does not import torchvision
 _LAZY = {"CropMix": "mixlab.transforms", "CropMixBatch": "mixlab.transforms",
-         "RecursiveMix": "mixlab.methods.recursivemix"}
+         "RecursiveMix": "mixlab.methods.recursivemix", "AutoMix": "mixlab.methods.automix"}
 
 __all__ = [
+    "AutoMix",
     "BinaryCrossEntropy",
     "CropMix",
     "CropMixBatch",

@@ -233,21 +233,28 @@ def _add_show(sub: argparse._SubParsersAction) -> None:
         description="Mix one batch with a method and draw it: row 1 the inputs, row 2 their partners "
                     "(inputs[index]), row 3 the mask (per-pixel weight of the own image, black 0 .. white 1; a "
                     "flat grey tile at lambda for global mixes such as Mixup), row 4 the mixed images with their "
-                    "top-2 soft label and lambda. A method that does not mix (vanilla) shows the inputs only.",
+                    "top-2 soft label and lambda. A method that does not mix (vanilla) shows the inputs only. "
+                    "With --checkpoint the model and the method's state (AutoMix's Mix Block) come from a run; "
+                    "AutoMix draws its masks and mixed images at lambda 0.2, 0.5 and 0.8.",
         epilog=f"methods: {', '.join(METHODS)}\n\nexamples:\n"
                "  mixlab show --method cutmix\n"
                "  mixlab show --method mixup --set method.params.alpha=0.4 --n 6 --seed 3 --out mixup.png\n"
                "  mixlab show --method fmix --dataset imagefolder --data-root ../shared/data/cifar10-jpeg.zip\n"
-               "  mixlab show --method cutmix --set method.params.granularity=elem --set data.image_size=64",
+               "  mixlab show --method cutmix --set method.params.granularity=elem --set data.image_size=64\n"
+               "  mixlab show --method automix --checkpoint runs/<run dir>",
     )
     p.add_argument("--method", required=True, metavar="NAME", help=f"the method to show: {', '.join(METHODS)}")
-    p.add_argument("--dataset", default="synthetic", metavar="NAME",
-                   help="where the batch comes from: synthetic (default), cifar10, cifar100, imagefolder")
+    p.add_argument("--dataset", metavar="NAME",
+                   help="where the batch comes from: synthetic (default; with --checkpoint, the run's dataset), "
+                        "cifar10, cifar100, imagefolder")
     p.add_argument("--data-root", metavar="PATH", help="dataset location (not needed for synthetic)")
     p.add_argument("--n", type=_positive, default=8, metavar="N", help="images in the batch, 2 to 32 (default 8)")
     p.add_argument("--seed", type=_non_negative, default=0, metavar="N",
                    help="seed of the images drawn and of the mixing (default 0)")
     p.add_argument("--out", metavar="FILE.png", help="the PNG to write (default show-NAME.png)")
+    p.add_argument("--checkpoint", metavar="RUN",
+                   help="a run directory or checkpoint.pt of this method: its model, method state and config "
+                        "(--set and the flags above still apply on top)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override as in `mixlab train` (method.params.alpha=0.4, method.label_smoothing=0.1, "
                         "data.image_size=64); repeatable")
@@ -255,6 +262,8 @@ def _add_show(sub: argparse._SubParsersAction) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     import torch
 
     from mixlab import registry
@@ -265,8 +274,22 @@ def _show(args: argparse.Namespace) -> int:
 
     if not 2 <= args.n <= 32:
         raise ValueError(f"--n must be in [2, 32] (mixing pairs images; one column per image), got {args.n}")
-    cfg = load_config(None, args.overrides, values={"method.name": args.method, "data.name": args.dataset,
-                                                     "data.root": args.data_root})
+    ckpt, base = None, None
+    if args.checkpoint:
+        from mixlab.engine import load_checkpoint
+        from mixlab.engine.config import config_from_dict
+
+        ckpt = load_checkpoint(args.checkpoint)
+        base = config_from_dict(ckpt["config"], source=ckpt["path"])
+        if base.method.name != args.method:
+            raise ValueError(f"--checkpoint {args.checkpoint} was trained with method {base.method.name!r}, "
+                             f"not {args.method!r}")
+    values = {"method.name": args.method}
+    if args.dataset is not None or base is None:
+        values.update({"data.name": args.dataset or "synthetic", "data.root": args.data_root})
+    elif args.data_root is not None:
+        values["data.root"] = args.data_root
+    cfg = load_config(None, args.overrides, base=base, values=values)
     m, d = cfg.method, cfg.data
     registry.check_names(m.name, m.params, dataset=d.name)
     g = torch.Generator().manual_seed(args.seed)
@@ -281,16 +304,35 @@ def _show(args: argparse.Namespace) -> int:
     images = torch.stack([dataset[i][0] for i in picks])  # (n, C, H, W) uint8
     labels = torch.tensor([dataset[i][1] for i in picks])
     images = normalize_on_device(images, dataset.mean, dataset.std)  # as the trainer's batches
+    if ckpt is not None and ckpt["num_classes"] != dataset.num_classes:
+        raise ValueError(f"--checkpoint {args.checkpoint} has {ckpt['num_classes']} classes, dataset {d.name!r} "
+                         f"has {dataset.num_classes}")
     method = registry.build_method(m.name, dataset.num_classes, m.label_smoothing, **m.params)
-    method.setup(registry.build_model(cfg.model.name, dataset.num_classes, **cfg.model.kwargs), g)
+    model = registry.build_model(cfg.model.name, dataset.num_classes, **cfg.model.kwargs)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+    method.setup(model, g)
+    if ckpt is not None:
+        method.load_state_dict(ckpt["method"])
+    lams = getattr(method, "preview_lams", None)  # AutoMix: one mix per λ, the same partners for each
     with torch.no_grad():  # in training mode, as the trainer's samples.png
-        mixed = method.mix_preview(images, labels)
+        if lams:
+            state = g.get_state()
+            mixed = []
+            for lam in lams:
+                g.set_state(state)
+                mixed.append(method.mix_preview(images, labels, lam=lam))
+        else:
+            mixed = method.mix_preview(images, labels)
     out = args.out or f"show-{m.name}.png"
     params = ", ".join(f"{k}={v}" for k, v in {**registry.METHODS[m.name].defaults, **m.params}.items())
+    trained = f", epoch {ckpt['epoch']} of {Path(ckpt['path']).parent.name}" if ckpt is not None else ""
     plot_mix(images, labels, mixed, dataset.classes, out, dataset.mean, dataset.std,
-             title=f"{m.name}{f'({params})' if params else ''} on {d.name}, seed {args.seed}")
-    print(f"{m.name}: {'no mixing' if mixed is None else f'mean lambda {float(mixed.lam.float().mean()):.2f}'}; "
-          f"wrote {out}")
+             title=f"{m.name}{f'({params})' if params else ''} on {d.name}, seed {args.seed}{trained}")
+    first = mixed[0] if isinstance(mixed, list) else mixed
+    lam_text = ("lambda " + ", ".join(f"{lam:g}" for lam in lams) if lams else
+                f"mean lambda {float(first.lam.float().mean()):.2f}" if first is not None else "")
+    print(f"{m.name}: {'no mixing' if first is None else lam_text}; wrote {out}")
     return 0
 
 

@@ -93,6 +93,12 @@ def _cropmix(mix: str, mixer: type | None = None, mixer_alpha: str = "") -> Call
     return build
 
 
+def _automix(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
+    from mixlab.methods.automix import AutoMix
+
+    return AutoMix(num_classes, label_smoothing, **hparams)
+
+
 def _rrc(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
     from mixlab.methods.cropmix import RRCMethod
 
@@ -147,6 +153,12 @@ METHODS: dict[str, MethodSpec] = {
                                {"alpha": 0.5, "omega": 0.1},
                                "paste the resized previous batch into a box; consistency loss on its RoI",
                                ("interpolation", "share_head", "per_sample_boxes", "history", "reset_each_epoch")),
+    "automix": MethodSpec(_automix, "Liu et al. 2022, AutoMix: Unveiling the Power of Mixup for Stronger Classifiers",
+                          {"alpha": 2.0, "stage": None},
+                          "masks from a learned Mix Block on a momentum encoder's stage-l features (stage None: "
+                          "the second-to-last, l = 3 on 4-stage ResNets)",
+                          ("momentum", "momentum_schedule", "gamma", "epsilon", "lam_margin", "lam_concat", "value",
+                           "upsampling", "reduction", "pairing", "clean_loss", "mix_block_lr_scale")),
     "rrc": MethodSpec(_rrc, "Szegedy et al. 2015, Going Deeper with Convolutions (RandomResizedCrop; the "
                       "CropMix paper's baseline)", {"scale": (0.08, 1.0)},
                       "RandomResizedCrop + flip in the loader (CropMix's baseline)",

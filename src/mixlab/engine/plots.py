@@ -141,7 +141,7 @@ def plot_samples(
 def plot_mix(
     images: Tensor,
     labels: Tensor,
-    mixed: MixResult | None,
+    mixed: MixResult | Sequence[MixResult] | None,
     classes: Sequence[str],
     path: str | Path,
     mean: Sequence[float] | None = None,
@@ -154,11 +154,14 @@ def plot_mix(
     image, black 0 to white 1; a flat tile at λ for global mixes such as Mixup, whose mask is
     ``None``); the mixed images, with their top-2 soft label and λ underneath. With ``mixed=None``
     (a method that does not mix, such as vanilla) only the inputs are drawn, titled "no mixing".
+    With several mixes of the same batch and partners (AutoMix at λ = 0.2, 0.5, 0.8) the mask and
+    mixed rows repeat once per mix, named by its first λ.
 
     Args:
         images: (B, C, H, W) inputs, normalised float (then give ``mean``/``std``) or uint8.
         labels: (B,) class indices or (B, K) soft targets of the inputs.
-        mixed: the method's ``mix_preview(images, labels)``, or ``None``.
+        mixed: the method's ``mix_preview(images, labels)``, a list of such results with the same
+            ``index``, or ``None``.
         classes: class names.
         path: the PNG to write.
         mean, std: per-channel normalisation of ``images`` and ``mixed.images``, to undo for display.
@@ -168,23 +171,26 @@ def plot_mix(
     labels = _one_hot(labels, len(classes))  # (B, K)
     names = [soft_label_text(t, classes, k=1 if bool((t == 1).any()) else 2).removesuffix(" 1.00") for t in labels]
     rows: list[tuple[str, Any, list[str], dict[str, Any]]] = [("input", _display(images, mean, std), names, {})]
-    if mixed is None:
+    mixes = [] if mixed is None else [mixed] if isinstance(mixed, MixResult) else list(mixed)
+    if not mixes:
         title = f"{title}: no mixing" if title else "no mixing"
     else:
-        index = mixed.index.detach().cpu().long()
-        lam = mixed.lam.detach().float().cpu().expand(n)  # (B,)
-        mask = mixed.mask
+        index = mixes[0].index.detach().cpu().long()
+        rows.append(("partner", _display(images[index], mean, std), [names[j] for j in index.tolist()], {}))
+    for one in mixes:
+        lam = one.lam.detach().float().cpu().expand(n)  # (B,)
+        mask = one.mask
         if mask is None:  # global mix: every pixel weighs λ
             mask = lam.view(n, 1, 1, 1).expand(n, 1, *images.shape[-2:])
-        targets = _one_hot(mixed.targets, len(classes))
+        targets = _one_hot(one.targets, len(classes))
+        at = f" λ {float(lam[0]):.2f}".replace(" 0.", " .") if len(mixes) > 1 else ""
         rows += [
-            ("partner", _display(images[index], mean, std), [names[j] for j in index.tolist()], {}),
-            ("mask (own)", _display(mask.float().clamp(0, 1)), [], {"vmin": 0.0, "vmax": 1.0, "frame": True}),
-            ("mixed", _display(mixed.images, mean, std),
+            (f"mask (own){at}", _display(mask.float().clamp(0, 1)), [], {"vmin": 0.0, "vmax": 1.0, "frame": True}),
+            (f"mixed{at}", _display(one.images, mean, std),
              [f"{soft_label_text(t, classes)}\nλ {l:.2f}".replace(" 0.", " .") for t, l in zip(targets, lam.tolist())],
              {}),
         ]
-    fig = _figure(1.5 * n + 0.6, 1.75 * len(rows) + 0.5 + (0.3 if mixed is not None else 0))
+    fig = _figure(1.5 * n + 0.6, 1.75 * len(rows) + 0.5 + (0.3 if mixes else 0))
     axes = fig.subplots(len(rows), n, squeeze=False)
     for r, (name, tiles, texts, imshow) in enumerate(rows):
         for i in range(n):
