@@ -151,7 +151,7 @@ def test_shipped_protocols_are_valid() -> None:
                                    "rrc", "rrc@0.01", "cropmix", "recursivemix", "recursivemix@rs",
                                    "recursivemix@rs+his", "automix"]
         assert p.methods["mixup"] == {"alpha": 1.0} and p.methods["cutmix"] == {"alpha": 1.0}
-        assert p.methods["automix"] == {"alpha": 2.0}  # the paper's α; stage: the second-to-last (l = 3)
+        assert p.methods["automix"]["alpha"] == 2.0  # the paper's α; stage: the second-to-last (l = 3)
         # the CropMix paper's comparison: RRC at the usual and at CropMix's range, CropMix at (0.01, 1)
         assert p.config("rrc@0.01", 0).method.name == "rrc" and p.methods["rrc@0.01"] == {"scale": [0.01, 1.0]}
         assert p.config("cropmix", 1).method.params == {"scale": [0.01, 1.0]}
