@@ -7,6 +7,8 @@ output is produced.
 
 from __future__ import annotations
 
+from typing import Any
+
 import math
 from numbers import Real
 
@@ -15,6 +17,7 @@ from torch import Tensor
 
 __all__ = [
     "check_alpha",
+    "check_bool",
     "check_probability",
     "check_range",
     "check_images",
@@ -53,6 +56,13 @@ def check_range(
     if not (low <= a <= b <= high):
         raise ValueError(f"{name} must satisfy {low} <= min <= max <= {high}, got ({a}, {b})")
     return a, b
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """``value`` if it is a bool; ``TypeError`` naming ``name`` otherwise (1 and "yes" are refused)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
 
 
 def check_choice(value: str, name: str, choices: tuple[str, ...]) -> str:

@@ -134,7 +134,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixlab.core.checks import check_alpha, check_choice
+from mixlab.core.checks import check_alpha, check_bool, check_choice
 from mixlab.core.lam import sample_lambda
 from mixlab.core.losses import soft_cross_entropy
 from mixlab.core.pairing import PAIRINGS, pair_index
@@ -163,12 +163,6 @@ def _check_real(value: Any, name: str, low: float, high: float, low_open: bool =
     return value
 
 
-def _check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return value
-
-
 class MixBlock(nn.Module):
     """The Mix Block M_φ of AutoMix (Eq. 5-6): a λ-embedded cross-attention mask generator.
 
@@ -194,7 +188,7 @@ class MixBlock(nn.Module):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
         self.in_channels, self.reduction = in_channels, reduction
-        self.lam_concat = _check_bool(lam_concat, "lam_concat")
+        self.lam_concat = check_bool(lam_concat, "lam_concat")
         self.value_from = check_choice(value, "value", VALUES)
         self.upsampling = check_choice(upsampling, "upsampling", UPSAMPLING)
         self.inter_channels = max(in_channels // reduction, 1)
@@ -336,14 +330,14 @@ class AutoMix(Method):
         self.gamma = _check_real(gamma, "gamma", 0.0, math.inf, high_open=True)
         self.epsilon = _check_real(epsilon, "epsilon", 0.0, 1.0, high_open=True)
         self.lam_margin = _check_real(lam_margin, "lam_margin", 0.0, 0.5, high_open=True)
-        self.lam_concat = _check_bool(lam_concat, "lam_concat")
+        self.lam_concat = check_bool(lam_concat, "lam_concat")
         self.value = check_choice(value, "value", VALUES)
         self.upsampling = check_choice(upsampling, "upsampling", UPSAMPLING)
         if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
             raise ValueError(f"reduction must be an int >= 1, got {reduction!r}")
         self.reduction = reduction
         self.pairing = check_choice(pairing, "pairing", PAIRINGS)
-        self.clean_loss = _check_bool(clean_loss, "clean_loss")
+        self.clean_loss = check_bool(clean_loss, "clean_loss")
         self.mix_block_lr_scale = _check_real(mix_block_lr_scale, "mix_block_lr_scale", 0.0, math.inf,
                                               low_open=True, high_open=True)
         self.feature_stage: int | None = None  # l, resolved by setup()

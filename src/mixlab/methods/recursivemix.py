@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixlab.core.boxes import box_area_fraction, rand_box, rand_boxes, resize_paste
-from mixlab.core.checks import check_choice
+from mixlab.core.checks import check_bool, check_choice
 from mixlab.core.losses import SoftTargetCrossEntropy
 from mixlab.core.pairing import pair_index
 from mixlab.core.random import rand
@@ -124,8 +124,7 @@ class RecursiveMix(Method):
             raise ValueError(f"omega must be a finite number >= 0, got {omega!r}")
         for flag, value in (("share_head", share_head), ("per_sample_boxes", per_sample_boxes),
                             ("history", history), ("reset_each_epoch", reset_each_epoch)):
-            if not isinstance(value, bool):
-                raise TypeError(f"{flag} must be a bool, got {value!r}")
+            check_bool(value, flag)
         if omega > 0 and not history:
             raise ValueError("omega > 0 needs history=True: the consistency loss compares with the previous "
                              "step's prediction (Table 2's 'RS' row is history=False, omega=0)")

@@ -67,6 +67,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from mixlab.core.boxes import rand_box
+from mixlab.core.checks import check_bool
 from mixlab.core.random import beta_sample
 
 __all__ = [
@@ -212,12 +213,6 @@ def _check_alpha(alpha: Any, mix: str) -> float:
     return alpha
 
 
-def _check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
-
-
 def set_config(obj: Any, cfg: dict[str, Any]) -> None:
     """Store a :func:`check_config` result as attributes (``scale``, ``ratio``, ``num_crops``,
     ``mix``, ``alpha``, ``interpolation``, ``inter_aug``, ``placement``, ``multi_scale``)."""
@@ -247,7 +242,7 @@ def check_config(
         interpolation=_check_interpolation(interpolation),
         inter_aug=_check_inter_aug(inter_aug),
         placement=_check_choice(placement, "placement", PLACEMENTS),
-        multi_scale=_check_bool(multi_scale, "multi_scale"),
+        multi_scale=check_bool(multi_scale, "multi_scale"),
     )
 
 
@@ -307,14 +302,18 @@ def crop_from_uniforms(
             top = min(int(u[2 * ATTEMPTS] * (height - h + 1)), height - h)
             left = min(int(u[2 * ATTEMPTS + 1] * (width - w + 1)), width - w)
             return {"top": top, "left": left, "height": h, "width": w}
+    h, w = fallback_crop_size(height, width, ratio)
+    return {"top": (height - h) // 2, "left": (width - w) // 2, "height": h, "width": w}
+
+
+def fallback_crop_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+    """RandomResizedCrop's fallback crop ``(h, w)``: the whole image clipped to the ratio range."""
     in_ratio = width / height
     if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        w, h = int(round(height * ratio[1])), height
-    else:
-        w, h = width, height
-    return {"top": (height - h) // 2, "left": (width - w) // 2, "height": h, "width": w}
+        return int(round(width / ratio[0])), width
+    if in_ratio > ratio[1]:
+        return height, int(round(height * ratio[1]))
+    return height, width
 
 
 # ------------------------------------------------------------------------------ functional kernels
@@ -448,7 +447,7 @@ def rrc(
         raise TypeError("size must be an int or a sequence (h, w) of ints for rrc, got None")
     return v2.RandomResizedCrop(size, scale=_check_scale(scale), ratio=_check_ratio(ratio),
                                 interpolation=_check_interpolation(interpolation),
-                                antialias=_check_bool(antialias, "antialias"))
+                                antialias=check_bool(antialias, "antialias"))
 
 
 class CropMix(v2.Transform):
@@ -530,7 +529,7 @@ class CropMix(v2.Transform):
                            multi_scale=multi_scale)
         self.size = _check_size(size)
         set_config(self, cfg)
-        self.antialias: bool = _check_bool(antialias, "antialias")
+        self.antialias: bool = check_bool(antialias, "antialias")
         self._ranges = {n: scale_ranges(self.scale, n, self.multi_scale) for n in self.num_crops}
         self._jitter = v2.ColorJitter(*JITTER) if "colorjitter" in self.inter_aug else None
 

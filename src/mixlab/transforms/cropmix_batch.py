@@ -52,7 +52,7 @@ from torch import Tensor
 
 from mixlab.core.boxes import boxes_to_mask, rand_boxes
 from mixlab.core.random import beta_sample, generator_device
-from mixlab.transforms.cropmix import ATTEMPTS, JITTER, _check_size, check_config, set_config
+from mixlab.transforms.cropmix import ATTEMPTS, JITTER, fallback_crop_size, _check_size, check_config, set_config
 
 __all__ = ["CropMixBatch", "cropmix_batch", "sample_crop_boxes", "resized_crops", "augment_batch",
            "color_jitter_batch", "mixup_matrices"]
@@ -95,13 +95,7 @@ def sample_crop_boxes(
     found = ok.any(dim=1)
     w = w.gather(1, first).squeeze(1).long()
     h = h.gather(1, first).squeeze(1).long()
-    in_ratio = width / height  # torchvision's fallback: centred, whole image clipped to the ratio
-    if in_ratio < ratio[0]:
-        fw, fh = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        fw, fh = int(round(height * ratio[1])), height
-    else:
-        fw, fh = width, height
+    fh, fw = fallback_crop_size(height, width, ratio)  # torchvision's fallback, centred
     w = torch.where(found, w, fw)
     h = torch.where(found, h, fh)
     pos = torch.rand(m, 2, generator=generator, device=dev, dtype=torch.float64)
