@@ -124,7 +124,6 @@ Usage in any training loop (the trainer does the same)::
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from numbers import Real
@@ -137,6 +136,7 @@ from torch import Tensor, nn
 from mixlab.core.checks import check_alpha, check_bool, check_choice
 from mixlab.core.lam import sample_lambda
 from mixlab.core.losses import soft_cross_entropy
+from mixlab.core.momentum import cosine_momentum, frozen_copy, momentum_update_
 from mixlab.core.pairing import PAIRINGS, pair_index
 from mixlab.core.result import MixResult
 from mixlab.core.targets import mix_targets, soft_targets
@@ -366,7 +366,7 @@ class AutoMix(Method):
                          self.upsampling)
         block.reset_parameters(generator)
         self.mix_block = block.to(device)
-        self.momentum_model = copy.deepcopy(model).requires_grad_(False)
+        self.momentum_model = frozen_copy(model)
         self.momentum_model.train(self.training)
 
     def _ready(self) -> tuple[MixBlock, nn.Module]:
@@ -385,8 +385,7 @@ class AutoMix(Method):
         (m_0 throughout with ``momentum_schedule="constant"``)."""
         if self.momentum_schedule == "constant":
             return self.momentum
-        t = min(max(float(progress), 0.0), 1.0)
-        return 1.0 - (1.0 - self.momentum) * (math.cos(math.pi * t) + 1.0) / 2.0
+        return cosine_momentum(self.momentum, progress)
 
     def gamma_at(self, progress: float) -> float:
         """γ decays linearly from ``gamma`` to 0 over training."""
@@ -463,13 +462,7 @@ class AutoMix(Method):
     def after_optimizer_step(self, model: nn.Module, progress: float) -> None:
         """Eq. 12 over the parameters: ``θk ← m θk + (1 - m) θq`` with the cosine m of ``progress``."""
         _, encoder = self._ready()
-        m = self.momentum_at(progress)
-        if m >= 1.0:
-            return
-        mine, theirs = list(encoder.parameters()), list(model.parameters())
-        if len(mine) != len(theirs):
-            raise RuntimeError("the momentum encoder and the model no longer have the same parameters")
-        torch._foreach_lerp_(mine, [p.detach() for p in theirs], 1.0 - m)
+        momentum_update_(encoder.parameters(), model.parameters(), self.momentum_at(progress))
 
     # ------------------------------------------------------------------ pictures
     @torch.no_grad()

@@ -113,8 +113,9 @@ class Method(nn.Module):
         """
         self.generator = generator
 
-    def train_transform(self, default: Callable | None) -> Callable | None:
-        """Per-image training transform; per-image methods (CropMix) replace ``default``."""
+    def train_transform(self, default: Callable | None, image_size: int | None = None) -> Callable | None:
+        """Per-image training transform; per-image methods (CropMix) and self-supervised methods
+        (their multi-view transform, at ``image_size``, the training images' side) replace ``default``."""
         return default
 
     def training_step(self, model: nn.Module, batch: Any, progress: float) -> StepOutput:

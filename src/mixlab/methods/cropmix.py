@@ -88,7 +88,7 @@ class CropMixMethod(Method):
 
         return self.cropmix if size == self.cropmix.size else CropMix(size, **self.cropmix_args)
 
-    def train_transform(self, default: Callable | None) -> Callable:
+    def train_transform(self, default: Callable | None, image_size: int | None = None) -> Callable:
         """``v2.Compose([CropMix(size, ...), v2.RandomHorizontalFlip()])``: uint8 CHW in and out
         (the trainer normalises on the device); it replaces ``default`` (crop + flip)."""
         from torchvision.transforms import v2

@@ -1,2 +1,8 @@
-"""Self-supervised objectives. So far: SDMP's virtual labels (:mod:`mixlab.ssl.sdmp`); the MoCo v3 and
-DINO frameworks (issue 14) are still to be built on them."""
+"""Self-supervised pre-training: MoCo v3 (:mod:`.mocov3`) and DINO (:mod:`.dino`), each with SDMP's
+data mixing (:mod:`.sdmp`) as an option; the shared base class in :mod:`.base`."""
+
+from mixlab.ssl.base import SelfSupervised, embed, feature_dim
+from mixlab.ssl.mocov3 import MoCoV3
+from mixlab.ssl.sdmp import SDMPMixing
+
+__all__ = ["SelfSupervised", "MoCoV3", "SDMPMixing", "embed", "feature_dim"]

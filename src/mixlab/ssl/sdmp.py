@@ -23,18 +23,40 @@ The losses are linear in these weights, so each is one soft-target cross-entropy
 
 With λ = 1 (no mixing) both matrices are the identity and each loss is its framework's plain loss.
 When n is odd the middle image is its own partner; its two weights then add up on the diagonal.
+
+The mixing itself (:class:`SDMPMixing`): per batch, one operation drawn uniformly from {Mixup,
+CutMix, ResizeMix} (§4.4.2), λ per sample (Table 7) from Beta(1, 1) (the authors' code), the core
+mixers' exact λ (CutMix's clipped box area, ResizeMix's pasted area). One draw is applied to
+several views (the query's view and the key's view are mixed alike, Eq. 1-2), its boxes scaled to
+each view's size.
+
+Ablation switches (Tables 6-9) are arguments of the frameworks that use this module
+(``mixlab.ssl.MoCoV3``, ``mixlab.ssl.DINO``): ``ops``, ``per_sample``, ``static_source``,
+``static_intra``, and MoCo's ``version`` (replace / extra) and ``loss_form``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
+from mixlab.core.checks import check_alpha, check_bool, check_choice
 from mixlab.core.pairing import pair_index
+from mixlab.core.random import randint
 from mixlab.core.targets import mix_targets
+from mixlab.mixers import CutMix, Mixup, ResizeMix
 
 __all__ = ["flip_partner", "shared_fraction", "source_weights", "intra_weights", "soft_contrastive_loss",
-           "mixed_teacher"]
+           "mixed_teacher", "SDMPMixing", "MixDraw", "SDMP_OPS", "LOSS_FORMS", "sdmp_weights"]
+
+#: the mixing operations SDMP chooses from, uniformly per batch (§3.2, §4.4.2)
+SDMP_OPS = ("mixup", "cutmix", "resizemix")
+#: ``"soft"``: the paper's soft-target cross-entropy (Algorithm 1, default); ``"code"``: the
+#: authors' code, ``−log(Σ_j W_ij p_ij)``, the log of the summed positive probabilities
+LOSS_FORMS = ("soft", "code")
 
 
 def flip_partner(n: int, device: torch.device | str | None = None) -> Tensor:
@@ -81,12 +103,24 @@ def intra_weights(lam: Tensor) -> Tensor:
     return _pair_weights(1 / (1 + c))
 
 
-def soft_contrastive_loss(queries: Tensor, keys: Tensor, weights: Tensor, tau: float) -> Tensor:
+def sdmp_weights(lam: Tensor, static_source: bool = False, static_intra: bool = False) -> tuple[Tensor, Tensor]:
+    """``(source, intra)`` teacher matrices for mixing weights ``lam``, with Table 6's "static"
+    switches: ``static_source`` puts 0.5 for λ_i and 1 − λ_i in the source teacher, ``static_intra``
+    puts λᶜ = 0 in the intra-batch teacher (its weights then ignore the mixing)."""
+    source = source_weights(torch.full_like(lam, 0.5) if static_source else lam)
+    intra = torch.eye(lam.shape[0], device=lam.device, dtype=lam.dtype) if static_intra else intra_weights(lam)
+    return source, intra
+
+
+def soft_contrastive_loss(queries: Tensor, keys: Tensor, weights: Tensor, tau: float, form: str = "soft") -> Tensor:
     """InfoNCE with soft positives: ``mean_i −Σ_j W[i, j] log softmax_j(⟨q_i, k_j⟩ / τ)``.
 
     ``queries`` (n, d) and ``keys`` (m, d) are L2-normalised here; ``weights`` (n, m) rows sum to 1.
     With ``weights = I`` it is MoCo v3's loss before its ``2τ`` factor (``CE(q kᵀ / τ, arange(n))``).
+    ``form="code"`` is the authors' code instead: ``mean_i −log Σ_j W[i, j] softmax_j(...)`` (equal
+    to the soft form when each row has a single positive).
     """
+    check_choice(form, "form", LOSS_FORMS)
     if not tau > 0:
         raise ValueError(f"tau must be > 0, got {tau}")
     if queries.ndim != 2 or keys.ndim != 2 or queries.shape[1] != keys.shape[1]:
@@ -96,6 +130,8 @@ def soft_contrastive_loss(queries: Tensor, keys: Tensor, weights: Tensor, tau: f
     q = torch.nn.functional.normalize(queries.float(), dim=1)
     k = torch.nn.functional.normalize(keys.float(), dim=1)
     log_p = (q @ k.T / tau).log_softmax(dim=1)
+    if form == "code":  # log Σ_j W_ij p_ij, computed stably in log space
+        return -torch.logsumexp(log_p + weights.float().log(), dim=1).mean()
     return -(weights.float() * log_p).sum(dim=1).mean()
 
 
@@ -110,3 +146,88 @@ def mixed_teacher(weights: Tensor, teacher_probs: Tensor) -> Tensor:
         raise ValueError(f"weights (n, m) and teacher_probs (m, K) do not match: {tuple(weights.shape)}, "
                          f"{tuple(teacher_probs.shape)}")
     return weights.to(teacher_probs.dtype) @ teacher_probs
+
+
+@dataclass
+class MixDraw:
+    """One draw of SDMP's mixing: the operation, its parameters at the size they were drawn for."""
+
+    op: str
+    params: dict
+    size: tuple[int, int]
+
+
+def _scale_boxes(boxes, src: tuple[int, int], dst: tuple[int, int]):
+    """(x1, y1, x2, y2) boxes drawn for an image of ``src`` (H, W), rescaled to ``dst``."""
+    if src == dst:
+        return boxes
+    sy, sx = dst[0] / src[0], dst[1] / src[1]
+    if isinstance(boxes, tuple):
+        x1, y1, x2, y2 = boxes
+        return (round(x1 * sx), round(y1 * sy), round(x2 * sx), round(y2 * sy))
+    scale = torch.tensor([sx, sy, sx, sy], device=boxes.device)
+    return (boxes.double() * scale).round().long()
+
+
+class SDMPMixing:
+    """SDMP's intra-batch mixing: ``x^m_i = mix(x_i, x_{n−1−i}, λ_i)``.
+
+    Args:
+        ops: the operations to choose from, uniformly per batch; any of :data:`SDMP_OPS`
+            (default all three, the paper's; Table 8 ablates ``("mixup",)`` and ``("resizemix",)``).
+        alpha: λ ~ Beta(α, α) for Mixup and CutMix (default 1.0: uniform, as the authors' code).
+        per_sample: one λ per image (default, Table 7's "Ind.") or one per batch ("Shared").
+        resizemix_scale: ResizeMix's range of the pasted side (default (0.1, 0.8), its paper's).
+        generator: all randomness (the operation, λ, boxes); default the global torch seed.
+
+    Example:
+        >>> mixing = SDMPMixing(generator=torch.Generator().manual_seed(0))
+        >>> draw = mixing.draw(view2)
+        >>> view2_mixed, lam = mixing.apply(view2, draw)
+        >>> view1_mixed, _ = mixing.apply(view1, draw)   # the same mix of the other view
+    """
+
+    def __init__(self, ops: Sequence[str] = SDMP_OPS, alpha: float = 1.0, per_sample: bool = True,
+                 resizemix_scale: tuple[float, float] = (0.1, 0.8), generator: torch.Generator | None = None) -> None:
+        if isinstance(ops, str) or not isinstance(ops, Sequence) or len(ops) == 0:
+            raise ValueError(f"ops must be a non-empty list drawn from {list(SDMP_OPS)}, got {ops!r}")
+        self.ops = tuple(check_choice(op, "ops", SDMP_OPS) for op in ops)
+        self.alpha = check_alpha(alpha)
+        self.per_sample = check_bool(per_sample, "per_sample")
+        common = {"pairing": "flip", "granularity": "elem" if self.per_sample else "batch"}
+        # the core mixers draw and apply; their targets are never built (num_classes is a placeholder)
+        self.mixers = {"mixup": Mixup(1, alpha=self.alpha, **common), "cutmix": CutMix(1, alpha=self.alpha, **common),
+                       "resizemix": ResizeMix(1, scale=tuple(resizemix_scale), **common)}
+        self.generator = generator
+
+    @property
+    def generator(self) -> torch.Generator | None:
+        return self._generator
+
+    @generator.setter
+    def generator(self, g: torch.Generator | None) -> None:
+        self._generator = g
+        for m in self.mixers.values():
+            m.generator = g
+
+    def draw(self, images: Tensor) -> MixDraw:
+        """Draw the operation and its parameters for a batch shaped like ``images`` (n >= 2)."""
+        if images.ndim != 4 or images.shape[0] < 2:
+            raise ValueError(f"SDMP mixes a (n, C, H, W) batch with n >= 2, got shape {tuple(images.shape)}")
+        op = self.ops[int(randint(len(self.ops), (1,), self.generator))] if len(self.ops) > 1 else self.ops[0]
+        index = flip_partner(images.shape[0], images.device)
+        return MixDraw(op, self.mixers[op].make_params(images, index), tuple(images.shape[-2:]))
+
+    def apply(self, images: Tensor, draw: MixDraw) -> tuple[Tensor, Tensor]:
+        """``(mixed images, exact λ (n,) float32)``: ``draw`` applied to ``images`` (any size; boxes
+        are rescaled to it, so λ can differ by the rounding of the box sides)."""
+        size = tuple(images.shape[-2:])
+        params = dict(draw.params)
+        for key in ("box", "boxes"):
+            if key in params:
+                params[key] = _scale_boxes(params[key], draw.size, size)
+        mixed, lam, _, _ = self.mixers[draw.op].mix(images, flip_partner(images.shape[0], images.device), params)
+        return mixed, lam.float().to(images.device).expand(images.shape[0]).contiguous()
+
+    def __repr__(self) -> str:
+        return f"SDMPMixing(ops={self.ops}, alpha={self.alpha}, per_sample={self.per_sample})"
