@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 import mixlab
@@ -74,12 +75,26 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                "  mixlab train --resume runs/<run dir> --epochs 40     # continue, with a longer schedule\n"
                "  mixlab train --epochs 2 --no-eval                     # a quick check, no robustness evaluation",
     )
+    _add_run_flags(p, method=True)
+    p.add_argument("--no-eval", dest="eval", action="store_false",
+                   help="skip the evaluation of the final checkpoint (as `mixlab eval`: eval.json, calibration.png)")
+    p.add_argument("--eval-corruption-images", type=_non_negative, default=_EVAL_CORRUPTION_IMAGES, metavar="N",
+                   help=f"corruption accuracy of the final evaluation on N test images, evenly spread over the "
+                        f"test set (default {_EVAL_CORRUPTION_IMAGES}; 0 skips the corruptions)")
+    p.set_defaults(func=_train)
+
+
+def _add_run_flags(p: argparse.ArgumentParser, method: bool) -> None:
+    """The flags `train` and `pretrain` share (config file, --set, data, model, schedule, run directory)."""
     p.add_argument("config", nargs="?", metavar="CONFIG.yaml",
                    help="YAML file with sections data/model/optim/method/run (see mixlab/configs/default.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, dotted, value parsed as YAML; repeatable "
                         "(e.g. --set optim.lr=0.05 --set method.params.alpha=0.4 --set run.progress=false)")
-    p.add_argument("--method", metavar="NAME", help=f"training method: {', '.join(METHODS)} (default cutmix)")
+    if method:
+        from mixlab.registry import METHODS
+
+        p.add_argument("--method", metavar="NAME", help=f"training method: {', '.join(METHODS)} (default cutmix)")
     p.add_argument("--model", metavar="NAME",
                    help="model: resnet18, resnet34, preactresnet18, resnet_small, wrn28_2, wrn28_10, "
                         "vit_tiny_patch4 or timm:<name> (default resnet_small)")
@@ -100,12 +115,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="PATH",
                    help="continue from a checkpoint file or a run directory; its config is the starting point, "
                         "CONFIG.yaml/--set/flags given here change it")
-    p.add_argument("--no-eval", dest="eval", action="store_false",
-                   help="skip the evaluation of the final checkpoint (as `mixlab eval`: eval.json, calibration.png)")
-    p.add_argument("--eval-corruption-images", type=_non_negative, default=_EVAL_CORRUPTION_IMAGES, metavar="N",
-                   help=f"corruption accuracy of the final evaluation on N test images, evenly spread over the "
-                        f"test set (default {_EVAL_CORRUPTION_IMAGES}; 0 skips the corruptions)")
-    p.set_defaults(func=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -123,6 +132,10 @@ def _train(args: argparse.Namespace) -> int:
     metrics = train(cfg)
     if int(os.environ.get("RANK", 0)) != 0:  # torchrun: rank 0 reports and evaluates
         return 0
+    if "knn_acc1" in metrics:  # a self-supervised method: no classifier to evaluate
+        print(f"final kNN accuracy: {metrics['knn_acc1']:.2f}%\nrun directory: {metrics['run_dir']}\n"
+              f"(a self-supervised run: `mixlab probe {metrics['run_dir']}` trains and evaluates a linear probe)")
+        return 0
     nan = float("nan")
     print(f"final test accuracy: {metrics.get('test_acc1', nan):.2f}% (top-5 {metrics.get('test_acc5', nan):.2f}%)")
     print(f"run directory: {metrics['run_dir']}")
@@ -139,6 +152,85 @@ def _train(args: argparse.Namespace) -> int:
           f"{f', corruptions on {n} test images' if n else ''}; --no-eval skips this)", flush=True)
     _report(evaluate_checkpoint(metrics["checkpoint"], corruptions=n > 0, max_corruption_images=n or None,
                                 device=cfg.run.device, progress=cfg.run.progress))
+    return 0
+
+
+# --------------------------------------------------------------------------------------- pretrain
+_PRETRAIN_CONFIG = Path(__file__).parent / "configs" / "pretrain.yaml"
+# `mixlab pretrain`'s head sizes for small backbones on 32 px images; the papers' (MoCo v3: 4096 hidden,
+# 256 out; DINO: 2048 hidden, 256 bottleneck, 65 536 out) are the registry's defaults, used when set
+_SMALL_HEADS = {"mocov3": {"dim": 128, "mlp_dim": 512},
+                "dino": {"out_dim": 4096, "hidden_dim": 512, "bottleneck_dim": 128}}
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="self-supervised pre-training (MoCo v3 or DINO, optionally with SDMP), then a linear probe",
+        formatter_class=_Formatter,
+        description="Pre-train a backbone without labels with MoCo v3 or DINO, optionally with SDMP's data mixing, "
+                    "and write a run directory as `mixlab train` does (checkpoint.pt every epoch, metrics.csv, "
+                    "curves.png with the kNN monitor's top-1 each epoch, config.yaml). Then train a linear probe on "
+                    "the frozen backbone and evaluate it, as `mixlab probe` does (--no-probe skips it).\n\n"
+                    "Settings come from mixlab/configs/pretrain.yaml, then CONFIG.yaml, then --set, then the flags "
+                    "below. Method options go to method.params (see `mixlab list`), e.g. --set "
+                    "method.params.sdmp_version=extra. With no arguments: MoCo v3 on the synthetic shapes, a few "
+                    "minutes on a CPU.",
+        epilog="examples:\n"
+               "  mixlab pretrain --framework mocov3 --sdmp\n"
+               "  mixlab pretrain --framework dino --sdmp --set method.params.num_mixed_local=3\n"
+               "  mixlab pretrain --framework mocov3 --sdmp --set 'method.params.ops=[mixup]'   # Table 8\n"
+               "  mixlab pretrain --dataset imagefolder --data-root ../shared/data/cifar10-jpeg.zip --model resnet18\n"
+               "  mixlab pretrain --resume runs/<run dir>",
+    )
+    p.add_argument("--framework", choices=("mocov3", "dino"), help="the self-supervised framework (default mocov3)")
+    p.add_argument("--sdmp", action="store_true", default=None, help="mix with SDMP (method.params.sdmp=true)")
+    _add_run_flags(p, method=False)
+    p.add_argument("--no-probe", dest="probe", action="store_false",
+                   help="skip the linear probe after pre-training (`mixlab probe RUN` runs it later)")
+    p.add_argument("--probe-epochs", type=_positive, default=100, metavar="N",
+                   help="epochs of the linear probe on cached features (default 100)")
+    p.add_argument("--probe-corruption-images", type=_non_negative, default=_EVAL_CORRUPTION_IMAGES, metavar="N",
+                   help=f"corruption accuracy of the probed model on N test images (default "
+                        f"{_EVAL_CORRUPTION_IMAGES}; 0 skips the corruptions)")
+    p.set_defaults(func=_pretrain)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from mixlab.engine import load_config, train
+    from mixlab.engine.checkpoint import load_checkpoint
+    from mixlab.engine.config import config_from_dict
+
+    values = {key: getattr(args, flag) for flag, key in _TRAIN_FLAGS.items()
+              if flag != "method" and getattr(args, flag, None) is not None}
+    if args.framework is not None:
+        values["method.name"] = args.framework
+    base = load_config(_PRETRAIN_CONFIG)
+    if args.resume:
+        base = config_from_dict(load_checkpoint(args.resume)["config"], source=f"checkpoint {args.resume}")
+        base.run.out, base.run.stop_epoch = None, None
+        values["run.resume"] = args.resume
+    cfg = load_config(args.config, args.overrides, base=base, values=values)
+    from mixlab.registry import SELF_SUPERVISED
+
+    if cfg.method.name not in SELF_SUPERVISED:
+        raise ValueError(f"method {cfg.method.name!r} is not self-supervised; `mixlab pretrain` takes mocov3 or dino "
+                         f"(`mixlab train` trains classifiers)")
+    # heads sized for small backbones unless the config sets them (the papers' sizes are the registry's defaults)
+    cfg.method.params = {**_SMALL_HEADS[cfg.method.name], **cfg.method.params, **({"sdmp": True} if args.sdmp else {})}
+    metrics = train(cfg)
+    if int(os.environ.get("RANK", 0)) != 0:
+        return 0
+    print(f"final kNN accuracy: {metrics['knn_acc1']:.2f}%\nrun directory: {metrics['run_dir']}")
+    if not args.probe or metrics.get("epoch") != cfg.optim.epochs:
+        print(f"not probed; `mixlab probe {metrics['run_dir']}` trains and evaluates the linear probe")
+        return 0
+    from mixlab.engine.probe import linear_probe
+
+    n = args.probe_corruption_images
+    results = linear_probe(metrics["checkpoint"], epochs=args.probe_epochs, corruptions=n > 0,
+                           max_corruption_images=n or None, device=cfg.run.device, progress=cfg.run.progress)
+    _report_probe(results)
     return 0
 
 
@@ -434,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mixlab {mixlab.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(sub)
+    _add_pretrain(sub)
     _add_eval(sub)
     _add_show(sub)
     _add_list(sub)

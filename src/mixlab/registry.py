@@ -22,7 +22,7 @@ from typing import Any, Callable
 from mixlab.methods.base import Method, MixerMethod, Vanilla
 from mixlab.mixers import CutMix, FMix, Mixup, RandomChoice, ResizeMix, SaliencyMix
 
-__all__ = ["MethodSpec", "METHODS", "build_method", "build_model", "build_dataset", "check_names", "model_names",
+__all__ = ["MethodSpec", "METHODS", "SELF_SUPERVISED", "build_method", "build_model", "build_dataset", "check_names", "model_names",
            "dataset_names"]
 
 
@@ -111,6 +111,23 @@ def _recursivemix(num_classes: int, label_smoothing: float = 0.0, **hparams: Any
     return RecursiveMix(num_classes, label_smoothing, **hparams)
 
 
+def _mocov3(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
+    from mixlab.ssl.mocov3 import MoCoV3
+
+    return MoCoV3(**hparams)  # self-supervised: no classes, no label smoothing
+
+
+def _dino(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
+    from mixlab.ssl.dino import DINO
+
+    return DINO(**{k: tuple(v) if k.endswith("_scale") and isinstance(v, list) else v for k, v in hparams.items()})
+
+
+#: the self-supervised frameworks (`mixlab pretrain --framework`)
+SELF_SUPERVISED = ("mocov3", "dino")
+_SDMP_OPTIONS = ("sdmp", "ops", "per_sample", "static_source", "static_intra", "mix_alpha", "image_size")
+_SDMP_PAPER = "Ren et al. 2022, A Simple Data Mixing Prior for Improving Self-Supervised Learning (SDMP)"
+
 _CROPMIX_PAPER = "Han et al. 2022, CropMix: Sampling a Rich Input Distribution via Multi-Scale Cropping"
 # the CIFAR setting of §4.1: N = 2 crops of (0.01, 1), Mixup with λ ~ Beta(0.4/N, 0.4/N), channel permutation
 _CROPMIX_DEFAULTS = {"scale": (0.01, 1.0), "num_crops": 2, "alpha": 0.4, "inter_aug": ("permute",),
@@ -159,6 +176,19 @@ METHODS: dict[str, MethodSpec] = {
                           "the second-to-last, l = 3 on 4-stage ResNets)",
                           ("momentum", "momentum_schedule", "gamma", "epsilon", "lam_margin", "lam_concat", "value",
                            "upsampling", "reduction", "pairing", "clean_loss", "mix_block_lr_scale")),
+    "mocov3": MethodSpec(_mocov3, "Chen et al. 2021, An Empirical Study of Training Self-Supervised Vision "
+                         "Transformers (MoCo v3); SDMP: " + _SDMP_PAPER,
+                         {"dim": 256, "mlp_dim": 4096, "temperature": 0.2, "momentum": 0.99},
+                         "self-supervised: symmetric InfoNCE against a momentum encoder (sdmp: true adds SDMP)",
+                         ("proj_layers", "sdmp_version", "loss_form") + _SDMP_OPTIONS),
+    "dino": MethodSpec(_dino, "Caron et al. 2021, Emerging Properties in Self-Supervised Vision Transformers "
+                       "(DINO); SDMP: " + _SDMP_PAPER,
+                       {"out_dim": 65536, "num_local": 6, "teacher_temp": 0.07, "momentum": 0.996},
+                       "self-supervised: self-distillation with a momentum teacher and multi-crop (sdmp: true "
+                       "adds SDMP)",
+                       ("hidden_dim", "bottleneck_dim", "norm_last_layer", "student_temp", "warmup_teacher_temp",
+                        "teacher_temp_warmup", "center_momentum", "freeze_last_layer", "local_size",
+                        "global_scale", "local_scale", "num_mixed_local") + _SDMP_OPTIONS),
     "rrc": MethodSpec(_rrc, "Szegedy et al. 2015, Going Deeper with Convolutions (RandomResizedCrop; the "
                       "CropMix paper's baseline)", {"scale": (0.08, 1.0)},
                       "RandomResizedCrop + flip in the loader (CropMix's baseline)",

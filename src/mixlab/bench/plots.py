@@ -21,7 +21,8 @@ from mixlab.engine.plots import _display, _figure, _show, soft_label_text
 __all__ = ["plot_accuracy", "plot_curves", "plot_gallery", "gallery_batch"]
 
 
-def plot_accuracy(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> None:
+def plot_accuracy(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "",
+                  ylabel: str = "test top-1 % (last epoch)") -> None:
     """Bar per method: mean last-epoch test top-1 with a ± 1 std error bar; each seed as a dot."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     values = [[r["top1"] for r in rows if r["method"] == m] for m in methods]
@@ -39,7 +40,7 @@ def plot_accuracy(rows: Sequence[dict[str, Any]], path: str | Path, title: str =
     ax.set_ylim(0, min(100.0, max(max(v) for v in values) * 1.15 + 5))
     ax.set_xticks(x)
     ax.set_xticklabels(methods, rotation=30, ha="right")
-    ax.set_ylabel("test top-1 % (last epoch)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title or "last-epoch test top-1, mean ± std over seeds (dots: seeds)", fontsize=9, wrap=True)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -47,15 +48,16 @@ def plot_accuracy(rows: Sequence[dict[str, Any]], path: str | Path, title: str =
 
 
 def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> None:
-    """Test top-1 per epoch from each run's ``metrics.csv``, mean over seeds, one line per method
-    (shaded: ± 1 std where there are 2+ seeds)."""
+    """Test top-1 (self-supervised runs: kNN top-1) per epoch from each run's ``metrics.csv``, mean
+    over seeds, one line per method (shaded: ± 1 std where there are 2+ seeds)."""
     fig = _figure(7.5, 4.2)
     ax = fig.add_subplot(1, 1, 1)
     for method in dict.fromkeys(r["method"] for r in rows):
         histories = [read_history(r["run_dir"]) for r in rows if r["method"] == method]
         epochs = min(len(h) for h in histories)  # the epochs every seed tested (run.eval_every may skip some)
-        xs = [e + 1 for e in range(epochs) if all(not math.isnan(h[e].get("test_acc1", math.nan)) for h in histories)]
-        curve = [mean_std([h[x - 1]["test_acc1"] for h in histories]) for x in xs]
+        key = "knn_acc1" if "knn_acc1" in histories[0][0] else "test_acc1"  # self-supervised: the kNN monitor
+        xs = [e + 1 for e in range(epochs) if all(not math.isnan(h[e].get(key, math.nan)) for h in histories)]
+        curve = [mean_std([h[x - 1][key] for h in histories]) for x in xs]
         mean = [m for m, _ in curve]
         line, = ax.plot(xs, mean, label=f"{method} (n={len(histories)})", marker="o" if len(xs) <= 20 else None)
         if len(histories) > 1:
@@ -63,7 +65,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "
                             alpha=0.15, linewidth=0)
     ax.set_xlabel("epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_ylabel("test top-1 %")
+    ax.set_ylabel("test top-1 %" if key == "test_acc1" else "kNN top-1 % (test)")
     ax.set_title(title or "test top-1 per epoch, mean over seeds", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

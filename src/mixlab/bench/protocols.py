@@ -56,6 +56,7 @@ class EvalSettings:
     max_corruption_images: int | None = None  # corruption accuracy on the first N test images (None: all)
     fgsm: bool = True
     corruptions: bool = True
+    probe_epochs: int = 100  # self-supervised runs: epochs of the linear probe (``mixlab probe``)
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,9 @@ def protocol_from_dict(data: Any, name: str = "protocol") -> Protocol:
     for key in ("fgsm", "corruptions"):
         if not isinstance(ev.get(key, True), bool):
             raise fail(f"eval.{key} must be true or false, got {ev[key]!r}")
+    e = ev.get("probe_epochs", 100)
+    if isinstance(e, bool) or not isinstance(e, int) or e < 1:
+        raise fail(f"eval.probe_epochs must be an integer >= 1, got {e!r}")
     claims = data.get("claims") or []
     if not isinstance(claims, list):
         raise fail(f"claims must be a list of {{method, baseline, claim}} mappings, got {claims!r}")

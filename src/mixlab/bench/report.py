@@ -29,9 +29,10 @@ __all__ = ["COLUMNS", "collect_rows", "read_history", "mean_std", "pooled_std", 
 COLUMNS = {
     "method": "method name",
     "seed": "run seed",
-    "top1": "test top-1 % at the last epoch",
+    "top1": "test top-1 % at the last epoch (self-supervised runs: of the linear probe on the last epoch's backbone)",
+    "knn_top1": "self-supervised runs: kNN top-1 % of the backbone's features at the last epoch (k 200, T 0.1)",
     "best_top1": "BEST test top-1 % over all epochs (an optimistic number: reported for reference only)",
-    "best_epoch": "the epoch of best_top1",
+    "best_epoch": "the epoch of best_top1 (self-supervised runs: of the best kNN top-1)",
     "top5": "test top-5 % (last epoch)",
     "nll": "test negative log-likelihood (last epoch)",
     "ece": "expected calibration error %, 15 bins (last epoch)",
@@ -48,6 +49,16 @@ COLUMNS = {
 }
 _TABLE = [("top1", "top-1 % (last epoch)"), ("ece", "ECE %"), ("fgsm_top1", "FGSM top-1 %"),
           ("corruption_top1", "corruption top-1 % (mCA)"), ("epoch_time_s", "train s / epoch")]
+# self-supervised protocols: the kNN monitor, the linear probe and the probe's robustness
+_TABLE_SSL = [("knn_top1", "kNN top-1 %"), ("top1", "linear-probe top-1 %"),
+              ("corruption_top1", "probe corruption top-1 % (mCA)"), ("epoch_time_s", "train s / epoch")]
+_COMPARED = (("top1", "Clean top-1 (last epoch)"), ("fgsm_top1", "FGSM top-1"), ("corruption_top1", "Corruption top-1 (mCA)"))
+_COMPARED_SSL = (("knn_top1", "kNN top-1"), ("top1", "Linear-probe top-1"),
+                 ("corruption_top1", "Linear-probe corruption top-1 (mCA)"))
+
+
+def _self_supervised(rows: Sequence[dict[str, Any]]) -> bool:
+    return any(not math.isnan(r.get("knn_top1", math.nan)) for r in rows)
 
 
 def read_history(run_dir: str | Path) -> list[dict[str, float]]:
@@ -57,10 +68,12 @@ def read_history(run_dir: str | Path) -> list[dict[str, float]]:
 
 
 def _row(run_dir: Path, method: str, seed: int) -> dict[str, Any]:
-    ev = json.loads((run_dir / "eval.json").read_text())
     history = read_history(run_dir)
-    tested = [r for r in history if not math.isnan(r.get("test_acc1", math.nan))]  # run.eval_every may skip epochs
-    best = max(tested, key=lambda r: r["test_acc1"])
+    self_supervised = "knn_acc1" in history[-1]  # evaluated by its linear probe (probe.json)
+    ev = json.loads((run_dir / ("probe.json" if self_supervised else "eval.json")).read_text())
+    key = "knn_acc1" if self_supervised else "test_acc1"
+    tested = [r for r in history if not math.isnan(r.get(key, math.nan))]  # run.eval_every may skip epochs
+    best = max(tested, key=lambda r: r[key])
     try:
         timing = json.loads((run_dir / "bench-timing.json").read_text())
     except (OSError, ValueError):  # trained outside the runner
@@ -70,7 +83,9 @@ def _row(run_dir: Path, method: str, seed: int) -> dict[str, Any]:
         + timing.get("eval_s", ev.get("seconds", 0.0))
     corr, fgsm, clean = ev.get("corruptions") or {}, ev.get("fgsm") or {}, ev["clean"]
     return {
-        "method": method, "seed": seed, "top1": clean["top1"], "best_top1": best["test_acc1"],
+        "method": method, "seed": seed, "top1": clean["top1"],
+        "knn_top1": history[-1]["knn_acc1"] if self_supervised else math.nan,
+        "best_top1": math.nan if self_supervised else best["test_acc1"],
         "best_epoch": int(best["epoch"]), "top5": clean["top5"], "nll": clean["nll"], "ece": clean["ece"],
         "rms": clean["rms"], "fgsm_top1": fgsm.get("top1", math.nan), "corruption_top1": corr.get("mCA", math.nan),
         "corruption_images": corr.get("n", 0), "epochs": int(history[-1]["epoch"]),
@@ -115,7 +130,7 @@ def summarize(rows: Sequence[dict[str, Any]], baseline: str = "vanilla") -> list
     for m in methods:
         mine = [r for r in rows if r["method"] == m]
         s = {"method": m, "n": len(mine), "seeds": [r["seed"] for r in mine]}
-        s.update({key: mean_std([r.get(key, math.nan) for r in mine]) for key, _ in _TABLE})
+        s.update({key: mean_std([r.get(key, math.nan) for r in mine]) for key, _ in _TABLE + _TABLE_SSL})
         out.append(s)
     base = next((s for s in out if s["method"] == baseline), None)
     for s in out:
@@ -194,32 +209,42 @@ def write_markdown(rows: Sequence[dict[str, Any]], path: str | Path, *, protocol
                    baseline: str = "vanilla") -> str:
     """``results.md``: the per-method table (mean ± std over seeds), the seed-to-seed spread, the
     generated comparison with ``baseline``, the commands, machines and wall-clock time. Returns the text."""
+    ssl = _self_supervised(rows)
+    table, compared = (_TABLE_SSL, _COMPARED_SSL) if ssl else (_TABLE, _COMPARED)
+    if rows and baseline not in {r["method"] for r in rows}:
+        baseline = rows[0]["method"]  # a protocol without vanilla: its first method
     summary = summarize(rows, baseline)
-    header = ["method", "seeds"] + [label for _, label in _TABLE] + [f"time vs {baseline}"]
+    header = ["method", "seeds"] + [label for _, label in table] + [f"time vs {baseline}"]
     lines = [f"# Benchmark `{protocol.name}`", "", protocol.description, "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in summary:
         ratio = f"{s['time_ratio']:.2f}x" if not math.isnan(s["time_ratio"]) else "–"
-        cells = [s["method"], str(s["n"])] + [_pm(*s[k], digits=1 if k == "epoch_time_s" else 2) for k, _ in _TABLE]
+        cells = [s["method"], str(s["n"])] + [_pm(*s[k], digits=1 if k == "epoch_time_s" else 2) for k, _ in table]
         lines.append("| " + " | ".join(cells + [ratio]) + " |")
     spread = pooled_std([[r["top1"] for r in rows if r["method"] == s["method"]] for s in summary])
     spread_text = (f"{spread:.2f} points (pooled over the methods with 2+ seeds)" if not math.isnan(spread)
                    else "unknown (one seed per method)")
-    lines += ["", "Mean ± sample std over seeds; every number on the test split, at the last epoch (the best-epoch "
-              "accuracy is only in results.csv, labelled best_top1). Calibration: 15 bins. FGSM: eps = 8/255. "
-              f"Corruptions: {len(CORRUPTIONS)} kinds x severities 1-5 on {_corruption_images(rows)} test images.", "",
-              f"Seed-to-seed std of top-1: {spread_text}.", "", "## Which methods differ from " + baseline, ""]
+    what = ("Mean ± sample std over seeds; every number on the test split, after the last epoch: the kNN monitor "
+            "(k 200, T 0.1, the training images as memory bank) and a linear probe on the frozen backbone (SGD, no "
+            "weight decay, on cached features of the training images), evaluated clean and under "
+            if ssl else
+            "Mean ± sample std over seeds; every number on the test split, at the last epoch (the best-epoch "
+            "accuracy is only in results.csv, labelled best_top1). Calibration: 15 bins. FGSM: eps = 8/255. "
+            "Corruptions: ")
+    lines += ["", what + f"{len(CORRUPTIONS)} kinds of corruption x severities 1-5 on {_corruption_images(rows)} "
+              f"test images.", "", f"Seed-to-seed std of {'linear-probe ' if ssl else ''}top-1: {spread_text}.", "",
+              "## Which methods differ from " + baseline, ""]
     lines.append(f"A method differs from {baseline} when its mean is more than 2 x the pooled seed-to-seed std away "
                  f"from {baseline}'s (pooled over the methods with 2+ seeds; with 3 seeds that is about 2.4 standard "
                  f"errors of the difference: a screen against seed noise, not a significance test). Differences "
                  f"are in percentage points.")
-    lines += [""] + [f"- {compare_to_baseline(rows, key, label, baseline)}" for key, label in
-                     (("top1", "Clean top-1 (last epoch)"), ("fgsm_top1", "FGSM top-1"),
-                      ("corruption_top1", "Corruption top-1 (mCA)"))]
+    lines += [""] + [f"- {compare_to_baseline(rows, key, label, baseline)}" for key, label in compared]
     claims = getattr(protocol, "claims", ())
     if claims:
         lines += ["", "## The papers' claims", ""]
-        lines += [f"- {check_claim(rows, c.method, c.baseline, c.claim)}" for c in claims]
+        for c in claims:  # self-supervised claims are checked on the kNN monitor and on the linear probe
+            lines += [f"- {check_claim(rows, c.method, c.baseline, c.claim + (f' [{label}]' if ssl else ''), key)}"
+                      for key, label in (compared[:2] if ssl else (("top1", ""),))]
     lines += ["", "## How it was run", ""]
     lines += [f"- command: `{c}`" for c in commands]
     lines += [f"- machine: {m}" for m in machines]

@@ -2,12 +2,13 @@
 
 Each run lives in ``<bench dir>/runs/<method>-s<seed>/`` (a normal run directory: checkpoint.pt,
 metrics.csv, curves.png, ... plus ``eval.json`` from
-:func:`mixlab.engine.eval_run.evaluate_checkpoint`). The state of a run is read from its files,
-so a benchmark can be stopped and restarted at any time:
+:func:`mixlab.engine.eval_run.evaluate_checkpoint`; a self-supervised run's evaluation is its linear
+probe, ``probe.json`` from :func:`mixlab.engine.probe.linear_probe`). The state of a run is read
+from its files, so a benchmark can be stopped and restarted at any time:
 
 =========  ==========================================================================
-done       checkpoint at the last epoch and its ``eval.json``: never redone
-evaluate   checkpoint at the last epoch, no ``eval.json`` for it: evaluation only
+done       checkpoint at the last epoch and its ``eval.json`` (``probe.json``): never redone
+evaluate   checkpoint at the last epoch, no evaluation of it: evaluation only
 resume     checkpoint of an earlier epoch: training continues from it (``run.resume``)
 new        no checkpoint
 =========  ==========================================================================
@@ -15,7 +16,7 @@ new        no checkpoint
 A run directory trained with a different config (another protocol version) is an error, not
 silently mixed into the results. With ``jobs > 1`` each run is two subprocesses,
 ``python -m mixlab.cli train <run dir>/bench-config.yaml --no-eval --set run.threads=T ...`` and
-``python -m mixlab.cli eval <run dir> ...``, with the cores split between the jobs
+``python -m mixlab.cli eval <run dir> ...`` (``probe``), with the cores split between the jobs
 (:func:`split_cores`); their output goes to ``<run dir>/bench.log``.
 
     >>> runs = plan(load_protocol("smoke"), "bench/smoke")
@@ -44,9 +45,10 @@ from mixlab.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from mixlab.engine.config import TrainConfig, config_to_dict
 
 __all__ = ["Run", "plan", "execute", "run_protocol", "split_cores", "machine_description", "available_cores",
-           "TIMING_NAME"]
+           "TIMING_NAME", "is_self_supervised"]
 
 EVAL_NAME = "eval.json"  # written by evaluate_checkpoint next to the checkpoint
+PROBE_NAME = "probe.json"  # written by linear_probe next to the checkpoint (self-supervised runs)
 TIMING_NAME = "bench-timing.json"  # wall-clock seconds of a run's training and evaluation, and the machine
 CONFIG_NAME = "bench-config.yaml"  # the run's full config (``mixlab train <run dir>/bench-config.yaml``)
 LOG_NAME = "bench.log"  # output of the --jobs subprocesses
@@ -118,7 +120,28 @@ def _state(run_dir: Path, cfg: TrainConfig, settings: EvalSettings) -> tuple[str
     epoch = int(ckpt["epoch"])
     if epoch < cfg.optim.epochs:
         return "resume", epoch
+    if is_self_supervised(cfg):
+        return ("done" if _probed(run_dir / PROBE_NAME, epoch, settings) else "evaluate"), epoch
     return ("done" if _evaluated(run_dir / EVAL_NAME, epoch, settings) else "evaluate"), epoch
+
+
+def is_self_supervised(cfg: TrainConfig) -> bool:
+    """Whether the run pre-trains without labels (evaluated by a linear probe, not by ``eval``)."""
+    from mixlab.registry import SELF_SUPERVISED
+
+    return cfg.method.name in SELF_SUPERVISED
+
+
+def _probed(path: Path, epoch: int, settings: EvalSettings) -> bool:
+    """Whether ``probe.json`` holds the probe of ``epoch`` with these settings."""
+    try:
+        pr = json.loads(path.read_text())
+        corr, n, epochs = pr.get("corruptions"), pr["clean"]["n"], pr["probe"]["epochs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    wanted_n = n if settings.max_corruption_images is None else min(n, settings.max_corruption_images)
+    return (pr.get("epoch") == epoch and epochs == settings.probe_epochs and (corr is not None) == settings.corruptions
+            and (corr is None or corr.get("n") == wanted_n))
 
 
 def _evaluated(path: Path, epoch: int, settings: EvalSettings) -> bool:
@@ -226,6 +249,12 @@ def _evaluate(run: Run, settings: EvalSettings, threads: int) -> dict[str, Any]:
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
+        if is_self_supervised(run.config):
+            from mixlab.engine.probe import linear_probe
+
+            return linear_probe(run.dir, epochs=settings.probe_epochs, corruptions=settings.corruptions,
+                                max_corruption_images=settings.max_corruption_images, device=run.config.run.device,
+                                progress=False, data_root=run.config.data.root)
         return evaluate_checkpoint(run.dir, fgsm=settings.fgsm, corruptions=settings.corruptions,
                                    max_corruption_images=settings.max_corruption_images, device=run.config.run.device,
                                    progress=False, data_root=run.config.data.root)
@@ -261,7 +290,11 @@ def _subprocess(run: Run, settings: EvalSettings, threads: int, workers: int) ->
                 run.config.run.device]
     if settings.max_corruption_images:
         eval_cmd += ["--max-corruption-images", str(settings.max_corruption_images)]
-    eval_cmd += ["--no-fgsm"] if not settings.fgsm else []
+    if is_self_supervised(run.config):  # the linear probe is the evaluation
+        eval_cmd[3] = "probe"
+        eval_cmd += ["--epochs", str(settings.probe_epochs)]
+    else:
+        eval_cmd += ["--no-fgsm"] if not settings.fgsm else []
     eval_cmd += ["--no-corruptions"] if not settings.corruptions else []
     eval_cmd += ["--data-root", run.config.data.root] if run.config.data.root else []
     steps = [("eval_s", eval_cmd)]
@@ -401,9 +434,11 @@ def run_protocol(protocol: Protocol, out: str | os.PathLike, *, methods: Sequenc
     report.write_csv(rows, files[0])
     report.write_markdown(rows, files[1], protocol=protocol, commands=info["commands"], machines=info["machines"],
                           wall_clock_s=info["wall_clock_s"], missing=missing)
-    plots.plot_accuracy(rows, files[2],
-                        title=f"{protocol.name}: last-epoch test top-1\nmean ± std over seeds (dots: seeds)")
-    plots.plot_curves(rows, files[3], title=f"{protocol.name}: test top-1 per epoch, mean over seeds")
+    what = "linear-probe test top-1" if is_self_supervised(everything[0].config) else "last-epoch test top-1"
+    plots.plot_accuracy(rows, files[2], title=f"{protocol.name}: {what}\nmean ± std over seeds (dots: seeds)",
+                        ylabel=f"{what} %")
+    curve = "kNN top-1" if is_self_supervised(everything[0].config) else "test top-1"
+    plots.plot_curves(rows, files[3], title=f"{protocol.name}: {curve} per epoch, mean over seeds")
     plots.plot_gallery(everything[0].config, protocol.methods, files[4])
     log(f"mixlab bench: {len(rows)} finished run(s) reported in {out}: " + ", ".join(f.name for f in files))
     return {"runs": runs, "outcomes": outcomes, "rows": rows, "files": files}

@@ -30,7 +30,8 @@ def _figure(width: float, height: float):
 
 
 def plot_curves(history: list[dict[str, Any]], path: str | Path) -> None:
-    """Train loss and test top-1 accuracy (and the EMA's, when logged) against the epoch."""
+    """Train loss and test top-1 accuracy (the EMA's, when logged; the kNN monitor's for
+    self-supervised runs) against the epoch."""
     epochs = [row["epoch"] for row in history]
     marker = "o" if len(epochs) <= 20 else None
     fig = _figure(9, 3.4)
@@ -42,8 +43,10 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path) -> None:
     ax1.set_xlabel("epoch")
     ax1.set_title("loss")
     ax1.legend()
-    tested = [row for row in history if "test_acc1" in row]  # run.eval_every > 1 skips epochs
-    ax2.plot([row["epoch"] for row in tested], [row["test_acc1"] for row in tested], marker=marker, label="test top-1")
+    for key, label in (("test_acc1", "test top-1"), ("knn_acc1", "kNN top-1 (test)")):  # classification / SSL
+        tested = [row for row in history if key in row]  # run.eval_every > 1 skips epochs
+        if tested:
+            ax2.plot([row["epoch"] for row in tested], [row[key] for row in tested], marker=marker, label=label)
     if any("train_acc" in row for row in history):
         ax2.plot(epochs, [row.get("train_acc", math.nan) for row in history], marker=marker and ".", label="train")
     if any("ema_test_acc1" in row for row in history):

@@ -51,6 +51,7 @@ from mixlab.engine.checkpoint import (CHECKPOINT_NAME, CheckpointError, load_che
 from mixlab.engine.config import TrainConfig, config_to_dict, validate_config
 from mixlab.engine.distributed import (DistInfo, all_gather_object, all_reduce_sum, average_gradients, barrier,
                                        broadcast_object, broadcast_tensors, cleanup, init_distributed)
+from mixlab.engine.knn import knn_monitor
 from mixlab.engine.metrics import evaluate, write_metrics
 from mixlab.engine.plots import plot_curves, plot_samples
 from mixlab.methods.base import Method, StepOutput
@@ -463,7 +464,11 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     method.setup(model, generators["method"])
     broadcast_tensors(method.state_dict().values())
     train_transform, test_transform = _transforms(train_set, cfg)
-    train_set = train_set.with_transform(method.train_transform(train_transform))
+    image_size = d.image_size if train_set.is_lazy else train_set.images.shape[-1]
+    self_supervised = getattr(method, "self_supervised", False)
+    # the kNN monitor of self-supervised runs: the un-augmented training images are its memory bank
+    monitor_set = train_set.with_transform(test_transform) if self_supervised else None
+    train_set = train_set.with_transform(method.train_transform(train_transform, image_size=image_size))
     test_set = test_set.with_transform(test_transform)
     preprocess = _normalizer(train_set.mean, train_set.std, r.channels_last)
 
@@ -557,8 +562,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
             if out.logits is not None and out.logits.shape[0] == b:
                 target = out.mixed.targets.argmax(1) if out.mixed is not None else labels
                 correct += (out.logits.argmax(1) == target).sum()
-            if step == 0 and main and isinstance(images, Tensor):
-                samples = _preview(method, out, images[:16], labels[:16])
+            if step == 0 and main:  # a multi-view batch (self-supervised) shows its first view
+                first = images if isinstance(images, Tensor) else images[0]
+                samples = _preview(method, out, first[:16], labels[:16])
             seen += b
             step += 1
             if r.progress and main and step % 10 == 0:
@@ -575,7 +581,12 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         if acc is not None:
             row["train_acc"] = 100.0 * acc
         last = epoch + 1 == min(o.epochs, r.stop_epoch or o.epochs)
-        if (epoch + 1) % r.eval_every == 0 or last:  # other epochs' rows have no test_* keys
+        if self_supervised and ((epoch + 1) % r.eval_every == 0 or last):  # the kNN monitor, on rank 0
+            whole = DistInfo(rank=0, world_size=1, local_rank=0, device=device)  # rank 0 reads every image
+            row["knn_acc1"] = _on_main(lambda: knn_monitor(
+                model, _test_loader(monitor_set, cfg, whole, on_gpu), _test_loader(test_set, cfg, whole, on_gpu),
+                device, preprocess, num_classes, autocast=autocast), info)
+        elif (epoch + 1) % r.eval_every == 0 or last:  # other epochs' rows have no test_* keys
             row.update({f"test_{k}": v for k, v in evaluate(model, test_loader, device, preprocess, autocast,
                                                             all_reduce=reduce).items() if k != "n"})
             if ema is not None:
@@ -610,7 +621,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
                 for k, v in row.items():
                     if k != "epoch":
                         writer.add_scalar(k, v, epoch + 1)
-            test_text = ""
+            test_text = f"  kNN top-1 {row['knn_acc1']:.2f}%" if "knn_acc1" in row else ""
             if "test_acc1" in row:
                 ema_text = f" (EMA {row['ema_test_acc1']:.1f}%)" if ema is not None else ""
                 test_text = (f"  test top-1 {row['test_acc1']:.2f}%{ema_text}  top-5 {row['test_acc5']:.2f}%  "

@@ -22,6 +22,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from mixlab.core.result import MixResult
+from mixlab.core.targets import mix_targets
 from mixlab.methods.base import Method
 
 __all__ = ["SelfSupervised", "embed", "feature_dim", "gather_batch"]
@@ -86,6 +88,20 @@ class SelfSupervised(Method):
             raise ValueError(f"{type(self).__name__} needs the image size: pass image_size=... or let the trainer "
                              f"pass the dataset's")
         return self.views(size)
+
+    def mix_preview(self, images: Tensor, labels: Tensor) -> MixResult | None:
+        """SDMP's mix of a batch (for ``samples.png`` / the benchmark gallery), the targets showing the
+        source teacher's weights in class terms (λ on the image's class, 1 − λ on its partner's);
+        ``None`` without SDMP."""
+        mixing = getattr(self, "mixing", None)
+        if not getattr(self, "sdmp", False) or mixing is None:
+            return None
+        from mixlab.ssl.sdmp import flip_partner
+
+        mixed, lam = mixing.apply(images, mixing.draw(images))
+        index = flip_partner(images.shape[0], images.device)
+        source = nn.functional.one_hot(labels.long(), int(labels.max()) + 1).float()
+        return MixResult(mixed, mix_targets(source, index, lam), lam, index, source)
 
     @staticmethod
     def unpack(batch) -> list[Tensor]:
