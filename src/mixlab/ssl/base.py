@@ -26,7 +26,14 @@ from mixlab.core.result import MixResult
 from mixlab.core.targets import mix_targets
 from mixlab.methods.base import Method
 
-__all__ = ["SelfSupervised", "embed", "feature_dim", "gather_batch"]
+__all__ = ["SelfSupervised", "embed", "feature_dim", "gather_batch", "positive_int"]
+
+
+def positive_int(value, name: str, low: int = 1) -> int:
+    """``value`` if it is an int >= ``low`` (bools refused); ``ValueError`` naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
 
 
 def embed(model: nn.Module, images: Tensor) -> Tensor:

@@ -41,7 +41,7 @@ from mixlab.core.checks import check_bool, check_choice
 from mixlab.core.momentum import cosine_momentum, frozen_copy, momentum_update_
 from mixlab.core.random import rand
 from mixlab.methods.base import StepOutput
-from mixlab.ssl.base import SelfSupervised, embed, feature_dim, gather_batch
+from mixlab.ssl.base import SelfSupervised, embed, feature_dim, gather_batch, positive_int
 from mixlab.ssl.sdmp import LOSS_FORMS, SDMP_OPS, SDMPMixing, sdmp_weights, soft_contrastive_loss
 from mixlab.transforms.views import TwoViews
 
@@ -62,12 +62,6 @@ def mlp(num_layers: int, in_dim: int, hidden_dim: int, out_dim: int, last_bn: bo
         elif last_bn:
             layers.append(nn.BatchNorm1d(d_out, affine=False))
     return nn.Sequential(*layers)
-
-
-def _positive_int(value: Any, name: str, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 class MoCoV3(SelfSupervised):
@@ -102,9 +96,9 @@ class MoCoV3(SelfSupervised):
                  static_intra: bool = False, loss_form: str = "soft", mix_alpha: float = 1.0,
                  image_size: int | None = None) -> None:
         super().__init__(image_size)
-        self.dim = _positive_int(dim, "dim")
-        self.mlp_dim = _positive_int(mlp_dim, "mlp_dim")
-        self.proj_layers = _positive_int(proj_layers, "proj_layers")
+        self.dim = positive_int(dim, "dim")
+        self.mlp_dim = positive_int(mlp_dim, "mlp_dim")
+        self.proj_layers = positive_int(proj_layers, "proj_layers")
         if not (isinstance(temperature, (int, float)) and temperature > 0):
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         if not (isinstance(momentum, (int, float)) and 0.0 <= momentum <= 1.0):
