@@ -8,10 +8,17 @@ is reported, so load from other processes affects all alike. Printed: ms per ste
 each reference method, the method's own state (its buffers and extra parameters: RecursiveMix's
 history and H′, AutoMix's Mix Block and momentum copy), and on CUDA the peak memory of a step.
 
-Targets: RecursiveMix <= 1.05x CutMix (issue 12); AutoMix <= 2.0x vanilla (issue 13).
+Self-supervised methods get the multi-view batch their own transform makes (two views for MoCo
+v3, DINO's 2 global + n local crops), random tensors of those shapes. ``--protocol`` takes each
+method's parameters (and ``name@variant`` labels) from a benchmark protocol.
+
+Targets: RecursiveMix <= 1.05x CutMix (issue 12); AutoMix <= 2.0x vanilla (issue 13); issue 14
+asks for the pre-training step time with and without SDMP.
 
     python benchmarks/step_cost.py                                  # resnet_small, batch 128, CPU
     python benchmarks/step_cost.py --model resnet18 --device cuda --methods vanilla,mixup,automix
+    python benchmarks/step_cost.py --protocol cifar10-ssl-quick --methods mocov3,mocov3@sdmp,dino,dino@sdmp \
+        --reference mocov3,dino
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import time
 import torch
 
 from mixlab import registry
+from mixlab.bench.protocols import load_protocol, method_name
 from mixlab.engine.config import OptimConfig
 from mixlab.engine.trainer import build_optimizer, train_step
 
@@ -32,12 +40,20 @@ def state_bytes(method: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*method.parameters(), *method.buffers()])
 
 
+def views_like(method: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Random views of the shapes the method's multi-view transform gives for images like ``x``."""
+    transform = method.train_transform(None, image_size=x.shape[-1])
+    shapes = [v.shape for v in transform(torch.randint(0, 256, x.shape[1:], dtype=torch.uint8))]
+    return [torch.randn(x.shape[0], *s, device=x.device).contiguous(memory_format=torch.channels_last) for s in shapes]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", default="vanilla,mixup,cutmix,recursivemix")
     p.add_argument("--reference", default="vanilla,mixup,cutmix",
                    help="ratios against these methods (those that are run)")
-    p.add_argument("--model", default="resnet_small")
+    p.add_argument("--model", default=None, help="default: the protocol's, else resnet_small")
+    p.add_argument("--protocol", default=None, help="take the methods' parameters from this benchmark protocol")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--blocks", type=int, default=10)
@@ -53,23 +69,27 @@ def main() -> None:
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
+    protocol = load_protocol(args.protocol) if args.protocol else None
+    args.model = args.model or (protocol.base.model.name if protocol else "resnet_small")
     runs = {}
     for name in names:
         model = registry.build_model(args.model, 10).to(device).to(memory_format=torch.channels_last)
-        method = registry.build_method(name, 10).to(device)
+        params = protocol.methods[name] if protocol else {}
+        method = registry.build_method(method_name(name), 10, **params).to(device)
         method.setup(model, torch.Generator(device=device).manual_seed(0))
         optimizer = build_optimizer(model, method, OptimConfig(name="sgd", lr=0.01))
-        runs[name] = (model, method, optimizer)
+        batch = (views_like(method, x), y) if getattr(method, "self_supervised", False) else (x, y)
+        runs[name] = (model, method, optimizer, batch)
 
     def block(name: str, steps: int) -> float:
-        model, method, optimizer = runs[name]
+        model, method, optimizer, batch = runs[name]
         for _ in range(2):
-            train_step(model, method, optimizer, (x, y), 0.5)
+            train_step(model, method, optimizer, batch, 0.5)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(steps):
-            train_step(model, method, optimizer, (x, y), 0.5)
+            train_step(model, method, optimizer, batch, 0.5)
         if device.type == "cuda":
             torch.cuda.synchronize()
         return (time.perf_counter() - t0) / steps

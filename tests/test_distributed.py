@@ -311,3 +311,21 @@ def test_torchrun_recursivemix_keeps_a_history_per_rank(tmp_path):
     resumed = load_checkpoint(split)["method_per_rank"]
     for r in range(2):
         assert torch.equal(resumed[r]["hist_images"], histories[r])
+
+
+@pytest.mark.slow
+def test_torchrun_mocov3_sdmp_gathers_keys_and_resumes_exactly(tmp_path):
+    """MoCo v3 + SDMP under 2 processes: the keys of both ranks are the negatives (the gradients
+    and so the weights stay in sync: the trainer checks them every epoch), the kNN monitor runs on
+    rank 0 and is written once, and 1 epoch + resume == 2 epochs straight."""
+    common = ["method.name=mocov3", "method.params={dim: 16, mlp_dim: 32, sdmp: true}", "data.batch_size=8",
+              "optim.epochs=2", "model.kwargs={width: 8}"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    out = _mixlab(common, tmp_path, "--out", str(straight))
+    assert out.stdout.count("kNN top-1") == 2  # one line per epoch, from rank 0
+    _mixlab([*common, "run.stop_epoch=1"], tmp_path, "--out", str(split))
+    _mixlab([], tmp_path, "--resume", str(split))
+    a, b = _state(straight), _state(split)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert load_checkpoint(straight)["history"][-1]["knn_acc1"] == load_checkpoint(split)["history"][-1]["knn_acc1"]

@@ -38,7 +38,7 @@ __all__ = ["Protocol", "Claim", "EvalSettings", "list_protocols", "load_protocol
 
 _KEYS = ("description", "base", "methods", "seeds", "eval", "claims")
 _CLAIM_KEYS = ("method", "baseline", "claim")
-_EVAL_KEYS = ("max_corruption_images", "fgsm", "corruptions")
+_EVAL_KEYS = ("max_corruption_images", "fgsm", "corruptions", "probe_epochs")
 # set per run by the runner, so a protocol must leave them alone
 _RUNNER_KEYS = ("method.name", "method.params", "run.seed", "run.out", "run.resume", "run.stop_epoch")
 
