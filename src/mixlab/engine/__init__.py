@@ -4,6 +4,7 @@
     metrics = train(load_config(overrides=["method.name=mixup", "optim.epochs=3"]))
 
 Under ``torchrun --nproc_per_node=N`` the same ``train`` runs data-parallel (docs/distributed.md).
+``linear_probe(run_dir)`` trains a linear classifier on a run's frozen features (``mixlab probe``).
 """
 
 from mixlab.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -11,6 +12,7 @@ from mixlab.engine.config import (DataConfig, MethodConfig, ModelConfig, OptimCo
                                   apply_overrides, config_from_dict, config_to_dict, load_config, validate_config)
 from mixlab.engine.distributed import DistInfo, init_distributed, is_main_process
 from mixlab.engine.metrics import accuracy, evaluate
+from mixlab.engine.probe import extract_features, linear_probe
 from mixlab.engine.trainer import build_optimizer, lr_factor, set_lr, train, train_step
 
 __all__ = [
@@ -28,8 +30,10 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "evaluate",
+    "extract_features",
     "init_distributed",
     "is_main_process",
+    "linear_probe",
     "load_checkpoint",
     "load_config",
     "lr_factor",

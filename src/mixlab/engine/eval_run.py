@@ -19,12 +19,13 @@ the EMA weights (``results["ema"]``, ``calibration-ema.png``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -62,13 +63,26 @@ def _split(cfg: TrainConfig, split: str):
     return registry.build_dataset(d.name, split, root=d.root, **kwargs)
 
 
-def _data(cfg: TrainConfig, path: str | os.PathLike) -> tuple[Any, tuple, tuple]:
-    """``(test set with the run's test transform, mean, std)``.
+def _train_split(cfg: TrainConfig):
+    """The run's training split as the trainer built it: the class-balanced subset of
+    ``data.train_per_class`` images per class when the config had one (no transform)."""
+    train_set = _split(cfg, "train")
+    if cfg.data.train_per_class is not None:
+        from mixlab.data import class_balanced_subset
+
+        train_set = train_set.subset(class_balanced_subset(
+            train_set.labels, cfg.data.train_per_class, seed=cfg.run.seed, classes=train_set.classes))
+    return train_set
+
+
+def _data(cfg: TrainConfig, path: str | os.PathLike, train: bool = False) -> tuple[Any, tuple, tuple, Any]:
+    """``(test set with the run's test transform, mean, std, train set or None)``.
 
     The trainer normalises with the train split's statistics. Datasets with fixed statistics
     (synthetic, CIFAR) carry the same ones in every split, so only the test split is built;
     otherwise (ImageFolder computes them from the images) the train split, and its class-balanced
-    subset, are rebuilt as the trainer did.
+    subset, are rebuilt as the trainer did. With ``train=True`` the training split (as the trainer
+    built it) is returned too, with the TEST transform (no augmentation; the linear probe's).
     """
     from mixlab.engine.trainer import _transforms
 
@@ -76,22 +90,81 @@ def _data(cfg: TrainConfig, path: str | os.PathLike) -> tuple[Any, tuple, tuple]
     try:
         test_set = _split(cfg, "test")
         train_set = None
-        if getattr(test_set, "_mean", None) is None:  # statistics not fixed by the dataset
-            train_set = _split(cfg, "train")
-            if d.train_per_class is not None:
-                from mixlab.data import class_balanced_subset
-
-                train_set = train_set.subset(class_balanced_subset(
-                    train_set.labels, d.train_per_class, seed=cfg.run.seed, classes=train_set.classes))
+        if train or getattr(test_set, "_mean", None) is None:  # statistics not fixed by the dataset
+            train_set = _train_split(cfg)
     except (OSError, ValueError, RuntimeError) as e:
         raise ValueError(f"cannot evaluate {path}: the run's dataset {d.name!r} (root {d.root}) cannot be loaded: "
-                         f"{e}. If the data moved, pass its new location (data_root=..., mixlab eval --data-root PATH)"
-                         ) from None
-    if len(test_set) == 0:
-        raise ValueError(f"cannot evaluate {path}: the test split of dataset {d.name!r} (root {d.root}) is empty")
+                         f"{e}. If the data moved, pass its new location (data_root=..., or --data-root PATH on the "
+                         f"command line)") from None
+    for split, dataset in (("test", test_set), ("train", train_set)):
+        if dataset is not None and len(dataset) == 0:
+            raise ValueError(f"cannot evaluate {path}: the {split} split of dataset {d.name!r} (root {d.root}) is "
+                             f"empty")
     stats = train_set if train_set is not None else test_set
     _, test_transform = _transforms(stats, cfg)
-    return test_set.with_transform(test_transform), stats.mean, stats.std
+    return (test_set.with_transform(test_transform), stats.mean, stats.std,
+            train_set.with_transform(test_transform) if train else None)
+
+
+def _device(device: str) -> torch.device:
+    """``device`` checked (``auto``, ``cpu``, ``cuda``, ``cuda:N``; CUDA available) and resolved."""
+    from mixlab.engine.trainer import resolve_device
+
+    if not isinstance(device, str) or not (device in ("auto", "cpu") or device.startswith("cuda")):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device is {device!r} but CUDA is not available; use 'auto' or 'cpu'")
+    try:
+        return resolve_device(device)
+    except RuntimeError as e:  # torch.device("cuda:x")
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r} ({e})") from None
+
+
+def _loadable(dataset, batch_size: int, num_workers: int) -> Any:
+    """What the evaluation reads a split from: ``(images, labels)`` for decoded uint8 tensors with
+    no transform (sliced into batches, no loader needed), else a ``DataLoader`` (images decoded
+    per item, of mixed sizes: resized and cropped by the transform)."""
+    if dataset.transform is None and not dataset.is_lazy:
+        return dataset.images, dataset.labels
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+
+
+def _open(path: str | os.PathLike, data_root: str | os.PathLike | None) -> tuple[Path, dict[str, Any], TrainConfig]:
+    """``(checkpoint file, checkpoint, its run's config)``; ``data_root`` replaces ``data.root``."""
+    ckpt_path = _checkpoint_file(path)
+    ckpt = load_checkpoint(ckpt_path)  # CheckpointError (a ValueError) naming the file when corrupt
+    cfg = config_from_dict(ckpt["config"], source=f"checkpoint {ckpt_path}")
+    if data_root is not None:
+        cfg.data.root = str(data_root)
+    return ckpt_path, ckpt, cfg
+
+
+def _num_classes(ckpt: dict[str, Any], test_set, cfg: TrainConfig, path: str | os.PathLike) -> int:
+    """The checkpoint's number of classes, which the test split must have too."""
+    num_classes = ckpt["num_classes"]
+    if test_set.num_classes != num_classes:
+        raise ValueError(f"cannot evaluate {path}: the checkpoint's model has {num_classes} classes, the test split "
+                         f"of dataset {cfg.data.name!r} (root {cfg.data.root}) has {test_set.num_classes}")
+    return num_classes
+
+
+def _about(ckpt_path: Path, ckpt: dict[str, Any], cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """The head of a results dict: which checkpoint, epoch, method, model, dataset and device."""
+    return {"checkpoint": str(ckpt_path), "epoch": ckpt["epoch"], "method": cfg.method.name,
+            "model": cfg.model.name, "dataset": cfg.data.name, "device": str(device)}
+
+
+@contextlib.contextmanager
+def _run_threads(cfg: TrainConfig) -> Iterator[None]:
+    """torch's CPU threads set to the run's ``run.threads`` (0: leave torch's default, all cores)
+    inside the block, restored after it (as in the trainer, run.threads applies to the run only)."""
+    threads = torch.get_num_threads()
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _load_weights(model: nn.Module, state: dict[str, Any], what: str, ckpt_path: str) -> nn.Module:
@@ -145,35 +218,16 @@ def evaluate_checkpoint(path: str | os.PathLike, *, fgsm: bool = True, corruptio
         ``eval.json`` is named after nothing but its directory: two checkpoint files in one
         directory share it (the last evaluation wins).
     """
-    from mixlab.engine.trainer import resolve_device
-
     t0 = time.perf_counter()
     for name, value in (("max_corruption_images", max_corruption_images), ("batch_size", batch_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
-    if not isinstance(device, str) or not (device in ("auto", "cpu") or device.startswith("cuda")):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    ckpt_path = _checkpoint_file(path)
-    ckpt = load_checkpoint(ckpt_path)  # CheckpointError (a ValueError) naming the file when corrupt
-    cfg = config_from_dict(ckpt["config"], source=f"checkpoint {ckpt_path}")
-    if data_root is not None:
-        cfg.data.root = str(data_root)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device is {device!r} but CUDA is not available; use 'auto' or 'cpu'")
-    try:
-        dev = resolve_device(device)
-    except RuntimeError as e:  # torch.device("cuda:x")
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r} ({e})") from None
-    test_set, mean, std = _data(cfg, path)
-    num_classes = ckpt["num_classes"]
-    if test_set.num_classes != num_classes:
-        raise ValueError(f"cannot evaluate {path}: the checkpoint's model has {num_classes} classes, the test split "
-                         f"of dataset {cfg.data.name!r} (root {cfg.data.root}) has {test_set.num_classes}")
+    dev = _device(device)
+    ckpt_path, ckpt, cfg = _open(path, data_root)
+    test_set, mean, std, _ = _data(cfg, path)
+    num_classes = _num_classes(ckpt, test_set, cfg, path)
     batch_size = batch_size or cfg.data.eval_batch_size
-    if test_set.transform is None:  # decoded uint8 tensors: sliced into batches, no loader needed
-        data: Any = (test_set.images, test_set.labels)
-    else:  # images decoded per item (mixed sizes): resized and cropped by the run's test transform
-        data = torch.utils.data.DataLoader(test_set, batch_size=batch_size, num_workers=cfg.data.num_workers)
+    data = _loadable(test_set, batch_size, cfg.data.num_workers)
 
     models = {"model": _load_weights(_build(cfg, num_classes, dev), ckpt["model"], "model weights", ckpt["path"])}
     if ckpt["ema"] is not None:  # AveragedModel.state_dict(): "module.<name>" entries + "n_averaged"
@@ -182,11 +236,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, fgsm: bool = True, corruptio
 
     out_dir = ckpt_path.parent
     evaluations: dict[str, dict[str, Any]] = {}
-    threads = torch.get_num_threads()
-    if cfg.run.threads:  # the run's CPU threads (0: leave torch's default, all cores)
-        torch.set_num_threads(cfg.run.threads)
     try:
-        with tempfile.TemporaryDirectory(prefix=".eval-", dir=out_dir) as tmp:
+        with _run_threads(cfg), tempfile.TemporaryDirectory(prefix=".eval-", dir=out_dir) as tmp:
             for name, model in models.items():
                 evaluations[name] = evaluate_all(
                     model, data, mean, std, dev, out_dir=Path(tmp) / name, fgsm=fgsm, corruptions=corruptions,
@@ -194,12 +245,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, fgsm: bool = True, corruptio
             results: dict[str, Any] = {
                 **evaluations["model"],
                 "ema": evaluations.get("ema"),
-                "checkpoint": str(ckpt_path),
-                "epoch": ckpt["epoch"],
-                "method": cfg.method.name,
-                "model": cfg.model.name,
-                "dataset": cfg.data.name,
-                "device": str(dev),
+                **_about(ckpt_path, ckpt, cfg, dev),
                 "seconds": round(time.perf_counter() - t0, 2),
                 "eval_json": str(out_dir / EVAL_NAME),
             }
@@ -211,7 +257,5 @@ def evaluate_checkpoint(path: str | os.PathLike, *, fgsm: bool = True, corruptio
             os.replace(tmp_json, out_dir / EVAL_NAME)
     except PermissionError as e:
         raise ValueError(f"cannot write the evaluation of {path} into {out_dir}: {e.strerror or e}") from None
-    finally:
-        torch.set_num_threads(threads)  # as in the trainer, run.threads applies to the run only
     return results
 
