@@ -197,7 +197,7 @@ def test_protocol_validation_errors(change, message) -> None:
 
 def test_unknown_protocol_lists_the_shipped_ones(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"unknown protocol 'cifar10-quik' \(did you mean 'cifar10-quick'\?\); "
-                                         r"available: cifar10-full, cifar10-quick, smoke"):
+                                         r"available: cifar10-full, cifar10-quick, cifar10-ssl-full, cifar10-ssl-quick, smoke"):
         load_protocol("cifar10-quik")
     path = tmp_path / "mine.yaml"
     path.write_text("base: {}\nmethods: {vanilla: {}}\nseeds: [0]\n")

@@ -122,10 +122,20 @@ def test_show_every_method(method, tmp_path, capsys):
     path = tmp_path / f"{method}.png"
     assert main(["show", "--method", method, "--n", "4", "--seed", "1", "--out", str(path)]) == 0
     out = capsys.readouterr().out
-    assert str(path) in out and ("no mixing" in out) == (method == "vanilla")
+    # the self-supervised frameworks mix only with SDMP (below)
+    assert str(path) in out and ("no mixing" in out) == (method in ("vanilla", *registry.SELF_SUPERVISED))
     with Image.open(path) as img:
         img.verify()
         assert img.format == "PNG" and img.size[0] > 0 and img.size[1] > 0
+
+
+@pytest.mark.parametrize("method", registry.SELF_SUPERVISED)
+def test_show_sdmp_mixes_the_self_supervised_frameworks(method, tmp_path, capsys):
+    path = tmp_path / f"{method}-sdmp.png"
+    assert main(["show", "--method", method, "--n", "4", "--seed", "1", "--out", str(path),
+                 "--set", "method.params.sdmp=true"]) == 0
+    out = capsys.readouterr().out
+    assert "mean lambda" in out and str(path) in out and path.is_file()
 
 
 def test_show_hyper_parameters_and_errors(tmp_path, capsys, monkeypatch):

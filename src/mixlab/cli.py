@@ -361,13 +361,20 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from mixlab.engine.evaluation import format_table
     from mixlab.engine.probe import linear_probe
 
     results = linear_probe(args.path, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                            momentum=args.momentum, augment=args.augment, corruptions=args.corruptions,
                            max_corruption_images=args.max_corruption_images, device=args.device, seed=args.seed,
                            progress=args.progress, data_root=args.data_root)
+    _report_probe(results)
+    return 0
+
+
+def _report_probe(results: dict[str, Any]) -> None:
+    """Print ``linear_probe``'s results: header, probe top-1, the evaluation table, where it went."""
+    from mixlab.engine.evaluation import format_table
+
     probe = results["probe"]
     print(f"{results['checkpoint']} (epoch {results['epoch']}): {results['method']} | {results['model']} | "
           f"{results['dataset']} | {results['device']} | {results['seconds']:.1f}s")
@@ -376,7 +383,6 @@ def _probe(args: argparse.Namespace) -> int:
           f"{', augmented' if probe['augment'] else ''})")
     print(format_table(results))
     print(f"probe written to {results['probe_json']} (weights {results['probe_weights']})")
-    return 0
 
 
 # ------------------------------------------------------------------------------------------- show

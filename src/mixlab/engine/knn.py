@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["knn_predict", "knn_accuracy", "knn_monitor", "extract_features"]
+__all__ = ["knn_predict", "knn_accuracy", "knn_monitor"]
 
 
 def knn_predict(test_features: Tensor, train_features: Tensor, train_labels: Tensor, num_classes: int,
@@ -56,34 +56,13 @@ def knn_accuracy(test_features: Tensor, test_labels: Tensor, train_features: Ten
     return 100.0 * float((pred.cpu() == test_labels.cpu().long()).float().mean())
 
 
-@torch.no_grad()
-def extract_features(model: torch.nn.Module, batches, device: torch.device, preprocess, autocast=None
-                     ) -> tuple[Tensor, Tensor]:
-    """``(features (N, D) float32 on the device, labels (N,))``: the backbone's pooled features
-    (``forward_head(forward_features(x), pre_logits=True)``) of every ``(images, labels)`` batch,
-    in eval mode (the mode is restored afterwards)."""
-    from contextlib import nullcontext
-
-    from mixlab.ssl.base import embed
-
-    was_training = model.training
-    model.eval()
-    feats, labels = [], []
-    try:
-        for images, y in batches:
-            x = preprocess(images.to(device, non_blocking=True))
-            with (autocast or nullcontext)():
-                feats.append(embed(model, x).float())
-            labels.append(y.to(device))
-    finally:
-        model.train(was_training)
-    return torch.cat(feats), torch.cat(labels)
-
-
-def knn_monitor(model: torch.nn.Module, train_batches, test_batches, device: torch.device, preprocess,
-                num_classes: int, k: int = 200, temperature: float = 0.1, autocast=None) -> float:
+def knn_monitor(model: torch.nn.Module, train_batches, test_batches, device: torch.device, mean, std,
+                num_classes: int, k: int = 200, temperature: float = 0.1) -> float:
     """kNN top-1 (%) of the model's features: the un-augmented training images are the memory
-    bank, the test images the queries (the per-epoch monitor of self-supervised training)."""
-    train_f, train_y = extract_features(model, train_batches, device, preprocess, autocast)
-    test_f, test_y = extract_features(model, test_batches, device, preprocess, autocast)
-    return knn_accuracy(test_f, test_y, train_f, train_y, num_classes, k, temperature)
+    bank, the test images the queries (the per-epoch monitor of self-supervised training).
+    Features are :func:`mixlab.engine.probe.extract_features` (eval mode, the trainer's normalisation)."""
+    from mixlab.engine.probe import extract_features
+
+    train_f, train_y = extract_features(model, train_batches, device, mean, std)
+    test_f, test_y = extract_features(model, test_batches, device, mean, std)
+    return knn_accuracy(test_f.to(device), test_y, train_f.to(device), train_y, num_classes, k, temperature)

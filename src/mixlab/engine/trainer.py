@@ -585,7 +585,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
             whole = DistInfo(rank=0, world_size=1, local_rank=0, device=device)  # rank 0 reads every image
             row["knn_acc1"] = _on_main(lambda: knn_monitor(
                 model, _test_loader(monitor_set, cfg, whole, on_gpu), _test_loader(test_set, cfg, whole, on_gpu),
-                device, preprocess, num_classes, autocast=autocast), info)
+                device, train_set.mean, train_set.std, num_classes), info)
         elif (epoch + 1) % r.eval_every == 0 or last:  # other epochs' rows have no test_* keys
             row.update({f"test_{k}": v for k, v in evaluate(model, test_loader, device, preprocess, autocast,
                                                             all_reduce=reduce).items() if k != "n"})
