@@ -100,6 +100,22 @@ def test_jobs_run_in_subprocesses_with_the_same_results(smoke: Path, tmp_path: P
     assert "mixlab.cli train" in log and "--set run.threads=1" in log and "mixlab.cli eval" in log
 
 
+def test_merge_adds_the_rows_of_another_bench_that_this_one_lacks(smoke: Path, tmp_path: Path) -> None:
+    out = tmp_path / "more"
+    result = run_protocol(load_protocol("smoke"), out, methods=["vanilla"], merge=smoke / "results.csv",
+                          log=lambda _: None)
+    rows = {r["method"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    theirs = {r["method"]: r for r in csv.DictReader(open(smoke / "results.csv"))}
+    assert sorted(rows) == ["cutmix", "vanilla"] and len(result["rows"]) == 2
+    assert rows["cutmix"] == theirs["cutmix"]  # taken over as it was
+    assert rows["vanilla"]["run_dir"].startswith(str(out.resolve()))  # this bench's own run wins
+    md = (out / "results.md").read_text()
+    assert f"1 run(s) taken from {smoke / 'results.csv'}" in md and "cutmix-s0" in md and "not finished" not in md
+    assert (out / "curves.png").read_bytes()[:8] == PNG
+    with pytest.raises(ValueError, match="not a mixlab results.csv"):
+        run_protocol(load_protocol("smoke"), out, merge=smoke / "results.md", log=lambda _: None)
+
+
 def test_interrupted_run_resumes_and_other_config_is_refused(tmp_path: Path) -> None:
     from mixlab.engine.trainer import train
 

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from mixlab.engine.corruptions import CORRUPTIONS
 
-__all__ = ["COLUMNS", "finetune_key", "collect_rows", "read_history", "mean_std", "pooled_std", "summarize", "compare_to_baseline", "check_claim",
+__all__ = ["COLUMNS", "finetune_key", "read_rows", "collect_rows", "read_history", "mean_std", "pooled_std", "summarize", "compare_to_baseline", "check_claim",
            "write_csv", "write_markdown"]
 
 # results.csv columns: (name, meaning)
@@ -111,6 +111,26 @@ def _row(run_dir: Path, method: str, seed: int) -> dict[str, Any]:
         "images_per_s": sum(r["images_per_s"] for r in history) / len(history), "wall_time_s": wall,
         "run_dir": str(run_dir),
     }
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``results.csv`` (:func:`write_csv`), numbers as floats (``seed``, ``epochs``,
+    ``best_epoch``, ``corruption_images`` as ints; empty cells as NaN).
+
+    Raises:
+        ValueError: the file is missing or is not a results.csv (no ``method``/``seed``/``top1`` columns).
+    """
+    try:
+        with open(path, newline="") as f:
+            raw = list(csv.DictReader(f))
+    except OSError as e:
+        raise ValueError(f"cannot read results {path}: {e.strerror or e}") from None
+    if not raw or not {"method", "seed", "top1"} <= set(raw[0]):
+        raise ValueError(f"{path} is not a mixlab results.csv (it needs the columns method, seed, top1)")
+    ints = ("seed", "epochs", "best_epoch", "corruption_images")
+    text = ("method", "run_dir")
+    return [{k: v if k in text else int(float(v)) if k in ints and v else float(v) if v else math.nan
+             for k, v in r.items()} for r in raw]
 
 
 def collect_rows(runs: Sequence[Any]) -> list[dict[str, Any]]:
@@ -225,7 +245,7 @@ def _duration(seconds: float) -> str:
 
 def write_markdown(rows: Sequence[dict[str, Any]], path: str | Path, *, protocol: Any, commands: Sequence[str],
                    machines: Sequence[str], wall_clock_s: float, missing: Sequence[str] = (),
-                   baseline: str = "vanilla") -> str:
+                   baseline: str = "vanilla", merged: Sequence[tuple[str, Sequence[str]]] = ()) -> str:
     """``results.md``: the per-method table (mean ± std over seeds), the seed-to-seed spread, the
     generated comparison with ``baseline``, the commands, machines and wall-clock time. Returns the text."""
     ssl = _self_supervised(rows)
@@ -276,6 +296,9 @@ def write_markdown(rows: Sequence[dict[str, Any]], path: str | Path, *, protocol
     lines += [f"- machine: {m}" for m in machines]
     lines.append(f"- total wall-clock time: {_duration(wall_clock_s)} (all invocations); "
                  f"sum over runs: {_duration(sum(r['wall_time_s'] for r in rows))}")
+    for source, names in merged:
+        lines.append(f"- {len(names)} run(s) taken from {source} (its results.md says how they were run; their "
+                     f"wall-clock time is not in the total above): {', '.join(names)}")
     if missing:
         lines.append(f"- not finished, so not in the table ({len(missing)}): {', '.join(missing)}")
     text = "\n".join(lines) + "\n"

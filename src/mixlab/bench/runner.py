@@ -417,12 +417,17 @@ def _run_dir_seeds(out: Path, methods: Sequence[str]) -> list[int]:
 
 def run_protocol(protocol: Protocol, out: str | os.PathLike, *, methods: Sequence[str] | None = None,
                  seeds: Sequence[int] | None = None, jobs: int = 1, data_root: str | os.PathLike | None = None,
-                 dry_run: bool = False, command: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
+                 dry_run: bool = False, command: str = "", merge: str | os.PathLike | None = None,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Plan, run what is not done, then write ``results.csv``, ``results.md``, ``accuracy.png``,
     ``curves.png`` and ``gallery.png`` in ``out`` from every finished run there.
 
     The report covers every finished run of the protocol in ``out`` (earlier invocations'
-    included), not only this invocation's ``methods`` and ``seeds``.
+    included), not only this invocation's ``methods`` and ``seeds``. With ``merge`` (the
+    ``results.csv`` of another bench directory of the same protocol, e.g. a committed one), its rows
+    of the protocol's methods join the report wherever ``out`` has no finished run of that
+    (method, seed); results.md names them, and curves.png leaves them out (their run directories
+    are elsewhere).
 
     Returns:
         ``{"runs": [Run, ...] planned now, "outcomes": execute()'s dict, "rows": results rows,
@@ -437,6 +442,9 @@ def run_protocol(protocol: Protocol, out: str | os.PathLike, *, methods: Sequenc
     t0 = time.perf_counter()
     out = Path(out)
     runs = plan(protocol, out, methods, seeds, data_root)
+    from mixlab.bench.report import read_rows
+
+    extra = [r for r in read_rows(merge) if r["method"] in protocol.methods] if merge is not None else []
     if dry_run:
         return {"runs": runs, "outcomes": {}, "rows": [], "files": []}
     bench_file = out / BENCH_NAME
@@ -461,16 +469,21 @@ def run_protocol(protocol: Protocol, out: str | os.PathLike, *, methods: Sequenc
     all_seeds = list(dict.fromkeys([*protocol.seeds, *(s.seed for s in runs), *_run_dir_seeds(out, protocol.methods)]))
     everything = plan(protocol, out, None, all_seeds, data_root)  # states re-read from disk
     order = list(protocol.methods)
-    rows = sorted(report.collect_rows(everything), key=lambda r: (order.index(r["method"]), r["seed"]))
+    rows = report.collect_rows(everything)
+    here = {(r["method"], r["seed"]) for r in rows}
+    extra = [r for r in extra if (r["method"], r["seed"]) not in here]
+    rows = sorted(rows + extra, key=lambda r: (order.index(r["method"]), r["seed"]))
+    merged = [(str(merge), [f"{r['method']}-s{r['seed']}" for r in extra])] if extra else []
     wanted = {r.name for r in runs} | {f"{m}-s{s}" for m in protocol.methods for s in protocol.seeds}
-    missing = [r.name for r in everything if r.status != "done" and r.name in wanted]
+    taken = {f"{r['method']}-s{r['seed']}" for r in extra}
+    missing = [r.name for r in everything if r.status != "done" and r.name in wanted and r.name not in taken]
     if not rows:
         log("mixlab bench: no finished run to report")
         return {"runs": runs, "outcomes": outcomes, "rows": [], "files": []}
     files = [out / "results.csv", out / "results.md", out / "accuracy.png", out / "curves.png", out / "gallery.png"]
     report.write_csv(rows, files[0])
     report.write_markdown(rows, files[1], protocol=protocol, commands=info["commands"], machines=info["machines"],
-                          wall_clock_s=info["wall_clock_s"], missing=missing)
+                          wall_clock_s=info["wall_clock_s"], missing=missing, merged=merged)
     what = "linear-probe test top-1" if is_self_supervised(everything[0].config) else "last-epoch test top-1"
     plots.plot_accuracy(rows, files[2], title=f"{protocol.name}: {what}\nmean ± std over seeds (dots: seeds)",
                         ylabel=f"{what} %")
