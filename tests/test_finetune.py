@@ -125,8 +125,9 @@ def _ssl_protocol(fractions: list[float]) -> dict:
             "optim": {"name": "adamw", "lr": 0.002, "epochs": 1, "warmup_epochs": 0},
             "run": {"device": "cpu", "threads": 1, "progress": False, "tensorboard": False}}
     return {"base": base, "methods": {"mocov3": {"dim": 16, "mlp_dim": 32}}, "seeds": [0],
-            "eval": {"probe_epochs": 5, "corruptions": False, "finetune_fractions": fractions,
-                     "finetune_epochs": 1}}
+            "eval": {"probe_epochs": 5, "corruptions": False,
+                     "finetune": {"fractions": fractions, "epochs": 1, "optimizer": "sgd", "lr": 0.01,
+                                  "weight_decay": 0, "head_lr_scale": 10}}}
 
 
 def test_bench_fine_tunes_self_supervised_runs_and_reports_the_columns(tmp_path: Path) -> None:
@@ -153,10 +154,36 @@ def test_bench_fine_tunes_self_supervised_runs_and_reports_the_columns(tmp_path:
 
 
 def test_finetune_settings_are_validated() -> None:
-    for fractions, message in (([0], "finetune_fractions"), ([0.1, 0.1], "distinct"), ("0.1", "list")):
+    for fractions, message in (([0], "finetune.fractions"), ([0.1, 0.1], "distinct"), ("0.1", "list")):
         with pytest.raises(ValueError, match=message):
             protocol_from_dict(_ssl_protocol(fractions), "bad")  # type: ignore[arg-type]
-    d = _ssl_protocol([0.1])
-    d["eval"]["finetune_epochs"] = 0
-    with pytest.raises(ValueError, match="finetune_epochs must be an integer >= 1"):
-        protocol_from_dict(d, "bad")
+    for key, value, message in (("epochs", 0, "finetune.epochs must be an integer >= 1"),
+                                ("optimizer", "adam", "finetune.optimizer must be 'adamw' or 'sgd'"),
+                                ("method", "mixupp", "finetune.method must be a method name"),
+                                ("head_lr_scale", 0, "finetune.head_lr_scale must be a number > 0"),
+                                ("steps", 3, "keys among fractions, epochs")):
+        d = _ssl_protocol([0.1])
+        d["eval"]["finetune"][key] = value
+        with pytest.raises(ValueError, match=message):
+            protocol_from_dict(d, "bad")
+    settings = protocol_from_dict(_ssl_protocol([0.01, 0.1]), "ok").eval.finetune
+    assert settings.fractions == (0.01, 0.1) and settings.recipe() == {
+        "epochs": 1, "lr": 0.01, "optimizer": "sgd", "weight_decay": 0.0, "head_lr_scale": 10.0,
+        "method": "vanilla", "batch_size": 128}
+
+
+def test_head_lr_scale_gives_the_classifier_groups_of_its_own() -> None:
+    from mixlab.engine.config import OptimConfig
+    from mixlab.engine.trainer import build_optimizer
+    from mixlab.methods.base import Vanilla
+
+    model = registry.build_model("resnet_small", 10, width=8)
+    plain = build_optimizer(model, Vanilla(10), OptimConfig(name="sgd", lr=0.01))
+    assert len(plain.param_groups) == 2 and {g["lr"] for g in plain.param_groups} == {0.01}
+    scaled = build_optimizer(model, Vanilla(10), OptimConfig(name="sgd", lr=0.01, head_lr_scale=20))
+    head = {id(p) for p in model.get_classifier().parameters()}
+    for g in scaled.param_groups:
+        in_head = {id(p) in head for p in g["params"]}
+        assert len(in_head) == 1  # a group is all head or all trunk
+        assert g["lr"] == pytest.approx(0.2 if in_head == {True} else 0.01)
+    assert sum(len(g["params"]) for g in scaled.param_groups) == len(list(model.parameters()))

@@ -421,6 +421,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-3, metavar="X", help="peak learning rate (default 0.001)")
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="default adamw")
     p.add_argument("--weight-decay", type=float, default=0.05, metavar="X", help="default 0.05")
+    p.add_argument("--head-lr-scale", type=float, default=1.0, metavar="X",
+                   help="the fresh classifier's lr as a multiple of --lr (default 1)")
     p.add_argument("--batch-size", type=_positive, default=128, metavar="N",
                    help="images per step, at most (default 128; fewer when the labelled set is smaller)")
     p.add_argument("--method", default="vanilla", metavar="NAME",
@@ -439,7 +441,8 @@ def _finetune(args: argparse.Namespace) -> int:
     from mixlab.engine.finetune import finetune
 
     r = finetune(args.path, fraction=args.fraction, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
-                 weight_decay=args.weight_decay, batch_size=args.batch_size, method=args.method, seed=args.seed,
+                 weight_decay=args.weight_decay, head_lr_scale=args.head_lr_scale, batch_size=args.batch_size,
+                 method=args.method, seed=args.seed,
                  device=args.device, progress=args.progress, data_root=args.data_root, overrides=args.overrides)
     print(f"fine-tuned {r['checkpoint']} (epoch {r['pretrain_epoch']}) with {100 * r['fraction']:g} % of the labels "
           f"({r['per_class']} per class, {r['train_images']} images, {r['epochs']} epochs): test top-1 "

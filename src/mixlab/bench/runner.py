@@ -131,7 +131,7 @@ def pending_evaluations(run_dir: Path, cfg: TrainConfig, settings: EvalSettings,
     if not is_self_supervised(cfg):
         return [] if _evaluated(run_dir / EVAL_NAME, epoch, settings) else ["eval"]
     pending = [] if _probed(run_dir / PROBE_NAME, epoch, settings) else ["probe"]
-    return pending + [f"finetune@{f:g}" for f in settings.finetune_fractions
+    return pending + [f"finetune@{f:g}" for f in settings.finetune.fractions
                       if not _finetuned(run_dir, f, epoch, settings)]
 
 
@@ -143,8 +143,8 @@ def _finetuned(run_dir: Path, fraction: float, epoch: int, settings: EvalSetting
         ft = json.loads((finetune_dir(run_dir, fraction) / FINETUNE_JSON).read_text())
     except (OSError, ValueError):
         return False
-    return (ft.get("pretrain_epoch") == epoch and ft.get("epochs") == settings.finetune_epochs
-            and ft.get("lr") == settings.finetune_lr and ft.get("fraction") == fraction)
+    wanted = {**settings.finetune.recipe(), "pretrain_epoch": epoch, "fraction": fraction}
+    return all(ft.get(k) == v for k, v in wanted.items())
 
 
 def is_self_supervised(cfg: TrainConfig) -> bool:
@@ -285,9 +285,8 @@ def _evaluate(run: Run, settings: EvalSettings, threads: int, workers: int) -> N
                 linear_probe(run.dir, epochs=settings.probe_epochs, corruptions=settings.corruptions,
                              max_corruption_images=settings.max_corruption_images, **common)
             else:
-                finetune(run.dir, fraction=float(what.partition("@")[2]), epochs=settings.finetune_epochs,
-                         lr=settings.finetune_lr, overrides=[f"run.threads={threads}", f"data.num_workers={workers}"],
-                         **common)
+                finetune(run.dir, fraction=float(what.partition("@")[2]), **settings.finetune.recipe(),
+                         overrides=[f"run.threads={threads}", f"data.num_workers={workers}"], **common)
     finally:
         torch.set_num_threads(previous)
 
@@ -319,14 +318,14 @@ def _subprocess(run: Run, settings: EvalSettings, threads: int, workers: int) ->
     cli = [sys.executable, "-m", "mixlab.cli"]
     where = ["--no-progress", "--device", run.config.run.device]
     where += ["--data-root", run.config.data.root] if run.config.data.root else []
-    pending = (["probe", *(f"finetune@{f:g}" for f in settings.finetune_fractions)] if is_self_supervised(run.config)
+    pending = (["probe", *(f"finetune@{f:g}" for f in settings.finetune.fractions)] if is_self_supervised(run.config)
                else ["eval"]) if run.status in ("new", "resume") else \
         pending_evaluations(run.dir, run.config, settings, run.config.optim.epochs)
     steps = []
     for what in pending:
         if what.startswith("finetune@"):  # a training run of its own, on this job's threads and workers
-            cmd = [*cli, "finetune", str(run.dir), "--fraction", what.partition("@")[2], "--epochs",
-                   str(settings.finetune_epochs), "--lr", str(settings.finetune_lr), *where]
+            recipe = [a for k, v in settings.finetune.recipe().items() for a in (f"--{k.replace('_', '-')}", str(v))]
+            cmd = [*cli, "finetune", str(run.dir), "--fraction", what.partition("@")[2], *recipe, *where]
             steps.append(("finetune_s", cmd + [a for s in sets[:2] for a in ("--set", s)]))
             continue
         cmd = [*cli, what, str(run.dir), *where]  # mixlab eval / mixlab probe (the linear probe)

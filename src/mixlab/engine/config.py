@@ -79,6 +79,7 @@ class OptimConfig:
     milestones: list[int] = field(default_factory=list)  # step: epochs where lr *= gamma
     gamma: float = 0.1  # step
     clip_grad: float = 0.0  # max gradient norm; 0 disables
+    head_lr_scale: float = 1.0  # the classifier's lr as a multiple of optim.lr (fine-tuning: e.g. 20)
 
 
 @dataclass
@@ -335,6 +336,7 @@ def validate_config(cfg: TrainConfig) -> None:
     _check(o.epochs >= 1, "optim.epochs", "an integer >= 1", o.epochs)
     _check(finite(o.warmup_epochs) and 0 <= o.warmup_epochs <= o.epochs, "optim.warmup_epochs",
            f"a number in [0, optim.epochs={o.epochs}]", o.warmup_epochs)
+    _check(finite(o.head_lr_scale) and o.head_lr_scale > 0, "optim.head_lr_scale", "a number > 0", o.head_lr_scale)
     _check(o.schedule in ("cosine", "step", "constant"), "optim.schedule", "'cosine', 'step' or 'constant'", o.schedule)
     _check(finite(o.min_lr) and 0 <= o.min_lr <= o.lr, "optim.min_lr", f"a number in [0, optim.lr={o.lr}]", o.min_lr)
     _check(all(0 < e <= o.epochs for e in o.milestones), "optim.milestones", f"epochs in (0, {o.epochs}]", o.milestones)

@@ -213,10 +213,17 @@ def build_optimizer(model: nn.Module, method: Method, cfg) -> torch.optim.Optimi
 
     Every group gets ``base_lr`` (its own ``lr`` or ``cfg.lr``, times its ``lr_scale``); the
     schedule sets ``lr = base_lr * lr_factor(step)``, except for groups with ``fixed_lr: True``.
+    With ``cfg.head_lr_scale != 1`` the classifier (``model.get_classifier()``) has groups of its
+    own at that multiple of the lr (fine-tuning recipes train a fresh head faster than the trunk).
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    head = model.get_classifier() if cfg.head_lr_scale != 1.0 and hasattr(model, "get_classifier") else None
+    head_ids = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
+    groups = []
+    for part, scale in (([p for p in model.parameters() if id(p) not in head_ids], 1.0),
+                        ([p for p in model.parameters() if id(p) in head_ids], cfg.head_lr_scale)):
+        part = [p for p in part if p.requires_grad]
+        groups += [{"params": [p for p in part if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale},
+                   {"params": [p for p in part if p.ndim < 2], "weight_decay": 0.0, "lr_scale": scale}]
     groups += [dict(g) for g in method.param_groups(cfg.lr)]
     groups = [g for g in groups if len(list(g["params"])) > 0]
     for g in groups:
