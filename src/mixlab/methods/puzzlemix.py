@@ -611,6 +611,8 @@ class PuzzleMix(Method):
         b, _, h, w = images.shape
         if saliency.shape != (b, h, w):
             raise ValueError(f"saliency must be (B, H, W) = {(b, h, w)}, got {tuple(saliency.shape)}")
+        for n in self.block_nums:  # the same error whichever number is drawn
+            block_grid((h, w), n, self.t_size, self.neigh_size)
         lam, block_num, index = self.draw(b, images.device)
         grid, t_grid, _ = block_grid((h, w), block_num, self.t_size, self.neigh_size)
         energy = puzzle_energy(images, saliency, index, lam, block_num, n_labels=self.n_labels, beta=self.beta,
