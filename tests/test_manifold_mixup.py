@@ -21,12 +21,7 @@ from mixlab.models import StagedNet, create_model, forward_until
 K = 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: these tests train small models
 
 
 def _setup(seed: int = 0, **kwargs) -> tuple[nn.Module, ManifoldMixup]:

@@ -32,6 +32,9 @@ Choices where the paper and the code are silent or differ (documented so they ca
   mixed with itself); the code draws ``np.random.permutation`` (self-pairs possible). One λ per
   batch as the code (``granularity="elem"`` draws one per image).
 * Draw order from the method's generator: the stage, the partner index, then λ.
+* Only steps that draw stage 0 return their mixed batch (``StepOutput.mixed``, for
+  ``samples.png``); the trainer's running train accuracy then compares with the mixed targets'
+  argmax, on hidden-stage steps with the labels.
 * The whole batch takes one forward pass: BatchNorm layers before stage k see the clean batch, the
   ones after it the mixed hidden states, as in the code.
 
