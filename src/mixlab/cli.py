@@ -5,6 +5,7 @@
     mixlab train --method mixup --model resnet18 --dataset imagefolder --data-root ../shared/data/cifar10-jpeg.zip
     mixlab train --resume runs/cutmix-resnet_small-synthetic-20250101-120000
     mixlab eval runs/cutmix-resnet_small-synthetic-20250101-120000 --max-corruption-images 1000
+    mixlab finetune runs/mocov2-resnet_small-imagefolder-20250101-120000 --fraction 0.01
     mixlab show --method fmix --n 8 --set method.params.decay_power=4
     mixlab list methods
     mixlab --version
@@ -385,6 +386,68 @@ def _report_probe(results: dict[str, Any]) -> None:
     print(f"probe written to {results['probe_json']} (weights {results['probe_weights']})")
 
 
+# --------------------------------------------------------------------------------------- finetune
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] (0.1 = 10 % of the labels), got {text}")
+    return value
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a pre-trained run's backbone with a fraction of the labels",
+        formatter_class=_Formatter,
+        description="Start a classifier from a run's model weights (a fresh classifier head), train the whole "
+                    "network with labels on a class-balanced FRACTION of the run's training images, and test it "
+                    "on the run's test split: the semi-supervised evaluation of self-supervised pre-training "
+                    "(1 % and 10 % of the labels). The fine-tuning is an ordinary training run in "
+                    "<run dir>/finetune-<pct>pct/ (checkpoint, metrics.csv, curves.png; resumable) with its "
+                    "summary in finetune.json; a finished one with the same settings is not redone.\n\n"
+                    "Recipe: AdamW, one warm-up epoch, cosine to 0, random crop + flip, cross-entropy.",
+        epilog="examples:\n"
+               "  mixlab finetune runs/mocov2-resnet_small-imagefolder-20250101-120000 --fraction 0.01\n"
+               "  mixlab finetune runs/x --fraction 0.1 --epochs 50 --lr 0.003 --set run.threads=1\n"
+               "  mixlab finetune runs/x --optimizer sgd --lr 0.05 --weight-decay 5e-4 --method mixup",
+    )
+    p.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="a run directory (its checkpoint.pt) or a checkpoint file")
+    p.add_argument("--fraction", type=_fraction, default=0.1, metavar="F",
+                   help="share of the labelled training images, in (0, 1] (default 0.1)")
+    p.add_argument("--epochs", type=_positive, default=30, metavar="N", help="fine-tuning epochs (default 30)")
+    p.add_argument("--lr", type=float, default=1e-3, metavar="X", help="peak learning rate (default 0.001)")
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="default adamw")
+    p.add_argument("--weight-decay", type=float, default=0.05, metavar="X", help="default 0.05")
+    p.add_argument("--batch-size", type=_positive, default=128, metavar="N",
+                   help="images per step, at most (default 128; fewer when the labelled set is smaller)")
+    p.add_argument("--method", default="vanilla", metavar="NAME",
+                   help="training method of the fine-tuning (default vanilla: plain cross-entropy)")
+    p.add_argument("--seed", type=_non_negative, metavar="N", help="seed (default: the pre-training run's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key of the fine-tuning run (e.g. run.threads=1); repeatable")
+    p.add_argument("--device", default="auto", metavar="D", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--data-root", metavar="PATH",
+                   help="where the run's dataset is now, if it moved since training (replaces data.root)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=_finetune)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from mixlab.engine.finetune import finetune
+
+    r = finetune(args.path, fraction=args.fraction, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
+                 weight_decay=args.weight_decay, batch_size=args.batch_size, method=args.method, seed=args.seed,
+                 device=args.device, progress=args.progress, data_root=args.data_root, overrides=args.overrides)
+    print(f"fine-tuned {r['checkpoint']} (epoch {r['pretrain_epoch']}) with {100 * r['fraction']:g} % of the labels "
+          f"({r['per_class']} per class, {r['train_images']} images, {r['epochs']} epochs): test top-1 "
+          f"{r['top1']:.2f}%, top-5 {r['top5']:.2f}%, nll {r['nll']:.3f} ({r['seconds']:.1f}s)")
+    print(f"run directory {r['run_dir']}; summary {r['finetune_json']}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- show
 def _add_show(sub: argparse._SubParsersAction) -> None:
     from mixlab.registry import METHODS
@@ -600,6 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(sub)
     _add_eval(sub)
     _add_probe(sub)
+    _add_finetune(sub)
     _add_show(sub)
     _add_list(sub)
     from mixlab.bench import command as bench_command

@@ -13,6 +13,7 @@ A protocol is a YAML file shipped in ``mixlab/bench/protocols/`` (or any file gi
       rrc@0.01: {scale: [0.01, 1.0]}   # "name@variant": method "name" again, with other parameters
     seeds: [0, 1, 2]
     eval: {max_corruption_images: 1000, fgsm: true, corruptions: true}
+    # self-supervised protocols: probe_epochs, finetune_fractions: [0.01, 0.1], finetune_epochs, finetune_lr
     claims:                # optional: the papers' claims the results check (method vs baseline, top-1)
       - {method: mixup, baseline: vanilla, claim: "Mixup beats ERM (Zhang et al. 2018, Table 1)"}
 
@@ -38,7 +39,8 @@ __all__ = ["Protocol", "Claim", "EvalSettings", "list_protocols", "load_protocol
 
 _KEYS = ("description", "base", "methods", "seeds", "eval", "claims")
 _CLAIM_KEYS = ("method", "baseline", "claim")
-_EVAL_KEYS = ("max_corruption_images", "fgsm", "corruptions", "probe_epochs")
+_EVAL_KEYS = ("max_corruption_images", "fgsm", "corruptions", "probe_epochs", "finetune_fractions", "finetune_epochs",
+              "finetune_lr")
 # set per run by the runner, so a protocol must leave them alone
 _RUNNER_KEYS = ("method.name", "method.params", "run.seed", "run.out", "run.resume", "run.stop_epoch")
 
@@ -57,6 +59,9 @@ class EvalSettings:
     fgsm: bool = True
     corruptions: bool = True
     probe_epochs: int = 100  # self-supervised runs: epochs of the linear probe (``mixlab probe``)
+    finetune_fractions: tuple[float, ...] = ()  # self-supervised runs: fine-tune with these label fractions
+    finetune_epochs: int = 30  # ... for this many epochs (``mixlab finetune``)
+    finetune_lr: float = 1e-3  # ... at this peak learning rate (AdamW)
 
 
 @dataclass(frozen=True)
@@ -206,6 +211,18 @@ def protocol_from_dict(data: Any, name: str = "protocol") -> Protocol:
     e = ev.get("probe_epochs", 100)
     if isinstance(e, bool) or not isinstance(e, int) or e < 1:
         raise fail(f"eval.probe_epochs must be an integer >= 1, got {e!r}")
+    fractions = ev.get("finetune_fractions", [])
+    if (not isinstance(fractions, list) or len(set(fractions)) != len(fractions)
+            or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1 for f in fractions)):
+        raise fail(f"eval.finetune_fractions must be a list of distinct numbers in (0, 1] (e.g. [0.01, 0.1]), "
+                   f"got {fractions!r}")
+    e = ev.get("finetune_epochs", 30)
+    if isinstance(e, bool) or not isinstance(e, int) or e < 1:
+        raise fail(f"eval.finetune_epochs must be an integer >= 1, got {e!r}")
+    lr = ev.get("finetune_lr", 1e-3)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise fail(f"eval.finetune_lr must be a number > 0, got {lr!r}")
+    ev = {**ev, "finetune_fractions": tuple(float(f) for f in fractions), "finetune_lr": float(lr)}
     claims = data.get("claims") or []
     if not isinstance(claims, list):
         raise fail(f"claims must be a list of {{method, baseline, claim}} mappings, got {claims!r}")

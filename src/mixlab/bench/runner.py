@@ -7,8 +7,9 @@ probe, ``probe.json`` from :func:`mixlab.engine.probe.linear_probe`). The state 
 from its files, so a benchmark can be stopped and restarted at any time:
 
 =========  ==========================================================================
-done       checkpoint at the last epoch and its ``eval.json`` (``probe.json``): never redone
-evaluate   checkpoint at the last epoch, no evaluation of it: evaluation only
+done       checkpoint at the last epoch and its ``eval.json`` (``probe.json`` and the protocol's
+           fine-tunings, ``finetune-<pct>pct/finetune.json``): never redone
+evaluate   checkpoint at the last epoch, an evaluation missing: the missing ones only
 resume     checkpoint of an earlier epoch: training continues from it (``run.resume``)
 new        no checkpoint
 =========  ==========================================================================
@@ -45,7 +46,7 @@ from mixlab.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from mixlab.engine.config import TrainConfig, config_to_dict
 
 __all__ = ["Run", "plan", "execute", "run_protocol", "split_cores", "machine_description", "available_cores",
-           "TIMING_NAME", "is_self_supervised"]
+           "TIMING_NAME", "is_self_supervised", "pending_evaluations"]
 
 EVAL_NAME = "eval.json"  # written by evaluate_checkpoint next to the checkpoint
 PROBE_NAME = "probe.json"  # written by linear_probe next to the checkpoint (self-supervised runs)
@@ -120,9 +121,30 @@ def _state(run_dir: Path, cfg: TrainConfig, settings: EvalSettings) -> tuple[str
     epoch = int(ckpt["epoch"])
     if epoch < cfg.optim.epochs:
         return "resume", epoch
-    if is_self_supervised(cfg):
-        return ("done" if _probed(run_dir / PROBE_NAME, epoch, settings) else "evaluate"), epoch
-    return ("done" if _evaluated(run_dir / EVAL_NAME, epoch, settings) else "evaluate"), epoch
+    return ("evaluate" if pending_evaluations(run_dir, cfg, settings, epoch) else "done"), epoch
+
+
+def pending_evaluations(run_dir: Path, cfg: TrainConfig, settings: EvalSettings, epoch: int) -> list[str]:
+    """What the finished run at ``epoch`` still lacks: ``"eval"`` (a supervised run's ``eval.json``),
+    ``"probe"`` (a self-supervised run's ``probe.json``) and ``"finetune@<fraction>"`` (its
+    fine-tunings, ``finetune-<pct>pct/finetune.json``), each with the protocol's settings."""
+    if not is_self_supervised(cfg):
+        return [] if _evaluated(run_dir / EVAL_NAME, epoch, settings) else ["eval"]
+    pending = [] if _probed(run_dir / PROBE_NAME, epoch, settings) else ["probe"]
+    return pending + [f"finetune@{f:g}" for f in settings.finetune_fractions
+                      if not _finetuned(run_dir, f, epoch, settings)]
+
+
+def _finetuned(run_dir: Path, fraction: float, epoch: int, settings: EvalSettings) -> bool:
+    """Whether ``finetune-<pct>pct/finetune.json`` holds a fine-tuning of ``epoch`` with these settings."""
+    from mixlab.engine.finetune import FINETUNE_JSON, finetune_dir
+
+    try:
+        ft = json.loads((finetune_dir(run_dir, fraction) / FINETUNE_JSON).read_text())
+    except (OSError, ValueError):
+        return False
+    return (ft.get("pretrain_epoch") == epoch and ft.get("epochs") == settings.finetune_epochs
+            and ft.get("lr") == settings.finetune_lr and ft.get("fraction") == fraction)
 
 
 def is_self_supervised(cfg: TrainConfig) -> bool:
@@ -230,34 +252,42 @@ def machine_description() -> str:
 
 
 def _add_timing(run_dir: Path, **seconds: float) -> None:
-    """Add ``seconds`` to the run's ``bench-timing.json`` (training accumulates over resumes)."""
+    """Add ``seconds`` to the run's ``bench-timing.json`` (training and fine-tuning accumulate over
+    resumes and fractions)."""
     path = run_dir / TIMING_NAME
     try:
         timing = json.loads(path.read_text())
     except (OSError, ValueError):
         timing = {}
     for key, value in seconds.items():
-        timing[key] = round((timing.get(key, 0.0) if key == "train_s" else 0.0) + value, 2)
+        timing[key] = round((timing.get(key, 0.0) if key in ("train_s", "finetune_s") else 0.0) + value, 2)
     timing["machine"] = machine_description()
     path.write_text(json.dumps(timing, indent=2) + "\n")
 
 
-def _evaluate(run: Run, settings: EvalSettings, threads: int) -> dict[str, Any]:
-    """``evaluate_checkpoint`` of the run on ``threads`` torch threads (restored afterwards)."""
+def _evaluate(run: Run, settings: EvalSettings, threads: int, workers: int) -> None:
+    """The run's pending evaluations (:func:`pending_evaluations`) on ``threads`` torch threads
+    (restored afterwards): ``evaluate_checkpoint``, or ``linear_probe`` and ``finetune``."""
     from mixlab.engine.eval_run import evaluate_checkpoint
+    from mixlab.engine.finetune import finetune
+    from mixlab.engine.probe import linear_probe
 
+    cfg = run.config
+    common = {"device": cfg.run.device, "progress": False, "data_root": cfg.data.root}
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        if is_self_supervised(run.config):
-            from mixlab.engine.probe import linear_probe
-
-            return linear_probe(run.dir, epochs=settings.probe_epochs, corruptions=settings.corruptions,
-                                max_corruption_images=settings.max_corruption_images, device=run.config.run.device,
-                                progress=False, data_root=run.config.data.root)
-        return evaluate_checkpoint(run.dir, fgsm=settings.fgsm, corruptions=settings.corruptions,
-                                   max_corruption_images=settings.max_corruption_images, device=run.config.run.device,
-                                   progress=False, data_root=run.config.data.root)
+        for what in pending_evaluations(run.dir, cfg, settings, cfg.optim.epochs):
+            if what == "eval":
+                evaluate_checkpoint(run.dir, fgsm=settings.fgsm, corruptions=settings.corruptions,
+                                    max_corruption_images=settings.max_corruption_images, **common)
+            elif what == "probe":
+                linear_probe(run.dir, epochs=settings.probe_epochs, corruptions=settings.corruptions,
+                             max_corruption_images=settings.max_corruption_images, **common)
+            else:
+                finetune(run.dir, fraction=float(what.partition("@")[2]), epochs=settings.finetune_epochs,
+                         lr=settings.finetune_lr, overrides=[f"run.threads={threads}", f"data.num_workers={workers}"],
+                         **common)
     finally:
         torch.set_num_threads(previous)
 
@@ -275,7 +305,7 @@ def _in_process(run: Run, settings: EvalSettings, threads: int, workers: int) ->
         finally:  # an interrupted segment's time counts too
             _add_timing(run.dir, train_s=time.perf_counter() - t0)
     t0 = time.perf_counter()
-    _evaluate(run, settings, threads)
+    _evaluate(run, settings, threads, workers)
     _add_timing(run.dir, eval_s=time.perf_counter() - t0)
 
 
@@ -286,18 +316,25 @@ def _subprocess(run: Run, settings: EvalSettings, threads: int, workers: int) ->
     sets = [f"run.threads={threads}", f"data.num_workers={workers}", "run.progress=false"]
     if run.status == "resume":
         sets.append(f"run.resume={run.dir}")
-    eval_cmd = [sys.executable, "-m", "mixlab.cli", "eval", str(run.dir), "--no-progress", "--device",
-                run.config.run.device]
-    if settings.max_corruption_images:
-        eval_cmd += ["--max-corruption-images", str(settings.max_corruption_images)]
-    if is_self_supervised(run.config):  # the linear probe is the evaluation
-        eval_cmd[3] = "probe"
-        eval_cmd += ["--epochs", str(settings.probe_epochs)]
-    else:
-        eval_cmd += ["--no-fgsm"] if not settings.fgsm else []
-    eval_cmd += ["--no-corruptions"] if not settings.corruptions else []
-    eval_cmd += ["--data-root", run.config.data.root] if run.config.data.root else []
-    steps = [("eval_s", eval_cmd)]
+    cli = [sys.executable, "-m", "mixlab.cli"]
+    where = ["--no-progress", "--device", run.config.run.device]
+    where += ["--data-root", run.config.data.root] if run.config.data.root else []
+    pending = (["probe", *(f"finetune@{f:g}" for f in settings.finetune_fractions)] if is_self_supervised(run.config)
+               else ["eval"]) if run.status in ("new", "resume") else \
+        pending_evaluations(run.dir, run.config, settings, run.config.optim.epochs)
+    steps = []
+    for what in pending:
+        if what.startswith("finetune@"):  # a training run of its own, on this job's threads and workers
+            cmd = [*cli, "finetune", str(run.dir), "--fraction", what.partition("@")[2], "--epochs",
+                   str(settings.finetune_epochs), "--lr", str(settings.finetune_lr), *where]
+            steps.append(("finetune_s", cmd + [a for s in sets[:2] for a in ("--set", s)]))
+            continue
+        cmd = [*cli, what, str(run.dir), *where]  # mixlab eval / mixlab probe (the linear probe)
+        cmd += ["--max-corruption-images", str(settings.max_corruption_images)] if settings.max_corruption_images else []
+        cmd += ["--epochs", str(settings.probe_epochs)] if what == "probe" else []
+        cmd += ["--no-fgsm"] if what == "eval" and not settings.fgsm else []
+        cmd += ["--no-corruptions"] if not settings.corruptions else []
+        steps.append(("eval_s", cmd))
     if run.status in ("new", "resume"):
         train_cmd = [sys.executable, "-m", "mixlab.cli", "train", str(run.dir / CONFIG_NAME), "--no-eval"]
         steps.insert(0, ("train_s", train_cmd + [a for s in sets for a in ("--set", s)]))

@@ -61,6 +61,7 @@ class ModelConfig:
     name: str = "resnet_small"  # a key of mixlab.models.MODELS, or "timm:<name>"
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments of create_model
     ema_decay: float = 0.0  # > 0 keeps an EMA of the weights (evaluated too); 0 disables
+    init: str | None = None  # checkpoint or run directory: start from its model weights, classifier excepted
 
 
 @dataclass
@@ -324,6 +325,8 @@ def validate_config(cfg: TrainConfig) -> None:
     _check(d.test_per_class >= 1, "data.test_per_class", "an integer >= 1", d.test_per_class)
     _check(d.image_size >= 8, "data.image_size", "an integer >= 8", d.image_size)
     _check(0.0 <= cfg.model.ema_decay < 1.0, "model.ema_decay", "in [0, 1) (0 disables the EMA)", cfg.model.ema_decay)
+    _check(cfg.model.init is None or bool(str(cfg.model.init).strip()), "model.init",
+           "null or the path of a checkpoint or run directory", cfg.model.init)
     _check(o.name in ("sgd", "adamw"), "optim.name", "'sgd' or 'adamw'", o.name)
     _check(finite(o.lr) and o.lr > 0, "optim.lr", "a number > 0", o.lr)
     _check(0.0 <= o.momentum < 1.0, "optim.momentum", "in [0, 1)", o.momentum)
