@@ -60,9 +60,9 @@ Choices where the paper and the code differ or are silent (documented so they ca
 * Transport: the code's iteration (each source block picks its cheapest destination; each
   destination keeps the cheapest of the blocks that picked it; losers pay +1 on that destination
   and pick again, ``n_iter`` = the transport grid's side) keeps only the last round's winners, so
-  blocks can be lost (their destinations stay black, or zero) — and a destination picked at a
-  cost >= 0 is never kept, because the code's ``min`` over the plan-masked column ties with the
-  zeros of the blocks that did not pick it. Here every destination keeps its cheapest chooser
+  blocks can be lost (their destinations stay zero, black) — and a destination picked at a
+  cost > 0 is never kept (at 0, only by the tie-break of ``min``), because the code's ``min`` over
+  the plan-masked column compares with the zeros of the blocks that did not pick it. Here every destination keeps its cheapest chooser
   (ties: the lowest block index), and after the last round the blocks without a destination fill
   the destinations without a block in raster order, so the plan is always a **permutation**:
   no block is lost or duplicated (tested), and λ̃ stays exact.
@@ -87,7 +87,7 @@ rows; off in the CIFAR command this follows) and its multi-process graph cut (``
 train mode and its cross-entropy on the clean images, times ``clean_weight``, joins the loss (the
 code weighs it ``2 clean_lam / K`` against its class-averaged BCE; the CIFAR command leaves it 0).
 
-Cost: one extra forward and input-only backward for the saliency, B graph cuts (0.2-0.6 ms
+Cost: one extra forward and input-only backward for the saliency, B graph cuts (0.3-0.6 ms
 each here) and the transport (dense (2B, N, N) costs, N up to 256 blocks of 2×2 pixels at
 n = 16); ``benchmarks/step_cost.py`` reports the step time against vanilla.
 
