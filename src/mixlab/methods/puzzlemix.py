@@ -5,9 +5,9 @@ Kim, Choo & Song 2020, "Puzzle Mix: Exploiting Saliency and Local Statistics for
 facts it leaves out come from the authors' code (github.com/snu-mllab/PuzzleMix, ``main.py`` and
 ``mixup.py``: ``mixup_graph``, ``graphcut_multi``, ``neigh_penalty``, ``mask_transport``; its
 saliency, ``sqrt(mean_c grad²)``, is this one up to the factor √C that the per-image normalisation
-removes), and the defaults are its CIFAR command (README: ``--mixup_alpha 1.0 --graph True --n_labels 3 --eta 0.2
---beta 1.2 --gamma 0.5 --neigh_size 4 --transport True --t_size 4 --t_eps 0.8``; the OpenMixup
-CIFAR config the AutoMix tables use has the same values, α = 1).
+removes), and the defaults are its CIFAR command (README: ``--mixup_alpha 1.0 --graph True
+--n_labels 3 --eta 0.2 --beta 1.2 --gamma 0.5 --neigh_size 4 --transport True --t_size 4
+--t_eps 0.8``; the OpenMixup CIFAR config the AutoMix tables use has the same values, α = 1).
 
 One step, for a batch x with labels y:
 
