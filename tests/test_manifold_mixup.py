@@ -105,7 +105,8 @@ def test_stage_zero_is_input_mixup_and_returns_the_mixed_images():
     m = out.mixed
     lam = m.lam.view(-1, 1, 1, 1)
     assert torch.allclose(m.images, lam * x + (1 - lam) * x[m.index], atol=1e-6)
-    assert torch.allclose(m.targets, m.lam[:, None] * soft_targets(y, K) + (1 - m.lam[:, None]) * soft_targets(y, K)[m.index])
+    t = soft_targets(y, K)
+    assert torch.allclose(m.targets, m.lam[:, None] * t + (1 - m.lam[:, None]) * t[m.index])
     assert torch.equal(x, x0)  # the caller's batch is untouched
 
 
@@ -173,7 +174,9 @@ class _OwnNet(nn.Module):
 
     def __init__(self, num_classes: int = K) -> None:
         super().__init__()
-        block = lambda a, b: nn.Sequential(nn.Conv2d(a, b, 3, padding=1, stride=2), nn.BatchNorm2d(b), nn.ReLU())  # noqa: E731
+        def block(c_in: int, c_out: int) -> nn.Module:
+            return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, stride=2), nn.BatchNorm2d(c_out), nn.ReLU())
+
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
         self.stages = nn.ModuleList([block(8, 16), block(16, 32), block(32, 64)])
         self.num_stages = len(self.stages)

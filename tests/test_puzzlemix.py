@@ -294,8 +294,9 @@ def test_images_the_blocks_do_not_divide_are_refused():
     x, y = _batch(4, 24)  # checked against every block number, whichever is drawn
     with pytest.raises(ValueError, match="t_size=4 must divide the 6x6 blocks of 4x4 on 24x24 images"):
         pm.training_step(model, (x, y), 0.0)
+    coarse = PuzzleMix(K, block_nums=(2, 4), t_size=-1, neigh_size=1)
     with pytest.raises(ValueError, match="divisible by every number of blocks in block_nums: 30x30 is not divisible by 4"):
-        PuzzleMix(K, block_nums=(2, 4), t_size=-1, neigh_size=1).mix(torch.randn(2, 3, 30, 30), y[:2], torch.rand(2, 30, 30))
+        coarse.mix(torch.randn(2, 3, 30, 30), y[:2], torch.rand(2, 30, 30))
     with pytest.raises(ValueError, match="neigh_size=3 must divide"):
         block_grid((32, 32), 4, -1, 3)
     with pytest.raises(ValueError, match="saliency must be"):

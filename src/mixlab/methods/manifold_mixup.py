@@ -153,7 +153,8 @@ class ManifoldMixup(Method):
                 raise ValueError(f"stages must hold ints >= 0 (0 = the input image, k = the output of stage k), "
                                  f"got {stages!r}")
         if len(set(stages)) != len(stages):
-            raise ValueError(f"stages must be distinct (each is drawn with probability 1 / len(stages)), got {stages!r}")
+            raise ValueError(f"stages must be distinct (each is drawn with probability 1 / len(stages)), "
+                             f"got {stages!r}")
         self.stages = tuple(int(k) for k in stages)
         self.pairing = check_choice(pairing, "pairing", PAIRINGS)
         self.granularity = check_choice(granularity, "granularity", GRANULARITIES)

@@ -63,9 +63,10 @@ Choices where the paper and the code differ or are silent (documented so they ca
   and pick again, ``n_iter`` = the transport grid's side) keeps only the last round's winners, so
   blocks can be lost (their destinations stay zero, black) — and a destination picked at a
   cost > 0 is never kept (at 0, only by the tie-break of ``min``), because the code's ``min`` over
-  the plan-masked column compares with the zeros of the blocks that did not pick it. Here every destination keeps its cheapest chooser
-  (ties: the lowest block index), and after the last round the blocks without a destination fill
-  the destinations without a block in raster order, so the plan is always a **permutation**:
+  the plan-masked column compares with the zeros of the blocks that did not pick it. Here every
+  destination keeps its cheapest chooser (ties: the lowest block index), and after the last round
+  the blocks without a destination fill the destinations without a block in raster order, so the
+  plan is always a **permutation**:
   no block is lost or duplicated (tested), and λ̃ stays exact.
 * Graph-cut costs are integers at a resolution of 10⁻⁶ (unaries, and edge weights per unit of
   (l − l')²); the code scales by 1000 n² and truncates, with a float label-distance matrix that
@@ -467,7 +468,8 @@ def permute_blocks(images: Tensor, source: Tensor, grid: Grid) -> Tensor:
 
 def _upsample(mask: Tensor, grid: Grid, size: tuple[int, int]) -> Tensor:
     """(B, rows, cols) -> (B, 1, H, W), each block's value repeated over its pixels."""
-    return mask.repeat_interleave(size[0] // grid.rows, dim=1).repeat_interleave(size[1] // grid.cols, dim=2).unsqueeze(1)
+    rows = mask.repeat_interleave(size[0] // grid.rows, dim=1)
+    return rows.repeat_interleave(size[1] // grid.cols, dim=2).unsqueeze(1)
 
 
 # ---------------------------------------------------------------------------------- the method
@@ -552,7 +554,8 @@ class PuzzleMix(Method):
         for n in block_nums:
             _int(n, "every entry of block_nums", 2)
         if len(set(block_nums)) != len(block_nums):
-            raise ValueError(f"block_nums must be distinct (each is drawn with probability 1 / len), got {block_nums!r}")
+            raise ValueError(f"block_nums must be distinct (each is drawn with probability 1 / len), "
+                             f"got {block_nums!r}")
         self.block_nums = tuple(block_nums)
         self.n_labels = _int(n_labels, "n_labels", 2)
         self.beta = _real(beta, "beta", 0.0)
@@ -627,7 +630,8 @@ class PuzzleMix(Method):
             fine = mask.repeat_interleave(t_grid.rows // grid.rows, 1).repeat_interleave(t_grid.cols // grid.cols, 2)
             sal = pool_blocks(saliency, t_grid).flatten(1)  # (B, N)
             plans = transport_plan(torch.cat([sal, sal[index]]), torch.cat([fine > 0, fine < 1]).flatten(1),
-                                   position_cost(t_grid, images.device), self.t_eps, n_iter=max(t_grid.rows, t_grid.cols))
+                                   position_cost(t_grid, images.device), self.t_eps,
+                                   n_iter=max(t_grid.rows, t_grid.cols))
             source, partner_source = plans[:b], plans[b:]
             own, partner = permute_blocks(own, source, t_grid), permute_blocks(partner, partner_source, t_grid)
         pixel_mask = _upsample(mask, grid, (h, w)).to(images.dtype)  # (B, 1, H, W)
