@@ -165,9 +165,11 @@ def test_shipped_protocols_are_valid() -> None:
     for p in (quick, full):
         assert list(p.methods) == ["vanilla", "mixup", "cutmix", "resizemix", "fmix", "saliencymix", "mixup-cutmix",
                                    "rrc", "rrc@0.01", "cropmix", "recursivemix", "recursivemix@rs",
-                                   "recursivemix@rs+his", "automix"]
+                                   "recursivemix@rs+his", "automix", "manifold-mixup", "puzzlemix"]
         assert p.methods["mixup"] == {"alpha": 1.0} and p.methods["cutmix"] == {"alpha": 1.0}
         assert p.methods["automix"]["alpha"] == 2.0  # the paper's α; stage: the second-to-last (l = 3)
+        assert p.methods["manifold-mixup"] == {"alpha": 2.0, "stages": [0, 1, 2]}  # the AutoMix tables' α
+        assert p.methods["puzzlemix"]["alpha"] == 1.0 and p.methods["puzzlemix"]["t_size"] == 4  # the code's CIFAR run
         # the CropMix paper's comparison: RRC at the usual and at CropMix's range, CropMix at (0.01, 1)
         assert p.config("rrc@0.01", 0).method.name == "rrc" and p.methods["rrc@0.01"] == {"scale": [0.01, 1.0]}
         assert p.config("cropmix", 1).method.params == {"scale": [0.01, 1.0]}
