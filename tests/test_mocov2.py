@@ -359,3 +359,48 @@ def test_show_draws_the_cropmix_queries(tmp_path, capsys):
     assert main(["show", "--method", "mocov2", "--n", "4", "--out", str(path),
                  "--set", "method.params.views=cropmix"]) == 0
     assert "mean lambda" in capsys.readouterr().out and path.is_file()
+
+
+# ---------------------------------------------------------------------------------- two processes
+def _ddp_worker(rank: int, port: int) -> None:
+    import os
+
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    from mixlab.engine import distributed as D
+
+    D.init_distributed(device="cpu")
+    try:
+        method, model = _method()  # the same weights, queue and generator on both ranks
+        everyone = _views(n=16)[1]  # rank r holds images 8r .. 8r + 7
+        mine = everyone[8 * rank:8 * rank + 8]
+        state = method.generator.get_state()
+        own, every_key = method.keys(mine)
+        # shuffle-BN across the processes: one permutation, each rank encodes its half, order restored
+        method.generator.set_state(state)
+        perm = torch.randperm(16, generator=method.generator)  # rank 0's (broadcast): the same draw here
+        halves = [method._encode_key(everyone[perm[8 * r:8 * r + 8]]) for r in (0, 1)]
+        assert torch.allclose(every_key, torch.cat(halves)[perm.argsort()], atol=1e-6)
+        assert torch.equal(own, every_key[8 * rank:8 * rank + 8])
+        # the step's keys of both processes enter the queue, in rank order, identically on both ranks
+        method.training_step(model, ([mine, mine], None), 0.0)
+        method.after_optimizer_step(model, 0.0)
+        assert int(method.queue_ptr) == 16
+        queues = D.all_gather_object(method.queue.clone())
+        assert torch.equal(queues[0], queues[1])
+        D.barrier()
+    finally:
+        D.cleanup()
+
+
+@pytest.mark.slow
+def test_two_processes_shuffle_the_keys_across_them_and_share_one_queue():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port,), nprocs=2, join=True)
