@@ -70,6 +70,10 @@ and facebookresearch/moco) and this file differ:
 * 32 px views: Gaussian blur with a 3-pixel kernel, σ ~ U(0.1, 2) (the code: PIL's radius-σ blur on
   224 px images);
 * the queue starts as random unit vectors, as the code, drawn from the method's generator.
+
+The paper's Table 8 (mixing operations for contrastive learning) lists the numbers of Table 3's
+CropMix row under "+ Mixup", while its text says Mixup "performs poorly" there and Figure 2 and the
+official code use CutMix: the table's row labels look swapped; CutMix is used here.
 """
 
 from __future__ import annotations
