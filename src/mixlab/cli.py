@@ -159,17 +159,28 @@ def _train(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------- pretrain
 _PRETRAIN_CONFIG = Path(__file__).parent / "configs" / "pretrain.yaml"
 # `mixlab pretrain`'s head sizes for small backbones on 32 px images; the papers' (MoCo v3: 4096 hidden,
-# 256 out; DINO: 2048 hidden, 256 bottleneck, 65 536 out) are the registry's defaults, used when set
+# 256 out; DINO: 2048 hidden, 256 bottleneck, 65 536 out; MoCo v2: 2048 hidden, 128 out) are the
+# registry's defaults, used when set. MoCo v2 also gets a queue and a momentum for short runs on a few
+# thousand images: 1024 keys (the default synthetic set has 4000 images, so no image meets its own
+# earlier key among the negatives; the registry's 4096 suits CIFAR's 50 000) and m = 0.99 (MoCo's
+# CIFAR-10 demo; the paper's 0.999 averages over ~1000 steps, more than a 20-epoch run of 31 steps each)
 _SMALL_HEADS = {"mocov3": {"dim": 128, "mlp_dim": 512},
-                "dino": {"out_dim": 4096, "hidden_dim": 512, "bottleneck_dim": 128}}
+                "dino": {"out_dim": 4096, "hidden_dim": 512, "bottleneck_dim": 128},
+                "mocov2": {"dim": 128, "hidden_dim": 512, "queue_size": 1024, "momentum": 0.99}}
+# the `mixlab pretrain` flags that set method parameters: flag -> (frameworks it applies to, params it sets)
+_PRETRAIN_FLAGS = {"sdmp": (("mocov3", "dino"), {"sdmp": True}),
+                   "cropmix": (("mocov2",), {"views": "cropmix"}),
+                   "scalemix": (("mocov2",), {"views": "scalemix"})}
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pretrain",
-        help="self-supervised pre-training (MoCo v3 or DINO, optionally with SDMP), then a linear probe",
+        help="self-supervised pre-training (MoCo v3 or DINO, optionally with SDMP; MoCo v2, optionally with "
+             "CropMix or ScaleMix), then a linear probe",
         formatter_class=_Formatter,
         description="Pre-train a backbone without labels with MoCo v3 or DINO, optionally with SDMP's data mixing, "
+                    "or with MoCo v2, optionally with CropMix's or ScaleMix's mixed query views, "
                     "and write a run directory as `mixlab train` does (checkpoint.pt every epoch, metrics.csv, "
                     "curves.png with the kNN monitor's top-1 each epoch, config.yaml). Then train a linear probe on "
                     "the frozen backbone and evaluate it, as `mixlab probe` does (--no-probe skips it).\n\n"
@@ -181,11 +192,20 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                "  mixlab pretrain --framework mocov3 --sdmp\n"
                "  mixlab pretrain --framework dino --sdmp --set method.params.num_mixed_local=3\n"
                "  mixlab pretrain --framework mocov3 --sdmp --set 'method.params.ops=[mixup]'   # Table 8\n"
+               "  mixlab pretrain --framework mocov2 --cropmix        # CropMix paper, §5 (--scalemix: its baseline)\n"
                "  mixlab pretrain --dataset imagefolder --data-root ../shared/data/cifar10-jpeg.zip --model resnet18\n"
                "  mixlab pretrain --resume runs/<run dir>",
     )
-    p.add_argument("--framework", choices=("mocov3", "dino"), help="the self-supervised framework (default mocov3)")
-    p.add_argument("--sdmp", action="store_true", default=None, help="mix with SDMP (method.params.sdmp=true)")
+    p.add_argument("--framework", choices=("mocov3", "dino", "mocov2"),
+                   help="the self-supervised framework (default mocov3)")
+    p.add_argument("--sdmp", action="store_true", default=None,
+                   help="mocov3, dino: mix with SDMP (method.params.sdmp=true)")
+    views = p.add_mutually_exclusive_group()
+    views.add_argument("--cropmix", action="store_true", default=None,
+                       help="mocov2: CropMix query views, crops of (0.2, 0.6) and (0.6, 1) CutMix'ed "
+                            "(method.params.views=cropmix)")
+    views.add_argument("--scalemix", action="store_true", default=None,
+                       help="mocov2: ScaleMix query views, both crops of (0.2, 1) (method.params.views=scalemix)")
     _add_run_flags(p, method=False)
     p.add_argument("--no-probe", dest="probe", action="store_false",
                    help="skip the linear probe after pre-training (`mixlab probe RUN` runs it later)")
@@ -214,11 +234,18 @@ def _pretrain(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides, base=base, values=values)
     from mixlab.registry import SELF_SUPERVISED
 
-    if cfg.method.name not in SELF_SUPERVISED:
-        raise ValueError(f"method {cfg.method.name!r} is not self-supervised; `mixlab pretrain` takes mocov3 or dino "
-                         f"(`mixlab train` trains classifiers)")
+    name = cfg.method.name
+    if name not in SELF_SUPERVISED:
+        raise ValueError(f"method {name!r} is not self-supervised; `mixlab pretrain` takes "
+                         f"{', '.join(SELF_SUPERVISED)} (`mixlab train` trains classifiers)")
+    flagged = {}
+    for flag, (frameworks, params) in _PRETRAIN_FLAGS.items():
+        if getattr(args, flag):
+            if name not in frameworks:
+                raise ValueError(f"--{flag} applies to --framework {' or '.join(frameworks)}, not {name}")
+            flagged.update(params)
     # heads sized for small backbones unless the config sets them (the papers' sizes are the registry's defaults)
-    cfg.method.params = {**_SMALL_HEADS[cfg.method.name], **cfg.method.params, **({"sdmp": True} if args.sdmp else {})}
+    cfg.method.params = {**_SMALL_HEADS[name], **cfg.method.params, **flagged}
     metrics = train(cfg)
     if int(os.environ.get("RANK", 0)) != 0:
         return 0

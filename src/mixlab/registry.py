@@ -133,6 +133,12 @@ def _mocov3(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> M
     return MoCoV3(**hparams)  # self-supervised: no classes, no label smoothing
 
 
+def _mocov2(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
+    from mixlab.ssl.mocov2 import MoCoV2
+
+    return MoCoV2(**_as_tuples(hparams))  # self-supervised: no classes, no label smoothing
+
+
 def _dino(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
     from mixlab.ssl.dino import DINO
 
@@ -140,7 +146,7 @@ def _dino(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Met
 
 
 #: the self-supervised frameworks (`mixlab pretrain --framework`)
-SELF_SUPERVISED = ("mocov3", "dino")
+SELF_SUPERVISED = ("mocov3", "dino", "mocov2")
 _SDMP_OPTIONS = ("sdmp", "ops", "per_sample", "static_source", "static_intra", "mix_alpha", "image_size")
 _SDMP_PAPER = "Ren et al. 2022, A Simple Data Mixing Prior for Improving Self-Supervised Learning (SDMP)"
 
@@ -207,6 +213,15 @@ METHODS: dict[str, MethodSpec] = {
                          {"dim": 256, "mlp_dim": 4096, "temperature": 0.2, "momentum": 0.99},
                          "self-supervised: symmetric InfoNCE against a momentum encoder (sdmp: true adds SDMP)",
                          ("proj_layers", "sdmp_version", "loss_form") + _SDMP_OPTIONS),
+    "mocov2": MethodSpec(_mocov2, "He et al. 2020, Momentum Contrast for Unsupervised Visual Representation "
+                         "Learning (MoCo); Chen et al. 2020, Improved Baselines with Momentum Contrastive Learning "
+                         "(MoCo v2), with the improved head of Wang et al. 2022 (Asym-Siam); views: "
+                         + _CROPMIX_PAPER + " (CropMix, §5) and Asym-Siam (ScaleMix)",
+                         {"dim": 128, "hidden_dim": 2048, "queue_size": 4096, "temperature": 0.2, "momentum": 0.999,
+                          "views": "standard"},
+                         "self-supervised: one-directional InfoNCE against a momentum encoder and a queue of "
+                         "negatives (views: cropmix | scalemix mixes the query)",
+                         ("scale", "shuffle_bn", "bn_splits", "image_size")),
     "dino": MethodSpec(_dino, "Caron et al. 2021, Emerging Properties in Self-Supervised Vision Transformers "
                        "(DINO); SDMP: " + _SDMP_PAPER,
                        {"out_dim": 65536, "num_local": 6, "teacher_temp": 0.07, "momentum": 0.996},

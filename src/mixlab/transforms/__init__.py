@@ -5,18 +5,20 @@
   baseline with the same argument names; :func:`scale_ranges` the §3.2 sub-range split.
 * :class:`CropMixBatch` / :func:`cropmix_batch`: the same operation on a batch on its device.
 * :class:`TwoViews` / :class:`MultiCrop` (``views.py``): BYOL's two asymmetric views and DINO's
-  multi-crop for self-supervised learning.
+  multi-crop for self-supervised learning; :func:`mocov2_view` (MoCo v2's augmentation) and
+  :class:`MixedQuery` (CropMix's / ScaleMix's CutMix'ed contrastive query).
 
 This package imports torchvision; ``import mixlab`` does not (``mixlab.CropMix`` is a lazy export).
 """
 
 from mixlab.transforms.cropmix import CropMix, augment_view, cutmix_views, mix_views, mixup_views, rrc, scale_ranges
 from mixlab.transforms.cropmix_batch import CropMixBatch, cropmix_batch
-from mixlab.transforms.views import MultiCrop, TwoViews, byol_view
+from mixlab.transforms.views import MixedQuery, MultiCrop, TwoViews, byol_view, mocov2_view
 
 __all__ = [
     "CropMix",
     "CropMixBatch",
+    "MixedQuery",
     "MultiCrop",
     "TwoViews",
     "augment_view",
@@ -25,6 +27,7 @@ __all__ = [
     "cutmix_views",
     "mix_views",
     "mixup_views",
+    "mocov2_view",
     "rrc",
     "scale_ranges",
 ]
