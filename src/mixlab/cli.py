@@ -117,8 +117,23 @@ def _add_run_flags(p: argparse.ArgumentParser, method: bool) -> None:
                         "CONFIG.yaml/--set/flags given here change it")
 
 
+def _load_run_config(path: str | None, overrides: Sequence[str], base: Any, values: dict[str, Any], resume: bool):
+    """``load_config``, with the chosen method's own run settings (``MethodSpec.config``: MAE's ViT
+    and optimiser) put under the file, ``--set`` and flags; a resumed run keeps its checkpoint's."""
+    from mixlab.engine import load_config
+    from mixlab.engine.config import config_from_dict
+    from mixlab.registry import METHODS
+
+    cfg = load_config(path, overrides, base=base, values=values)
+    spec = METHODS.get(cfg.method.name)
+    if resume or spec is None or not spec.config:
+        return cfg
+    base = config_from_dict(spec.config, base, source=f"method {cfg.method.name!r}'s run settings")
+    return load_config(path, overrides, base=base, values=values)
+
+
 def _train(args: argparse.Namespace) -> int:
-    from mixlab.engine import load_config, train
+    from mixlab.engine import train
     from mixlab.engine.checkpoint import load_checkpoint
     from mixlab.engine.config import config_from_dict
 
@@ -128,7 +143,7 @@ def _train(args: argparse.Namespace) -> int:
         base = config_from_dict(load_checkpoint(args.resume)["config"], source=f"checkpoint {args.resume}")
         base.run.out, base.run.stop_epoch = None, None  # continue in the checkpoint's directory, to the end
         values["run.resume"] = args.resume
-    cfg = load_config(args.config, args.overrides, base=base, values=values)
+    cfg = _load_run_config(args.config, args.overrides, base, values, resume=bool(args.resume))
     metrics = train(cfg)
     if int(os.environ.get("RANK", 0)) != 0:  # torchrun: rank 0 reports and evaluates
         return 0
@@ -161,17 +176,22 @@ _PRETRAIN_CONFIG = Path(__file__).parent / "configs" / "pretrain.yaml"
 # 256 out; DINO: 2048 hidden, 256 bottleneck, 65 536 out) are the registry's defaults, used when set
 _SMALL_HEADS = {"mocov3": {"dim": 128, "mlp_dim": 512},
                 "dino": {"out_dim": 4096, "hidden_dim": 512, "bottleneck_dim": 128}}
+# the pretrain flags that set method parameters, and the frameworks each applies to
+_FRAMEWORK_FLAGS = {"sdmp": ("mocov3", "dino"), "cropmix": ("mae",)}
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pretrain",
-        help="self-supervised pre-training (MoCo v3 or DINO, optionally with SDMP), then a linear probe",
+        help="self-supervised pre-training (MoCo v3 or DINO, optionally with SDMP; MAE, optionally on CropMix), "
+             "then a linear probe",
         formatter_class=_Formatter,
         description="Pre-train a backbone without labels with MoCo v3 or DINO, optionally with SDMP's data mixing, "
-                    "and write a run directory as `mixlab train` does (checkpoint.pt every epoch, metrics.csv, "
-                    "curves.png with the kNN monitor's top-1 each epoch, config.yaml). Then train a linear probe on "
-                    "the frozen backbone and evaluate it, as `mixlab probe` does (--no-probe skips it).\n\n"
+                    "or a ViT with MAE, optionally on CropMix'ed inputs, and write a run directory as `mixlab "
+                    "train` does (checkpoint.pt every epoch, metrics.csv, curves.png with the kNN monitor's top-1 "
+                    "each epoch, config.yaml; MAE adds reconstructions.png). Then train a linear probe on "
+                    "the frozen backbone and evaluate it, as `mixlab probe` does (--no-probe skips it). MAE brings "
+                    "its own model (vit_tiny_patch4) and optimiser (AdamW, betas 0.9/0.95) unless set.\n\n"
                     "Settings come from mixlab/configs/pretrain.yaml, then CONFIG.yaml, then --set, then the flags "
                     "below. Method options go to method.params (see `mixlab list`), e.g. --set "
                     "method.params.sdmp_version=extra. With no arguments: MoCo v3 on the synthetic shapes, a few "
@@ -180,11 +200,19 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                "  mixlab pretrain --framework mocov3 --sdmp\n"
                "  mixlab pretrain --framework dino --sdmp --set method.params.num_mixed_local=3\n"
                "  mixlab pretrain --framework mocov3 --sdmp --set 'method.params.ops=[mixup]'   # Table 8\n"
+               "  mixlab pretrain --framework mae --cropmix            # CropMix: Mixup of N in {2,3,4} crops\n"
+               "  mixlab pretrain --framework mae --cropmix cutmix     # CropMix: CutMix of 2 crops\n"
                "  mixlab pretrain --dataset imagefolder --data-root ../shared/data/cifar10-jpeg.zip --model resnet18\n"
                "  mixlab pretrain --resume runs/<run dir>",
     )
-    p.add_argument("--framework", choices=("mocov3", "dino"), help="the self-supervised framework (default mocov3)")
-    p.add_argument("--sdmp", action="store_true", default=None, help="mix with SDMP (method.params.sdmp=true)")
+    from mixlab.registry import SELF_SUPERVISED
+
+    p.add_argument("--framework", choices=SELF_SUPERVISED, help="the self-supervised framework (default mocov3)")
+    p.add_argument("--sdmp", action="store_true", default=None,
+                   help="mocov3, dino: mix with SDMP (method.params.sdmp=true)")
+    p.add_argument("--cropmix", nargs="?", const="", default=None, metavar="MIX",
+                   help="mae: pre-train on CropMix'ed inputs (method.params.input=cropmix); MIX is mixup (the "
+                        "default: N from {2, 3, 4} crops) or cutmix (N = 2)")
     _add_run_flags(p, method=False)
     p.add_argument("--no-probe", dest="probe", action="store_false",
                    help="skip the linear probe after pre-training (`mixlab probe RUN` runs it later)")
@@ -198,6 +226,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 
 def _pretrain(args: argparse.Namespace) -> int:
     from mixlab.engine import load_config, train
+    from mixlab.ssl.mae import CROPMIX_MIXES
     from mixlab.engine.checkpoint import load_checkpoint
     from mixlab.engine.config import config_from_dict
 
@@ -210,14 +239,23 @@ def _pretrain(args: argparse.Namespace) -> int:
         base = config_from_dict(load_checkpoint(args.resume)["config"], source=f"checkpoint {args.resume}")
         base.run.out, base.run.stop_epoch = None, None
         values["run.resume"] = args.resume
-    cfg = load_config(args.config, args.overrides, base=base, values=values)
+    cfg = _load_run_config(args.config, args.overrides, base, values, resume=bool(args.resume))
     from mixlab.registry import SELF_SUPERVISED
 
-    if cfg.method.name not in SELF_SUPERVISED:
-        raise ValueError(f"method {cfg.method.name!r} is not self-supervised; `mixlab pretrain` takes mocov3 or dino "
-                         f"(`mixlab train` trains classifiers)")
+    name = cfg.method.name
+    if name not in SELF_SUPERVISED:
+        raise ValueError(f"method {name!r} is not self-supervised; `mixlab pretrain` takes "
+                         f"{', '.join(SELF_SUPERVISED)} (`mixlab train` trains classifiers)")
+    for flag, frameworks in _FRAMEWORK_FLAGS.items():
+        if getattr(args, flag) is not None and name not in frameworks:
+            raise ValueError(f"--{flag} applies to {' and '.join(frameworks)}, not to {name}")
+    flags: dict[str, Any] = {"sdmp": True} if args.sdmp else {}
+    if args.cropmix is not None:
+        if args.cropmix not in ("", *CROPMIX_MIXES):
+            raise ValueError(f"--cropmix takes {' or '.join(CROPMIX_MIXES)} (or nothing: mixup), got {args.cropmix!r}")
+        flags.update({"input": "cropmix", **({"cropmix_mix": args.cropmix} if args.cropmix else {})})
     # heads sized for small backbones unless the config sets them (the papers' sizes are the registry's defaults)
-    cfg.method.params = {**_SMALL_HEADS[cfg.method.name], **cfg.method.params, **({"sdmp": True} if args.sdmp else {})}
+    cfg.method.params = {**_SMALL_HEADS.get(name, {}), **cfg.method.params, **flags}
     metrics = train(cfg)
     if int(os.environ.get("RANK", 0)) != 0:
         return 0
@@ -431,7 +469,6 @@ def _show(args: argparse.Namespace) -> int:
 
     from mixlab import registry
     from mixlab.data import normalize_on_device
-    from mixlab.engine import load_config
     from mixlab.engine.plots import plot_mix
     from mixlab.engine.trainer import _transforms
 
@@ -452,7 +489,7 @@ def _show(args: argparse.Namespace) -> int:
         values.update({"data.name": args.dataset or "synthetic", "data.root": args.data_root})
     elif args.data_root is not None:
         values["data.root"] = args.data_root
-    cfg = load_config(None, args.overrides, base=base, values=values)
+    cfg = _load_run_config(None, args.overrides, base, values, resume=ckpt is not None)
     m, d = cfg.method, cfg.data
     registry.check_names(m.name, m.params, dataset=d.name)
     g = torch.Generator().manual_seed(args.seed)
