@@ -129,7 +129,7 @@ def test_show_every_method(method, tmp_path, capsys):
         assert img.format == "PNG" and img.size[0] > 0 and img.size[1] > 0
 
 
-@pytest.mark.parametrize("method", registry.SELF_SUPERVISED)
+@pytest.mark.parametrize("method", [m for m in registry.SELF_SUPERVISED if "sdmp" in registry.METHODS[m].options])
 def test_show_sdmp_mixes_the_self_supervised_frameworks(method, tmp_path, capsys):
     path = tmp_path / f"{method}-sdmp.png"
     assert main(["show", "--method", method, "--n", "4", "--seed", "1", "--out", str(path),

@@ -190,9 +190,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                     "or a ViT with MAE, optionally on CropMix'ed inputs, and write a run directory as `mixlab "
                     "train` does (checkpoint.pt every epoch, metrics.csv, curves.png with the kNN monitor's top-1 "
                     "each epoch, config.yaml; MAE adds reconstructions.png). Then train a linear probe on "
-                    "the frozen backbone and evaluate it, as `mixlab probe` does (--no-probe skips it). MAE brings "
-                    "its own model (vit_tiny_patch4) and optimiser (AdamW, betas 0.9/0.95) unless set.\n\n"
-                    "Settings come from mixlab/configs/pretrain.yaml, then CONFIG.yaml, then --set, then the flags "
+                    "the frozen backbone and evaluate it, as `mixlab probe` does (--no-probe skips it).\n\n"
+                    "Settings come from mixlab/configs/pretrain.yaml, then the framework's own (MAE: the model "
+                    "vit_tiny_patch4 and AdamW with betas 0.9/0.95), then CONFIG.yaml, then --set, then the flags "
                     "below. Method options go to method.params (see `mixlab list`), e.g. --set "
                     "method.params.sdmp_version=extra. With no arguments: MoCo v3 on the synthetic shapes, a few "
                     "minutes on a CPU.",

@@ -38,9 +38,10 @@ Choices where the papers are silent, and where paper and code differ:
 
 * Decoder: 2 blocks of width 128, 4 heads (head width 32 as MAE's 512/16), MLP ratio 4. MAE's
   Table 1(a, b) shows fine-tuning insensitive to the decoder (84.8-84.9 % for depth 1-8, 84.9 %
-  at width 128 as at 512); its linear probe prefers a deeper, wider one (8 × 512), which would
-  be ~5× the encoder's compute at 32 px with a 8 × 192 encoder. The CropMix paper uses MAE's
-  default (8 × 512) on ViT-B; ``decoder_depth`` / ``decoder_dim`` / ``decoder_heads`` restore it.
+  at width 128 as at 512); its linear probe prefers a deeper, wider one (8 × 512), which here would
+  cost ~30× the encoder's FLOPs (64 tokens of width 512 against vit_tiny_patch4's 16 visible tokens
+  of width 192); 2 × 128 costs about half of the encoder's. The CropMix paper uses MAE's default
+  (8 × 512) on ViT-B; ``decoder_depth`` / ``decoder_dim`` / ``decoder_heads`` restore it.
 * Decoder position embedding: fixed 2-D sin-cos (the authors' code: not learnt, and it works for
   any token grid, non-square included: the first half of the channels encodes the column, the
   second the row, each as [sin(pos·ω_k), cos(pos·ω_k)], ω_k = 10000^(−k/(D/4))). The *encoder's*
@@ -61,7 +62,8 @@ Example:
     >>> from mixlab.models import vit_tiny_patch4
     >>> model, method = vit_tiny_patch4(), MAE()
     >>> method.setup(model, torch.Generator().manual_seed(0))
-    >>> loss = method.training_step(model, ([torch.randn(8, 3, 32, 32)], labels), progress=0.0).loss
+    >>> images = torch.randn(8, 3, 32, 32)                  # normalised, as the trainer's batches
+    >>> loss = method.training_step(model, ([images], None), progress=0.0).loss
 """
 
 from __future__ import annotations
