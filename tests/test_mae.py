@@ -332,7 +332,6 @@ def test_trainer_pretrains_writes_reconstructions_and_resumes_exactly(tmp_path: 
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
 
 
-@pytest.mark.slow
 def test_pretrain_command_uses_the_vit_and_maes_optimiser_and_writes_reconstructions(tmp_path, capsys):
     out = tmp_path / "run"
     tiny = ["--set", "data.num_per_class=4", "--set", "data.test_per_class=2", "--set", "data.image_size=16",
