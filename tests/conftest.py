@@ -12,3 +12,13 @@ CIFAR_ZIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ci
 @pytest.fixture
 def gen() -> torch.Generator:
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module that trains small models (two threads that share a busy
+    machine slow down many times); use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -24,13 +24,7 @@ from mixlab.models import create_model, forward_until
 K = 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tests train small models: one thread (two that share a busy machine slow down many times)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: these tests train small models
 
 
 def _setup(seed: int = 0, width: int = 8, **kwargs) -> tuple[nn.Module, AutoMix]:

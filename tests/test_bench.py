@@ -100,6 +100,22 @@ def test_jobs_run_in_subprocesses_with_the_same_results(smoke: Path, tmp_path: P
     assert "mixlab.cli train" in log and "--set run.threads=1" in log and "mixlab.cli eval" in log
 
 
+def test_merge_adds_the_rows_of_another_bench_that_this_one_lacks(smoke: Path, tmp_path: Path) -> None:
+    out = tmp_path / "more"
+    result = run_protocol(load_protocol("smoke"), out, methods=["vanilla"], merge=smoke / "results.csv",
+                          log=lambda _: None)
+    rows = {r["method"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    theirs = {r["method"]: r for r in csv.DictReader(open(smoke / "results.csv"))}
+    assert sorted(rows) == ["cutmix", "vanilla"] and len(result["rows"]) == 2
+    assert rows["cutmix"] == theirs["cutmix"]  # taken over as it was
+    assert rows["vanilla"]["run_dir"].startswith(str(out.resolve()))  # this bench's own run wins
+    md = (out / "results.md").read_text()
+    assert f"1 run(s) taken from {smoke / 'results.csv'}" in md and "cutmix-s0" in md and "not finished" not in md
+    assert (out / "curves.png").read_bytes()[:8] == PNG
+    with pytest.raises(ValueError, match="not a mixlab results.csv"):
+        run_protocol(load_protocol("smoke"), out, merge=smoke / "results.md", log=lambda _: None)
+
+
 def test_interrupted_run_resumes_and_other_config_is_refused(tmp_path: Path) -> None:
     from mixlab.engine.trainer import train
 
@@ -149,9 +165,11 @@ def test_shipped_protocols_are_valid() -> None:
     for p in (quick, full):
         assert list(p.methods) == ["vanilla", "mixup", "cutmix", "resizemix", "fmix", "saliencymix", "mixup-cutmix",
                                    "rrc", "rrc@0.01", "cropmix", "recursivemix", "recursivemix@rs",
-                                   "recursivemix@rs+his", "automix"]
+                                   "recursivemix@rs+his", "automix", "manifold-mixup", "puzzlemix"]
         assert p.methods["mixup"] == {"alpha": 1.0} and p.methods["cutmix"] == {"alpha": 1.0}
         assert p.methods["automix"]["alpha"] == 2.0  # the paper's α; stage: the second-to-last (l = 3)
+        assert p.methods["manifold-mixup"] == {"alpha": 2.0, "stages": [0, 1, 2]}  # the AutoMix tables' α
+        assert p.methods["puzzlemix"]["alpha"] == 1.0 and p.methods["puzzlemix"]["t_size"] == 4  # the code's CIFAR run
         # the CropMix paper's comparison: RRC at the usual and at CropMix's range, CropMix at (0.01, 1)
         assert p.config("rrc@0.01", 0).method.name == "rrc" and p.methods["rrc@0.01"] == {"scale": [0.01, 1.0]}
         assert p.config("cropmix", 1).method.params == {"scale": [0.01, 1.0]}

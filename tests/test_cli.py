@@ -129,11 +129,13 @@ def test_show_every_method(method, tmp_path, capsys):
         assert img.format == "PNG" and img.size[0] > 0 and img.size[1] > 0
 
 
-@pytest.mark.parametrize("method", [m for m in registry.SELF_SUPERVISED if "sdmp" in registry.METHODS[m].options])
-def test_show_sdmp_mixes_the_self_supervised_frameworks(method, tmp_path, capsys):
-    path = tmp_path / f"{method}-sdmp.png"
+@pytest.mark.parametrize("method, option", [("mocov3", "sdmp=true"), ("dino", "sdmp=true"),
+                                            ("mocov2", "views=cropmix"), ("mocov2", "views=scalemix"),
+                                            ("mae", "input=cropmix")])
+def test_show_mixes_the_self_supervised_frameworks_with_their_mixing_option(method, option, tmp_path, capsys):
+    path = tmp_path / f"{method}-mixed.png"
     assert main(["show", "--method", method, "--n", "4", "--seed", "1", "--out", str(path),
-                 "--set", "method.params.sdmp=true"]) == 0
+                 "--set", f"method.params.{option}"]) == 0
     out = capsys.readouterr().out
     assert "mean lambda" in out and str(path) in out and path.is_file()
 

@@ -329,3 +329,24 @@ def test_torchrun_mocov3_sdmp_gathers_keys_and_resumes_exactly(tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert load_checkpoint(straight)["history"][-1]["knn_acc1"] == load_checkpoint(split)["history"][-1]["knn_acc1"]
+
+
+@pytest.mark.slow
+def test_torchrun_mocov2_cropmix_shares_the_queue_and_resumes_exactly(tmp_path):
+    """MoCo v2 + CropMix under 2 processes: the queue takes both ranks' keys (16 per step), the
+    keys are shuffled across the ranks, and 1 epoch + resume == 2 epochs straight."""
+    common = ["method.name=mocov2", "method.params={dim: 16, hidden_dim: 32, queue_size: 48, views: cropmix}",
+              "data.batch_size=8", "optim.epochs=2", "model.kwargs={width: 8}"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    out = _mixlab(common, tmp_path, "--out", str(straight))
+    assert out.stdout.count("kNN top-1") == 2
+    ckpt = load_checkpoint(straight)
+    assert int(ckpt["method"]["queue_ptr"]) == (2 * 5 * 16) % 48  # 2 epochs x 5 steps x (2 x 8) keys
+    _mixlab([*common, "run.stop_epoch=1"], tmp_path, "--out", str(split))
+    _mixlab([], tmp_path, "--resume", str(split))
+    a, b = _state(straight), _state(split)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    resumed = load_checkpoint(split)
+    assert all(torch.equal(ckpt["method"][k], resumed["method"][k]) for k in ("queue", "queue_ptr"))
+    assert ckpt["history"][-1]["knn_acc1"] == resumed["history"][-1]["knn_acc1"]

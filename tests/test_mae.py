@@ -350,11 +350,15 @@ def test_pretrain_command_uses_the_vit_and_maes_optimiser_and_writes_reconstruct
 
 def test_pretrain_flags_name_the_frameworks_they_apply_to(tmp_path, capsys):
     assert main(["pretrain", "--framework", "mocov3", "--cropmix", "--out", str(tmp_path / "x")]) == 2
-    assert "--cropmix applies to mae, not to mocov3" in capsys.readouterr().err
+    assert "--cropmix applies to --framework mocov2 or mae, not mocov3" in capsys.readouterr().err
     assert main(["pretrain", "--framework", "mae", "--sdmp", "--out", str(tmp_path / "x")]) == 2
-    assert "--sdmp applies to mocov3 and dino, not to mae" in capsys.readouterr().err
+    assert "--sdmp applies to --framework mocov3 or dino, not mae" in capsys.readouterr().err
+    assert main(["pretrain", "--framework", "mae", "--scalemix", "--out", str(tmp_path / "x")]) == 2
+    assert "--scalemix applies to --framework mocov2, not mae" in capsys.readouterr().err
     assert main(["pretrain", "--framework", "mae", "--cropmix", "fmix", "--out", str(tmp_path / "x")]) == 2
-    assert "--cropmix takes mixup or cutmix" in capsys.readouterr().err
+    assert "--cropmix MIX takes mixup or cutmix, for --framework mae only; got 'fmix'" in capsys.readouterr().err
+    assert main(["pretrain", "--framework", "mocov2", "--cropmix", "cutmix", "--out", str(tmp_path / "x")]) == 2
+    assert "for --framework mae only; got 'cutmix' for mocov2" in capsys.readouterr().err
     assert main(["pretrain", "--framework", "mae", "--model", "resnet_small", "--epochs", "1",
                  "--out", str(tmp_path / "x")]) == 2
     assert "MAE needs a Vision Transformer" in capsys.readouterr().err and not (tmp_path / "x").exists()

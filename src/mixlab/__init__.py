@@ -10,7 +10,9 @@ Subpackages with heavier dependencies (``mixlab.models``, ``mixlab.data``, ``mix
 ...) are imported only when used. ``mixlab.CropMix`` and ``mixlab.CropMixBatch`` (per-image and
 batched CropMix, :mod:`mixlab.transforms`) are lazy exports: the first access imports torchvision;
 so is ``mixlab.RecursiveMix`` (:mod:`mixlab.methods.recursivemix`, torch until its first RoIAlign),
-and ``mixlab.AutoMix`` (:mod:`mixlab.methods.automix`, which imports ``mixlab.models``).
+``mixlab.AutoMix`` (:mod:`mixlab.methods.automix`, which imports ``mixlab.models``),
+``mixlab.ManifoldMixup`` (:mod:`mixlab.methods.manifold_mixup`, likewise) and ``mixlab.PuzzleMix``
+(:mod:`mixlab.methods.puzzlemix`, torch until its `setup` imports gco-wrapper).
 """
 
 from mixlab.core import BinaryCrossEntropy, MixResult, SoftTargetCrossEntropy
@@ -20,7 +22,8 @@ __version__ = "0.1.0"
 
 # name -> module, imported on first access (PEP 562), so `import mixlab` does not import torchvision
 _LAZY = {"CropMix": "mixlab.transforms", "CropMixBatch": "mixlab.transforms",
-         "RecursiveMix": "mixlab.methods.recursivemix", "AutoMix": "mixlab.methods.automix"}
+         "RecursiveMix": "mixlab.methods.recursivemix", "AutoMix": "mixlab.methods.automix",
+         "ManifoldMixup": "mixlab.methods.manifold_mixup", "PuzzleMix": "mixlab.methods.puzzlemix"}
 
 __all__ = [
     "AutoMix",
@@ -31,8 +34,10 @@ __all__ = [
     "FMix",
     "MixCollate",
     "MixResult",
+    "ManifoldMixup",
     "Mixer",
     "Mixup",
+    "PuzzleMix",
     "RandomChoice",
     "RecursiveMix",
     "ResizeMix",

@@ -5,6 +5,7 @@
     mixlab train --method mixup --model resnet18 --dataset imagefolder --data-root ../shared/data/cifar10-jpeg.zip
     mixlab train --resume runs/cutmix-resnet_small-synthetic-20250101-120000
     mixlab eval runs/cutmix-resnet_small-synthetic-20250101-120000 --max-corruption-images 1000
+    mixlab finetune runs/mocov2-resnet_small-imagefolder-20250101-120000 --fraction 0.01
     mixlab show --method fmix --n 8 --set method.params.decay_power=4
     mixlab list methods
     mixlab --version
@@ -173,23 +174,32 @@ def _train(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------- pretrain
 _PRETRAIN_CONFIG = Path(__file__).parent / "configs" / "pretrain.yaml"
 # `mixlab pretrain`'s head sizes for small backbones on 32 px images; the papers' (MoCo v3: 4096 hidden,
-# 256 out; DINO: 2048 hidden, 256 bottleneck, 65 536 out) are the registry's defaults, used when set
+# 256 out; DINO: 2048 hidden, 256 bottleneck, 65 536 out; MoCo v2: 2048 hidden, 128 out) are the
+# registry's defaults, used when set. MoCo v2 also gets a queue and a momentum for short runs on a few
+# thousand images: 1024 keys (the default synthetic set has 4000 images, so no image meets its own
+# earlier key among the negatives; the registry's 4096 suits CIFAR's 50 000) and m = 0.99 (MoCo's
+# CIFAR-10 demo; the paper's 0.999 averages over ~1000 steps, more than a 20-epoch run of 31 steps each)
 _SMALL_HEADS = {"mocov3": {"dim": 128, "mlp_dim": 512},
-                "dino": {"out_dim": 4096, "hidden_dim": 512, "bottleneck_dim": 128}}
-# the pretrain flags that set method parameters, and the frameworks each applies to
-_FRAMEWORK_FLAGS = {"sdmp": ("mocov3", "dino"), "cropmix": ("mae",)}
+                "dino": {"out_dim": 4096, "hidden_dim": 512, "bottleneck_dim": 128},
+                "mocov2": {"dim": 128, "hidden_dim": 512, "queue_size": 1024, "momentum": 0.99}}
+# the `mixlab pretrain` flags that set method parameters: flag -> {framework it applies to: params it sets};
+# `--cropmix MIX` also sets MAE's cropmix_mix
+_PRETRAIN_FLAGS = {"sdmp": {"mocov3": {"sdmp": True}, "dino": {"sdmp": True}},
+                   "cropmix": {"mocov2": {"views": "cropmix"}, "mae": {"input": "cropmix"}},
+                   "scalemix": {"mocov2": {"views": "scalemix"}}}
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pretrain",
-        help="self-supervised pre-training (MoCo v3 or DINO, optionally with SDMP; MAE, optionally on CropMix), "
-             "then a linear probe",
+        help="self-supervised pre-training (MoCo v3 or DINO, optionally with SDMP; MoCo v2, optionally with "
+             "CropMix or ScaleMix; MAE, optionally on CropMix), then a linear probe",
         formatter_class=_Formatter,
         description="Pre-train a backbone without labels with MoCo v3 or DINO, optionally with SDMP's data mixing, "
-                    "or a ViT with MAE, optionally on CropMix'ed inputs, and write a run directory as `mixlab "
-                    "train` does (checkpoint.pt every epoch, metrics.csv, curves.png with the kNN monitor's top-1 "
-                    "each epoch, config.yaml; MAE adds reconstructions.png). Then train a linear probe on "
+                    "with MoCo v2, optionally with CropMix's or ScaleMix's mixed query views, or a ViT with MAE, "
+                    "optionally on CropMix'ed inputs, and write a run directory as `mixlab train` does "
+                    "(checkpoint.pt every epoch, metrics.csv, curves.png with the kNN monitor's top-1 each epoch, "
+                    "config.yaml; MAE adds reconstructions.png). Then train a linear probe on "
                     "the frozen backbone and evaluate it, as `mixlab probe` does (--no-probe skips it).\n\n"
                     "Settings come from mixlab/configs/pretrain.yaml, then the framework's own (MAE: the model "
                     "vit_tiny_patch4 and AdamW with betas 0.9/0.95), then CONFIG.yaml, then --set, then the flags "
@@ -200,8 +210,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                "  mixlab pretrain --framework mocov3 --sdmp\n"
                "  mixlab pretrain --framework dino --sdmp --set method.params.num_mixed_local=3\n"
                "  mixlab pretrain --framework mocov3 --sdmp --set 'method.params.ops=[mixup]'   # Table 8\n"
-               "  mixlab pretrain --framework mae --cropmix            # CropMix: Mixup of N in {2,3,4} crops\n"
-               "  mixlab pretrain --framework mae --cropmix cutmix     # CropMix: CutMix of 2 crops\n"
+               "  mixlab pretrain --framework mocov2 --cropmix        # CropMix paper, §5 (--scalemix: its baseline)\n"
+               "  mixlab pretrain --framework mae --cropmix           # CropMix paper, §6: Mixup of N in {2,3,4} crops\n"
+               "  mixlab pretrain --framework mae --cropmix cutmix    # CropMix paper, §6: CutMix of 2 crops\n"
                "  mixlab pretrain --dataset imagefolder --data-root ../shared/data/cifar10-jpeg.zip --model resnet18\n"
                "  mixlab pretrain --resume runs/<run dir>",
     )
@@ -210,9 +221,13 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--framework", choices=SELF_SUPERVISED, help="the self-supervised framework (default mocov3)")
     p.add_argument("--sdmp", action="store_true", default=None,
                    help="mocov3, dino: mix with SDMP (method.params.sdmp=true)")
-    p.add_argument("--cropmix", nargs="?", const="", default=None, metavar="MIX",
-                   help="mae: pre-train on CropMix'ed inputs (method.params.input=cropmix); MIX is mixup (the "
-                        "default: N from {2, 3, 4} crops) or cutmix (N = 2)")
+    views = p.add_mutually_exclusive_group()
+    views.add_argument("--cropmix", nargs="?", const="", default=None, metavar="MIX",
+                       help="mocov2: CropMix query views, crops of (0.2, 0.6) and (0.6, 1) CutMix'ed "
+                            "(method.params.views=cropmix); mae: CropMix'ed inputs (method.params.input=cropmix), "
+                            "MIX mixup (the default: N from {2, 3, 4} crops) or cutmix (N = 2)")
+    views.add_argument("--scalemix", action="store_true", default=None,
+                       help="mocov2: ScaleMix query views, both crops of (0.2, 1) (method.params.views=scalemix)")
     _add_run_flags(p, method=False)
     p.add_argument("--no-probe", dest="probe", action="store_false",
                    help="skip the linear probe after pre-training (`mixlab probe RUN` runs it later)")
@@ -226,9 +241,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 
 def _pretrain(args: argparse.Namespace) -> int:
     from mixlab.engine import load_config, train
-    from mixlab.ssl.mae import CROPMIX_MIXES
     from mixlab.engine.checkpoint import load_checkpoint
     from mixlab.engine.config import config_from_dict
+    from mixlab.ssl.mae import CROPMIX_MIXES
 
     values = {key: getattr(args, flag) for flag, key in _TRAIN_FLAGS.items()
               if flag != "method" and getattr(args, flag, None) is not None}
@@ -246,16 +261,19 @@ def _pretrain(args: argparse.Namespace) -> int:
     if name not in SELF_SUPERVISED:
         raise ValueError(f"method {name!r} is not self-supervised; `mixlab pretrain` takes "
                          f"{', '.join(SELF_SUPERVISED)} (`mixlab train` trains classifiers)")
-    for flag, frameworks in _FRAMEWORK_FLAGS.items():
-        if getattr(args, flag) is not None and name not in frameworks:
-            raise ValueError(f"--{flag} applies to {' and '.join(frameworks)}, not to {name}")
-    flags: dict[str, Any] = {"sdmp": True} if args.sdmp else {}
-    if args.cropmix is not None:
-        if args.cropmix not in ("", *CROPMIX_MIXES):
-            raise ValueError(f"--cropmix takes {' or '.join(CROPMIX_MIXES)} (or nothing: mixup), got {args.cropmix!r}")
-        flags.update({"input": "cropmix", **({"cropmix_mix": args.cropmix} if args.cropmix else {})})
+    flagged: dict[str, Any] = {}
+    for flag, frameworks in _PRETRAIN_FLAGS.items():
+        if getattr(args, flag) is not None:
+            if name not in frameworks:
+                raise ValueError(f"--{flag} applies to --framework {' or '.join(frameworks)}, not {name}")
+            flagged.update(frameworks[name])
+    if args.cropmix:  # --cropmix MIX
+        if name != "mae" or args.cropmix not in CROPMIX_MIXES:
+            raise ValueError(f"--cropmix MIX takes {' or '.join(CROPMIX_MIXES)}, for --framework mae only; got "
+                             f"{args.cropmix!r} for {name}")
+        flagged["cropmix_mix"] = args.cropmix
     # heads sized for small backbones unless the config sets them (the papers' sizes are the registry's defaults)
-    cfg.method.params = {**_SMALL_HEADS.get(name, {}), **cfg.method.params, **flags}
+    cfg.method.params = {**_SMALL_HEADS.get(name, {}), **cfg.method.params, **flagged}
     metrics = train(cfg)
     if int(os.environ.get("RANK", 0)) != 0:
         return 0
@@ -421,6 +439,71 @@ def _report_probe(results: dict[str, Any]) -> None:
           f"{', augmented' if probe['augment'] else ''})")
     print(format_table(results))
     print(f"probe written to {results['probe_json']} (weights {results['probe_weights']})")
+
+
+# --------------------------------------------------------------------------------------- finetune
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] (0.1 = 10 % of the labels), got {text}")
+    return value
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a pre-trained run's backbone with a fraction of the labels",
+        formatter_class=_Formatter,
+        description="Start a classifier from a run's model weights (a fresh classifier head), train the whole "
+                    "network with labels on a class-balanced FRACTION of the run's training images, and test it "
+                    "on the run's test split: the semi-supervised evaluation of self-supervised pre-training "
+                    "(1 % and 10 % of the labels). The fine-tuning is an ordinary training run in "
+                    "<run dir>/finetune-<pct>pct/ (checkpoint, metrics.csv, curves.png; resumable) with its "
+                    "summary in finetune.json; a finished one with the same settings is not redone.\n\n"
+                    "Recipe: AdamW, one warm-up epoch, cosine to 0, random crop + flip, cross-entropy.",
+        epilog="examples:\n"
+               "  mixlab finetune runs/mocov2-resnet_small-imagefolder-20250101-120000 --fraction 0.01\n"
+               "  mixlab finetune runs/x --fraction 0.1 --epochs 50 --lr 0.003 --set run.threads=1\n"
+               "  mixlab finetune runs/x --optimizer sgd --lr 0.05 --weight-decay 5e-4 --method mixup",
+    )
+    p.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="a run directory (its checkpoint.pt) or a checkpoint file")
+    p.add_argument("--fraction", type=_fraction, default=0.1, metavar="F",
+                   help="share of the labelled training images, in (0, 1] (default 0.1)")
+    p.add_argument("--epochs", type=_positive, default=30, metavar="N", help="fine-tuning epochs (default 30)")
+    p.add_argument("--lr", type=float, default=1e-3, metavar="X", help="peak learning rate (default 0.001)")
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="default adamw")
+    p.add_argument("--weight-decay", type=float, default=0.05, metavar="X", help="default 0.05")
+    p.add_argument("--head-lr-scale", type=float, default=1.0, metavar="X",
+                   help="the fresh classifier's lr as a multiple of --lr (default 1)")
+    p.add_argument("--batch-size", type=_positive, default=128, metavar="N",
+                   help="images per step, at most (default 128; fewer when the labelled set is smaller)")
+    p.add_argument("--method", default="vanilla", metavar="NAME",
+                   help="training method of the fine-tuning (default vanilla: plain cross-entropy)")
+    p.add_argument("--seed", type=_non_negative, metavar="N", help="seed (default: the pre-training run's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key of the fine-tuning run (e.g. run.threads=1); repeatable")
+    p.add_argument("--device", default="auto", metavar="D", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--data-root", metavar="PATH",
+                   help="where the run's dataset is now, if it moved since training (replaces data.root)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=_finetune)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from mixlab.engine.finetune import finetune
+
+    r = finetune(args.path, fraction=args.fraction, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
+                 weight_decay=args.weight_decay, head_lr_scale=args.head_lr_scale, batch_size=args.batch_size,
+                 method=args.method, seed=args.seed,
+                 device=args.device, progress=args.progress, data_root=args.data_root, overrides=args.overrides)
+    print(f"fine-tuned {r['checkpoint']} (epoch {r['pretrain_epoch']}) with {100 * r['fraction']:g} % of the labels "
+          f"({r['per_class']} per class, {r['train_images']} images, {r['epochs']} epochs): test top-1 "
+          f"{r['top1']:.2f}%, top-5 {r['top5']:.2f}%, nll {r['nll']:.3f} ({r['seconds']:.1f}s)")
+    print(f"run directory {r['run_dir']}; summary {r['finetune_json']}")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------- show
@@ -637,6 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(sub)
     _add_eval(sub)
     _add_probe(sub)
+    _add_finetune(sub)
     _add_show(sub)
     _add_list(sub)
     from mixlab.bench import command as bench_command

@@ -114,10 +114,32 @@ def _recursivemix(num_classes: int, label_smoothing: float = 0.0, **hparams: Any
     return RecursiveMix(num_classes, label_smoothing, **hparams)
 
 
+def _manifold_mixup(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
+    from mixlab.methods.manifold_mixup import ManifoldMixup
+
+    if isinstance(hparams.get("stages"), list):  # YAML gives lists
+        hparams["stages"] = tuple(hparams["stages"])
+    return ManifoldMixup(num_classes, label_smoothing, **hparams)
+
+
+def _puzzlemix(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
+    from mixlab.methods.puzzlemix import PuzzleMix
+
+    hparams = {k: tuple(v) if k in ("block_nums", "pixel_std") and isinstance(v, list) else v
+               for k, v in hparams.items()}
+    return PuzzleMix(num_classes, label_smoothing, **hparams)
+
+
 def _mocov3(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
     from mixlab.ssl.mocov3 import MoCoV3
 
     return MoCoV3(**hparams)  # self-supervised: no classes, no label smoothing
+
+
+def _mocov2(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
+    from mixlab.ssl.mocov2 import MoCoV2
+
+    return MoCoV2(**_as_tuples(hparams))  # self-supervised: no classes, no label smoothing
 
 
 def _dino(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
@@ -134,7 +156,7 @@ def _mae(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Meth
 
 
 #: the self-supervised frameworks (`mixlab pretrain --framework`)
-SELF_SUPERVISED = ("mocov3", "dino", "mae")
+SELF_SUPERVISED = ("mocov3", "dino", "mocov2", "mae")
 _SDMP_OPTIONS = ("sdmp", "ops", "per_sample", "static_source", "static_intra", "mix_alpha", "image_size")
 _SDMP_PAPER = "Ren et al. 2022, A Simple Data Mixing Prior for Improving Self-Supervised Learning (SDMP)"
 
@@ -192,11 +214,30 @@ METHODS: dict[str, MethodSpec] = {
                           "the second-to-last, l = 3 on 4-stage ResNets)",
                           ("momentum", "momentum_schedule", "gamma", "epsilon", "lam_margin", "lam_concat", "value",
                            "upsampling", "reduction", "pairing", "clean_loss", "mix_block_lr_scale")),
+    "manifold-mixup": MethodSpec(_manifold_mixup, "Verma et al. 2019, Manifold Mixup: Better Representations by "
+                                 "Interpolating Hidden States", {"alpha": 2.0, "stages": (0, 1, 2)},
+                                 "Mixup of the hidden states at a stage drawn from `stages` (0 = the input), "
+                                 "labels mixed alike", ("pairing", "granularity")),
+    "puzzlemix": MethodSpec(_puzzlemix, "Kim et al. 2020, Puzzle Mix: Exploiting Saliency and Local Statistics for "
+                            "Optimal Mixup", {"alpha": 1.0, "block_nums": (2, 4, 8, 16), "n_labels": 3, "beta": 1.2,
+                                              "gamma": 0.5, "eta": 0.2, "neigh_size": 4, "t_size": 4, "t_eps": 0.8},
+                            "block masks by graph cut on input-gradient saliency, salient blocks moved by optimal "
+                            "transport; label by the mask's exact area",
+                            ("transport", "clean_weight", "pixel_std", "pairing")),
     "mocov3": MethodSpec(_mocov3, "Chen et al. 2021, An Empirical Study of Training Self-Supervised Vision "
                          "Transformers (MoCo v3); SDMP: " + _SDMP_PAPER,
                          {"dim": 256, "mlp_dim": 4096, "temperature": 0.2, "momentum": 0.99},
                          "self-supervised: symmetric InfoNCE against a momentum encoder (sdmp: true adds SDMP)",
                          ("proj_layers", "sdmp_version", "loss_form") + _SDMP_OPTIONS),
+    "mocov2": MethodSpec(_mocov2, "He et al. 2020, Momentum Contrast for Unsupervised Visual Representation "
+                         "Learning (MoCo); Chen et al. 2020, Improved Baselines with Momentum Contrastive Learning "
+                         "(MoCo v2), with the improved head of Wang et al. 2022 (Asym-Siam); views: "
+                         + _CROPMIX_PAPER + " (CropMix, §5) and Asym-Siam (ScaleMix)",
+                         {"dim": 128, "hidden_dim": 2048, "queue_size": 4096, "temperature": 0.2, "momentum": 0.999,
+                          "views": "standard"},
+                         "self-supervised: one-directional InfoNCE against a momentum encoder and a queue of "
+                         "negatives (views: cropmix | scalemix mixes the query)",
+                         ("scale", "shuffle_bn", "bn_splits", "image_size")),
     "dino": MethodSpec(_dino, "Caron et al. 2021, Emerging Properties in Self-Supervised Vision Transformers "
                        "(DINO); SDMP: " + _SDMP_PAPER,
                        {"out_dim": 65536, "num_local": 6, "teacher_temp": 0.07, "momentum": 0.996},

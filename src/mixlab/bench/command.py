@@ -77,7 +77,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                "  mixlab bench cifar10-quick --methods vanilla,mixup --seeds 0\n"
                "  mixlab bench cifar10-quick --jobs 2 --data-root /data/cifar10-jpeg.zip\n"
                "  mixlab bench cifar10-full --out bench/full     # on a GPU\n"
-               "  mixlab bench my-protocol.yaml                  # a protocol file of your own",
+               "  mixlab bench my-protocol.yaml                  # a protocol file of your own\n"
+               "  mixlab bench cifar10-quick --methods puzzlemix --jobs 2 \\\n"
+               "      --merge docs/results/cifar10-quick/results.csv   # new rows next to the committed ones",
     )
     p.add_argument("protocol", nargs="?", metavar="PROTOCOL",
                    help="a protocol name (see below) or the path of a protocol .yaml file")
@@ -90,6 +92,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "in this process)")
     p.add_argument("--data-root", metavar="PATH",
                    help="dataset location instead of the protocol's (relative paths: from the current directory)")
+    p.add_argument("--merge", metavar="RESULTS_CSV",
+                   help="also report the rows of another bench's results.csv of this protocol (e.g. the committed "
+                        "docs/results/<protocol>/results.csv) for the (method, seed) runs DIR has not finished")
     p.add_argument("--dry-run", action="store_true", help="list the runs and what each needs; run nothing")
     p.add_argument("--list", action="store_true", help="list the protocols and exit")
     p.set_defaults(func=run)
@@ -109,6 +114,8 @@ def _command(args: argparse.Namespace) -> str:
         parts += ["--jobs", str(args.jobs)]
     if args.data_root:
         parts += ["--data-root", args.data_root]
+    if getattr(args, "merge", None):
+        parts += ["--merge", args.merge]
     return shlex.join(parts)
 
 
@@ -132,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     protocol = load_protocol(args.protocol)
     out = args.out or f"bench/{protocol.name}"
     result = run_protocol(protocol, out, methods=args.methods, seeds=args.seeds, jobs=args.jobs,
-                          data_root=args.data_root, dry_run=args.dry_run, command=_command(args))
+                          data_root=args.data_root, dry_run=args.dry_run, command=_command(args), merge=args.merge)
     if args.dry_run:
         todo = [r for r in result["runs"] if r.status != "done"]
         print(f"protocol {protocol.name}: {len(result['runs'])} run(s) in {out}/runs, {len(todo)} to do")

@@ -49,9 +49,12 @@ def plot_accuracy(rows: Sequence[dict[str, Any]], path: str | Path, title: str =
 
 def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> None:
     """Test top-1 (self-supervised runs: kNN top-1) per epoch from each run's ``metrics.csv``, mean
-    over seeds, one line per method (shaded: ± 1 std where there are 2+ seeds)."""
+    over seeds, one line per method (shaded: ± 1 std where there are 2+ seeds). Rows whose run
+    directory is not here (merged from another bench's results.csv) are left out."""
     fig = _figure(7.5, 4.2)
     ax = fig.add_subplot(1, 1, 1)
+    rows = [r for r in rows if (Path(str(r["run_dir"])) / "metrics.csv").is_file()]
+    key = "test_acc1"
     for method in dict.fromkeys(r["method"] for r in rows):
         histories = [read_history(r["run_dir"]) for r in rows if r["method"] == method]
         epochs = min(len(h) for h in histories)  # the epochs every seed tested (run.eval_every may skip some)

@@ -13,6 +13,9 @@ A protocol is a YAML file shipped in ``mixlab/bench/protocols/`` (or any file gi
       rrc@0.01: {scale: [0.01, 1.0]}   # "name@variant": method "name" again, with other parameters
     seeds: [0, 1, 2]
     eval: {max_corruption_images: 1000, fgsm: true, corruptions: true}
+    # self-supervised protocols: probe_epochs (linear probe) and the fine-tunings with a fraction of the labels:
+    #   finetune: {fractions: [0.01, 0.1], epochs: 30, lr: 0.001, optimizer: adamw, weight_decay: 0.05,
+    #              head_lr_scale: 1.0, method: vanilla, batch_size: 128}     (mixlab finetune's arguments)
     claims:                # optional: the papers' claims the results check (method vs baseline, top-1)
       - {method: mixup, baseline: vanilla, claim: "Mixup beats ERM (Zhang et al. 2018, Table 1)"}
 
@@ -24,21 +27,21 @@ from __future__ import annotations
 
 import copy
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from mixlab import registry
 from mixlab.engine.config import TrainConfig, config_from_dict, validate_config
 
-__all__ = ["Protocol", "Claim", "EvalSettings", "list_protocols", "load_protocol", "protocol_from_dict", "method_name"]
+__all__ = ["Protocol", "Claim", "EvalSettings", "FinetuneSettings", "list_protocols", "load_protocol", "protocol_from_dict", "method_name"]
 
 _KEYS = ("description", "base", "methods", "seeds", "eval", "claims")
 _CLAIM_KEYS = ("method", "baseline", "claim")
-_EVAL_KEYS = ("max_corruption_images", "fgsm", "corruptions", "probe_epochs")
+_EVAL_KEYS = ("max_corruption_images", "fgsm", "corruptions", "probe_epochs", "finetune")
 # set per run by the runner, so a protocol must leave them alone
 _RUNNER_KEYS = ("method.name", "method.params", "run.seed", "run.out", "run.resume", "run.stop_epoch")
 
@@ -50,6 +53,26 @@ def method_name(label: str) -> str:
 
 
 @dataclass(frozen=True)
+class FinetuneSettings:
+    """The fine-tunings of each self-supervised run (:func:`mixlab.engine.finetune.finetune`): one
+    per fraction of the labels, each with the same recipe (none when ``fractions`` is empty)."""
+
+    fractions: tuple[float, ...] = ()
+    epochs: int = 30
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 0.05
+    head_lr_scale: float = 1.0
+    method: str = "vanilla"
+    batch_size: int = 128
+
+    def recipe(self) -> dict[str, Any]:
+        """The keyword arguments of ``finetune`` besides ``fraction`` (and what ``finetune.json`` records)."""
+        return {k: getattr(self, k) for k in ("epochs", "lr", "optimizer", "weight_decay", "head_lr_scale", "method",
+                                              "batch_size")}
+
+
+@dataclass(frozen=True)
 class EvalSettings:
     """How each finished run is evaluated (:func:`mixlab.engine.eval_run.evaluate_checkpoint`)."""
 
@@ -57,6 +80,7 @@ class EvalSettings:
     fgsm: bool = True
     corruptions: bool = True
     probe_epochs: int = 100  # self-supervised runs: epochs of the linear probe (``mixlab probe``)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)  # self-supervised runs' fine-tunings
 
 
 @dataclass(frozen=True)
@@ -139,6 +163,31 @@ def load_protocol(name_or_path: str | Path) -> Protocol:
     return protocol_from_dict(data, name)
 
 
+def _finetune_settings(d: Any, fail: Callable[[str], ValueError]) -> FinetuneSettings:
+    """``eval.finetune`` checked (each key named in the error) and turned into :class:`FinetuneSettings`."""
+    keys = [f.name for f in fields(FinetuneSettings)]
+    if not isinstance(d, dict) or any(k not in keys for k in d):
+        raise fail(f"eval.finetune must be a mapping with keys among {', '.join(keys)}, got {d!r}")
+    integer = lambda v, low: isinstance(v, int) and not isinstance(v, bool) and v >= low  # noqa: E731
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    fractions = d.get("fractions", [])
+    if (not isinstance(fractions, list) or len(set(fractions)) != len(fractions)
+            or not all(number(f) and 0 < f <= 1 for f in fractions)):
+        raise fail(f"eval.finetune.fractions must be a list of distinct numbers in (0, 1] (e.g. [0.01, 0.1]), "
+                   f"got {fractions!r}")
+    checks = {"epochs": (lambda v: integer(v, 1), "an integer >= 1"), "lr": (lambda v: number(v) and v > 0, "a number > 0"),
+              "optimizer": (lambda v: v in ("adamw", "sgd"), "'adamw' or 'sgd'"),
+              "weight_decay": (lambda v: number(v) and v >= 0, "a number >= 0"),
+              "head_lr_scale": (lambda v: number(v) and v > 0, "a number > 0"),
+              "method": (lambda v: isinstance(v, str) and v in registry.METHODS, "a method name (see mixlab list)"),
+              "batch_size": (lambda v: integer(v, 2), "an integer >= 2")}
+    for key, (ok, accepted) in checks.items():
+        if key in d and not ok(d[key]):
+            raise fail(f"eval.finetune.{key} must be {accepted}, got {d[key]!r}")
+    floats = {k: float(d[k]) for k in ("lr", "weight_decay", "head_lr_scale") if k in d}
+    return FinetuneSettings(**{**d, **floats, "fractions": tuple(float(f) for f in fractions)})
+
+
 def protocol_from_dict(data: Any, name: str = "protocol") -> Protocol:
     """Validate a protocol given as a dict (the parsed YAML).
 
@@ -206,6 +255,7 @@ def protocol_from_dict(data: Any, name: str = "protocol") -> Protocol:
     e = ev.get("probe_epochs", 100)
     if isinstance(e, bool) or not isinstance(e, int) or e < 1:
         raise fail(f"eval.probe_epochs must be an integer >= 1, got {e!r}")
+    ev = {**ev, "finetune": _finetune_settings(ev.get("finetune") or {}, fail)}
     claims = data.get("claims") or []
     if not isinstance(claims, list):
         raise fail(f"claims must be a list of {{method, baseline, claim}} mappings, got {claims!r}")

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from mixlab.engine.corruptions import CORRUPTIONS
 
-__all__ = ["COLUMNS", "collect_rows", "read_history", "mean_std", "pooled_std", "summarize", "compare_to_baseline", "check_claim",
+__all__ = ["COLUMNS", "finetune_key", "read_rows", "collect_rows", "read_history", "mean_std", "pooled_std", "summarize", "compare_to_baseline", "check_claim",
            "write_csv", "write_markdown"]
 
 # results.csv columns: (name, meaning)
@@ -57,6 +57,18 @@ _COMPARED_SSL = (("knn_top1", "kNN top-1"), ("top1", "Linear-probe top-1"),
                  ("corruption_top1", "Linear-probe corruption top-1 (mCA)"))
 
 
+def finetune_key(fraction: float) -> str:
+    """The results column of a fine-tuning with ``fraction`` of the labels: ``ft10_top1`` for 0.1."""
+    return f"ft{100 * fraction:g}_top1"
+
+
+def _finetune_columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """``(key, label)`` of the fine-tuning columns the rows have, by increasing fraction."""
+    keys = {k for r in rows for k in r if k.startswith("ft") and k.endswith("_top1")}
+    pct = lambda k: float(k[2:-len("_top1")])  # noqa: E731
+    return [(k, f"fine-tune {pct(k):g} % top-1") for k in sorted(keys, key=pct)]
+
+
 def _self_supervised(rows: Sequence[dict[str, Any]]) -> bool:
     return any(not math.isnan(r.get("knn_top1", math.nan)) for r in rows)
 
@@ -82,7 +94,12 @@ def _row(run_dir: Path, method: str, seed: int) -> dict[str, Any]:
     wall = max(timing.get("train_s", 0.0), sum(r["epoch_time"] for r in history)) \
         + timing.get("eval_s", ev.get("seconds", 0.0))
     corr, fgsm, clean = ev.get("corruptions") or {}, ev.get("fgsm") or {}, ev["clean"]
-    return {
+    finetuned = {}
+    for path in sorted(run_dir.glob("finetune-*pct/finetune.json")) if self_supervised else ():
+        ft = json.loads(path.read_text())
+        finetuned[finetune_key(ft["fraction"])] = ft["top1"]
+        wall += ft.get("seconds", 0.0)
+    return {**finetuned,
         "method": method, "seed": seed, "top1": clean["top1"],
         "knn_top1": history[-1]["knn_acc1"] if self_supervised else math.nan,
         "best_top1": math.nan if self_supervised else best["test_acc1"],
@@ -94,6 +111,26 @@ def _row(run_dir: Path, method: str, seed: int) -> dict[str, Any]:
         "images_per_s": sum(r["images_per_s"] for r in history) / len(history), "wall_time_s": wall,
         "run_dir": str(run_dir),
     }
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``results.csv`` (:func:`write_csv`), numbers as floats (``seed``, ``epochs``,
+    ``best_epoch``, ``corruption_images`` as ints; empty cells as NaN).
+
+    Raises:
+        ValueError: the file is missing or is not a results.csv (no ``method``/``seed``/``top1`` columns).
+    """
+    try:
+        with open(path, newline="") as f:
+            raw = list(csv.DictReader(f))
+    except OSError as e:
+        raise ValueError(f"cannot read results {path}: {e.strerror or e}") from None
+    if not raw or not {"method", "seed", "top1"} <= set(raw[0]):
+        raise ValueError(f"{path} is not a mixlab results.csv (it needs the columns method, seed, top1)")
+    ints = ("seed", "epochs", "best_epoch", "corruption_images")
+    text = ("method", "run_dir")
+    return [{k: v if k in text else int(float(v)) if k in ints and v else float(v) if v else math.nan
+             for k, v in r.items()} for r in raw]
 
 
 def collect_rows(runs: Sequence[Any]) -> list[dict[str, Any]]:
@@ -130,7 +167,8 @@ def summarize(rows: Sequence[dict[str, Any]], baseline: str = "vanilla") -> list
     for m in methods:
         mine = [r for r in rows if r["method"] == m]
         s = {"method": m, "n": len(mine), "seeds": [r["seed"] for r in mine]}
-        s.update({key: mean_std([r.get(key, math.nan) for r in mine]) for key, _ in _TABLE + _TABLE_SSL})
+        s.update({key: mean_std([r.get(key, math.nan) for r in mine])
+                  for key, _ in _TABLE + _TABLE_SSL + _finetune_columns(rows)})
         out.append(s)
     base = next((s for s in out if s["method"] == baseline), None)
     for s in out:
@@ -191,9 +229,10 @@ def check_claim(rows: Sequence[dict[str, Any]], method: str, baseline: str, clai
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
-    """``results.csv``: one row per run, the columns of :data:`COLUMNS`."""
+    """``results.csv``: one row per run, the columns of :data:`COLUMNS` (and ``ft<pct>_top1``, the
+    test top-1 % of each fine-tuning with <pct> % of the labels, for self-supervised runs that have them)."""
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        writer = csv.DictWriter(f, fieldnames=list(COLUMNS) + [k for k, _ in _finetune_columns(rows)])
         writer.writeheader()
         for r in rows:
             writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
@@ -206,11 +245,14 @@ def _duration(seconds: float) -> str:
 
 def write_markdown(rows: Sequence[dict[str, Any]], path: str | Path, *, protocol: Any, commands: Sequence[str],
                    machines: Sequence[str], wall_clock_s: float, missing: Sequence[str] = (),
-                   baseline: str = "vanilla") -> str:
+                   baseline: str = "vanilla", merged: Sequence[tuple[str, Sequence[str]]] = ()) -> str:
     """``results.md``: the per-method table (mean ± std over seeds), the seed-to-seed spread, the
     generated comparison with ``baseline``, the commands, machines and wall-clock time. Returns the text."""
     ssl = _self_supervised(rows)
     table, compared = (_TABLE_SSL, _COMPARED_SSL) if ssl else (_TABLE, _COMPARED)
+    if ssl:  # the fine-tunings with a fraction of the labels, after the linear probe
+        table = table[:2] + _finetune_columns(rows) + table[2:]
+        compared = compared[:2] + tuple((k, label.capitalize()) for k, label in _finetune_columns(rows)) + compared[2:]
     if rows and baseline not in {r["method"] for r in rows}:
         baseline = rows[0]["method"]  # a protocol without vanilla: its first method
     summary = summarize(rows, baseline)
@@ -232,7 +274,11 @@ def write_markdown(rows: Sequence[dict[str, Any]], path: str | Path, *, protocol
             "accuracy is only in results.csv, labelled best_top1). Calibration: 15 bins. FGSM: eps = 8/255. "
             "Corruptions: ")
     lines += ["", what + f"{len(CORRUPTIONS)} kinds of corruption x severities 1-5 on {_corruption_images(rows)} "
-              f"test images.", "", f"Seed-to-seed std of {'linear-probe ' if ssl else ''}top-1: {spread_text}.", "",
+              f"test images." + (" Fine-tune k %: the whole network trained end to end from the pre-trained "
+                                 "weights, with a fresh classifier, on a class-balanced k % of the training images "
+                                 "with their labels (`mixlab finetune`), tested once after its last epoch."
+                                 if ssl and _finetune_columns(rows) else ""),
+              "", f"Seed-to-seed std of {'linear-probe ' if ssl else ''}top-1: {spread_text}.", "",
               "## Which methods differ from " + baseline, ""]
     lines.append(f"A method differs from {baseline} when its mean is more than 2 x the pooled seed-to-seed std away "
                  f"from {baseline}'s (pooled over the methods with 2+ seeds; with 3 seeds that is about 2.4 standard "
@@ -242,14 +288,17 @@ def write_markdown(rows: Sequence[dict[str, Any]], path: str | Path, *, protocol
     claims = getattr(protocol, "claims", ())
     if claims:
         lines += ["", "## The papers' claims", ""]
-        for c in claims:  # self-supervised claims are checked on the kNN monitor and on the linear probe
+        for c in claims:  # self-supervised: on the kNN monitor, the linear probe and each fine-tuning
             lines += [f"- {check_claim(rows, c.method, c.baseline, c.claim + (f' [{label}]' if ssl else ''), key)}"
-                      for key, label in (compared[:2] if ssl else (("top1", ""),))]
+                      for key, label in (compared[:-1] if ssl else (("top1", ""),))]
     lines += ["", "## How it was run", ""]
     lines += [f"- command: `{c}`" for c in commands]
     lines += [f"- machine: {m}" for m in machines]
     lines.append(f"- total wall-clock time: {_duration(wall_clock_s)} (all invocations); "
                  f"sum over runs: {_duration(sum(r['wall_time_s'] for r in rows))}")
+    for source, names in merged:
+        lines.append(f"- {len(names)} run(s) taken from {source} (its results.md says how they were run; their "
+                     f"wall-clock time is not in the total above): {', '.join(names)}")
     if missing:
         lines.append(f"- not finished, so not in the table ({len(missing)}): {', '.join(missing)}")
     text = "\n".join(lines) + "\n"

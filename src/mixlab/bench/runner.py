@@ -7,8 +7,9 @@ probe, ``probe.json`` from :func:`mixlab.engine.probe.linear_probe`). The state 
 from its files, so a benchmark can be stopped and restarted at any time:
 
 =========  ==========================================================================
-done       checkpoint at the last epoch and its ``eval.json`` (``probe.json``): never redone
-evaluate   checkpoint at the last epoch, no evaluation of it: evaluation only
+done       checkpoint at the last epoch and its ``eval.json`` (``probe.json`` and the protocol's
+           fine-tunings, ``finetune-<pct>pct/finetune.json``): never redone
+evaluate   checkpoint at the last epoch, an evaluation missing: the missing ones only
 resume     checkpoint of an earlier epoch: training continues from it (``run.resume``)
 new        no checkpoint
 =========  ==========================================================================
@@ -45,7 +46,7 @@ from mixlab.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from mixlab.engine.config import TrainConfig, config_to_dict
 
 __all__ = ["Run", "plan", "execute", "run_protocol", "split_cores", "machine_description", "available_cores",
-           "TIMING_NAME", "is_self_supervised"]
+           "TIMING_NAME", "is_self_supervised", "pending_evaluations"]
 
 EVAL_NAME = "eval.json"  # written by evaluate_checkpoint next to the checkpoint
 PROBE_NAME = "probe.json"  # written by linear_probe next to the checkpoint (self-supervised runs)
@@ -120,9 +121,30 @@ def _state(run_dir: Path, cfg: TrainConfig, settings: EvalSettings) -> tuple[str
     epoch = int(ckpt["epoch"])
     if epoch < cfg.optim.epochs:
         return "resume", epoch
-    if is_self_supervised(cfg):
-        return ("done" if _probed(run_dir / PROBE_NAME, epoch, settings) else "evaluate"), epoch
-    return ("done" if _evaluated(run_dir / EVAL_NAME, epoch, settings) else "evaluate"), epoch
+    return ("evaluate" if pending_evaluations(run_dir, cfg, settings, epoch) else "done"), epoch
+
+
+def pending_evaluations(run_dir: Path, cfg: TrainConfig, settings: EvalSettings, epoch: int) -> list[str]:
+    """What the finished run at ``epoch`` still lacks: ``"eval"`` (a supervised run's ``eval.json``),
+    ``"probe"`` (a self-supervised run's ``probe.json``) and ``"finetune@<fraction>"`` (its
+    fine-tunings, ``finetune-<pct>pct/finetune.json``), each with the protocol's settings."""
+    if not is_self_supervised(cfg):
+        return [] if _evaluated(run_dir / EVAL_NAME, epoch, settings) else ["eval"]
+    pending = [] if _probed(run_dir / PROBE_NAME, epoch, settings) else ["probe"]
+    return pending + [f"finetune@{f:g}" for f in settings.finetune.fractions
+                      if not _finetuned(run_dir, f, epoch, settings)]
+
+
+def _finetuned(run_dir: Path, fraction: float, epoch: int, settings: EvalSettings) -> bool:
+    """Whether ``finetune-<pct>pct/finetune.json`` holds a fine-tuning of ``epoch`` with these settings."""
+    from mixlab.engine.finetune import FINETUNE_JSON, finetune_dir
+
+    try:
+        ft = json.loads((finetune_dir(run_dir, fraction) / FINETUNE_JSON).read_text())
+    except (OSError, ValueError):
+        return False
+    wanted = {**settings.finetune.recipe(), "pretrain_epoch": epoch, "fraction": fraction}
+    return all(ft.get(k) == v for k, v in wanted.items())
 
 
 def is_self_supervised(cfg: TrainConfig) -> bool:
@@ -230,34 +252,41 @@ def machine_description() -> str:
 
 
 def _add_timing(run_dir: Path, **seconds: float) -> None:
-    """Add ``seconds`` to the run's ``bench-timing.json`` (training accumulates over resumes)."""
+    """Add ``seconds`` to the run's ``bench-timing.json`` (training and fine-tuning accumulate over
+    resumes and fractions)."""
     path = run_dir / TIMING_NAME
     try:
         timing = json.loads(path.read_text())
     except (OSError, ValueError):
         timing = {}
     for key, value in seconds.items():
-        timing[key] = round((timing.get(key, 0.0) if key == "train_s" else 0.0) + value, 2)
+        timing[key] = round((timing.get(key, 0.0) if key in ("train_s", "finetune_s") else 0.0) + value, 2)
     timing["machine"] = machine_description()
     path.write_text(json.dumps(timing, indent=2) + "\n")
 
 
-def _evaluate(run: Run, settings: EvalSettings, threads: int) -> dict[str, Any]:
-    """``evaluate_checkpoint`` of the run on ``threads`` torch threads (restored afterwards)."""
+def _evaluate(run: Run, settings: EvalSettings, threads: int, workers: int) -> None:
+    """The run's pending evaluations (:func:`pending_evaluations`) on ``threads`` torch threads
+    (restored afterwards): ``evaluate_checkpoint``, or ``linear_probe`` and ``finetune``."""
     from mixlab.engine.eval_run import evaluate_checkpoint
+    from mixlab.engine.finetune import finetune
+    from mixlab.engine.probe import linear_probe
 
+    cfg = run.config
+    common = {"device": cfg.run.device, "progress": False, "data_root": cfg.data.root}
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        if is_self_supervised(run.config):
-            from mixlab.engine.probe import linear_probe
-
-            return linear_probe(run.dir, epochs=settings.probe_epochs, corruptions=settings.corruptions,
-                                max_corruption_images=settings.max_corruption_images, device=run.config.run.device,
-                                progress=False, data_root=run.config.data.root)
-        return evaluate_checkpoint(run.dir, fgsm=settings.fgsm, corruptions=settings.corruptions,
-                                   max_corruption_images=settings.max_corruption_images, device=run.config.run.device,
-                                   progress=False, data_root=run.config.data.root)
+        for what in pending_evaluations(run.dir, cfg, settings, cfg.optim.epochs):
+            if what == "eval":
+                evaluate_checkpoint(run.dir, fgsm=settings.fgsm, corruptions=settings.corruptions,
+                                    max_corruption_images=settings.max_corruption_images, **common)
+            elif what == "probe":
+                linear_probe(run.dir, epochs=settings.probe_epochs, corruptions=settings.corruptions,
+                             max_corruption_images=settings.max_corruption_images, **common)
+            else:
+                finetune(run.dir, fraction=float(what.partition("@")[2]), **settings.finetune.recipe(),
+                         overrides=[f"run.threads={threads}", f"data.num_workers={workers}"], **common)
     finally:
         torch.set_num_threads(previous)
 
@@ -275,7 +304,7 @@ def _in_process(run: Run, settings: EvalSettings, threads: int, workers: int) ->
         finally:  # an interrupted segment's time counts too
             _add_timing(run.dir, train_s=time.perf_counter() - t0)
     t0 = time.perf_counter()
-    _evaluate(run, settings, threads)
+    _evaluate(run, settings, threads, workers)
     _add_timing(run.dir, eval_s=time.perf_counter() - t0)
 
 
@@ -286,18 +315,25 @@ def _subprocess(run: Run, settings: EvalSettings, threads: int, workers: int) ->
     sets = [f"run.threads={threads}", f"data.num_workers={workers}", "run.progress=false"]
     if run.status == "resume":
         sets.append(f"run.resume={run.dir}")
-    eval_cmd = [sys.executable, "-m", "mixlab.cli", "eval", str(run.dir), "--no-progress", "--device",
-                run.config.run.device]
-    if settings.max_corruption_images:
-        eval_cmd += ["--max-corruption-images", str(settings.max_corruption_images)]
-    if is_self_supervised(run.config):  # the linear probe is the evaluation
-        eval_cmd[3] = "probe"
-        eval_cmd += ["--epochs", str(settings.probe_epochs)]
-    else:
-        eval_cmd += ["--no-fgsm"] if not settings.fgsm else []
-    eval_cmd += ["--no-corruptions"] if not settings.corruptions else []
-    eval_cmd += ["--data-root", run.config.data.root] if run.config.data.root else []
-    steps = [("eval_s", eval_cmd)]
+    cli = [sys.executable, "-m", "mixlab.cli"]
+    where = ["--no-progress", "--device", run.config.run.device]
+    where += ["--data-root", run.config.data.root] if run.config.data.root else []
+    pending = (["probe", *(f"finetune@{f:g}" for f in settings.finetune.fractions)] if is_self_supervised(run.config)
+               else ["eval"]) if run.status in ("new", "resume") else \
+        pending_evaluations(run.dir, run.config, settings, run.config.optim.epochs)
+    steps = []
+    for what in pending:
+        if what.startswith("finetune@"):  # a training run of its own, on this job's threads and workers
+            recipe = [a for k, v in settings.finetune.recipe().items() for a in (f"--{k.replace('_', '-')}", str(v))]
+            cmd = [*cli, "finetune", str(run.dir), "--fraction", what.partition("@")[2], *recipe, *where]
+            steps.append(("finetune_s", cmd + [a for s in sets[:2] for a in ("--set", s)]))
+            continue
+        cmd = [*cli, what, str(run.dir), *where]  # mixlab eval / mixlab probe (the linear probe)
+        cmd += ["--max-corruption-images", str(settings.max_corruption_images)] if settings.max_corruption_images else []
+        cmd += ["--epochs", str(settings.probe_epochs)] if what == "probe" else []
+        cmd += ["--no-fgsm"] if what == "eval" and not settings.fgsm else []
+        cmd += ["--no-corruptions"] if not settings.corruptions else []
+        steps.append(("eval_s", cmd))
     if run.status in ("new", "resume"):
         train_cmd = [sys.executable, "-m", "mixlab.cli", "train", str(run.dir / CONFIG_NAME), "--no-eval"]
         steps.insert(0, ("train_s", train_cmd + [a for s in sets for a in ("--set", s)]))
@@ -380,12 +416,17 @@ def _run_dir_seeds(out: Path, methods: Sequence[str]) -> list[int]:
 
 def run_protocol(protocol: Protocol, out: str | os.PathLike, *, methods: Sequence[str] | None = None,
                  seeds: Sequence[int] | None = None, jobs: int = 1, data_root: str | os.PathLike | None = None,
-                 dry_run: bool = False, command: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
+                 dry_run: bool = False, command: str = "", merge: str | os.PathLike | None = None,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Plan, run what is not done, then write ``results.csv``, ``results.md``, ``accuracy.png``,
     ``curves.png`` and ``gallery.png`` in ``out`` from every finished run there.
 
     The report covers every finished run of the protocol in ``out`` (earlier invocations'
-    included), not only this invocation's ``methods`` and ``seeds``.
+    included), not only this invocation's ``methods`` and ``seeds``. With ``merge`` (the
+    ``results.csv`` of another bench directory of the same protocol, e.g. a committed one), its rows
+    of the protocol's methods join the report wherever ``out`` has no finished run of that
+    (method, seed); results.md names them, and curves.png leaves them out (their run directories
+    are elsewhere).
 
     Returns:
         ``{"runs": [Run, ...] planned now, "outcomes": execute()'s dict, "rows": results rows,
@@ -400,6 +441,9 @@ def run_protocol(protocol: Protocol, out: str | os.PathLike, *, methods: Sequenc
     t0 = time.perf_counter()
     out = Path(out)
     runs = plan(protocol, out, methods, seeds, data_root)
+    from mixlab.bench.report import read_rows
+
+    extra = [r for r in read_rows(merge) if r["method"] in protocol.methods] if merge is not None else []
     if dry_run:
         return {"runs": runs, "outcomes": {}, "rows": [], "files": []}
     bench_file = out / BENCH_NAME
@@ -424,16 +468,21 @@ def run_protocol(protocol: Protocol, out: str | os.PathLike, *, methods: Sequenc
     all_seeds = list(dict.fromkeys([*protocol.seeds, *(s.seed for s in runs), *_run_dir_seeds(out, protocol.methods)]))
     everything = plan(protocol, out, None, all_seeds, data_root)  # states re-read from disk
     order = list(protocol.methods)
-    rows = sorted(report.collect_rows(everything), key=lambda r: (order.index(r["method"]), r["seed"]))
+    rows = report.collect_rows(everything)
+    here = {(r["method"], r["seed"]) for r in rows}
+    extra = [r for r in extra if (r["method"], r["seed"]) not in here]
+    rows = sorted(rows + extra, key=lambda r: (order.index(r["method"]), r["seed"]))
+    merged = [(str(merge), [f"{r['method']}-s{r['seed']}" for r in extra])] if extra else []
     wanted = {r.name for r in runs} | {f"{m}-s{s}" for m in protocol.methods for s in protocol.seeds}
-    missing = [r.name for r in everything if r.status != "done" and r.name in wanted]
+    taken = {f"{r['method']}-s{r['seed']}" for r in extra}
+    missing = [r.name for r in everything if r.status != "done" and r.name in wanted and r.name not in taken]
     if not rows:
         log("mixlab bench: no finished run to report")
         return {"runs": runs, "outcomes": outcomes, "rows": [], "files": []}
     files = [out / "results.csv", out / "results.md", out / "accuracy.png", out / "curves.png", out / "gallery.png"]
     report.write_csv(rows, files[0])
     report.write_markdown(rows, files[1], protocol=protocol, commands=info["commands"], machines=info["machines"],
-                          wall_clock_s=info["wall_clock_s"], missing=missing)
+                          wall_clock_s=info["wall_clock_s"], missing=missing, merged=merged)
     what = "linear-probe test top-1" if is_self_supervised(everything[0].config) else "last-epoch test top-1"
     plots.plot_accuracy(rows, files[2], title=f"{protocol.name}: {what}\nmean ± std over seeds (dots: seeds)",
                         ylabel=f"{what} %")

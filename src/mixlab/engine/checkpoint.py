@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 __all__ = ["CheckpointError", "CHECKPOINT_NAME", "save_checkpoint", "load_checkpoint", "resolve_checkpoint",
-           "rng_state", "set_rng_state", "atomic_write_bytes"]
+           "rng_state", "set_rng_state", "atomic_write_bytes", "init_from_checkpoint"]
 
 FORMAT = "mixlab-checkpoint-1"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -138,3 +138,38 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {p} is incomplete: missing {', '.join(missing)}")
     ckpt["path"] = str(p)
     return ckpt
+
+
+def init_from_checkpoint(model: torch.nn.Module, path: str | Path) -> list[str]:
+    """Load a run's model weights into ``model`` except its classifier (``model.get_classifier()``),
+    which keeps its fresh initialisation: a pre-trained backbone to fine-tune (``model.init``).
+
+    A self-supervised run's classifier was never trained, and a supervised run's may have another
+    number of classes, so the head is never taken from the checkpoint. Every other tensor must be
+    there with the same shape.
+
+    Returns:
+        The state-dict keys left at their initialisation (the classifier's).
+
+    Raises:
+        CheckpointError: ``path`` is not a mixlab checkpoint or run directory, or its model weights do
+            not fit ``model`` (missing, unexpected or mis-shaped tensors outside the classifier).
+    """
+    ckpt = load_checkpoint(path)
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    prefix = next((f"{name}." for name, m in model.named_modules() if m is head and name), None)
+    state = {k: v for k, v in ckpt["model"].items() if prefix is None or not k.startswith(prefix)}
+    own = model.state_dict()
+    kept = [k for k in own if prefix is not None and k.startswith(prefix)]
+    missing = [k for k in own if k not in state and k not in kept]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+              if k in own and v.shape != own[k].shape]
+    if missing or unexpected or shapes:
+        problems = [f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                    for what, keys in (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes))
+                    if keys]
+        raise CheckpointError(f"model.init {ckpt['path']}: its model weights ({ckpt['config']['model']['name']}) do "
+                              f"not fit this run's model: " + "; ".join(problems))
+    model.load_state_dict(state, strict=False)
+    return kept

@@ -61,6 +61,7 @@ class ModelConfig:
     name: str = "resnet_small"  # a key of mixlab.models.MODELS, or "timm:<name>"
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments of create_model
     ema_decay: float = 0.0  # > 0 keeps an EMA of the weights (evaluated too); 0 disables
+    init: str | None = None  # checkpoint or run directory: start from its model weights, classifier excepted
 
 
 @dataclass
@@ -78,6 +79,7 @@ class OptimConfig:
     milestones: list[int] = field(default_factory=list)  # step: epochs where lr *= gamma
     gamma: float = 0.1  # step
     clip_grad: float = 0.0  # max gradient norm; 0 disables
+    head_lr_scale: float = 1.0  # the classifier's lr as a multiple of optim.lr (fine-tuning: e.g. 20)
 
 
 @dataclass
@@ -324,6 +326,8 @@ def validate_config(cfg: TrainConfig) -> None:
     _check(d.test_per_class >= 1, "data.test_per_class", "an integer >= 1", d.test_per_class)
     _check(d.image_size >= 8, "data.image_size", "an integer >= 8", d.image_size)
     _check(0.0 <= cfg.model.ema_decay < 1.0, "model.ema_decay", "in [0, 1) (0 disables the EMA)", cfg.model.ema_decay)
+    _check(cfg.model.init is None or bool(str(cfg.model.init).strip()), "model.init",
+           "null or the path of a checkpoint or run directory", cfg.model.init)
     _check(o.name in ("sgd", "adamw"), "optim.name", "'sgd' or 'adamw'", o.name)
     _check(finite(o.lr) and o.lr > 0, "optim.lr", "a number > 0", o.lr)
     _check(0.0 <= o.momentum < 1.0, "optim.momentum", "in [0, 1)", o.momentum)
@@ -332,6 +336,7 @@ def validate_config(cfg: TrainConfig) -> None:
     _check(o.epochs >= 1, "optim.epochs", "an integer >= 1", o.epochs)
     _check(finite(o.warmup_epochs) and 0 <= o.warmup_epochs <= o.epochs, "optim.warmup_epochs",
            f"a number in [0, optim.epochs={o.epochs}]", o.warmup_epochs)
+    _check(finite(o.head_lr_scale) and o.head_lr_scale > 0, "optim.head_lr_scale", "a number > 0", o.head_lr_scale)
     _check(o.schedule in ("cosine", "step", "constant"), "optim.schedule", "'cosine', 'step' or 'constant'", o.schedule)
     _check(finite(o.min_lr) and 0 <= o.min_lr <= o.lr, "optim.min_lr", f"a number in [0, optim.lr={o.lr}]", o.min_lr)
     _check(all(0 < e <= o.epochs for e in o.milestones), "optim.milestones", f"epochs in (0, {o.epochs}]", o.milestones)

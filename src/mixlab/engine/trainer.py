@@ -46,8 +46,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from mixlab import registry
-from mixlab.engine.checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, rng_state, save_checkpoint,
-                                      set_rng_state)
+from mixlab.engine.checkpoint import (CHECKPOINT_NAME, CheckpointError, init_from_checkpoint, load_checkpoint,
+                                      rng_state, save_checkpoint, set_rng_state)
 from mixlab.engine.config import TrainConfig, config_to_dict, validate_config
 from mixlab.engine.distributed import (DistInfo, all_gather_object, all_reduce_sum, average_gradients, barrier,
                                        broadcast_object, broadcast_tensors, cleanup, init_distributed)
@@ -213,10 +213,17 @@ def build_optimizer(model: nn.Module, method: Method, cfg) -> torch.optim.Optimi
 
     Every group gets ``base_lr`` (its own ``lr`` or ``cfg.lr``, times its ``lr_scale``); the
     schedule sets ``lr = base_lr * lr_factor(step)``, except for groups with ``fixed_lr: True``.
+    With ``cfg.head_lr_scale != 1`` the classifier (``model.get_classifier()``) has groups of its
+    own at that multiple of the lr (fine-tuning recipes train a fresh head faster than the trunk).
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    head = model.get_classifier() if cfg.head_lr_scale != 1.0 and hasattr(model, "get_classifier") else None
+    head_ids = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
+    groups = []
+    for part, scale in (([p for p in model.parameters() if id(p) not in head_ids], 1.0),
+                        ([p for p in model.parameters() if id(p) in head_ids], cfg.head_lr_scale)):
+        part = [p for p in part if p.requires_grad]
+        groups += [{"params": [p for p in part if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale},
+                   {"params": [p for p in part if p.ndim < 2], "weight_decay": 0.0, "lr_scale": scale}]
     groups += [dict(g) for g in method.param_groups(cfg.lr)]
     groups = [g for g in groups if len(list(g["params"])) > 0]
     for g in groups:
@@ -456,6 +463,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {ckpt['path']} has {ckpt['num_classes']} classes, dataset "
                               f"{d.name!r} has {num_classes}")
     model = registry.build_model(cfg.model.name, num_classes, **cfg.model.kwargs).to(device)
+    if cfg.model.init and ckpt is None:  # a pre-trained backbone (fine-tuning); resuming loads everything below
+        init_from_checkpoint(model, cfg.model.init)
     if r.channels_last:  # ~1.5x faster on CPU too (oneDNN), measured on resnet_small
         model = model.to(memory_format=torch.channels_last)
     broadcast_tensors(model.state_dict().values())  # every rank starts from rank 0's initial weights
