@@ -244,7 +244,8 @@ METHODS: dict[str, MethodSpec] = {
                        {"out_dim": 65536, "num_local": 6, "teacher_temp": 0.07, "momentum": 0.996},
                        "self-supervised: self-distillation with a momentum teacher and multi-crop (sdmp: true "
                        "adds SDMP)",
-                       ("hidden_dim", "bottleneck_dim", "norm_last_layer", "student_temp", "warmup_teacher_temp",
+                       ("hidden_dim", "bottleneck_dim", "head_layers", "use_bn", "norm_last_layer", "student_temp",
+                        "warmup_teacher_temp",
                         "teacher_temp_warmup", "center_momentum", "freeze_last_layer", "local_size",
                         "global_scale", "local_scale", "num_mixed_local") + _SDMP_OPTIONS),
     "mae": MethodSpec(_mae, "He et al. 2022, Masked Autoencoders Are Scalable Vision Learners (MAE); CropMix input: "
