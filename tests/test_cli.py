@@ -130,7 +130,8 @@ def test_show_every_method(method, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("method, option", [("mocov3", "sdmp=true"), ("dino", "sdmp=true"),
-                                            ("mocov2", "views=cropmix"), ("mocov2", "views=scalemix")])
+                                            ("mocov2", "views=cropmix"), ("mocov2", "views=scalemix"),
+                                            ("mae", "input=cropmix")])
 def test_show_mixes_the_self_supervised_frameworks_with_their_mixing_option(method, option, tmp_path, capsys):
     path = tmp_path / f"{method}-mixed.png"
     assert main(["show", "--method", method, "--n", "4", "--seed", "1", "--out", str(path),

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from mixlab.core import SoftTargetCrossEntropy, soft_targets
 from mixlab.engine import build_optimizer, load_checkpoint, save_checkpoint, set_lr, train_step
 from mixlab.engine.config import OptimConfig
-from mixlab.methods.base import Method, MixerMethod, StepOutput
+from mixlab.methods.base import ImageRows, Method, MixerMethod, StepOutput
 from mixlab.mixers import CutMix
 from mixlab.models import create_model, forward_from, forward_until
 
@@ -393,3 +393,48 @@ def test_toy_method_through_the_whole_engine(tmp_path, monkeypatch):
     assert any(k.startswith("momentum_model.") for k in ckpt["method"]) and ckpt["ema"] is not None
     metrics = train(load_config(overrides=overrides + [f"run.resume={tmp_path / 'r'}"]))
     assert metrics["epoch"] == 2
+
+
+class FigureMethod(Method):
+    """Vanilla training that draws after every epoch (``epoch_figures``), consuming its generator to draw."""
+
+    name = "figures"
+
+    def epoch_figures(self, model, images):
+        from matplotlib.figure import Figure
+
+        assert not model.training and not self.training and not torch.is_grad_enabled()
+        noise = torch.rand(images.shape, generator=self.generator)  # must not change training's stream
+        self.calls = getattr(self, "calls", 0) + 1
+        fig = Figure()
+        fig.add_subplot().plot([0, 1], [1, 0])
+        return {"rows.png": ImageRows([("input", images), ("noisy", images + noise)], title="toy"), "plot.png": fig}
+
+
+def test_epoch_figures_are_written_after_every_epoch_without_changing_training(tmp_path, monkeypatch):
+    from mixlab import registry
+    from mixlab.engine import load_config, train
+    from mixlab.engine.trainer import write_epoch_figures
+
+    monkeypatch.setitem(registry.METHODS, "figures", registry.MethodSpec(
+        lambda num_classes, label_smoothing=0.0: FigureMethod(num_classes), "toy", {}, "test toy"))
+    monkeypatch.setitem(registry.METHODS, "plain", registry.MethodSpec(
+        lambda num_classes, label_smoothing=0.0: Method(num_classes), "toy", {}, "test toy"))
+    overrides = ["data.num_per_class=4", "data.test_per_class=2", "data.image_size=16", "data.batch_size=8",
+                 "data.num_workers=0", "optim.epochs=1", "optim.warmup_epochs=0", "model.kwargs={width: 8}",
+                 "run.progress=false", "run.threads=1"]
+    drawn = train(load_config(overrides=[*overrides, "method.name=figures", f"run.out={tmp_path / 'a'}"]))
+    plain = train(load_config(overrides=[*overrides, "method.name=plain", f"run.out={tmp_path / 'b'}"]))
+    assert (tmp_path / "a" / "rows.png").stat().st_size > 0 and (tmp_path / "a" / "plot.png").stat().st_size > 0
+    assert not (tmp_path / "b" / "rows.png").exists()
+    assert drawn["train_loss"] == plain["train_loss"]  # drawing used the generator, yet training is the same
+    method = FigureMethod(K)
+    model, _ = _setup(method)
+    state = method.generator.get_state()
+    images = _batch()[0]
+    paths = write_epoch_figures(method, model, images, tmp_path, (0.5,) * 3, (0.25,) * 3)
+    assert [p.name for p in paths] == ["rows.png", "plot.png"] and method.calls == 1
+    assert torch.equal(method.generator.get_state(), state) and model.training and method.training
+    method.epoch_figures = lambda model, images: {"sub/dir.png": None}
+    with pytest.raises(ValueError, match="plain .png file names"):
+        write_epoch_figures(method, model, images, tmp_path, (0.5,) * 3, (0.25,) * 3)

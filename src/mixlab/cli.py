@@ -118,8 +118,23 @@ def _add_run_flags(p: argparse.ArgumentParser, method: bool) -> None:
                         "CONFIG.yaml/--set/flags given here change it")
 
 
+def _load_run_config(path: str | None, overrides: Sequence[str], base: Any, values: dict[str, Any], resume: bool):
+    """``load_config``, with the chosen method's own run settings (``MethodSpec.config``: MAE's ViT
+    and optimiser) put under the file, ``--set`` and flags; a resumed run keeps its checkpoint's."""
+    from mixlab.engine import load_config
+    from mixlab.engine.config import config_from_dict
+    from mixlab.registry import METHODS
+
+    cfg = load_config(path, overrides, base=base, values=values)
+    spec = METHODS.get(cfg.method.name)
+    if resume or spec is None or not spec.config:
+        return cfg
+    base = config_from_dict(spec.config, base, source=f"method {cfg.method.name!r}'s run settings")
+    return load_config(path, overrides, base=base, values=values)
+
+
 def _train(args: argparse.Namespace) -> int:
-    from mixlab.engine import load_config, train
+    from mixlab.engine import train
     from mixlab.engine.checkpoint import load_checkpoint
     from mixlab.engine.config import config_from_dict
 
@@ -129,7 +144,7 @@ def _train(args: argparse.Namespace) -> int:
         base = config_from_dict(load_checkpoint(args.resume)["config"], source=f"checkpoint {args.resume}")
         base.run.out, base.run.stop_epoch = None, None  # continue in the checkpoint's directory, to the end
         values["run.resume"] = args.resume
-    cfg = load_config(args.config, args.overrides, base=base, values=values)
+    cfg = _load_run_config(args.config, args.overrides, base, values, resume=bool(args.resume))
     metrics = train(cfg)
     if int(os.environ.get("RANK", 0)) != 0:  # torchrun: rank 0 reports and evaluates
         return 0
@@ -167,24 +182,27 @@ _PRETRAIN_CONFIG = Path(__file__).parent / "configs" / "pretrain.yaml"
 _SMALL_HEADS = {"mocov3": {"dim": 128, "mlp_dim": 512},
                 "dino": {"out_dim": 4096, "hidden_dim": 512, "bottleneck_dim": 128},
                 "mocov2": {"dim": 128, "hidden_dim": 512, "queue_size": 1024, "momentum": 0.99}}
-# the `mixlab pretrain` flags that set method parameters: flag -> (frameworks it applies to, params it sets)
-_PRETRAIN_FLAGS = {"sdmp": (("mocov3", "dino"), {"sdmp": True}),
-                   "cropmix": (("mocov2",), {"views": "cropmix"}),
-                   "scalemix": (("mocov2",), {"views": "scalemix"})}
+# the `mixlab pretrain` flags that set method parameters: flag -> {framework it applies to: params it sets};
+# `--cropmix MIX` also sets MAE's cropmix_mix
+_PRETRAIN_FLAGS = {"sdmp": {"mocov3": {"sdmp": True}, "dino": {"sdmp": True}},
+                   "cropmix": {"mocov2": {"views": "cropmix"}, "mae": {"input": "cropmix"}},
+                   "scalemix": {"mocov2": {"views": "scalemix"}}}
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pretrain",
         help="self-supervised pre-training (MoCo v3 or DINO, optionally with SDMP; MoCo v2, optionally with "
-             "CropMix or ScaleMix), then a linear probe",
+             "CropMix or ScaleMix; MAE, optionally on CropMix), then a linear probe",
         formatter_class=_Formatter,
         description="Pre-train a backbone without labels with MoCo v3 or DINO, optionally with SDMP's data mixing, "
-                    "or with MoCo v2, optionally with CropMix's or ScaleMix's mixed query views, "
-                    "and write a run directory as `mixlab train` does (checkpoint.pt every epoch, metrics.csv, "
-                    "curves.png with the kNN monitor's top-1 each epoch, config.yaml). Then train a linear probe on "
+                    "with MoCo v2, optionally with CropMix's or ScaleMix's mixed query views, or a ViT with MAE, "
+                    "optionally on CropMix'ed inputs, and write a run directory as `mixlab train` does "
+                    "(checkpoint.pt every epoch, metrics.csv, curves.png with the kNN monitor's top-1 each epoch, "
+                    "config.yaml; MAE adds reconstructions.png). Then train a linear probe on "
                     "the frozen backbone and evaluate it, as `mixlab probe` does (--no-probe skips it).\n\n"
-                    "Settings come from mixlab/configs/pretrain.yaml, then CONFIG.yaml, then --set, then the flags "
+                    "Settings come from mixlab/configs/pretrain.yaml, then the framework's own (MAE: the model "
+                    "vit_tiny_patch4 and AdamW with betas 0.9/0.95), then CONFIG.yaml, then --set, then the flags "
                     "below. Method options go to method.params (see `mixlab list`), e.g. --set "
                     "method.params.sdmp_version=extra. With no arguments: MoCo v3 on the synthetic shapes, a few "
                     "minutes on a CPU.",
@@ -193,17 +211,21 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                "  mixlab pretrain --framework dino --sdmp --set method.params.num_mixed_local=3\n"
                "  mixlab pretrain --framework mocov3 --sdmp --set 'method.params.ops=[mixup]'   # Table 8\n"
                "  mixlab pretrain --framework mocov2 --cropmix        # CropMix paper, §5 (--scalemix: its baseline)\n"
+               "  mixlab pretrain --framework mae --cropmix           # CropMix paper, §6: Mixup of N in {2,3,4} crops\n"
+               "  mixlab pretrain --framework mae --cropmix cutmix    # CropMix paper, §6: CutMix of 2 crops\n"
                "  mixlab pretrain --dataset imagefolder --data-root ../shared/data/cifar10-jpeg.zip --model resnet18\n"
                "  mixlab pretrain --resume runs/<run dir>",
     )
-    p.add_argument("--framework", choices=("mocov3", "dino", "mocov2"),
-                   help="the self-supervised framework (default mocov3)")
+    from mixlab.registry import SELF_SUPERVISED
+
+    p.add_argument("--framework", choices=SELF_SUPERVISED, help="the self-supervised framework (default mocov3)")
     p.add_argument("--sdmp", action="store_true", default=None,
                    help="mocov3, dino: mix with SDMP (method.params.sdmp=true)")
     views = p.add_mutually_exclusive_group()
-    views.add_argument("--cropmix", action="store_true", default=None,
+    views.add_argument("--cropmix", nargs="?", const="", default=None, metavar="MIX",
                        help="mocov2: CropMix query views, crops of (0.2, 0.6) and (0.6, 1) CutMix'ed "
-                            "(method.params.views=cropmix)")
+                            "(method.params.views=cropmix); mae: CropMix'ed inputs (method.params.input=cropmix), "
+                            "MIX mixup (the default: N from {2, 3, 4} crops) or cutmix (N = 2)")
     views.add_argument("--scalemix", action="store_true", default=None,
                        help="mocov2: ScaleMix query views, both crops of (0.2, 1) (method.params.views=scalemix)")
     _add_run_flags(p, method=False)
@@ -221,6 +243,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     from mixlab.engine import load_config, train
     from mixlab.engine.checkpoint import load_checkpoint
     from mixlab.engine.config import config_from_dict
+    from mixlab.ssl.mae import CROPMIX_MIXES
 
     values = {key: getattr(args, flag) for flag, key in _TRAIN_FLAGS.items()
               if flag != "method" and getattr(args, flag, None) is not None}
@@ -231,21 +254,26 @@ def _pretrain(args: argparse.Namespace) -> int:
         base = config_from_dict(load_checkpoint(args.resume)["config"], source=f"checkpoint {args.resume}")
         base.run.out, base.run.stop_epoch = None, None
         values["run.resume"] = args.resume
-    cfg = load_config(args.config, args.overrides, base=base, values=values)
+    cfg = _load_run_config(args.config, args.overrides, base, values, resume=bool(args.resume))
     from mixlab.registry import SELF_SUPERVISED
 
     name = cfg.method.name
     if name not in SELF_SUPERVISED:
         raise ValueError(f"method {name!r} is not self-supervised; `mixlab pretrain` takes "
                          f"{', '.join(SELF_SUPERVISED)} (`mixlab train` trains classifiers)")
-    flagged = {}
-    for flag, (frameworks, params) in _PRETRAIN_FLAGS.items():
-        if getattr(args, flag):
+    flagged: dict[str, Any] = {}
+    for flag, frameworks in _PRETRAIN_FLAGS.items():
+        if getattr(args, flag) is not None:
             if name not in frameworks:
                 raise ValueError(f"--{flag} applies to --framework {' or '.join(frameworks)}, not {name}")
-            flagged.update(params)
+            flagged.update(frameworks[name])
+    if args.cropmix:  # --cropmix MIX
+        if name != "mae" or args.cropmix not in CROPMIX_MIXES:
+            raise ValueError(f"--cropmix MIX takes {' or '.join(CROPMIX_MIXES)}, for --framework mae only; got "
+                             f"{args.cropmix!r} for {name}")
+        flagged["cropmix_mix"] = args.cropmix
     # heads sized for small backbones unless the config sets them (the papers' sizes are the registry's defaults)
-    cfg.method.params = {**_SMALL_HEADS[name], **cfg.method.params, **flagged}
+    cfg.method.params = {**_SMALL_HEADS.get(name, {}), **cfg.method.params, **flagged}
     metrics = train(cfg)
     if int(os.environ.get("RANK", 0)) != 0:
         return 0
@@ -524,7 +552,6 @@ def _show(args: argparse.Namespace) -> int:
 
     from mixlab import registry
     from mixlab.data import normalize_on_device
-    from mixlab.engine import load_config
     from mixlab.engine.plots import plot_mix
     from mixlab.engine.trainer import _transforms
 
@@ -545,7 +572,7 @@ def _show(args: argparse.Namespace) -> int:
         values.update({"data.name": args.dataset or "synthetic", "data.root": args.data_root})
     elif args.data_root is not None:
         values["data.root"] = args.data_root
-    cfg = load_config(None, args.overrides, base=base, values=values)
+    cfg = _load_run_config(None, args.overrides, base, values, resume=ckpt is not None)
     m, d = cfg.method, cfg.data
     registry.check_names(m.name, m.params, dataset=d.name)
     g = torch.Generator().manual_seed(args.seed)

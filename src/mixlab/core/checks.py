@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "IncompatibleModelError",
     "check_alpha",
     "check_bool",
     "check_probability",
@@ -24,6 +25,11 @@ __all__ = [
     "check_labels",
     "check_choice",
 ]
+
+
+class IncompatibleModelError(TypeError, ValueError):
+    """A model a method cannot train (MAE given a CNN): a ``TypeError`` (the wrong kind of model),
+    and a ``ValueError`` too, so that the commands report it as a bad input, not a crash."""
 
 
 def check_alpha(alpha: float, name: str = "alpha") -> float:

@@ -1,5 +1,6 @@
-"""``curves.png`` (loss and accuracy per epoch), ``samples.png`` (a mixed batch with its soft labels) and
-``mixlab show``'s grid (inputs, partners, masks and mixed images: :func:`plot_mix`).
+"""``curves.png`` (loss and accuracy per epoch), ``samples.png`` (a mixed batch with its soft labels),
+``mixlab show``'s grid (inputs, partners, masks and mixed images: :func:`plot_mix`) and the rows of
+images of ``Method.epoch_figures`` (:func:`plot_rows`, e.g. MAE's ``reconstructions.png``).
 
 Drawn with matplotlib's object API on an Agg canvas: no pyplot, so the global backend of an
 interactive session is left alone.
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from mixlab.core.result import MixResult
 
-__all__ = ["plot_curves", "plot_mix", "plot_samples", "soft_label_text"]
+__all__ = ["plot_curves", "plot_mix", "plot_rows", "plot_samples", "soft_label_text"]
 
 
 def _figure(width: float, height: float):
@@ -193,7 +194,30 @@ def plot_mix(
              [f"{soft_label_text(t, classes)}\nλ {l:.2f}".replace(" 0.", " .") for t, l in zip(targets, lam.tolist())],
              {}),
         ]
-    fig = _figure(1.5 * n + 0.6, 1.75 * len(rows) + 0.5 + (0.3 if mixes else 0))
+    _draw_rows(rows, path, title, row_height=1.75, extra_height=0.3 if mixes else 0.0)
+
+
+def plot_rows(rows: Sequence[tuple[str, Tensor]], path: str | Path, mean: Sequence[float] | None = None,
+              std: Sequence[float] | None = None, title: str = "") -> None:
+    """Labelled rows of images, one column per image (``Method.epoch_figures``' ``ImageRows``,
+    e.g. MAE's original / masked / reconstruction).
+
+    Args:
+        rows: ``(label, images)`` pairs, images (n, C, H, W) with the same n, normalised float
+            (then give ``mean``/``std``) or uint8.
+        path: the PNG to write.
+    """
+    if not rows or len({images.shape[0] for _, images in rows}) != 1:
+        raise ValueError(f"plot_rows needs rows with the same number of images, got "
+                         f"{[tuple(images.shape) for _, images in rows]}")
+    _draw_rows([(name, _display(images, mean, std), [], {}) for name, images in rows], path, title, row_height=1.5)
+
+
+def _draw_rows(rows: list[tuple[str, Any, list[str], dict[str, Any]]], path: str | Path, title: str,
+               row_height: float, extra_height: float = 0.0) -> None:
+    """One figure of ``(row label, tiles, texts under the tiles, imshow options)`` rows."""
+    n = len(rows[0][1])
+    fig = _figure(1.5 * n + 0.6, row_height * len(rows) + 0.5 + extra_height)
     axes = fig.subplots(len(rows), n, squeeze=False)
     for r, (name, tiles, texts, imshow) in enumerate(rows):
         for i in range(n):

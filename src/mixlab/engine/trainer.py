@@ -33,7 +33,7 @@ import random
 import tempfile
 import time
 from collections import defaultdict
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -53,11 +53,11 @@ from mixlab.engine.distributed import (DistInfo, all_gather_object, all_reduce_s
                                        broadcast_object, broadcast_tensors, cleanup, init_distributed)
 from mixlab.engine.knn import knn_monitor
 from mixlab.engine.metrics import evaluate, write_metrics
-from mixlab.engine.plots import plot_curves, plot_samples
-from mixlab.methods.base import Method, StepOutput
+from mixlab.engine.plots import plot_curves, plot_rows, plot_samples
+from mixlab.methods.base import ImageRows, Method, StepOutput
 
 __all__ = ["train", "train_step", "build_optimizer", "lr_factor", "set_lr", "default_run_dir", "EpochSampler",
-           "SeededItems", "rank_generators"]
+           "SeededItems", "rank_generators", "write_epoch_figures"]
 
 
 # ------------------------------------------------------------------------------- small helpers
@@ -401,7 +401,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     """Train ``config.model`` on ``config.data`` with ``config.method``; returns the final metrics.
 
     The run directory receives ``checkpoint.pt`` (every epoch), ``metrics.csv`` / ``metrics.jsonl``
-    (one row per epoch), ``curves.png``, ``samples.png`` and ``config.yaml``.
+    (one row per epoch), ``curves.png``, ``samples.png``, ``config.yaml``, and the method's
+    ``epoch_figures`` (rewritten every epoch: MAE's ``reconstructions.png``).
 
     Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) it joins the process group (and leaves it at
     the end, unless the caller had set it up) and trains data-parallel: every rank returns the
@@ -475,11 +476,14 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     train_transform, test_transform = _transforms(train_set, cfg)
     image_size = d.image_size if train_set.is_lazy else train_set.images.shape[-1]
     self_supervised = getattr(method, "self_supervised", False)
-    # the kNN monitor of self-supervised runs: the un-augmented training images are its memory bank
-    monitor_set = train_set.with_transform(test_transform) if self_supervised else None
+    # the un-augmented training images: the memory bank of the kNN monitor (self-supervised runs),
+    # and a few of them the images of method.epoch_figures after every epoch (rank 0)
+    plain_train = train_set.with_transform(test_transform)
+    monitor_set = plain_train if self_supervised else None
     train_set = train_set.with_transform(method.train_transform(train_transform, image_size=image_size))
     test_set = test_set.with_transform(test_transform)
     preprocess = _normalizer(train_set.mean, train_set.std, r.channels_last)
+    figure_images = preprocess(_figure_images(plain_train, device)) if main else None
 
     # the same permutation and per-image augmentation seeds on every rank (rank 0's of a single
     # process); each rank loads its own positions of it
@@ -626,6 +630,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
                 plot_samples(*samples, train_set.classes, run_dir / "samples.png", train_set.mean, train_set.std,
                              title=f"{cfg.method.name}: first training batch")
                 samples = None
+            write_epoch_figures(method, model, figure_images, run_dir, train_set.mean, train_set.std)
             if writer is not None:
                 for k, v in row.items():
                     if k != "epoch":
@@ -654,17 +659,63 @@ def _tensorboard(run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
+@contextmanager
+def _untouched_rng(method: Method) -> Iterator[None]:
+    """No gradients, and the method's generator and the global CPU RNG restored afterwards: pictures
+    drawn inside do not change training."""
+    g = method.generator
+    state = g.get_state() if g is not None else None
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        if g is not None:
+            g.set_state(state)
+
+
+def _figure_images(dataset, device: torch.device, n: int = 8) -> Tensor:
+    """``n`` images evenly spread over ``dataset`` (its order, so a spread of classes), stacked on ``device``."""
+    picks = torch.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().long().tolist()
+    return torch.stack([torch.as_tensor(dataset[i][0]) for i in picks]).to(device)
+
+
+def write_epoch_figures(method: Method, model: nn.Module, images: Tensor, run_dir: Path,
+                        mean: tuple[float, ...], std: tuple[float, ...]) -> list[Path]:
+    """Write ``method.epoch_figures(model, images)`` into ``run_dir`` (model and method in eval mode,
+    no gradients, RNGs untouched; their modes restored); returns the paths written.
+
+    Raises:
+        ValueError: a figure name that is not a plain ``.png`` file name.
+    """
+    modes = model.training, method.training
+    model.eval()
+    method.eval()
+    try:
+        with _untouched_rng(method):
+            figures = method.epoch_figures(model, images)
+    finally:
+        model.train(modes[0])
+        method.train(modes[1])
+    paths = []
+    for name, figure in figures.items():
+        if Path(name).name != name or not name.endswith(".png"):
+            raise ValueError(f"{type(method).__name__}.epoch_figures: figure names must be plain .png file names, "
+                             f"got {name!r}")
+        if isinstance(figure, ImageRows):
+            plot_rows(figure.rows, run_dir / name, mean, std, title=figure.title)
+        else:
+            figure.savefig(run_dir / name)
+        paths.append(run_dir / name)
+    return paths
+
+
 def _preview(method: Method, out: StepOutput, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor] | None:
     """(images, soft targets) of the first batch: the step's own mix, else ``method.mix_preview``
     (with the method's generator restored afterwards, so the preview does not change training)."""
     if out.mixed is not None:
         return out.mixed.images[:16].detach().cpu(), out.mixed.targets[:16].detach().cpu()
-    g = method.generator
-    state = g.get_state() if g is not None else None
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+    with _untouched_rng(method):
         mixed = method.mix_preview(images, labels)
-    if g is not None:
-        g.set_state(state)
     if mixed is None:
         return images.detach().cpu(), labels.detach().cpu()
     return mixed.images.detach().cpu(), mixed.targets.detach().cpu()

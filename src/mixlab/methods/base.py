@@ -6,7 +6,9 @@ The trainer (``mixlab.engine``) knows nothing about any particular method. Each 
     out.loss.backward(); optimizer.step()
     method.after_optimizer_step(model, progress)          # EMA / momentum / history updates
 
-and once per epoch ``method.on_epoch_start(epoch)``. ``progress`` is the fraction of training
+and once per epoch ``method.on_epoch_start(epoch)``; after each epoch's checkpoint (rank 0),
+``method.epoch_figures(model, images)`` on a fixed batch of un-augmented training images, whose
+figures (e.g. MAE's ``reconstructions.png``) are written to the run directory. ``progress`` is the fraction of training
 done, in [0, 1], so schedules (AutoMix's momentum and gamma decay, DINO's temperature warm-up)
 need no access to the trainer. A method is an ``nn.Module``: its parameters and buffers (a Mix
 Block, a momentum encoder, RecursiveMix's history) move to the device with ``.to()`` and are saved
@@ -45,7 +47,7 @@ from torch import Tensor, nn
 from mixlab.core.losses import SoftTargetCrossEntropy
 from mixlab.core.result import MixResult
 
-__all__ = ["Method", "StepOutput", "Vanilla", "MixerMethod"]
+__all__ = ["Method", "StepOutput", "ImageRows", "Vanilla", "MixerMethod"]
 
 
 @dataclass
@@ -65,6 +67,20 @@ class StepOutput:
     logits: Tensor | None = None
     logs: dict[str, Any] = field(default_factory=dict)
     mixed: MixResult | None = None
+
+
+@dataclass
+class ImageRows:
+    """A figure of labelled rows of images, one column per image, for :meth:`Method.epoch_figures`.
+
+    Attributes:
+        rows: ``(label, images)`` pairs; ``images`` (n, C, H, W) in the training batches'
+            normalisation (the engine undoes it for display), the same n in every row.
+        title: drawn above the rows.
+    """
+
+    rows: list[tuple[str, Tensor]]
+    title: str = ""
 
 
 class Method(nn.Module):
@@ -143,6 +159,20 @@ class Method(nn.Module):
     def mix_preview(self, images: Tensor, labels: Tensor) -> MixResult | None:
         """Mix a batch without training, for ``samples.png`` and ``mixlab show``."""
         return None
+
+    def epoch_figures(self, model: nn.Module, images: Tensor) -> dict[str, Any]:
+        """Pictures of the method's state after each epoch, written to the run directory (default none).
+
+        The trainer calls it on rank 0 after each checkpoint, under ``torch.no_grad()`` with model
+        and method in eval mode and the method's generator restored afterwards (so drawing never
+        changes training), with the same ``images`` every epoch: a few un-augmented training
+        images (B, C, H, W), normalised as the training batches.
+
+        Returns:
+            ``{file name: figure}``, each figure an :class:`ImageRows` (drawn by the engine) or a
+            matplotlib ``Figure`` (saved with ``savefig``); MAE returns ``reconstructions.png``.
+        """
+        return {}
 
     def per_rank_state(self) -> dict[str, Tensor]:
         """State that differs between data-parallel processes (``state_dict`` keys -> tensors);

@@ -2,13 +2,13 @@
 
 A self-supervised method is a :class:`~mixlab.methods.base.Method` whose batches are
 ``(views, labels)``: ``views`` is the list of augmented views the method's own
-:meth:`~SelfSupervised.train_transform` produced (two BYOL views for MoCo v3, DINO's multi-crop),
-each a (B, C, h, w) tensor, and the labels are never used. The trainer sees ``self_supervised =
-True`` and monitors the backbone with a kNN classifier instead of the (untrained) classification
-head (``mixlab.engine.knn``); ``StepOutput.logits`` is ``None``.
+:meth:`~SelfSupervised.train_transform` produced (two BYOL views for MoCo v3, DINO's multi-crop,
+MAE's one view), each a (B, C, h, w) tensor, and the labels are never used. The trainer sees
+``self_supervised = True`` and monitors the backbone with a kNN classifier instead of the
+(untrained) classification head (``mixlab.engine.knn``); ``StepOutput.logits`` is ``None``.
 
 The backbone is the user's model; the method owns everything else (projector, predictor, heads,
-the momentum copy), so those modules travel with the method's ``state_dict`` into checkpoints and
+the momentum copy, MAE's decoder), so those modules travel with the method's ``state_dict`` into checkpoints and
 their parameters go to the optimizer through :meth:`param_groups`. The backbone's representation
 is ``model.forward_head(model.forward_features(x), pre_logits=True)`` (the pooled vector, timm's
 convention, which every mixlab model and every timm model offers); the model's classification
@@ -65,7 +65,7 @@ def gather_batch(x: Tensor) -> tuple[Tensor, int]:
 
 
 class SelfSupervised(Method):
-    """Base class of the self-supervised frameworks (MoCo v3, DINO).
+    """Base class of the self-supervised frameworks (MoCo v3, DINO, MAE).
 
     Subclasses implement :meth:`views` (the per-image multi-view transform) and
     :meth:`training_step`. The image side used by :meth:`views` comes from the trainer (the

@@ -6,20 +6,22 @@
 * :class:`CropMixBatch` / :func:`cropmix_batch`: the same operation on a batch on its device.
 * :class:`TwoViews` / :class:`MultiCrop` (``views.py``): BYOL's two asymmetric views and DINO's
   multi-crop for self-supervised learning; :func:`mocov2_view` (MoCo v2's augmentation) and
-  :class:`MixedQuery` (CropMix's / ScaleMix's CutMix'ed contrastive query).
+  :class:`MixedQuery` (CropMix's / ScaleMix's CutMix'ed contrastive query); :class:`OneView`
+  (MAE's single view).
 
 This package imports torchvision; ``import mixlab`` does not (``mixlab.CropMix`` is a lazy export).
 """
 
 from mixlab.transforms.cropmix import CropMix, augment_view, cutmix_views, mix_views, mixup_views, rrc, scale_ranges
 from mixlab.transforms.cropmix_batch import CropMixBatch, cropmix_batch
-from mixlab.transforms.views import MixedQuery, MultiCrop, TwoViews, byol_view, mocov2_view
+from mixlab.transforms.views import MixedQuery, MultiCrop, OneView, TwoViews, byol_view, mocov2_view
 
 __all__ = [
     "CropMix",
     "CropMixBatch",
     "MixedQuery",
     "MultiCrop",
+    "OneView",
     "TwoViews",
     "augment_view",
     "byol_view",

@@ -1,5 +1,6 @@
-"""Multi-view augmentation for self-supervised learning: BYOL's two asymmetric views and DINO's
-multi-crop, built from torchvision ``transforms.v2``.
+"""Multi-view augmentation for self-supervised learning: BYOL's two asymmetric views, DINO's
+multi-crop, MoCo v2's views (built from torchvision ``transforms.v2``) and the one-view wrapper of
+MAE (:class:`OneView`).
 
 SDMP (§4.1) follows BYOL's augmentation (Grill et al. 2020, Table 6): random resized crop, flip,
 colour jitter, grayscale, Gaussian blur and solarisation, with two *asymmetric* views (view 1
@@ -32,7 +33,8 @@ from torchvision.transforms.v2 import functional as F
 from mixlab.core.boxes import rand_box
 from mixlab.transforms.cropmix import ATTEMPTS, _check_ratio, _check_scale, crop_from_uniforms, cutmix_views
 
-__all__ = ["byol_view", "mocov2_view", "mocov2_augment", "MixedQuery", "TwoViews", "MultiCrop", "blur_kernel_size"]
+__all__ = ["byol_view", "mocov2_view", "mocov2_augment", "MixedQuery", "OneView", "TwoViews", "MultiCrop",
+           "blur_kernel_size"]
 
 #: BYOL Table 6: colour jitter strengths (brightness, contrast, saturation, hue) and probabilities
 JITTER = (0.4, 0.4, 0.2, 0.1)
@@ -84,6 +86,19 @@ def byol_view(size: int, view: int, scale: tuple[float, float] = (0.08, 1.0)) ->
     if solarize_p > 0:
         ops.append(v2.RandomSolarize(threshold=128, p=solarize_p))  # uint8 images: threshold 0.5 of 255
     return v2.Compose(ops)
+
+
+class OneView:
+    """``image -> [transform(image)]``: the one-view batch of a single-view framework (MAE)."""
+
+    def __init__(self, transform: Callable) -> None:
+        self.transform = transform
+
+    def __call__(self, image: Any) -> list[Any]:
+        return [self.transform(image)]
+
+    def __repr__(self) -> str:
+        return f"OneView({self.transform!r})"
 
 
 def mocov2_augment(size: int) -> v2.Compose:
