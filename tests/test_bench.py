@@ -187,6 +187,10 @@ def test_shipped_protocols_are_valid() -> None:
         quick, full = load_protocol(f"{name}-quick"), load_protocol(f"{name}-full")
         assert list(quick.methods) == list(full.methods) and quick.claims == full.claims
         assert quick.base.optim.epochs == 10 and full.base.optim.epochs == 200 and full.base.run.amp == "bf16"
+    mae, mae_full = load_protocol("cifar10-mae-quick"), load_protocol("cifar10-mae-full")
+    assert list(mae.methods) == list(mae_full.methods) == ["mae", "mae@cropmix"] and mae.claims == mae_full.claims
+    assert mae.base.data.train_per_class == 500 and mae.eval.finetune.fractions == (1.0,)  # 10 % of CIFAR-10
+    assert mae.config("mae@cropmix", 0).method.params == {"input": "cropmix", "cropmix_mix": "mixup"}
     mocov2 = load_protocol("cifar10-mocov2-quick")
     assert [mocov2.config(m, 0).method.params["views"] for m in mocov2.methods] == ["standard", "scalemix", "cropmix"]
     assert mocov2.eval.finetune.fractions == (0.01, 0.1) and mocov2.eval.finetune.head_lr_scale == 20
