@@ -296,3 +296,22 @@ def test_misuse_is_named():
     model, method = make(num_local=2)
     with pytest.raises(ValueError, match="2 global \\+ 2 local views"):
         method.training_step(model, (multi_crop(3), None), 0.0)
+
+
+# 9 ----------------------------------------------------------------------------------------------
+def test_trainer_pretrains_dino_with_sdmp_and_resumes_exactly(tmp_path):
+    from mixlab.engine import load_checkpoint, load_config, train
+
+    tiny = ["data.num_per_class=6", "data.test_per_class=3", "data.image_size=16", "data.batch_size=12",
+            "model.kwargs={width: 8}", "optim.epochs=2", "optim.warmup_epochs=0", "run.progress=false",
+            "run.threads=1", "data.num_workers=0", "method.name=dino",
+            "method.params={out_dim: 64, hidden_dim: 32, bottleneck_dim: 16, num_local: 2, sdmp: true}"]
+    straight = train(load_config(overrides=[*tiny, f"run.out={tmp_path / 'a'}"]))
+    assert {"train_loss_dino", "train_loss_source", "train_loss_intra", "train_lam"} <= set(straight)
+    train(load_config(overrides=[*tiny, f"run.out={tmp_path / 'b'}", "run.stop_epoch=1"]))
+    resumed = train(load_config(overrides=[*tiny, f"run.resume={tmp_path / 'b'}"]))
+    assert resumed["train_loss"] == straight["train_loss"] and resumed["knn_acc1"] == straight["knn_acc1"]
+    a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    for part in ("model", "method"):  # student, head, teacher copies and the centre, bit for bit
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    assert any(k.startswith("teacher_head.") for k in a["method"]) and "center" in a["method"]
