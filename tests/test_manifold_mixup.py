@@ -169,36 +169,26 @@ def test_same_seed_same_steps():
 
 
 # ------------------------------------------------------------------------------ the staged interface
-class _OwnNet(nn.Module):
-    """The model of the module docstring: the four members the staged protocol needs, nothing else."""
+def _own_net_from_the_docstring() -> type[nn.Module]:
+    """The model of the module docstring, run as written: the staged protocol's four members."""
+    import textwrap
 
-    def __init__(self, num_classes: int = K) -> None:
-        super().__init__()
-        def block(c_in: int, c_out: int) -> nn.Module:
-            return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, stride=2), nn.BatchNorm2d(c_out), nn.ReLU())
+    import mixlab.methods.manifold_mixup as module
 
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.stages = nn.ModuleList([block(8, 16), block(16, 32), block(32, 64)])
-        self.num_stages = len(self.stages)
-        self.fc = nn.Linear(64, num_classes)
+    doc = module.__doc__
+    code = textwrap.dedent(doc[doc.index("::\n") + 3:].split("\n\n(or subclass")[0])
 
-    def forward_stem(self, x):
-        return self.stem(x)
+    def block(c_in: int, c_out: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, stride=2), nn.BatchNorm2d(c_out), nn.ReLU())
 
-    def forward_head(self, features, pre_logits=False):
-        pooled = features.mean(dim=(2, 3))
-        return pooled if pre_logits else self.fc(pooled)
-
-    def forward(self, x):
-        h = self.forward_stem(x)
-        for stage in self.stages:
-            h = stage(h)
-        return self.forward_head(h)
+    namespace = {"nn": nn, "torch": torch, "block": block}
+    exec(code, namespace)
+    return namespace["MyNet"]
 
 
 def test_a_users_own_model_with_the_documented_members_trains():
     torch.manual_seed(0)
-    model = _OwnNet()
+    model = _own_net_from_the_docstring()(K)
     mm = ManifoldMixup(K, stages=(0, 1, 2, 3))
     mm.setup(model, torch.Generator().manual_seed(0))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
