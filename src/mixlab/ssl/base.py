@@ -17,6 +17,8 @@ head is not used during pre-training.
 
 from __future__ import annotations
 
+import abc
+
 from typing import Callable
 
 import torch
@@ -64,7 +66,7 @@ def gather_batch(x: Tensor) -> tuple[Tensor, int]:
     return torch.cat(parts), dist.get_rank() * x.shape[0]
 
 
-class SelfSupervised(Method):
+class SelfSupervised(Method, abc.ABC):
     """Base class of the self-supervised frameworks (MoCo v3, DINO, MAE).
 
     Subclasses implement :meth:`views` (the per-image multi-view transform) and
@@ -84,9 +86,9 @@ class SelfSupervised(Method):
             raise ValueError(f"image_size must be an int >= 8 or None, got {image_size!r}")
         self.image_size = image_size
 
+    @abc.abstractmethod
     def views(self, image_size: int) -> Callable:
         """The per-image transform ``image -> [view, view, ...]`` at ``image_size``."""
-        raise NotImplementedError
 
     def train_transform(self, default: Callable | None, image_size: int | None = None) -> Callable:
         """The multi-view transform replaces the supervised default."""

@@ -195,7 +195,7 @@ class SDMPMixing:
         self.alpha = check_alpha(alpha)
         self.per_sample = check_bool(per_sample, "per_sample")
         common = {"pairing": "flip", "granularity": "elem" if self.per_sample else "batch"}
-        # the core mixers draw and apply; their targets are never built (num_classes is a placeholder)
+        # the core mixers draw and apply; their targets are never built, so num_classes=1 is never used
         self.mixers = {"mixup": Mixup(1, alpha=self.alpha, **common), "cutmix": CutMix(1, alpha=self.alpha, **common),
                        "resizemix": ResizeMix(1, scale=tuple(resizemix_scale), **common)}
         self.generator = generator
