@@ -18,7 +18,6 @@ head is not used during pre-training.
 from __future__ import annotations
 
 import abc
-
 from typing import Callable
 
 import torch
