@@ -19,7 +19,9 @@ image as BGR. Here images are (B, C, H, W) tensors in torchvision's RGB order, C
   own min..max, which also suits normalised batches (mean/std normalisation is affine per channel).
 
 The grayscale is OpenCV's 8-bit ``COLOR_BGR2GRAY``: ``(3735·B + 19235·G + 9798·R + 2¹⁴) >> 15``
-(``RGB2Gray<uchar>``, 15-bit fixed point, the same in OpenCV 4.x and 5.x).
+(``RGB2Gray<uchar>`` of ``color_rgb.simd.hpp``, 15-bit fixed point; checked against
+opencv-contrib-python 5.1. Older OpenCV used 14-bit coefficients, one gray level apart at a few
+pixels in a thousand).
 
 **What the authors' scripts actually compute** (paper vs code). They pass the partner of image 0,
 ``images[rand_index[0]]``, as a float32 (H, W, 3) array: the *normalised* tensor (ToTensor +
@@ -29,10 +31,14 @@ float gray, but reads every centre pixel as ``gray.at<uchar>(y, x)``: byte x of 
 float32 buffer (the first W bytes of each row, i.e. the bytes of its first W/4 floats); the on/off
 contrast of a byte against the tiny float mean can pass 255 and wrap in the ``(uchar)`` cast. The map
 the scripts use is thus a function of the floats' byte patterns, not of the image's local contrast
-(``tests/test_saliency.py`` reproduces OpenCV's float output exactly from this reading). This module computes what the
-paper describes, the fine-grained saliency of the image, by OpenCV's algorithm on its 8-bit input.
-On CIFAR-10 test images the two peaks rarely coincide (measured by
-``benchmarks/saliency_fidelity.py``).
+(``tests/test_saliency.py`` reproduces OpenCV's float output exactly from this reading). On 2000
+CIFAR-10 test images its peak is the 8-bit image's fine-grained peak for 0.1 % of them, as often as a
+uniformly random pixel (``benchmarks/saliency_fidelity.py``). This module computes what the paper
+describes, the fine-grained saliency of the image, by OpenCV's algorithm on its 8-bit input.
+
+Ties: the fine-grained map scales its on and off parts to 255 separately, so several pixels often
+share the top level; the authors' ``np.argmax`` takes the first in row-major order, as
+``torch.argmax`` of the flattened map does.
 """
 
 from __future__ import annotations
