@@ -37,7 +37,7 @@ def load(zip_path: Path, n: int) -> torch.Tensor:
     with zipfile.ZipFile(zip_path) as z:
         names = sorted(x for x in z.namelist() if x.startswith("test/") and x.endswith(".jpg"))
         names = names[:: max(1, len(names) // n)][:n]
-        arrays = [np.asarray(Image.open(io.BytesIO(z.read(x))).convert("RGB")) for x in names]
+        arrays = [np.array(Image.open(io.BytesIO(z.read(x))).convert("RGB")) for x in names]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 

@@ -194,7 +194,7 @@ def test_fine_grained_is_bit_exact_on_cifar10_images():
         pytest.skip(f"no {CIFAR_ZIP}")
     with zipfile.ZipFile(CIFAR_ZIP) as z:
         names = sorted(n for n in z.namelist() if n.startswith("test/") and n.endswith(".jpg"))[::250]
-        imgs = torch.stack([torch.from_numpy(np.asarray(Image.open(io.BytesIO(z.read(n))).convert("RGB")))
+        imgs = torch.stack([torch.from_numpy(np.array(Image.open(io.BytesIO(z.read(n))).convert("RGB")))
                             for n in names]).permute(0, 3, 1, 2).contiguous()
     ours = fine_grained_saliency(imgs)
     for i in range(len(names)):
