@@ -71,28 +71,52 @@ def test_box_fraction_is_the_exact_clipped_area_and_lambda_is_uniform():
     assert fracs.max() <= 0.5 + 1e-6 and 0.15 < fracs.mean() < 0.2
 
 
+@pytest.mark.parametrize("per_sample_boxes", [False, True])
 @pytest.mark.parametrize("mode", ["nearest", "bilinear"])
-def test_resizefill_is_the_whole_previous_mixed_batch_resized_into_the_box(mode):
+def test_resizefill_is_the_whole_previous_mixed_batch_resized_into_the_box(mode, per_sample_boxes):
     """ResizeFill (Eq. 1): the box holds the previous step's *mixed* batch resized (not a cut of
-    it); outside the box the current images are untouched."""
-    rm = RecursiveMix(4, omega=0.0, interpolation=mode).train()
+    it); outside the box the current images are untouched. Bilinear is the authors'
+    ``F.interpolate(..., mode="bilinear", align_corners=True)``."""
+    rm = RecursiveMix(4, omega=0.0, interpolation=mode, per_sample_boxes=per_sample_boxes).train()
     rm.generator = torch.Generator().manual_seed(5)
     labels = torch.randint(0, 4, (6,))
     previous, _ = _fake_step(rm, torch.rand(6, 3, 40, 32), labels)
-    for _ in range(50):
+    checked = 0
+    for _ in range(30):
         history = previous.images.clone()
         current = torch.rand(6, 3, 40, 32)
         mixed, _ = _fake_step(rm, current, labels)
-        x1, y1, x2, y2 = mixed.boxes[0].tolist()
-        if x2 > x1 and y2 > y1:
-            expect = torch.nn.functional.interpolate(history, size=(y2 - y1, x2 - x1),
-                                                     mode="nearest-exact" if mode == "nearest" else mode)
-            assert torch.allclose(mixed.images[:, :, y1:y2, x1:x2], expect, atol=1e-6)
+        for i, (x1, y1, x2, y2) in enumerate(mixed.boxes.tolist()):
+            if x2 > x1 and y2 > y1:
+                kwargs = {"mode": "nearest-exact"} if mode == "nearest" else {"mode": mode, "align_corners": True}
+                expect = torch.nn.functional.interpolate(history[i:i + 1], size=(y2 - y1, x2 - x1), **kwargs)
+                assert torch.allclose(mixed.images[i, :, y1:y2, x1:x2], expect[0], atol=1e-5)
+                checked += 1
             outside = torch.ones(40, 32, dtype=torch.bool)
             outside[y1:y2, x1:x2] = False
-            assert torch.equal(mixed.images[:, :, outside], current[:, :, outside])
+            assert torch.equal(mixed.images[i][:, outside], current[i][:, outside])
         previous = mixed
+    assert checked > 100
     assert mixed.partner_targets is not None and torch.equal(mixed.index, torch.arange(6))
+
+
+def test_bilinear_resizefill_puts_the_history_corners_on_the_box_corners():
+    """align_corners=True (the authors' bilinear): the four corner pixels of the box are exactly
+    the history's four corner pixels; a 1-pixel side reads the first row or column."""
+    from mixlab.methods.recursivemix import resize_into_boxes_align_corners
+
+    source = torch.rand(3, 2, 9, 7)
+    boxes = torch.tensor([[2, 3, 12, 10], [0, 0, 1, 5], [4, 4, 7, 5]])
+    canvas = resize_into_boxes_align_corners(source, boxes, 12, 14)
+    for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        expect = torch.nn.functional.interpolate(source[i:i + 1], size=(y2 - y1, x2 - x1), mode="bilinear",
+                                                 align_corners=True)[0]
+        assert torch.allclose(canvas[i, :, y1:y2, x1:x2], expect, atol=1e-6)
+    x1, y1, x2, y2 = boxes[0].tolist()
+    assert torch.allclose(canvas[0, :, y1, x1], source[0, :, 0, 0]) and torch.allclose(canvas[0, :, y2 - 1, x2 - 1],
+                                                                                          source[0, :, -1, -1])
+    assert torch.allclose(canvas[1, :, 0:5, 0], torch.nn.functional.interpolate(
+        source[1:2, :, :, :1], size=(5, 1), mode="bilinear", align_corners=True)[0, :, :, 0])
 
 
 # ------------------------------------------------------------------------------ Eq. 3-5: the consistency loss
@@ -162,6 +186,71 @@ def test_shared_head_uses_the_model_classifier():
     x = torch.randn(2, model.num_features, 4, 4)
     assert torch.allclose(rm.roi_logits(x, torch.tensor([[0, 0, 32, 32]] * 2), (32, 32)),
                           model.fc(x.mean(dim=(2, 3))), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ fidelity fixes (issue 22 §3)
+def test_the_history_is_a_copy_of_the_callers_batch():
+    """A loop that refills one input buffer in place (a prefetcher's staging tensor) must not rewrite
+    the history: the first step's batch is the caller's own tensor, so it is stored as a copy."""
+    rm = RecursiveMix(5, omega=0.0).train()
+    rm.generator = torch.Generator().manual_seed(0)
+    buffer = torch.rand(4, 3, 16, 16)
+    soft = torch.nn.functional.one_hot(torch.arange(4), 5).float()
+    for step in range(3):
+        _fake_step(rm, buffer, soft)
+        saved_images, saved_targets = rm.hist_images.clone(), rm.hist_targets.clone()
+        buffer.copy_(torch.rand(4, 3, 16, 16))  # the next batch, written into the same buffer
+        soft.copy_(soft.roll(1, dims=0))
+        assert torch.equal(rm.hist_images, saved_images), step
+        assert torch.equal(rm.hist_targets, saved_targets), step
+
+
+@pytest.mark.parametrize("per_sample_boxes", [False, True])
+def test_an_empty_box_skips_the_roi_branch_so_h_prime_gets_no_gradient(per_sample_boxes):
+    """λ < (2/H)² rounds the box to nothing (the code's ``lam == 1``): no RoI branch, H′'s ``.grad``
+    stays None, as in the authors' loop (a zero gradient would still let SGD's momentum and weight
+    decay move H′). α = 1e-6 makes every box empty on 32×32 images."""
+    model = create_model("resnet_small", 10, width=8)
+    rm = RecursiveMix(10, alpha=1e-6, omega=1.0, per_sample_boxes=per_sample_boxes).train()
+    rm.setup(model, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 10, (6,), generator=g)
+    rm.training_step(model, (torch.randn(6, 3, 32, 32, generator=g), y), 0.0)  # first step: no history
+    out = rm.training_step(model, (torch.randn(6, 3, 32, 32, generator=g), y), 0.0)
+    assert rm.has_history and out.mixed is None and float(out.logs["loss_cl"]) == 0
+    model.zero_grad(set_to_none=True)
+    out.loss.backward()
+    assert rm.head_roi.weight.grad is None and rm.head_roi.bias.grad is None
+    assert model.fc.weight.grad is not None  # the main loss still trains the model
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+def test_a_half_precision_model_trains(dtype, interpolation):
+    """H′ takes the model's dtype; RoIAlign runs in float32 (torchvision has no bf16 CPU kernel)."""
+    torch.manual_seed(0)
+    model = create_model("resnet_small", 10, width=8).to(dtype)
+    x = torch.randn(8, 3, 32, 32).to(dtype)
+    try:
+        model(x)
+    except RuntimeError as err:  # a CPU build without these half-precision kernels
+        pytest.skip(f"{dtype} forward not supported on this CPU build: {err}")
+    rm = RecursiveMix(10, omega=1.0, interpolation=interpolation).train()
+    rm.setup(model, torch.Generator().manual_seed(0))
+    assert rm.head_roi.weight.dtype == dtype
+    y = torch.randint(0, 10, (8,))
+    pasted = 0
+    for _ in range(6):
+        out = rm.training_step(model, (torch.randn(8, 3, 32, 32).to(dtype), y), 0.0)
+        model.zero_grad(set_to_none=True)
+        rm.zero_grad(set_to_none=True)
+        out.loss.backward()
+        assert torch.isfinite(out.loss)
+        assert out.mixed is None or out.mixed.images.dtype == dtype
+        if out.mixed is not None and float(out.logs["loss_cl"]) > 0:
+            pasted += 1
+            assert rm.head_roi.weight.grad is not None and rm.head_roi.weight.grad.dtype == dtype
+    assert pasted >= 2
 
 
 # ------------------------------------------------------------------------------ edge cases

@@ -1,8 +1,9 @@
 """The shared mixing core: pure tensor functions, torch only, no module state, no I/O.
 
 λ sampling (:mod:`.lam`), pairing (:mod:`.pairing`), boxes and masks (:mod:`.boxes`), soft
-targets (:mod:`.targets`), losses (:mod:`.losses`), the result type (:mod:`.result`) and input
-checks (:mod:`.checks`). Everything random takes an optional ``torch.Generator``.
+targets (:mod:`.targets`), losses (:mod:`.losses`), the result type (:mod:`.result`), input
+checks (:mod:`.checks`) and saliency maps (:mod:`.saliency`). Everything random takes an optional
+``torch.Generator``.
 """
 
 from mixlab.core.boxes import (
@@ -17,6 +18,7 @@ from mixlab.core.lam import sample_lambda
 from mixlab.core.losses import BinaryCrossEntropy, SoftTargetCrossEntropy, mixed_cross_entropy, soft_cross_entropy
 from mixlab.core.pairing import pair_index
 from mixlab.core.result import MixResult
+from mixlab.core.saliency import fine_grained_saliency, saliency_map, spectral_residual_saliency
 from mixlab.core.targets import mix_targets, soft_targets
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "SoftTargetCrossEntropy",
     "box_area_fraction",
     "boxes_to_mask",
+    "fine_grained_saliency",
     "mix_targets",
     "mixed_cross_entropy",
     "pair_index",
@@ -32,7 +35,9 @@ __all__ = [
     "rand_boxes",
     "rand_boxes_inside",
     "resize_into_boxes",
+    "saliency_map",
     "sample_lambda",
     "soft_cross_entropy",
     "soft_targets",
+    "spectral_residual_saliency",
 ]

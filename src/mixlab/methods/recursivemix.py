@@ -11,14 +11,19 @@ Each training step t keeps the previous step's *mixed* batch as the history ``(x
   box for the whole batch, as the paper and the code do; ``per_sample_boxes=True`` draws one λ
   and one box per sample.
 * Eq. 1: ``x̃ = M ⊙ ResizeFill(x^h, M) + (1 − M) ⊙ x``: the whole historical image i is resized
-  into the box of current image i (nearest by default, bilinear selectable: Table 4b), and
+  into the box of current image i (nearest by default; bilinear selectable, Table 4b, with
+  ``align_corners=True`` as the authors' ``F.interpolate`` call), and
   ``ỹ = λ y^h + (1 − λ) y`` with λ the *exact* pasted-area fraction after clipping (the code's
   ``lam``; the drawn λ is only the target). Then ``x^h ← x̃, y^h ← ỹ``.
 * Eq. 3-5: ``p^h = softmax(H(GAP(F(x̃^{t-1}))))``, the previous step's prediction, detached; this
   step's RoI prediction ``p_roi = softmax(H′(RoIAlign(F(x̃^t), B)))`` with a 1×1 aligned RoIAlign
   (``torchvision.ops.roi_align``, ``aligned=True``, adaptive sampling) of the final feature map
   over the box; ``L = CE(x̃, ỹ) + ω·λ·KL(p^h ‖ p_roi)``. H′ is a separate linear head (unshared by
-  default, Table 4a), which exists only in training: the deployed model is unchanged.
+  default, Table 4a), which exists only in training: the deployed model is unchanged. When the
+  box rounds to nothing (λ < (2/H)², about 0.8 % of CIFAR steps) the RoI branch is skipped, as the
+  code's ``if lam < 1.0`` does: H′ gets no gradient (``grad is None``), so momentum and weight
+  decay leave it alone. The decision is taken on the host from the host-drawn box, without reading
+  a device tensor.
 
 Choices where the paper is silent (documented so they can be argued with):
 
@@ -28,6 +33,15 @@ Choices where the paper is silent (documented so they can be argued with):
   the samples that have a history.
 * ``"nearest"`` samples at pixel centres (``F.interpolate``'s ``"nearest-exact"``), which keeps
   the resized history centred; the code's legacy ``"nearest"`` shifts it by up to half a pixel.
+  ``"bilinear"`` follows the code (``align_corners=True``: the history's corner pixels land on the
+  box's corner pixels).
+* The history is a copy: the first step's batch is cloned, so a loop that refills its input
+  buffer in place does not rewrite it.
+* Half precision (``model.half()``, bf16): H′ takes the model's dtype; RoIAlign runs in float32
+  for float16/bfloat16 feature maps (torchvision's own autocast policy; its CPU kernels have no
+  bf16), then H′ reads the pooled features in its dtype.
+* With ``per_sample_boxes=True`` the RoI branch runs whenever a box is non-empty; samples whose
+  box is empty weigh λ_i = 0.
 * The box is in (x, y) = (column, row) order for both the paste and the RoI, scaled to the
   feature map per axis (the code's first release swapped H and W of the RoI, wrong for
   non-square boxes; here a test checks that the RoI covers exactly the pasted pixels).
@@ -61,7 +75,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixlab.core.boxes import box_area_fraction, rand_box, rand_boxes, resize_paste
+from mixlab.core.boxes import box_area_fraction, paste_boxes, rand_box, rand_boxes, resize_paste
 from mixlab.core.checks import check_bool, check_choice
 from mixlab.core.losses import SoftTargetCrossEntropy
 from mixlab.core.pairing import pair_index
@@ -70,9 +84,38 @@ from mixlab.core.result import MixResult
 from mixlab.core.targets import soft_targets
 from mixlab.methods.base import Method, StepOutput
 
-__all__ = ["RecursiveMix", "INTERPOLATIONS"]
+__all__ = ["RecursiveMix", "INTERPOLATIONS", "resize_into_boxes_align_corners"]
 
 INTERPOLATIONS = ("nearest", "bilinear")
+
+
+def resize_into_boxes_align_corners(source: Tensor, boxes: Tensor, height: int, width: int) -> Tensor:
+    """Each whole ``source[i]`` resized bilinearly into ``boxes[i]`` of an (H, W) canvas with
+    ``align_corners=True``, vectorised: one ``grid_sample`` with per-sample grids. Matches
+    ``F.interpolate(source[i], size=box, mode="bilinear", align_corners=True)`` (output pixel r of a
+    box of side s reads source position r·(h − 1)/(s − 1), 0 when s = 1). Values outside the boxes
+    are unspecified. float16/bfloat16 are computed in float32.
+
+    Args:
+        source: (B, C, h, w) images.
+        boxes: (B, 4) int64 ``(x1, y1, x2, y2)`` boxes in the (H, W) canvas.
+
+    Returns:
+        (B, C, H, W) canvas in ``source``'s dtype.
+    """
+    b, c = source.shape[:2]
+    bx = boxes.to(device=source.device, dtype=torch.float32)
+
+    def axis(n: int, lo: Tensor, hi: Tensor) -> Tensor:  # (B, n) grid coordinates in [-1, 1]
+        t = torch.arange(n, device=source.device, dtype=torch.float32)[None] - lo[:, None]
+        side = (hi - lo)[:, None]
+        return torch.where(side > 1, 2 * t / (side - 1).clamp_min(1) - 1, torch.full_like(t, -1.0))
+
+    gx, gy = axis(width, bx[:, 0], bx[:, 2]), axis(height, bx[:, 1], bx[:, 3])
+    grid = torch.stack([gx[:, None, :].expand(b, height, width), gy[:, :, None].expand(b, height, width)], dim=-1)
+    src = source if source.dtype in (torch.float32, torch.float64) else source.float()
+    out = F.grid_sample(src, grid.to(src.dtype), mode="bilinear", padding_mode="border", align_corners=True)
+    return out.to(source.dtype)
 
 
 class RecursiveMix(Method):
@@ -149,8 +192,8 @@ class RecursiveMix(Method):
 
     # ------------------------------------------------------------------ setup
     def setup(self, model: nn.Module, generator: torch.Generator | None = None) -> None:
-        """Record the generator; build H′ (``model.num_features`` inputs, on the model's device),
-        or take the model's classifier as H′ with ``share_head``.
+        """Record the generator; build H′ (``model.num_features`` inputs, on the model's device and in
+        its dtype), or take the model's classifier as H′ with ``share_head``.
 
         Raises:
             TypeError: the model has no ``forward_features`` / ``forward_head`` (every mixlab
@@ -172,8 +215,10 @@ class RecursiveMix(Method):
             if not isinstance(width, int):
                 raise TypeError(f"cannot size H': {type(model).__name__} has no integer num_features; "
                                 "pass in_features=")
-            device = next(model.parameters()).device
-            self.head_roi = nn.Linear(width, self.num_classes, device=device)
+            param = next(model.parameters())
+            self.head_roi = nn.Linear(width, self.num_classes, device=param.device, dtype=param.dtype)
+        else:  # built from in_features: H' follows the model's dtype too
+            self.head_roi.to(dtype=next(model.parameters()).dtype)
 
     def param_groups(self, base_lr: float) -> list[dict]:
         """H′ trains with the model's learning rate and schedule (the authors' single optimizer)."""
@@ -201,15 +246,19 @@ class RecursiveMix(Method):
         return self.hist_images.numel() > 0
 
     # ------------------------------------------------------------------ call 1: mix (Eq. 1-2)
-    def _draw(self, n: int, height: int, width: int, device: torch.device) -> tuple[Tensor, tuple | Tensor]:
-        """λ ~ U[0, α] and the box(es) of Eq. 2: one for the batch, or one per sample."""
+    def _draw(self, n: int, height: int, width: int, device: torch.device) -> tuple[Tensor, tuple | Tensor, bool]:
+        """λ ~ U[0, α] and the box(es) of Eq. 2: one for the batch, or one per sample; and whether
+        anything is pasted, decided on the host (boxes are drawn on the generator's device, the
+        CPU by default; on another device per-sample boxes count as pasting, unread)."""
         if self.per_sample_boxes:
             boxes = rand_boxes(rand((n,), self.generator) * self.alpha, height, width, generator=self.generator)
-            return box_area_fraction(boxes, height, width).to(device), boxes.to(device)
+            frac = box_area_fraction(boxes, height, width)
+            pasted = bool((frac > 0).any()) if frac.device.type == "cpu" else True
+            return frac.to(device), boxes.to(device), pasted
         box = rand_box(float(rand((1,), self.generator)) * self.alpha, height, width, self.generator)
         x1, y1, x2, y2 = box
         area = max(x2 - x1, 0) * max(y2 - y1, 0) / (height * width)
-        return torch.full((n,), area, device=device), box
+        return torch.full((n,), area, device=device), box, area > 0
 
     def mix(self, images: Tensor, labels: Tensor) -> MixResult:
         """Eq. 1-2: paste the resized history (or, with ``history=False``, a shuffled copy of the
@@ -242,23 +291,27 @@ class RecursiveMix(Method):
         plain = MixResult(images, targets, torch.ones(b, device=images.device), ident, targets)
         if not self.training:
             return plain
-        if not self.history:  # Table 2 "RS": the partner comes from the current batch
-            index = pair_index(b, "flip", self.generator, device=images.device)
-            partner, partner_targets, n = images[index], targets[index], b
-        elif self.has_history:
+        if self.history and not self.has_history:  # the first step: plain training; update() stores
+            self._pending = {"mixed": plain, "n": 0, "pasted": False, "owned": False}  # a copy of it
+            return plain
+        if self.history:
             if self.hist_images.shape[1:] != images.shape[1:]:
                 raise ValueError(f"the history holds images of shape {tuple(self.hist_images.shape[1:])}, this batch "
                                  f"{tuple(images.shape[1:])}; call reset() when the image size changes")
             n = min(b, self.hist_images.shape[0])
             partner, partner_targets = self.hist_images[:n].to(images.dtype), self.hist_targets[:n]
             index = ident
-        else:  # the first step: plain training, then this batch becomes the history
-            self._pending = {"mixed": plain, "n": 0}
-            return plain
-        frac, boxes = self._draw(n, h, w, images.device)
+        else:  # Table 2 "RS": the partner comes from the current batch
+            index = pair_index(b, "flip", self.generator, device=images.device)
+            partner, partner_targets, n = images[index], targets[index], b
+        frac, boxes, pasted = self._draw(n, h, w, images.device)
         out = images.clone(memory_format=torch.preserve_format)
         head = out[:n]
-        resize_paste(head, partner, boxes, self.interpolation, out=head)  # ResizeFill, Eq. 1
+        if self.interpolation == "nearest":
+            resize_paste(head, partner, boxes, "nearest", out=head)  # ResizeFill, Eq. 1
+        else:  # the authors' bilinear: align_corners=True
+            bx = boxes if isinstance(boxes, Tensor) else torch.tensor(boxes, device=images.device).expand(n, 4)
+            paste_boxes(head, resize_into_boxes_align_corners(partner, bx, h, w), bx, out=head)
         lam_hist = torch.zeros(b, device=images.device)
         lam_hist[:n] = frac
         mixed_targets = targets.clone()
@@ -269,7 +322,7 @@ class RecursiveMix(Method):
         full_partner[:n] = partner_targets
         mixed = MixResult(out, mixed_targets, 1 - lam_hist, index, targets, boxes=all_boxes,
                           partner_targets=full_partner if self.history else None)
-        self._pending = {"mixed": mixed, "n": n if self.history else 0}
+        self._pending = {"mixed": mixed, "n": n if self.history else 0, "pasted": pasted, "owned": True}
         return mixed
 
     # ------------------------------------------------------------------ call 2: consistency + history (Eq. 3-5)
@@ -284,12 +337,15 @@ class RecursiveMix(Method):
         from torchvision.ops import roi_align
 
         b, _, fh, fw = features.shape
+        if features.dtype in (torch.float16, torch.bfloat16):  # RoIAlign in float32 (torchvision's autocast rule)
+            features = features.float()
         scale = boxes.new_tensor([fw / image_size[1], fh / image_size[0]] * 2, dtype=torch.float32)
         rois = torch.cat([torch.arange(b, device=features.device, dtype=torch.float32)[:, None],
                           boxes.float() * scale], dim=1).to(features.dtype)
         pooled = roi_align(features, rois, output_size=(1, 1), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
         head = self._shared[0] if self._shared else self.head_roi
-        return head(pooled.flatten(1))
+        weight = next(head.parameters(), None)  # H' reads the pooled features in its own dtype
+        return head(pooled.flatten(1) if weight is None else pooled.flatten(1).to(weight.dtype))
 
     def update(self, features: Tensor, logits: Tensor) -> Tensor:
         """The consistency term ``ω·λ·KL(p^h ‖ p_roi)`` of Eq. 5 for the batch of the last
@@ -314,7 +370,7 @@ class RecursiveMix(Method):
         pending, self._pending = self._pending, None
         mixed, n = pending["mixed"], pending["n"]
         loss = zero
-        if self.omega > 0 and n > 0 and self.hist_probs.numel() > 0:
+        if self.omega > 0 and n > 0 and pending["pasted"] and self.hist_probs.numel() > 0:
             if features.ndim != 4:
                 raise ValueError(f"RecursiveMix needs a (B, C, h, w) feature map for RoIAlign, got shape "
                                  f"{tuple(features.shape)} (models whose forward_features returns tokens do not fit)")
@@ -323,9 +379,10 @@ class RecursiveMix(Method):
             kl = (p_hist * (p_hist.clamp_min(1e-12).log() - roi.log_softmax(dim=1))).sum(dim=1)  # KL(p^h ‖ p_roi)
             lam = 1 - mixed.lam[:n].float()  # the pasted (historical) fraction of each sample
             loss = self.omega * (lam * kl).mean()  # Eq. 5, second term
-        if self.history:
-            self.hist_images = mixed.images.detach()
-            self.hist_targets = mixed.targets.detach().float()
+        if self.history:  # mixed batches are new tensors; the first step's is the caller's: copy it
+            copy = (lambda t: t) if pending["owned"] else torch.clone
+            self.hist_images = copy(mixed.images.detach())
+            self.hist_targets = copy(mixed.targets.detach().float())
             self.hist_probs = logits.detach().float().softmax(dim=1)  # p^h, Eq. 3
         return loss
 
@@ -333,13 +390,13 @@ class RecursiveMix(Method):
     def training_step(self, model: nn.Module, batch: Any, progress: float) -> StepOutput:
         images, labels = batch
         mixed = self.mix(images, labels)
+        pasted = self._pending is not None and self._pending["pasted"]  # a host flag: no device read
         features = model.forward_features(mixed.images)
         logits = model.forward_head(features)
         loss_ce = self.loss_fn(logits, mixed.targets)
         loss_cl = self.update(features, logits)
-        mixed_now = bool((mixed.lam < 1).any())
         logs = {"loss_ce": loss_ce.detach(), "loss_cl": loss_cl.detach(), "lam": (1 - mixed.lam).mean()}
-        return StepOutput(loss=loss_ce + loss_cl, logits=logits, logs=logs, mixed=mixed if mixed_now else None)
+        return StepOutput(loss=loss_ce + loss_cl, logits=logits, logs=logs, mixed=mixed if pasted else None)
 
     @torch.no_grad()
     def mix_preview(self, images: Tensor, labels: Tensor) -> MixResult:

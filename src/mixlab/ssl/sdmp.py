@@ -25,8 +25,10 @@ With λ = 1 (no mixing) both matrices are the identity and each loss is its fram
 When n is odd the middle image is its own partner; its two weights then add up on the diagonal.
 
 The mixing itself (:class:`SDMPMixing`): per batch, one operation drawn uniformly from {Mixup,
-CutMix, ResizeMix} (§4.4.2), λ per sample (Table 7) from Beta(1, 1) (the authors' code), the core
-mixers' exact λ (CutMix's clipped box area, ResizeMix's pasted area). One draw is applied to
+CutMix, ResizeMix} (§4.4.2), λ per sample (Table 7) from Beta(1, 1) (the authors' code), the exact
+λ of each (CutMix's clipped box area, ResizeMix's pasted area). Mixup and CutMix are the core
+mixers; ResizeMix is drawn as the authors' ``datamixing`` draws it (:class:`SDMPResizeMix`: pasted
+area ≈ U(0.1, 0.9), not the ResizeMix paper's side τ ~ U(0.1, 0.8)). One draw is applied to
 several views (the query's view and the key's view are mixed alike, Eq. 1-2), its boxes scaled to
 each view's size.
 
@@ -43,14 +45,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mixlab.core.boxes import box_area_fraction, resize_paste
 from mixlab.core.checks import check_alpha, check_bool, check_choice
 from mixlab.core.pairing import pair_index
-from mixlab.core.random import randint
+from mixlab.core.random import beta_sample, rand, randint
 from mixlab.core.targets import mix_targets
-from mixlab.mixers import CutMix, Mixup, ResizeMix
+from mixlab.mixers import CutMix, Mixup
 
 __all__ = ["flip_partner", "shared_fraction", "source_weights", "intra_weights", "soft_contrastive_loss",
-           "mixed_teacher", "SDMPMixing", "MixDraw", "SDMP_OPS", "LOSS_FORMS", "sdmp_weights"]
+           "mixed_teacher", "SDMPMixing", "SDMPResizeMix", "MixDraw", "SDMP_OPS", "LOSS_FORMS", "sdmp_weights"]
 
 #: the mixing operations SDMP chooses from, uniformly per batch (§3.2, §4.4.2)
 SDMP_OPS = ("mixup", "cutmix", "resizemix")
@@ -169,15 +172,76 @@ def _scale_boxes(boxes, src: tuple[int, int], dst: tuple[int, int]):
     return (boxes.double() * scale).round().long()
 
 
+class SDMPResizeMix:
+    """SDMP's ResizeMix, drawn as the authors' ``datamixing`` draws it (github.com/OliverRensu/SDMP,
+    ``moco/moco/builder.py``, the only mixing of their released code), with the exact λ.
+
+    What that code does, per image i of the batch (all ranks' images gathered):
+
+    * λ ~ Beta(1, 1) (float32), shifted to λ' = 0.8·λ + 0.1 ∈ [0.1, 0.9];
+    * ``cut_h = int(H·√(1 − λ'))``, ``cut_w = int(W·√(1 − λ'))`` in float32;
+    * centre ``cy ~ randint(cut_h // 2, H − cut_h // 2)`` (upper bound excluded), rows
+      ``cy − cut_h // 2`` to ``cy + cut_h // 2`` (end excluded); columns alike. The pasted side is
+      thus ``2·(cut // 2)``, a pixel short of ``cut`` when it is odd; the box lies inside the image
+      and never reaches its last row or column (its top row is uniform on 0..H − side − 1);
+    * the whole partner ``x.flip(0)[i]`` is resized into the box with
+      ``F.interpolate(mode="bilinear")`` (``align_corners=False``, no antialiasing).
+
+    The pasted area is then ≈ 1 − λ' ~ U(0.1, 0.9) less the truncations: mean 0.494 at 224×224,
+    0.459 at 32×32 (the ResizeMix paper's τ ~ U(0.1, 0.8) on the side gives τ²: mean 0.243, at most
+    0.64). All of the above is followed here, with λ ~ Beta(α, α) (α = 1 is the code's).
+
+    Where the code differs and is not followed:
+
+    * its λ is ``1 − cut_h·cut_w / (H·W)``, which counts the pixel row and column an odd ``cut``
+      does not paste; here λ is the exact fraction of pixels kept, ``1 − side_h·side_w / (H·W)``;
+    * as released (commit 8615686, "fixbug", 2023-01-01) the paste is guarded by
+      ``if (i >= rank*bz) and (i < rank*bz)``, which is never true: no image is pasted while the
+      losses still use λ. The first release (v0.1, 2022-06-19) pasted every image, with a CutMix
+      box (uniform centre, clipped) into which the partner was squeezed. Here the box is pasted;
+    * the code draws the box position anew for each of the two views (same λ, so same size); here
+      one draw serves every view (:meth:`SDMPMixing.apply`, the box rescaled to each view's size).
+
+    ``per_sample=False`` draws one λ and one box for the whole batch (Table 7's "Shared").
+    """
+
+    def __init__(self, alpha: float = 1.0, per_sample: bool = True, generator: torch.Generator | None = None) -> None:
+        self.alpha = check_alpha(alpha)
+        self.per_sample = check_bool(per_sample, "per_sample")
+        self.generator = generator
+
+    def make_params(self, images: Tensor, index: Tensor) -> dict:
+        """``{"boxes": (n, 4) int64}`` ``(x1, y1, x2, y2)`` on the images' device."""
+        b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
+        n = b if self.per_sample else 1
+        lam = beta_sample(self.alpha, self.alpha, n, self.generator)  # float32, as the code's astype
+        ratio = torch.sqrt(1 - (lam * 0.8 + 0.1))
+        half_h = (h * ratio).long() // 2  # int() truncation, then the code's cut // 2
+        half_w = (w * ratio).long() // 2
+        u = rand((n, 2), self.generator)
+        # cy - half = randint(half, H - half) - half: uniform on 0 .. H - 2·half - 1
+        y1 = (u[:, 0] * (h - 2 * half_h)).long().clamp(max=h - 2 * half_h - 1)
+        x1 = (u[:, 1] * (w - 2 * half_w)).long().clamp(max=w - 2 * half_w - 1)
+        boxes = torch.stack([x1, y1, x1 + 2 * half_w, y1 + 2 * half_h], dim=1)
+        return {"boxes": boxes.expand(b, 4).to(images.device)}
+
+    def mix(self, images: Tensor, index: Tensor, params: dict) -> tuple[Tensor, Tensor, None, Tensor]:
+        """``(mixed, λ (n,), None, boxes)``: each whole ``images[index[i]]`` resized bilinearly into
+        box i; λ the exact fraction of image i's pixels kept."""
+        boxes = params["boxes"]
+        mixed = resize_paste(images, images[index.to(images.device)], boxes, mode="bilinear")
+        return mixed, 1.0 - box_area_fraction(boxes, images.shape[-2], images.shape[-1]), None, boxes
+
+
 class SDMPMixing:
     """SDMP's intra-batch mixing: ``x^m_i = mix(x_i, x_{n−1−i}, λ_i)``.
 
     Args:
         ops: the operations to choose from, uniformly per batch; any of :data:`SDMP_OPS`
             (default all three, the paper's; Table 8 ablates ``("mixup",)`` and ``("resizemix",)``).
-        alpha: λ ~ Beta(α, α) for Mixup and CutMix (default 1.0: uniform, as the authors' code).
+        alpha: λ ~ Beta(α, α) (default 1.0: uniform, as the authors' code); ResizeMix then shifts
+            it to 0.8·λ + 0.1 (:class:`SDMPResizeMix`).
         per_sample: one λ per image (default, Table 7's "Ind.") or one per batch ("Shared").
-        resizemix_scale: ResizeMix's range of the pasted side (default (0.1, 0.8), its paper's).
         generator: all randomness (the operation, λ, boxes); default the global torch seed.
 
     Example:
@@ -188,7 +252,7 @@ class SDMPMixing:
     """
 
     def __init__(self, ops: Sequence[str] = SDMP_OPS, alpha: float = 1.0, per_sample: bool = True,
-                 resizemix_scale: tuple[float, float] = (0.1, 0.8), generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None) -> None:
         if isinstance(ops, str) or not isinstance(ops, Sequence) or len(ops) == 0:
             raise ValueError(f"ops must be a non-empty list drawn from {list(SDMP_OPS)}, got {ops!r}")
         self.ops = tuple(check_choice(op, "ops", SDMP_OPS) for op in ops)
@@ -197,7 +261,7 @@ class SDMPMixing:
         common = {"pairing": "flip", "granularity": "elem" if self.per_sample else "batch"}
         # the core mixers draw and apply; their targets are never built, so num_classes=1 is never used
         self.mixers = {"mixup": Mixup(1, alpha=self.alpha, **common), "cutmix": CutMix(1, alpha=self.alpha, **common),
-                       "resizemix": ResizeMix(1, scale=tuple(resizemix_scale), **common)}
+                       "resizemix": SDMPResizeMix(self.alpha, self.per_sample)}
         self.generator = generator
 
     @property

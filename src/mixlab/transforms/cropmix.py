@@ -35,8 +35,14 @@ scale (0.2, 1) and heavy intermediate augmentation; MAE (§6) ``inter_aug=()``.
 Deviations from the official code (github.com/JunlinHan/CropMix, ``classification/*/cropmix.py``),
 where it disagrees with the paper the paper is followed:
 
-* its CIFAR N = 2 branch gives the first crop the sub-range ``(s0, (1-s0)/N)`` instead of
-  ``(s0, s0 + (1-s0)/N)`` (its ImageNet version has it right); here every N uses §3.2's split;
+* N = 2 sub-ranges: as first released (May 2022), the N = 2 branch of *every* variant (the root,
+  ``classification/{cifar10,cifar100,imagenet}`` and ``mae`` ``cropmix.py``) gave the crops
+  ``(s0, (1-s0)/N)`` and ``((1-s0)/N, 1)`` instead of ``(s0, s0 + (1-s0)/N)`` and
+  ``(s0 + (1-s0)/N, 1)``. Upstream fixed it in all of them in 2022: the root file on 2022-08-26
+  (commit 8527cc5), the other four on 2022-10-09 (cacbda8, fb25d6c, 03ada5d, 5de308a); the
+  contrastive code hard-codes the correct (0.2, 0.6), (0.6, 1.0) from the start. Runs with the
+  code of the paper's release used the old split; here, as in the current official code, every
+  N uses §3.2's split;
 * choosing N from {2, 3, 4} overwrites ``self.number`` on the first call, so N is drawn once and
   then fixed for the whole run (per worker); here N is drawn independently for every image;
 * its CutMix box indexes ``view[:, x1:x2, y1:y2]`` (x as the row index), a transposed box that
