@@ -536,8 +536,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
 def _train(cfg: TrainConfig, info: DistInfo, new_dirs: _NewRunDirs) -> dict[str, Any]:
     validate_config(cfg)
-    registry.check_names(cfg.method.name, cfg.method.params, cfg.model.name, cfg.data.name,
-                         model_kwargs=cfg.model.kwargs)
+    registry.check_names(cfg.method.name, cfg.method.params, cfg.model.name, cfg.data.name)
     d, o, r = cfg.data, cfg.optim, cfg.run
     rank, main, device = info.rank, info.is_main, info.device
     on_gpu = device.type == "cuda"
@@ -556,6 +555,7 @@ def _train(cfg: TrainConfig, info: DistInfo, new_dirs: _NewRunDirs) -> dict[str,
         ckpt = load_checkpoint(r.resume)
         _check_resumable(ckpt, cfg)
         _check_epochs_left(ckpt, cfg)
+    registry.check_names(model=cfg.model.name, model_kwargs=cfg.model.kwargs)  # after the checkpoint's diffs
 
     # ---- data, model, method
     if d.name == "imagefolder" and info.distributed:  # rank 0 decodes into the disk cache, the others read it
