@@ -128,8 +128,9 @@ class TrainingDivergedError(FloatingPointError):
 class _LossWatch:
     """Watches the training loss for its first non-finite value without a host-device sync per step:
     :meth:`update` keeps a flag, the step and the value on the device; :meth:`bad` reads them (one
-    sync), which the loop does every ``every`` steps and at the end of each epoch. On the CPU
-    reading is free, and the loop checks every step."""
+    sync), which the loop does every ``every`` steps and at the end of each epoch. In a single
+    process on the CPU reading is free, and the loop checks every step (data parallel, a read is a
+    collective: every ``every`` steps too)."""
 
     def __init__(self, device: torch.device, every: int) -> None:
         self.every = every
@@ -652,7 +653,7 @@ def _train(cfg: TrainConfig, info: DistInfo, new_dirs: _NewRunDirs) -> dict[str,
     written = ckpt is not None  # the run directory holds a checkpoint of this run
     from tqdm.auto import tqdm
 
-    watch = _LossWatch(device, every=1 if device.type == "cpu" else _LOG_EVERY)
+    watch = _LossWatch(device, every=1 if device.type == "cpu" and not info.distributed else _LOG_EVERY)
     amp_hint = {torch.float16: "; mixed precision in fp16 overflows easily: try run.amp=bf16 (or none)",
                 torch.bfloat16: "; or train in full precision: run.amp=none"}.get(amp_dtype, "")
 
