@@ -501,8 +501,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
     """Train ``config.model`` on ``config.data`` with ``config.method``; returns the final metrics.
 
     The run directory receives ``checkpoint.pt`` (every epoch), ``metrics.csv`` / ``metrics.jsonl``
-    (one row per epoch), ``curves.png``, ``samples.png``, ``config.yaml``, and the method's
-    ``epoch_figures`` (rewritten every epoch: MAE's ``reconstructions.png``).
+    (one row per epoch), ``curves.png``, ``samples.png`` (the mixed batch of step
+    ``method.preview_step``), ``config.yaml``, and the method's ``epoch_figures`` (rewritten every
+    epoch: MAE's ``reconstructions.png``). Nothing is written into it before the first checkpoint
+    (``config.yaml`` follows it), and a run that fails before its first checkpoint removes the
+    directories it created; a run directory's stale checkpoint temporaries (of a process killed
+    while writing one) are deleted when a run starts or resumes there.
 
     Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) it joins the process group (and leaves it at
     the end, unless the caller had set it up) and trains data-parallel: every rank returns the
@@ -516,8 +520,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     Raises:
         ValueError (``CheckpointError`` is one), FileNotFoundError: anything wrong with the inputs
-            (config values, names, dataset path, resume checkpoint, run directory), before the
+            (config values, names, model arguments, dataset path or a test class the train split
+            lacks, resume checkpoint or one with no epoch left to train, run directory), before the
             first step.
+        TrainingDivergedError: the training loss became NaN or infinite (the message names the step
+            and what to change); the last checkpoint is untouched.
+        CheckpointWriteError: a checkpoint could not be written (a full disk); the previous one is
+            untouched.
     """
     validate_config(config)
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
@@ -848,7 +857,7 @@ def write_epoch_figures(method: Method, model: nn.Module, images: Tensor, run_di
 
 
 def _preview(method: Method, out: StepOutput, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor] | None:
-    """(images, soft targets) of the first batch: the step's own mix, else ``method.mix_preview``
+    """(images, soft targets) of a training batch: the step's own mix, else ``method.mix_preview``
     (with the method's generator restored afterwards, so the preview does not change training)."""
     if out.mixed is not None:
         return out.mixed.images[:16].detach().cpu(), out.mixed.targets[:16].detach().cpu()
