@@ -226,7 +226,8 @@ def test_full_disk_during_training_is_one_clear_error(tmp_path, capsys, monkeypa
 def test_stale_checkpoint_temporaries_are_removed_on_resume(tmp_path):
     run_dir = tmp_path / "run"
     train(load_config(overrides=[*TINY_KEYS, "optim.epochs=2", "run.stop_epoch=1", f"run.out={run_dir}"]))
-    stale = [run_dir / ".checkpoint.pt.k3j_9x2a.tmp", run_dir / ".checkpoint.pt.0a1b2c3d.tmp"]
+    stale = [run_dir / ".checkpoint.pt.k3j_9x2a.tmp", run_dir / ".checkpoint.pt.0a1b2c3d.tmp",
+             run_dir / ".metrics.csv.0a1b2c3d.tmp"]
     foreign = [run_dir / ".checkpoint.pt.notes", run_dir / "my.tmp", run_dir / ".checkpoint.pt.0a1b2c3d.tmp.keep",
                run_dir / ".other.pt.0a1b2c3d.tmp"]
     for p in stale + foreign:

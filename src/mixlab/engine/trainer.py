@@ -652,7 +652,8 @@ def _train(cfg: TrainConfig, info: DistInfo, new_dirs: _NewRunDirs) -> dict[str,
             raise ValueError(f"run directory {run_dir} already holds a {CHECKPOINT_NAME}; pass --resume {run_dir} "
                              f"to continue it, or choose another --out")
         new_dirs.paths = _prepare_run_dir(run_dir)
-        remove_stale_temporaries(run_dir)  # left by a process killed while it wrote a checkpoint
+        # left by a process killed while it wrote one of them
+        remove_stale_temporaries(run_dir, (CHECKPOINT_NAME, "config.yaml", "metrics.csv", "metrics.jsonl"))
         return str(run_dir)
 
     # nothing is written into the run directory before the first checkpoint, which config.yaml and
