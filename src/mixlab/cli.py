@@ -2,7 +2,7 @@
 
     mixlab train                                  # the default run: CutMix, resnet_small, synthetic shapes
     mixlab train my.yaml --set optim.lr=0.05 --epochs 30
-    mixlab train --method mixup --model resnet18 --dataset imagefolder --data-root ../shared/data/cifar10-jpeg.zip
+    mixlab train --method mixup --model resnet18 --dataset imagefolder --data-root /path/to/cifar10-jpeg.zip
     mixlab train --resume runs/cutmix-resnet_small-synthetic-20250101-120000
     mixlab eval runs/cutmix-resnet_small-synthetic-20250101-120000 --max-corruption-images 1000
     mixlab finetune runs/mocov2-resnet_small-imagefolder-20250101-120000 --fraction 0.01
@@ -82,7 +82,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                     "With no arguments this is the README's default run (a few minutes on a laptop CPU).",
         epilog=f"methods:\n{methods}\n\nexamples:\n"
                "  mixlab train --method mixup --epochs 30 --set method.params.alpha=0.4\n"
-               "  mixlab train --model resnet18 --dataset imagefolder --data-root ../shared/data/cifar10-jpeg.zip\n"
+               "  mixlab train --model resnet18 --dataset imagefolder --data-root /path/to/cifar10-jpeg.zip\n"
                "  mixlab train --resume runs/<run dir> --epochs 40     # continue, with a longer schedule\n"
                "  mixlab train --epochs 2 --no-eval                     # a quick check, no robustness evaluation\n"
                "  mixlab train --model resnet18 -b 64 -j 4 --opt sgd --lr 0.1 --weight-decay 5e-4 --sched cosine \\\n"
@@ -275,7 +275,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                "  mixlab pretrain --framework mocov2 --cropmix        # CropMix paper, §5 (--scalemix: its baseline)\n"
                "  mixlab pretrain --framework mae --cropmix           # CropMix paper, §6: Mixup of N in {2,3,4} crops\n"
                "  mixlab pretrain --framework mae --cropmix cutmix    # CropMix paper, §6: CutMix of 2 crops\n"
-               "  mixlab pretrain --dataset imagefolder --data-root ../shared/data/cifar10-jpeg.zip --model resnet18\n"
+               "  mixlab pretrain --dataset imagefolder --data-root /path/to/cifar10-jpeg.zip --model resnet18\n"
                "  mixlab pretrain --resume runs/<run dir>",
     )
     from mixlab.registry import SELF_SUPERVISED
@@ -575,7 +575,7 @@ def _add_show(sub: argparse._SubParsersAction) -> None:
         epilog=f"methods: {', '.join(METHODS)}\n\nexamples:\n"
                "  mixlab show --method cutmix\n"
                "  mixlab show --method mixup --set method.params.alpha=0.4 --n 6 --seed 3 --out mixup.png\n"
-               "  mixlab show --method fmix --dataset imagefolder --data-root ../shared/data/cifar10-jpeg.zip\n"
+               "  mixlab show --method fmix --dataset imagefolder --data-root /path/to/cifar10-jpeg.zip\n"
                "  mixlab show --method cutmix --set method.params.granularity=elem --set data.image_size=64\n"
                "  mixlab show --method automix --checkpoint runs/<run dir>",
     )

@@ -2,7 +2,7 @@
 
     mixlab train                                      # the README's default run, a few minutes on a CPU
     mixlab train --method mixup --epochs 30 --set optim.lr=0.05
-    mixlab train --model resnet18 --dataset imagefolder --data-root ../shared/data/cifar10-jpeg.zip
+    mixlab train --model resnet18 --dataset imagefolder --data-root /path/to/cifar10-jpeg.zip
     mixlab train --resume runs/cutmix-resnet_small-synthetic-20250101-120000
     torchrun --nproc_per_node=2 -m mixlab.cli train   # data parallel: 2 processes (gloo on CPU, nccl on GPUs)
 
