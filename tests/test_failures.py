@@ -150,6 +150,25 @@ def test_divergence_stops_at_the_first_non_finite_loss(tmp_path, capsys, monkeyp
     assert not (tmp_path / "deep").exists()  # nothing left behind: no checkpoint had been written
 
 
+@pytest.mark.slow
+def test_divergence_stops_every_process_of_a_data_parallel_run(tmp_path):
+    """Two processes read the flag together (every 10 steps and at the end of each epoch): both stop
+    at the end of epoch 1 (5 steps) naming the first bad step, and rank 0 removes its run directory."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
+                                                            "MASTER_ADDR", "MASTER_PORT")}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    out = subprocess.run([*launch, "-m", "mixlab.cli", "train", *TINY, "--batch-size", "4", "--lr", "1e30",
+                          "--epochs", "2", "--out", str(tmp_path / "run")], cwd=tmp_path,
+                         env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180)
+    assert out.returncode != 0
+    assert out.stderr.count("the training loss became nan at step 2 (epoch 1, batch 2 of 5)") == 2, out.stderr[-3000:]
+    assert "mixlab/engine" not in out.stderr  # no traceback of the processes (torchrun prints its own)
+    assert not (tmp_path / "run").exists()
+
+
 def test_loss_watch_reports_the_first_bad_step_when_read():
     """On a GPU the loop reads the flag every 10 steps and at the end of each epoch: the steps between
     reads only update tensors on the device, and a read names the first bad step and its loss."""
