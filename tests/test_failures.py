@@ -368,8 +368,9 @@ def test_aliases_in_a_yaml_file_and_suggestions(tmp_path):
 @pytest.mark.parametrize("argv, hint", [
     (["train", "--foo"], "unrecognized arguments: --foo; settings without a flag go through --set key=value, "
                               "e.g. --set optim.lr=0.1; see mixlab train --help"),
-    (["train", "--learning-rate", "0.1"], "e.g. --set optim.lr=VALUE; see mixlab train --help"),
-    (["pretrain", "--momentum=0.5"], "e.g. --set optim.momentum=VALUE; see mixlab pretrain --help"),
+    (["train", "--learning-rate", "0.1"], "e.g. --set optim.lr=0.1; see mixlab train --help"),
+    (["train", "--num-epochs"], "e.g. --set optim.epochs=VALUE; see mixlab train --help"),
+    (["pretrain", "--momentum=0.5"], "e.g. --set optim.momentum=0.5; see mixlab pretrain --help"),
     (["eval", "runs/x", "--foo"], "unrecognized arguments: --foo; see mixlab eval --help"),
 ])
 def test_an_unknown_flag_points_to_set(capsys, argv, hint):

@@ -782,15 +782,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _unrecognized(extras: list[str], command: str | None) -> str:
+def _unrecognized(extras: list[str], command: str | None, argv: list[str]) -> str:
     """argparse's "unrecognized arguments" message, with where settings without a flag go."""
     text = f"unrecognized arguments: {' '.join(extras)}"
     if command in ("train", "pretrain", "show", "finetune"):
         from mixlab.engine.config import resolve_key
 
         flag = next((e for e in extras if e.startswith("--")), None)
-        key = resolve_key(flag[2:].split("=", 1)[0].replace("-", "_")) if flag else None
-        example = f"--set {key}=VALUE" if key else "--set optim.lr=0.1"
+        name, _, value = flag[2:].partition("=") if flag else ("", "", "")
+        at = argv.index(flag) if flag in argv else len(argv)  # its value may have been taken for CONFIG.yaml
+        if not value and at + 1 < len(argv) and not argv[at + 1].startswith("-"):
+            value = argv[at + 1]
+        key = resolve_key(name.replace("-", "_")) if name else None  # --learning-rate: optim.lr
+        example = f"--set {key}={value or 'VALUE'}" if key else "--set optim.lr=0.1"
         return (f"{text}; settings without a flag go through --set key=value, e.g. {example}; "
                 f"see mixlab {command} --help")
     return f"{text}; see mixlab {command + ' ' if command else ''}--help"
@@ -799,9 +803,10 @@ def _unrecognized(extras: list[str], command: str | None) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mixlab`` script; returns the exit status (2 for usage/input errors)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extras = parser.parse_known_args(argv)
     if extras:
-        parser.error(_unrecognized(extras, args.command))
+        parser.error(_unrecognized(extras, args.command, argv))
     if args.command is None:
         parser.print_help()
         return 2
