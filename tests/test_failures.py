@@ -439,8 +439,10 @@ def test_reliability_gap_is_hatched_and_unfilled(confident):
     from mixlab.engine.calibration import ACCURACY_COLOR, GAP_COLOR, calibration_bins, reliability_figure
 
     g = torch.Generator().manual_seed(0)
-    conf = 0.8 + 0.19 * torch.rand(1000, generator=g) if confident == "over" else 0.5 + 0.2 * torch.rand(1000, generator=g)
-    labels = torch.randint(0, 2, (1000,), generator=g) if confident == "over" else torch.zeros(1000, dtype=torch.long)
+    if confident == "over":  # confidence 0.8-0.99, half of them right
+        conf, labels = 0.8 + 0.19 * torch.rand(1000, generator=g), torch.randint(0, 2, (1000,), generator=g)
+    else:  # confidence 0.5-0.7, all right
+        conf, labels = 0.5 + 0.2 * torch.rand(1000, generator=g), torch.zeros(1000, dtype=torch.long)
     probs = torch.stack([conf, 1 - conf], 1)
     counts, acc, mean_conf = calibration_bins(probs, labels)
     top = reliability_figure(probs, labels).axes[0]

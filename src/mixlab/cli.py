@@ -190,7 +190,7 @@ def _run_config(args: argparse.Namespace, base: Any = None, values: dict[str, An
     if args.resume:
         if args.output:
             raise ValueError(f"--output DIR names where a new run goes; --resume {args.resume} continues the run in "
-                             f"its own directory (--out DIR moves it)")
+                             f"its own directory (--out DIR continues it in another one)")
         base = config_from_dict(load_checkpoint(args.resume)["config"], source=f"checkpoint {args.resume}")
         base.run.out, base.run.stop_epoch = None, None  # continue in the checkpoint's directory, to the end
         values["run.resume"] = args.resume

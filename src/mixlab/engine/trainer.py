@@ -120,6 +120,9 @@ class _NewRunDirs:
                 break
 
 
+_LOG_EVERY = 10  # steps between progress-bar updates and, on a GPU, reads of the non-finite loss flag
+
+
 class TrainingDivergedError(FloatingPointError):
     """The training loss became NaN or infinite; the run stopped at that step (its last checkpoint,
     if any, is untouched)."""
@@ -669,8 +672,8 @@ def _train(cfg: TrainConfig, info: DistInfo, new_dirs: _NewRunDirs) -> dict[str,
 
     def diverged(bad: tuple[int, float]) -> TrainingDivergedError:
         at, value = bad
-        kept = (f"its last checkpoint (epoch {start_epoch if not history else history[-1]['epoch']}) is untouched"
-                if written else "no checkpoint had been written, so it left no files")
+        kept = (f"its last checkpoint (epoch {history[-1]['epoch']}) is untouched" if written
+                else "no checkpoint had been written, so it left no files")
         return TrainingDivergedError(
             f"the training loss became {value} at step {at + 1} (epoch {at // steps_per_epoch + 1}, batch "
             f"{at % steps_per_epoch + 1} of {steps_per_epoch}): training diverged and stopped there; {kept}. Lower "
@@ -793,9 +796,6 @@ def _train(cfg: TrainConfig, info: DistInfo, new_dirs: _NewRunDirs) -> dict[str,
     final = dict(history[-1]) if history else {}
     final.update({"run_dir": str(run_dir), "checkpoint": str(run_dir / CHECKPOINT_NAME)})
     return final
-
-
-_LOG_EVERY = 10  # steps between progress-bar updates and, on a GPU, reads of the non-finite loss flag
 
 
 def _tensorboard(run_dir: Path):
