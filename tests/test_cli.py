@@ -143,7 +143,7 @@ def test_show_mixes_the_self_supervised_frameworks_with_their_mixing_option(meth
 def test_show_hyper_parameters_and_errors(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["show", "--method", "mixup", "--n", "3", "--set", "method.params.alpha=0.2"]) == 0
-    assert "show-mixup.png" in capsys.readouterr().out and (tmp_path / "show-mixup.png").is_file()
+    assert "runs/show/mixup.png" in capsys.readouterr().out and (tmp_path / "runs/show/mixup.png").is_file()
     assert main(["show", "--method", "cutmixx"]) == 2
     assert "unknown method 'cutmixx' (did you mean 'cutmix'?)" in capsys.readouterr().err
     assert main(["show", "--method", "mixup", "--set", "method.params.alpah=0.2"]) == 2

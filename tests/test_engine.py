@@ -51,7 +51,7 @@ def test_yaml_file_and_overrides(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("optim.lrr=0.1", "did you mean 'optim.lr'"),
-    ("lr=0.1", "did you mean 'optim.lr'"),
+    ("learningrate=0.1", "did you mean 'optim.lr'"),
     ("optim.epoch=3", "did you mean 'optim.epochs'"),
     ("trainer.lr=0.1", "unknown config key 'trainer.lr'"),
     ("optim.lr=0", "optim.lr must be a number > 0"),

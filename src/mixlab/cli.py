@@ -2,7 +2,7 @@
 
     mixlab train                                  # the default run: CutMix, resnet_small, synthetic shapes
     mixlab train my.yaml --set optim.lr=0.05 --epochs 30
-    mixlab train --method mixup --model resnet18 --dataset imagefolder --data-root ../shared/data/cifar10-jpeg.zip
+    mixlab train --method mixup --model resnet18 --dataset imagefolder --data-root /path/to/cifar10-jpeg.zip
     mixlab train --resume runs/cutmix-resnet_small-synthetic-20250101-120000
     mixlab eval runs/cutmix-resnet_small-synthetic-20250101-120000 --max-corruption-images 1000
     mixlab finetune runs/mocov2-resnet_small-imagefolder-20250101-120000 --fraction 0.01
@@ -23,7 +23,8 @@ import mixlab
 
 __all__ = ["main", "build_parser"]
 
-# flag -> config key; the flags are shorthands for --set KEY=VALUE
+# flag -> config key; the flags are shorthands for --set KEY=VALUE (those after `lr` are timm's
+# train.py names: -b/--batch-size, -j/--workers, --data-dir, --opt, --weight-decay, --sched, ...)
 _TRAIN_FLAGS = {
     "method": "method.name",
     "model": "model.name",
@@ -32,11 +33,20 @@ _TRAIN_FLAGS = {
     "epochs": "optim.epochs",
     "batch_size": "data.batch_size",
     "lr": "optim.lr",
+    "opt": "optim.name",
+    "weight_decay": "optim.weight_decay",
+    "sched": "optim.schedule",
+    "warmup_epochs": "optim.warmup_epochs",
+    "clip_grad": "optim.clip_grad",
+    "smoothing": "method.label_smoothing",
+    "amp": "run.amp",
+    "model_ema_decay": "model.ema_decay",
     "seed": "run.seed",
     "train_per_class": "data.train_per_class",
     "workers": "data.num_workers",
     "out": "run.out",
 }
+_MODEL_EMA_DECAY = 0.9998  # `--model-ema` without `--model-ema-decay`: timm's default decay
 # test images of the corruption accuracy in the evaluation at the end of `mixlab train`: the default
 # run's evaluation takes 8 s on 2 idle CPU cores with 500 (15 s with all 1000), for 171 s in all
 _EVAL_CORRUPTION_IMAGES = 500
@@ -72,9 +82,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                     "With no arguments this is the README's default run (a few minutes on a laptop CPU).",
         epilog=f"methods:\n{methods}\n\nexamples:\n"
                "  mixlab train --method mixup --epochs 30 --set method.params.alpha=0.4\n"
-               "  mixlab train --model resnet18 --dataset imagefolder --data-root ../shared/data/cifar10-jpeg.zip\n"
+               "  mixlab train --model resnet18 --dataset imagefolder --data-root /path/to/cifar10-jpeg.zip\n"
                "  mixlab train --resume runs/<run dir> --epochs 40     # continue, with a longer schedule\n"
-               "  mixlab train --epochs 2 --no-eval                     # a quick check, no robustness evaluation",
+               "  mixlab train --epochs 2 --no-eval                     # a quick check, no robustness evaluation\n"
+               "  mixlab train --model resnet18 -b 64 -j 4 --opt sgd --lr 0.1 --weight-decay 5e-4 --sched cosine \\\n"
+               "      --warmup-epochs 5 --smoothing 0.1 --clip-grad 1 --model-ema --output runs/timm-style\n"
+               "                                                        # timm train.py's flag names work too\n\n"
+               "Settings without a flag go through --set KEY=VALUE; other trainers' names of the common ones are "
+               "accepted there too (--set learning_rate=0.1, --set wd=5e-4, --set batch_size=64).",
     )
     _add_run_flags(p, method=True)
     p.add_argument("--no-eval", dest="eval", action="store_false",
@@ -101,18 +116,42 @@ def _add_run_flags(p: argparse.ArgumentParser, method: bool) -> None:
                         "vit_tiny_patch4 or timm:<name> (default resnet_small)")
     p.add_argument("--dataset", metavar="NAME",
                    help="dataset: synthetic, cifar10, cifar100, imagefolder (default synthetic)")
-    p.add_argument("--data-root", metavar="PATH", help="dataset location: a directory, or a .zip for imagefolder")
+    p.add_argument("--data-root", "--data-dir", dest="data_root", metavar="PATH",
+                   help="dataset location: a directory, or a .zip for imagefolder (data.root)")
     p.add_argument("--epochs", type=int, metavar="N", help="number of epochs (>= 1)")
-    p.add_argument("--batch-size", type=int, metavar="N", help="training batch size (>= 2)")
+    p.add_argument("-b", "--batch-size", type=int, metavar="N", help="training batch size (>= 2; data.batch_size)")
     p.add_argument("--lr", type=float, metavar="X", help="peak learning rate (> 0) of the main parameter groups")
+    p.add_argument("--opt", metavar="NAME", help="optimizer: sgd (momentum 0.9, Nesterov) or adamw (optim.name)")
+    p.add_argument("--weight-decay", type=float, metavar="X",
+                   help="weight decay, not on biases and norms (optim.weight_decay)")
+    p.add_argument("--sched", metavar="NAME", help="lr schedule after the warm-up: cosine, step or constant "
+                                                   "(optim.schedule)")
+    p.add_argument("--warmup-epochs", type=float, metavar="N", help="epochs of linear lr warm-up (optim.warmup_epochs)")
+    p.add_argument("--clip-grad", type=float, metavar="X",
+                   help="clip the gradients' global norm to X; 0 disables (optim.clip_grad)")
+    if method:
+        p.add_argument("--smoothing", type=float, metavar="X", help="label smoothing in [0, 1) "
+                                                                     "(method.label_smoothing)")
+    p.add_argument("--amp", nargs="?", const="auto", metavar="MODE",
+                   help="mixed precision on a GPU: auto (bare --amp: bf16 where the GPU supports it), bf16, fp16 "
+                        "or none; CPU runs stay in float32 (run.amp, default auto)")
+    p.add_argument("--model-ema", action="store_true",
+                   help=f"keep an EMA of the weights, evaluated too (model.ema_decay={_MODEL_EMA_DECAY}, timm's "
+                        f"default)")
+    p.add_argument("--model-ema-decay", type=float, metavar="X",
+                   help="the EMA's decay in [0, 1) (model.ema_decay; implies --model-ema)")
     p.add_argument("--seed", type=int, metavar="N", help="run seed (>= 0); the rank is added to it")
     p.add_argument("--train-per-class", type=int, metavar="N",
                    help="train on a class-balanced subset of N images per class")
-    p.add_argument("--workers", type=int, metavar="N",
-                   help="DataLoader worker processes (0 = load in the main process)")
-    p.add_argument("--out", metavar="DIR",
-                   help="run directory (default runs/<method>-<model>-<dataset>-<timestamp>; "
-                        "the checkpoint's directory when resuming)")
+    p.add_argument("-j", "--workers", type=int, metavar="N",
+                   help="DataLoader worker processes (0 = load in the main process; data.num_workers)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--out", metavar="DIR",
+                     help="run directory (default runs/<method>-<model>-<dataset>-<timestamp>; "
+                          "the checkpoint's directory when resuming)")
+    out.add_argument("--output", metavar="DIR",
+                     help="parent directory of the run, as timm's --output: the run goes to "
+                          "DIR/<method>-<model>-<dataset>-<timestamp> (default DIR: runs)")
     p.add_argument("--resume", metavar="PATH",
                    help="continue from a checkpoint file or a run directory; its config is the starting point, "
                         "CONFIG.yaml/--set/flags given here change it")
@@ -133,22 +172,45 @@ def _load_run_config(path: str | None, overrides: Sequence[str], base: Any, valu
     return load_config(path, overrides, base=base, values=values)
 
 
-def _train(args: argparse.Namespace) -> int:
-    from mixlab.engine import train
+def _flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """``{config key: value}`` of the run flags given (``_TRAIN_FLAGS``, ``--model-ema``)."""
+    values = {key: getattr(args, flag) for flag, key in _TRAIN_FLAGS.items() if getattr(args, flag, None) is not None}
+    if args.model_ema and args.model_ema_decay is None:
+        values["model.ema_decay"] = _MODEL_EMA_DECAY
+    return values
+
+
+def _run_config(args: argparse.Namespace, base: Any = None, values: dict[str, Any] | None = None):
+    """The config of `train`/`pretrain` from its arguments: ``base`` (the defaults), or the checkpoint's
+    config with ``--resume``; then CONFIG.yaml, --set and the flags (``values`` on top of them)."""
     from mixlab.engine.checkpoint import load_checkpoint
     from mixlab.engine.config import config_from_dict
 
-    values = {key: getattr(args, flag) for flag, key in _TRAIN_FLAGS.items() if getattr(args, flag) is not None}
-    base = None
+    values = {**_flag_values(args), **(values or {})}
     if args.resume:
+        if args.output:
+            raise ValueError(f"--output DIR names where a new run goes; --resume {args.resume} continues the run in "
+                             f"its own directory (--out DIR continues it in another one)")
         base = config_from_dict(load_checkpoint(args.resume)["config"], source=f"checkpoint {args.resume}")
         base.run.out, base.run.stop_epoch = None, None  # continue in the checkpoint's directory, to the end
         values["run.resume"] = args.resume
     cfg = _load_run_config(args.config, args.overrides, base, values, resume=bool(args.resume))
+    if args.output:  # timm's --output: the parent of the run directory
+        from mixlab.engine.trainer import default_run_dir
+
+        cfg.run.out = str(Path(args.output) / default_run_dir(cfg).name)
+    return cfg
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mixlab.engine import train
+    from mixlab.registry import is_self_supervised
+
+    cfg = _run_config(args)
     metrics = train(cfg)
     if int(os.environ.get("RANK", 0)) != 0:  # torchrun: rank 0 reports and evaluates
         return 0
-    if "knn_acc1" in metrics:  # a self-supervised method: no classifier to evaluate
+    if is_self_supervised(cfg.method.name):  # no classifier to evaluate
         print(f"final kNN accuracy: {metrics['knn_acc1']:.2f}%\nrun directory: {metrics['run_dir']}\n"
               f"(a self-supervised run: `mixlab probe {metrics['run_dir']}` trains and evaluates a linear probe)")
         return 0
@@ -213,7 +275,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                "  mixlab pretrain --framework mocov2 --cropmix        # CropMix paper, §5 (--scalemix: its baseline)\n"
                "  mixlab pretrain --framework mae --cropmix           # CropMix paper, §6: Mixup of N in {2,3,4} crops\n"
                "  mixlab pretrain --framework mae --cropmix cutmix    # CropMix paper, §6: CutMix of 2 crops\n"
-               "  mixlab pretrain --dataset imagefolder --data-root ../shared/data/cifar10-jpeg.zip --model resnet18\n"
+               "  mixlab pretrain --dataset imagefolder --data-root /path/to/cifar10-jpeg.zip --model resnet18\n"
                "  mixlab pretrain --resume runs/<run dir>",
     )
     from mixlab.registry import SELF_SUPERVISED
@@ -241,24 +303,14 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 
 def _pretrain(args: argparse.Namespace) -> int:
     from mixlab.engine import load_config, train
-    from mixlab.engine.checkpoint import load_checkpoint
-    from mixlab.engine.config import config_from_dict
     from mixlab.ssl.mae import CROPMIX_MIXES
 
-    values = {key: getattr(args, flag) for flag, key in _TRAIN_FLAGS.items()
-              if flag != "method" and getattr(args, flag, None) is not None}
-    if args.framework is not None:
-        values["method.name"] = args.framework
-    base = load_config(_PRETRAIN_CONFIG)
-    if args.resume:
-        base = config_from_dict(load_checkpoint(args.resume)["config"], source=f"checkpoint {args.resume}")
-        base.run.out, base.run.stop_epoch = None, None
-        values["run.resume"] = args.resume
-    cfg = _load_run_config(args.config, args.overrides, base, values, resume=bool(args.resume))
-    from mixlab.registry import SELF_SUPERVISED
+    cfg = _run_config(args, base=load_config(_PRETRAIN_CONFIG),
+                      values={"method.name": args.framework} if args.framework is not None else {})
+    from mixlab.registry import SELF_SUPERVISED, is_self_supervised
 
     name = cfg.method.name
-    if name not in SELF_SUPERVISED:
+    if not is_self_supervised(name):
         raise ValueError(f"method {name!r} is not self-supervised; `mixlab pretrain` takes "
                          f"{', '.join(SELF_SUPERVISED)} (`mixlab train` trains classifiers)")
     flagged: dict[str, Any] = {}
@@ -523,7 +575,7 @@ def _add_show(sub: argparse._SubParsersAction) -> None:
         epilog=f"methods: {', '.join(METHODS)}\n\nexamples:\n"
                "  mixlab show --method cutmix\n"
                "  mixlab show --method mixup --set method.params.alpha=0.4 --n 6 --seed 3 --out mixup.png\n"
-               "  mixlab show --method fmix --dataset imagefolder --data-root ../shared/data/cifar10-jpeg.zip\n"
+               "  mixlab show --method fmix --dataset imagefolder --data-root /path/to/cifar10-jpeg.zip\n"
                "  mixlab show --method cutmix --set method.params.granularity=elem --set data.image_size=64\n"
                "  mixlab show --method automix --checkpoint runs/<run dir>",
     )
@@ -535,7 +587,7 @@ def _add_show(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=_positive, default=8, metavar="N", help="images in the batch, 2 to 32 (default 8)")
     p.add_argument("--seed", type=_non_negative, default=0, metavar="N",
                    help="seed of the images drawn and of the mixing (default 0)")
-    p.add_argument("--out", metavar="FILE.png", help="the PNG to write (default show-NAME.png)")
+    p.add_argument("--out", metavar="FILE.png", help="the PNG to write (default runs/show/NAME.png)")
     p.add_argument("--checkpoint", metavar="RUN",
                    help="a run directory or checkpoint.pt of this method: its model, method state and config "
                         "(--set and the flags above still apply on top)")
@@ -607,7 +659,8 @@ def _show(args: argparse.Namespace) -> int:
                 mixed.append(method.mix_preview(images, labels, lam=lam))
         else:
             mixed = method.mix_preview(images, labels)
-    out = args.out or f"show-{m.name}.png"
+    out = Path(args.out or Path("runs") / "show" / f"{m.name}.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
     params = ", ".join(f"{k}={v}" for k, v in {**registry.METHODS[m.name].defaults, **m.params}.items())
     trained = f", epoch {ckpt['epoch']} of {Path(ckpt['path']).parent.name}" if ckpt is not None else ""
     plot_mix(images, labels, mixed, dataset.classes, out, dataset.mean, dataset.std,
@@ -711,7 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  mixlab train                          # the default run: CutMix, small ResNet, synthetic shapes\n"
                "  mixlab train --method mixup --epochs 30\n"
                "  mixlab eval runs/<run dir>            # eval.json: clean, calibration, FGSM, corruptions\n"
-               "  mixlab show --method fmix             # show-fmix.png: inputs, partners, masks, mixed\n"
+               "  mixlab show --method fmix             # runs/show/fmix.png: inputs, partners, masks, mixed\n"
                "  mixlab list methods\n\n"
                "`mixlab COMMAND --help` describes each command.")
     parser.add_argument("--version", action="version", version=f"mixlab {mixlab.__version__}")
@@ -729,18 +782,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unrecognized(extras: list[str], command: str | None, argv: list[str]) -> str:
+    """argparse's "unrecognized arguments" message, with where settings without a flag go."""
+    text = f"unrecognized arguments: {' '.join(extras)}"
+    if command in ("train", "pretrain", "show", "finetune"):
+        from mixlab.engine.config import resolve_key
+
+        flag = next((e for e in extras if e.startswith("--")), None)
+        name, _, value = flag[2:].partition("=") if flag else ("", "", "")
+        at = argv.index(flag) if flag in argv else len(argv)  # its value may have been taken for CONFIG.yaml
+        if not value and at + 1 < len(argv) and not argv[at + 1].startswith("-"):
+            value = argv[at + 1]
+        key = resolve_key(name.replace("-", "_")) if name else None  # --learning-rate: optim.lr
+        example = f"--set {key}={value or 'VALUE'}" if key else "--set optim.lr=0.1"
+        return (f"{text}; settings without a flag go through --set key=value, e.g. {example}; "
+                f"see mixlab {command} --help")
+    return f"{text}; see mixlab {command + ' ' if command else ''}--help"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mixlab`` script; returns the exit status (2 for usage/input errors)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        parser.error(_unrecognized(extras, args.command, argv))
     if args.command is None:
         parser.print_help()
         return 2
     try:
         return args.func(args)
-    except (ValueError, OSError) as e:  # CheckpointError is a ValueError; OSError: paths
+    except (ValueError, OSError) as e:  # CheckpointError is a ValueError; OSError: paths, a full disk
         print(f"mixlab {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # the training diverged (TrainingDivergedError)
+        print(f"mixlab {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"mixlab {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -16,14 +16,17 @@ Example:
 from __future__ import annotations
 
 import difflib
+import inspect
+import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from mixlab.methods.base import Method, MixerMethod, Vanilla
 from mixlab.mixers import CutMix, FMix, Mixup, RandomChoice, ResizeMix, SaliencyMix
 
-__all__ = ["MethodSpec", "METHODS", "SELF_SUPERVISED", "build_method", "build_model", "build_dataset", "check_names", "model_names",
-           "dataset_names"]
+__all__ = ["MethodSpec", "METHODS", "SELF_SUPERVISED", "is_self_supervised", "build_method", "build_model",
+           "build_dataset", "check_names", "model_names", "model_arguments", "dataset_names"]
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,8 @@ def _mae(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Meth
                   for k, v in hparams.items()})  # self-supervised: no classes, no label smoothing
 
 
-#: the self-supervised frameworks (`mixlab pretrain --framework`)
+#: the self-supervised frameworks (`mixlab pretrain --framework`): the methods whose class sets
+#: ``self_supervised = True`` (tests/test_failures.py checks that the two agree)
 SELF_SUPERVISED = ("mocov3", "dino", "mocov2", "mae")
 _SDMP_OPTIONS = ("sdmp", "ops", "per_sample", "static_source", "static_intra", "mix_alpha", "image_size")
 _SDMP_PAPER = "Ren et al. 2022, A Simple Data Mixing Prior for Improving Self-Supervised Learning (SDMP)"
@@ -269,12 +273,29 @@ def _unknown(kind: str, name: str, valid: list[str]) -> ValueError:
     return ValueError(f"unknown {kind} {name!r}{hint}; valid {kind}s: {', '.join(valid)}")
 
 
-def check_names(method: str | None = None, method_params: dict | None = None, model: str | None = None,
-                dataset: str | None = None) -> None:
-    """Check names (and a method's hyper-parameter names) without building anything.
+def is_self_supervised(method: str | Method) -> bool:
+    """Whether ``method`` (a registered name, or a built method) learns without labels, so that a
+    run of it has no trained classifier (``mixlab probe`` scores it, not ``mixlab eval``): the
+    class attribute ``self_supervised`` of a method, :data:`SELF_SUPERVISED` for a name.
 
     Raises:
-        ValueError: an unknown name, with the valid ones and the nearest match.
+        ValueError: an unknown method name.
+    """
+    if isinstance(method, Method):
+        return bool(getattr(type(method), "self_supervised", False))
+    if method not in METHODS:
+        raise _unknown("method", method, list(METHODS))
+    return method in SELF_SUPERVISED
+
+
+def check_names(method: str | None = None, method_params: dict | None = None, model: str | None = None,
+                dataset: str | None = None, model_kwargs: dict | None = None) -> None:
+    """Check names (and a method's hyper-parameter names, a model's keyword arguments) without
+    building anything.
+
+    Raises:
+        ValueError: an unknown name, with the valid ones and the nearest match; a keyword argument
+            that the model's constructor does not take, with the ones it takes.
     """
     if method is not None:
         if method not in METHODS:
@@ -289,6 +310,11 @@ def check_names(method: str | None = None, method_params: dict | None = None, mo
         raise _unknown("model", model, model_names() + ["timm:<name>"])
     if dataset is not None and dataset not in dataset_names():
         raise _unknown("dataset", dataset, dataset_names())
+    if model is not None and model_kwargs:
+        accepted, complete = model_arguments(model)
+        unknown = [k for k in model_kwargs if k not in accepted]
+        if unknown and complete:
+            raise _bad_model_kwargs(model, unknown[0], accepted, complete)
 
 
 def build_method(name: str, num_classes: int, label_smoothing: float = 0.0, **overrides: Any) -> Method:
@@ -317,12 +343,61 @@ def dataset_names() -> list[str]:
     return list(DATASETS)
 
 
+def model_arguments(name: str) -> tuple[list[str], bool]:
+    """``(names, complete)``: the keyword arguments model ``name`` takes (``model.kwargs``), read from
+    its constructor's signature: the factory's parameters with a default, and where it forwards
+    ``**kwargs`` to the class its return annotation names, that class's. ``complete`` is False when
+    more are forwarded further (a timm model, mixlab's ViT to timm's ``VisionTransformer``).
+    ``num_classes`` is set by the run and not listed.
+    """
+    from mixlab.models import MODELS
+
+    if name not in MODELS:  # timm:<name>: whatever timm.create_model and the model class take
+        return ["pretrained"], False
+    names: list[str] = []
+    fn: Any = MODELS[name]
+    while fn is not None:
+        params = inspect.signature(fn).parameters.values()
+        names += [p.name for p in params if p.default is not inspect.Parameter.empty
+                  and p.name not in ("num_classes", "self") and p.name not in names]
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            return names, True
+        try:
+            target = typing.get_type_hints(fn).get("return")
+        except (NameError, TypeError):
+            target = None
+        fn = target.__init__ if isinstance(target, type) and fn is not getattr(target, "__init__", None) else None
+    return names, False
+
+
+def _bad_model_kwargs(model: str, key: str, accepted: list[str], complete: bool, detail: str = "") -> ValueError:
+    close = difflib.get_close_matches(key, accepted, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    takes = ", ".join(accepted) or "none"
+    if not complete:
+        takes += ", and those of the model class it builds" + (f" ({detail})" if detail else "")
+    return ValueError(f"model {model!r} takes no argument {key!r} (model.kwargs.{key}){hint}; it takes {takes}; "
+                      f"set them with --set model.kwargs.NAME=VALUE")
+
+
 def build_model(name: str, num_classes: int, **kwargs: Any):
-    """``mixlab.models.create_model`` with a clear error for unknown names (``timm:<name>`` passes)."""
+    """``mixlab.models.create_model`` with a clear error for unknown names (``timm:<name>`` passes)
+    and for keyword arguments the model does not take.
+
+    Raises:
+        ValueError: an unknown name, or a keyword argument of ``kwargs`` the model does not take
+            (with the ones it takes).
+    """
     from mixlab.models import create_model
 
-    check_names(model=name)
-    return create_model(name, num_classes=num_classes, **kwargs)
+    check_names(model=name, model_kwargs=kwargs)
+    try:
+        return create_model(name, num_classes=num_classes, **kwargs)
+    except TypeError as e:  # forwarded further than the signatures tell (timm)
+        match = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if match is None:
+            raise
+        raise _bad_model_kwargs(name, match[1], *model_arguments(name), detail=str(e)) from None
 
 
 def build_dataset(name: str, split: str, root: str | None = None, **kwargs: Any):

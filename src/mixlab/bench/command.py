@@ -83,7 +83,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("protocol", nargs="?", metavar="PROTOCOL",
                    help="a protocol name (see below) or the path of a protocol .yaml file")
-    p.add_argument("--out", metavar="DIR", help="bench directory (default bench/<protocol>)")
+    p.add_argument("--out", metavar="DIR", help="bench directory (default runs/bench/<protocol>)")
     p.add_argument("--methods", type=_names, metavar="A,B",
                    help="run only these of the protocol's methods (default: all)")
     p.add_argument("--seeds", type=_seeds, metavar="0,1,2", help="these seeds instead of the protocol's")
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     from mixlab.bench.runner import run_protocol
 
     protocol = load_protocol(args.protocol)
-    out = args.out or f"bench/{protocol.name}"
+    out = args.out or f"runs/bench/{protocol.name}"
     result = run_protocol(protocol, out, methods=args.methods, seeds=args.seeds, jobs=args.jobs,
                           data_root=args.data_root, dry_run=args.dry_run, command=_command(args), merge=args.merge)
     if args.dry_run:

@@ -148,10 +148,11 @@ def _finetuned(run_dir: Path, fraction: float, epoch: int, settings: EvalSetting
 
 
 def is_self_supervised(cfg: TrainConfig) -> bool:
-    """Whether the run pre-trains without labels (evaluated by a linear probe, not by ``eval``)."""
-    from mixlab.registry import SELF_SUPERVISED
+    """Whether the run pre-trains without labels (evaluated by a linear probe, not by ``eval``):
+    :func:`mixlab.registry.is_self_supervised` of its method."""
+    from mixlab.registry import is_self_supervised as method_is_self_supervised
 
-    return cfg.method.name in SELF_SUPERVISED
+    return method_is_self_supervised(cfg.method.name)
 
 
 def _probed(path: Path, epoch: int, settings: EvalSettings) -> bool:

@@ -215,6 +215,28 @@ class ImageTensorDataset(Dataset):
         view.transform = transform
         return view
 
+    def with_classes(self, classes: Sequence[str]) -> ImageTensorDataset:
+        """A view labelled with ``classes``' class-to-index map: each item keeps its class name, its
+        label becomes that name's index in ``classes`` (e.g. a test split labelled as its training
+        split, which may have classes the test split lacks). Images and transform are shared.
+
+        Raises:
+            ValueError: a class of this dataset that ``classes`` lacks (named, with ``classes``).
+        """
+        classes = [str(c) for c in classes]
+        if classes == self.classes:
+            return copy.copy(self)
+        index = {c: i for i, c in enumerate(classes)}
+        missing = [c for c in self.classes if c not in index]
+        if missing:
+            shown = ", ".join(map(repr, classes[:12])) + (", ..." if len(classes) > 12 else "")
+            raise ValueError(f"class(es) {', '.join(map(repr, missing[:12]))} of this dataset are not among the "
+                             f"{len(classes)} classes it is to be labelled with ({shown})")
+        view = copy.copy(self)
+        remap = torch.tensor([index[c] for c in self.classes], dtype=torch.int64)
+        view.labels, view.classes = remap[self.labels], classes
+        return view
+
     def subset(self, indices: Tensor | Sequence[int]) -> ImageTensorDataset:
         """The items at ``indices`` (e.g. from :func:`~mixlab.data.class_balanced_subset`), same
         classes, transform and mean/std. Decoded images are copied (a compact tensor)."""

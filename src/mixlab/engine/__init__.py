@@ -7,16 +7,17 @@ Under ``torchrun --nproc_per_node=N`` the same ``train`` runs data-parallel (doc
 ``linear_probe(run_dir)`` trains a linear classifier on a run's frozen features (``mixlab probe``).
 """
 
-from mixlab.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mixlab.engine.checkpoint import CheckpointError, CheckpointWriteError, load_checkpoint, save_checkpoint
 from mixlab.engine.config import (DataConfig, MethodConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig,
                                   apply_overrides, config_from_dict, config_to_dict, load_config, validate_config)
 from mixlab.engine.distributed import DistInfo, init_distributed, is_main_process
 from mixlab.engine.metrics import accuracy, evaluate
 from mixlab.engine.probe import extract_features, linear_probe
-from mixlab.engine.trainer import build_optimizer, lr_factor, set_lr, train, train_step
+from mixlab.engine.trainer import TrainingDivergedError, build_optimizer, lr_factor, set_lr, train, train_step
 
 __all__ = [
     "CheckpointError",
+    "CheckpointWriteError",
     "DataConfig",
     "DistInfo",
     "MethodConfig",
@@ -24,6 +25,7 @@ __all__ = [
     "OptimConfig",
     "RunConfig",
     "TrainConfig",
+    "TrainingDivergedError",
     "accuracy",
     "apply_overrides",
     "build_optimizer",

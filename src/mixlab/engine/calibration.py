@@ -26,7 +26,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["calibration_bins", "expected_calibration_error", "rms_calibration_error", "reliability_diagram"]
+__all__ = ["calibration_bins", "expected_calibration_error", "rms_calibration_error", "reliability_figure",
+           "reliability_diagram"]
+
+
+ACCURACY_COLOR = "#3b75af"  # the reliability diagram's accuracy bars (and the mean accuracy)
+GAP_COLOR = "#d62728"  # its gap hatching (and the mean confidence)
 
 
 def _confidences(probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -126,20 +131,20 @@ def rms_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 15) -> fl
     return math.sqrt(float((counts / counts.sum() * (acc - conf).square()).sum()))
 
 
-def reliability_diagram(probs: Tensor, labels: Tensor, path: str | Path, n_bins: int = 15,
-                        title: str | None = None) -> Path:
-    """Write a reliability diagram (PNG): per-bin accuracy bars against the diagonal, the gap to
-    the bin's mean confidence shaded, and the confidence histogram underneath (AutoMix Fig. 8).
+def reliability_figure(probs: Tensor, labels: Tensor, n_bins: int = 15, title: str | None = None):
+    """A reliability diagram as a matplotlib ``Figure``: per-bin accuracy bars against the diagonal,
+    the gap between each bin's accuracy and its mean confidence, and the confidence histogram
+    underneath (AutoMix Fig. 8).
 
-    Drawn with matplotlib's object API on an Agg canvas (no pyplot, the global backend is untouched).
+    The gap is an unfilled box with red hatching from the accuracy to the confidence, so both
+    colours stay what the legend shows whichever side the confidence lies on: above a bar
+    (over-confident) red hatching on white, inside it (under-confident) red hatching on the bar's
+    blue, never a blend. Drawn with matplotlib's object API on an Agg canvas (no pyplot, the global
+    backend is untouched).
 
     Args:
         probs, labels, n_bins: as :func:`expected_calibration_error`.
-        path: output file; parent folders are created.
         title: first title line (default ``"Reliability diagram"``); ECE and RMS (in %) are appended.
-
-    Returns:
-        the path written.
 
     Raises:
         TypeError, ValueError: see :func:`calibration_bins`.
@@ -162,11 +167,11 @@ def reliability_diagram(probs: Tensor, labels: Tensor, path: str | Path, n_bins:
     FigureCanvasAgg(fig)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.bar(lefts, [a if f else 0.0 for a, f in zip(acc_l, filled)], width=width, align="edge",
-            color="#3b75af", edgecolor="black", linewidth=0.6, label="accuracy")
+            color=ACCURACY_COLOR, edgecolor="black", linewidth=0.6, label="accuracy")
     gap_lo = [min(a, c) for a, c in zip(acc_l, conf_l)]
     gap_hi = [abs(a - c) if f else 0.0 for a, c, f in zip(acc_l, conf_l, filled)]
-    top.bar(lefts, gap_hi, bottom=gap_lo, width=width, align="edge", color="#d62728", alpha=0.35,
-            edgecolor="#d62728", hatch="//", linewidth=0.6, label="gap to confidence")
+    top.bar(lefts, gap_hi, bottom=gap_lo, width=width, align="edge", facecolor="none", edgecolor=GAP_COLOR,
+            hatch="///", hatch_linewidth=1.6, linewidth=1.0, label="gap to confidence")
     top.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1.0, label="perfect calibration")
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
@@ -174,13 +179,25 @@ def reliability_diagram(probs: Tensor, labels: Tensor, path: str | Path, n_bins:
     top.legend(loc="upper left", fontsize=8)
     top.set_title(f"{title or 'Reliability diagram'}\nECE = {100 * ece:.2f}%   RMS = {100 * rms:.2f}%", fontsize=10)
     bottom.bar(lefts, weights.tolist(), width=width, align="edge", color="#7f7f7f", edgecolor="black", linewidth=0.6)
-    bottom.axvline(mean_acc, color="#3b75af", linestyle="-", linewidth=1.5, label=f"accuracy {100 * mean_acc:.1f}%")
-    bottom.axvline(mean_conf, color="#d62728", linestyle="--", linewidth=1.5,
+    bottom.axvline(mean_acc, color=ACCURACY_COLOR, linestyle="-", linewidth=1.5,
+                   label=f"accuracy {100 * mean_acc:.1f}%")
+    bottom.axvline(mean_conf, color=GAP_COLOR, linestyle="--", linewidth=1.5,
                    label=f"avg. confidence {100 * mean_conf:.1f}%")
     bottom.set_xlabel("confidence")
     bottom.set_ylabel("fraction of samples")
     bottom.legend(loc="best", fontsize=7)
     fig.tight_layout()
+    return fig
+
+
+def reliability_diagram(probs: Tensor, labels: Tensor, path: str | Path, n_bins: int = 15,
+                        title: str | None = None) -> Path:
+    """Write :func:`reliability_figure` as a PNG; parent folders are created. Returns the path.
+
+    Raises:
+        TypeError, ValueError: see :func:`calibration_bins`.
+    """
+    fig = reliability_figure(probs, labels, n_bins, title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")

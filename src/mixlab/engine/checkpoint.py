@@ -11,23 +11,30 @@ A checkpoint is one ``torch.save`` dict (loadable with ``weights_only=True``)::
     rng          python / numpy / torch (+ cuda) states and the engine's generators
     history      the metrics rows so far
 
-It is written to a temporary file in the same directory, flushed and fsync'ed, then moved over the
-old one with ``os.replace``: a crash leaves either the old or the new checkpoint, never half of one.
+It is written to a temporary file in the same directory (``.checkpoint.pt.<8 characters>.tmp``),
+flushed and fsync'ed, then moved over the old one with ``os.replace``: a crash leaves either the old
+or the new checkpoint, never half of one. A write that fails (a full disk) removes its temporary
+file and raises :class:`CheckpointWriteError`; a process killed while writing leaves its temporary
+file behind, which :func:`remove_stale_temporaries` (called when a run starts or resumes) deletes.
+Files are created with mode ``0o666`` minus the umask, as ``open()`` creates the run's other files.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import random
-import tempfile
+import re
+import secrets
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "CHECKPOINT_NAME", "save_checkpoint", "load_checkpoint", "resolve_checkpoint",
-           "rng_state", "set_rng_state", "atomic_write_bytes", "init_from_checkpoint"]
+__all__ = ["CheckpointError", "CheckpointWriteError", "CHECKPOINT_NAME", "save_checkpoint", "load_checkpoint",
+           "resolve_checkpoint", "rng_state", "set_rng_state", "atomic_write_bytes", "remove_stale_temporaries",
+           "init_from_checkpoint"]
 
 FORMAT = "mixlab-checkpoint-1"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -37,6 +44,11 @@ _REQUIRED = ("epoch", "step", "config", "num_classes", "model", "optimizer", "sc
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the run."""
+
+
+class CheckpointWriteError(OSError):
+    """A file of the run could not be written (a full disk, a quota, an I/O error); the file it was to
+    replace, if any, is untouched and no temporary file is left. ``errno`` is the cause's."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -52,21 +64,101 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _temporary_name(path: Path) -> Path:
+    """``.<name>.<8 random characters>.tmp`` next to ``path`` (the pattern of :func:`remove_stale_temporaries`)."""
+    return path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The ``OSError`` behind ``error``: itself, or one in its chain (``torch.save`` turns a failed
+    write of its file object into ``RuntimeError: ... unexpected pos``, the ``OSError`` as context)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def atomic_write_bytes(path: str | Path, write: Any) -> None:
-    """Call ``write(fileobj)`` on a temporary file next to ``path``, fsync, then replace ``path``."""
+    """Call ``write(fileobj)`` on a temporary file next to ``path``, fsync, then replace ``path``.
+
+    The temporary file is created with mode ``0o666`` minus the umask (as ``open()`` does) and
+    removed if anything fails; ``path`` is then left as it was.
+
+    Raises:
+        CheckpointWriteError: writing failed for lack of space (the message says "no space left on
+            device while writing <path>") or another OS error (its reason, and ``path``).
+        Exception: whatever ``write`` raises for another reason (an unpicklable object, ...).
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    while True:
+        tmp = _temporary_name(path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:  # 2**32 names: a clash is rare, try another
+            continue
+        except OSError as e:
+            raise _write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        try:
             os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        cause = _os_error(e)
+        if cause is not None and isinstance(e, (OSError, RuntimeError)):
+            raise _write_error(path, cause) from None
         raise
     _fsync_dir(path.parent)
+
+
+def _write_error(path: Path, cause: OSError) -> CheckpointWriteError:
+    if cause.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        what = "no space left on device" if cause.errno == errno.ENOSPC else "disk quota exceeded"
+        text = (f"{what} while writing {path}; it was left as it was (the previous version, if any, is intact) "
+                f"and no partial file remains: free some space and run again (`--resume` continues a run from "
+                f"its last checkpoint)")
+    else:
+        text = f"cannot write {path}: {cause.strerror or cause}; it was left as it was and no partial file remains"
+    error = CheckpointWriteError(text)
+    error.errno = cause.errno
+    return error
+
+
+_STALE = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temporaries(run_dir: str | Path, names: tuple[str, ...] = (CHECKPOINT_NAME,)) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_write_bytes` leaves in ``run_dir`` when the
+    process is killed mid-write (``.checkpoint.pt.<8 characters>.tmp``, one per kill, as large as a
+    checkpoint), for the files ``names``. Other files are untouched.
+
+    Returns:
+        the paths removed.
+    """
+    run_dir = Path(run_dir)
+    removed = []
+    try:
+        entries = list(os.scandir(run_dir))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        match = _STALE.fullmatch(entry.name)
+        if match and match["name"] in names and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            removed.append(Path(entry.path))
+    return removed
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:

@@ -6,6 +6,12 @@ values are parsed as YAML (``optim.lr=0.05``, ``method.params.alpha=0.4``, ``run
 
     cfg = load_config("my.yaml", ["optim.epochs=30", "method.name=mixup"])
 
+Common spellings from other trainers are accepted for a few keys (:data:`ALIASES`): a key that is
+not a config key is looked up by its last part, bare or under a section, so ``lr=0.1``,
+``learning_rate=0.1`` and ``optim.learning_rate=0.1`` all set ``optim.lr``, ``wd`` sets
+``optim.weight_decay``, ``batch_size`` (also under ``optim``) ``data.batch_size``, ``warmup``
+``optim.warmup_epochs``, ``smoothing`` ``method.label_smoothing``.
+
 The defaults are the README's default run (``mixlab train`` with no arguments): a small ResNet on
 the synthetic shapes with CutMix, a few minutes on two CPU cores. ``configs/default.yaml`` (package
 data) spells the same values out as a starting point for your own file.
@@ -39,7 +45,28 @@ __all__ = [
     "config_to_dict",
     "validate_config",
     "config_keys",
+    "resolve_key",
+    "ALIASES",
 ]
+
+#: other trainers' names of config keys (timm's ``train.py`` flags, PyTorch's and Lightning's
+#: argument names), accepted wherever a config key is; see :func:`resolve_key`
+ALIASES: dict[str, str] = {
+    "lr": "optim.lr", "learning_rate": "optim.lr",
+    "wd": "optim.weight_decay", "weight_decay": "optim.weight_decay",
+    "momentum": "optim.momentum",
+    "epochs": "optim.epochs", "num_epochs": "optim.epochs", "max_epochs": "optim.epochs",
+    "warmup": "optim.warmup_epochs", "warmup_epochs": "optim.warmup_epochs",
+    "opt": "optim.name", "optimizer": "optim.name",
+    "sched": "optim.schedule", "scheduler": "optim.schedule", "schedule": "optim.schedule",
+    "clip_grad": "optim.clip_grad", "grad_clip": "optim.clip_grad", "gradient_clip_val": "optim.clip_grad",
+    "batch_size": "data.batch_size", "bs": "data.batch_size",
+    "workers": "data.num_workers", "num_workers": "data.num_workers",
+    "data_dir": "data.root", "data_root": "data.root",
+    "smoothing": "method.label_smoothing", "label_smoothing": "method.label_smoothing",
+    "model_ema_decay": "model.ema_decay", "ema_decay": "model.ema_decay",
+    "seed": "run.seed", "amp": "run.amp", "device": "run.device",
+}
 
 
 @dataclass
@@ -136,15 +163,27 @@ def _section_types() -> dict[str, type]:
     return typing.get_type_hints(TrainConfig)
 
 
+def resolve_key(key: str) -> str | None:
+    """The config key that ``key`` names: ``key`` itself if it is one, else the key of its last part
+    in :data:`ALIASES` when ``key`` is that part bare or under a section (``learning_rate``,
+    ``optim.learning_rate`` -> ``optim.lr``); ``None`` otherwise. Keys inside a mapping field
+    (``method.params.alpha``) are not listed and give ``None``."""
+    if key in config_keys():
+        return key
+    parts = key.split(".")
+    if len(parts) == 1 or (len(parts) == 2 and parts[0] in _section_types()):
+        return ALIASES.get(parts[-1])
+    return None
+
+
 def _suggest(key: str) -> str:
     """' (did you mean 'optim.lr'?)' for a mistyped dotted key, or ''."""
     keys = config_keys()
     leaf = key.rsplit(".", 1)[-1]
-    same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
-    close = same_leaf or difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
-    if not close:  # compare leaves: 'optim.learning_rate' ~ 'optim.lr' is hopeless, 'epoch' ~ 'epochs' is not
-        leaves = {k.rsplit(".", 1)[-1]: k for k in keys}
-        close = [leaves[m] for m in difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.7)]
+    same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf] or ([ALIASES[leaf]] if leaf in ALIASES else [])
+    leaves = {**ALIASES, **{k.rsplit(".", 1)[-1]: k for k in keys}}  # 'epoch' ~ 'epochs', 'learningrate' ~ ...
+    close = (same_leaf or [leaves[m] for m in difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.7)]
+             or difflib.get_close_matches(key, keys, n=1, cutoff=0.6))
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -201,16 +240,16 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 
 
 def _set(cfg: TrainConfig, key: str, value: Any) -> None:
-    """Set dotted ``key`` (``section.field`` or ``section.dictfield.name``) to ``value``."""
+    """Set dotted ``key`` (``section.field``, ``section.dictfield.name`` or an alias) to ``value``."""
     parts = key.split(".")
     sections = _section_types()
-    if len(parts) < 2 or parts[0] not in sections:
-        raise _unknown_key(key)
+    if not (len(parts) >= 2 and parts[0] in sections and parts[1] in typing.get_type_hints(sections[parts[0]])):
+        alias = resolve_key(key)
+        if alias is None:
+            raise _unknown_key(key)
+        key, parts = alias, alias.split(".")
     section = getattr(cfg, parts[0])
-    hints = typing.get_type_hints(type(section))
-    if parts[1] not in hints:
-        raise _unknown_key(key)
-    tp = hints[parts[1]]
+    tp = typing.get_type_hints(type(section))[parts[1]]
     if len(parts) == 2:
         setattr(section, parts[1], _coerce(key, value, tp))
     elif typing.get_origin(tp) is dict:  # method.params.alpha=0.4

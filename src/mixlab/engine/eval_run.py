@@ -84,7 +84,7 @@ def _data(cfg: TrainConfig, path: str | os.PathLike, train: bool = False) -> tup
     subset, are rebuilt as the trainer did. With ``train=True`` the training split (as the trainer
     built it) is returned too, with the TEST transform (no augmentation; the linear probe's).
     """
-    from mixlab.engine.trainer import _transforms
+    from mixlab.engine.trainer import _transforms, align_test_split
 
     d = cfg.data
     try:
@@ -100,6 +100,11 @@ def _data(cfg: TrainConfig, path: str | os.PathLike, train: bool = False) -> tup
         if dataset is not None and len(dataset) == 0:
             raise ValueError(f"cannot evaluate {path}: the {split} split of dataset {d.name!r} (root {d.root}) is "
                              f"empty")
+    if train_set is not None:  # the model's outputs are the train split's classes (fixed datasets: the same)
+        try:
+            test_set = align_test_split(train_set, test_set, cfg)
+        except ValueError as e:
+            raise ValueError(f"cannot evaluate {path}: {e}") from None
     stats = train_set if train_set is not None else test_set
     _, test_transform = _transforms(stats, cfg)
     return (test_set.with_transform(test_transform), stats.mean, stats.std,
@@ -211,7 +216,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, fgsm: bool = True, corruptio
 
     Raises:
         ValueError (``CheckpointError`` is one): ``path`` is missing, not a mixlab checkpoint, or
-            truncated; its weights do not fit its config's model; the run's dataset cannot be
+            truncated; it is a self-supervised run (no trained classifier: ``linear_probe`` scores
+            it); its weights do not fit its config's model; the run's dataset cannot be
             loaded (the message says to pass ``data_root``); the directory is not writable.
 
     Note:
@@ -224,6 +230,11 @@ def evaluate_checkpoint(path: str | os.PathLike, *, fgsm: bool = True, corruptio
             raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
     dev = _device(device)
     ckpt_path, ckpt, cfg = _open(path, data_root)
+    if registry.is_self_supervised(cfg.method.name):
+        raise ValueError(f"cannot evaluate {path} as a classifier: it is a self-supervised run ({cfg.method.name}), "
+                         f"whose classifier was never trained (its accuracy would be chance). `mixlab probe {path}` "
+                         f"trains a linear probe on its frozen backbone and evaluates that (`mixlab finetune {path}` "
+                         f"fine-tunes it with labels)")
     test_set, mean, std, _ = _data(cfg, path)
     num_classes = _num_classes(ckpt, test_set, cfg, path)
     batch_size = batch_size or cfg.data.eval_batch_size

@@ -146,14 +146,19 @@ def finetune(path: str | os.PathLike, *, fraction: float = 0.1, epochs: int = 30
     done = _finished(out, settings)
     if done is not None:
         return done
+    final = None
     if (out / CHECKPOINT_NAME).is_file():  # interrupted: resume it if it is this fine-tuning, else start afresh
-        old, new = load_checkpoint(out)["config"], config_to_dict(cfg)
+        saved = load_checkpoint(out)
+        old, new = saved["config"], config_to_dict(cfg)
         same = all(old.get(k) == new[k] for k in ("data", "model", "optim", "method"))
-        if same and old["run"]["seed"] == cfg.run.seed:
+        if same and old["run"]["seed"] == cfg.run.seed and saved["epoch"] >= epochs:
+            final = dict(saved["history"][-1])  # trained to the end, stopped before its summary was written
+        elif same and old["run"]["seed"] == cfg.run.seed:
             cfg.run.resume = str(out)
         else:
             (out / CHECKPOINT_NAME).unlink()
-    final = train(cfg)
+    if final is None:
+        final = train(cfg)
     results = {**settings, "train_images": per_class * ckpt["num_classes"], "top1": final["test_acc1"],
                "top5": final["test_acc5"], "nll": final["test_nll"], "seconds": round(time.perf_counter() - t0, 2),
                "run_dir": str(out), "finetune_json": str(out / FINETUNE_JSON)}

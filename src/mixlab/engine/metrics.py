@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from contextlib import nullcontext
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from mixlab.engine.checkpoint import atomic_write_bytes
 
 __all__ = ["accuracy", "evaluate", "write_metrics"]
 
@@ -102,12 +105,11 @@ def write_metrics(run_dir: str | Path, history: list[dict[str, Any]]) -> None:
     columns: list[str] = []
     for row in history:
         columns += [k for k in row if k not in columns]
-    tmp = run_dir / ".metrics.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(history)
-    tmp.replace(run_dir / "metrics.csv")
-    tmp = run_dir / ".metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
-    tmp.replace(run_dir / "metrics.jsonl")
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+    # each written whole or not at all (CheckpointWriteError names a full disk)
+    atomic_write_bytes(run_dir / "metrics.csv", lambda f: f.write(text.getvalue().encode()))
+    atomic_write_bytes(run_dir / "metrics.jsonl",
+                       lambda f: f.write("".join(json.dumps(row) + "\n" for row in history).encode()))

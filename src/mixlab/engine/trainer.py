@@ -2,7 +2,7 @@
 
     mixlab train                                      # the README's default run, a few minutes on a CPU
     mixlab train --method mixup --epochs 30 --set optim.lr=0.05
-    mixlab train --model resnet18 --dataset imagefolder --data-root ../shared/data/cifar10-jpeg.zip
+    mixlab train --model resnet18 --dataset imagefolder --data-root /path/to/cifar10-jpeg.zip
     mixlab train --resume runs/cutmix-resnet_small-synthetic-20250101-120000
     torchrun --nproc_per_node=2 -m mixlab.cli train   # data parallel: 2 processes (gloo on CPU, nccl on GPUs)
 
@@ -46,8 +46,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from mixlab import registry
-from mixlab.engine.checkpoint import (CHECKPOINT_NAME, CheckpointError, init_from_checkpoint, load_checkpoint,
-                                      rng_state, save_checkpoint, set_rng_state)
+from mixlab.engine.checkpoint import (CHECKPOINT_NAME, CheckpointError, atomic_write_bytes, init_from_checkpoint,
+                                      load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint,
+                                      set_rng_state)
 from mixlab.engine.config import TrainConfig, config_to_dict, validate_config
 from mixlab.engine.distributed import (DistInfo, all_gather_object, all_reduce_sum, average_gradients, barrier,
                                        broadcast_object, broadcast_tensors, cleanup, init_distributed)
@@ -57,7 +58,7 @@ from mixlab.engine.plots import plot_curves, plot_rows, plot_samples
 from mixlab.methods.base import ImageRows, Method, StepOutput
 
 __all__ = ["train", "train_step", "build_optimizer", "lr_factor", "set_lr", "default_run_dir", "EpochSampler",
-           "SeededItems", "rank_generators", "write_epoch_figures"]
+           "SeededItems", "rank_generators", "write_epoch_figures", "align_test_split", "TrainingDivergedError"]
 
 
 # ------------------------------------------------------------------------------- small helpers
@@ -84,14 +85,80 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / name
 
 
-def _prepare_run_dir(path: Path) -> None:
-    """Create the run directory and prove it is writable, or raise ``ValueError``."""
+def _prepare_run_dir(path: Path) -> list[Path]:
+    """Create the run directory and prove it is writable, or raise ``ValueError``; returns the
+    directories this created (``path`` and any missing parents), deepest first."""
+    created = []
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        created.append(p)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as e:
         raise ValueError(f"run directory {path} is not writable: {e.strerror or e}") from None
+    return created
+
+
+class _NewRunDirs:
+    """The directories a run created; :meth:`remove` takes them away again (only while empty, so
+    never anything else's) when the run fails before writing its first checkpoint (``kept``)."""
+
+    def __init__(self) -> None:
+        self.paths: list[Path] = []
+        self.kept = False
+
+    def remove(self) -> None:
+        if self.kept:
+            return
+        for p in self.paths:  # deepest first
+            try:
+                p.rmdir()
+            except OSError:
+                break
+
+
+_LOG_EVERY = 10  # steps between progress-bar updates and, on a GPU, reads of the non-finite loss flag
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The training loss became NaN or infinite; the run stopped at that step (its last checkpoint,
+    if any, is untouched)."""
+
+
+class _LossWatch:
+    """Watches the training loss for its first non-finite value without a host-device sync per step:
+    :meth:`update` keeps a flag, the step and the value on the device; :meth:`bad` reads them (one
+    sync), which the loop does every ``every`` steps and at the end of each epoch. In a single
+    process on the CPU reading is free, and the loop checks every step (data parallel, a read is a
+    collective: every ``every`` steps too)."""
+
+    def __init__(self, device: torch.device, every: int) -> None:
+        self.every = every
+        self.ok = torch.ones((), dtype=torch.bool, device=device)
+        self.step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.value = torch.zeros((), dtype=torch.float32, device=device)
+
+    def update(self, loss: Tensor, step: int) -> None:
+        first = self.ok & ~torch.isfinite(loss)  # the first bad step only
+        self.step = torch.where(first, step, self.step)
+        self.value = torch.where(first, loss.float(), self.value)
+        self.ok = self.ok & ~first
+
+    def due(self, step: int, end_of_epoch: bool) -> bool:
+        """Whether the loop reads the flag after ``step`` steps (``step`` >= 1)."""
+        return end_of_epoch or step % self.every == 0
+
+    def bad(self, distributed: bool) -> tuple[int, float] | None:
+        """``(step, loss)`` of the first non-finite loss on any process, or ``None``."""
+        if distributed:  # every process checks at the same steps: a cheap sum first, details if needed
+            if not all_reduce_sum((~self.ok).to(torch.int64)):
+                return None
+            found = [(s, v) for s, v in all_gather_object((int(self.step), float(self.value))) if s >= 0]
+            return min(found)
+        return None if bool(self.ok) else (int(self.step), float(self.value))
 
 
 class EpochSampler(Sampler):
@@ -309,7 +376,8 @@ def _datasets(cfg: TrainConfig, world_size: int = 1):
         return {"num_per_class": n, "image_size": d.image_size, "seed": cfg.run.seed} if d.name == "synthetic" else {}
 
     train_set = registry.build_dataset(d.name, "train", root=d.root, **synthetic(d.num_per_class))
-    test_set = registry.build_dataset(d.name, "test", root=d.root, **synthetic(d.test_per_class))
+    test_set = align_test_split(train_set, registry.build_dataset(d.name, "test", root=d.root,
+                                                                  **synthetic(d.test_per_class)), cfg)
     if d.train_per_class is not None:
         from mixlab.data import class_balanced_subset
 
@@ -326,6 +394,41 @@ def _datasets(cfg: TrainConfig, world_size: int = 1):
         raise ValueError(f"data.batch_size={d.batch_size} (per process) is larger than the {share} training images "
                          f"each of the {world_size} processes gets ({len(train_set)} in all); lower --batch-size")
     return train_set, test_set
+
+
+def align_test_split(train_set, test_set, cfg: TrainConfig):
+    """``test_set`` labelled with the train split's class-to-index map, the model's outputs (an
+    ImageFolder's test split may lack some of the train split's classes: its own sorted folder
+    names would index them otherwise, shifted).
+
+    Raises:
+        ValueError: the test split has a class the train split lacks (the model has no output for it).
+    """
+    try:
+        return test_set.with_classes(train_set.classes)
+    except ValueError:
+        d = cfg.data
+        extra = [c for c in test_set.classes if c not in set(train_set.classes)]
+        raise ValueError(f"the test split of dataset {d.name!r} (root {d.root}) has class(es) "
+                         f"{', '.join(map(repr, extra[:12]))} that its train split lacks, so the model would have no "
+                         f"output for them: give each test class training images (a train/<class> folder of the same "
+                         f"name) or remove it from the test split") from None
+
+
+def _check_epochs_left(ckpt: dict, cfg: TrainConfig) -> None:
+    """Raise ``ValueError`` when the checkpoint is already at (or past) the epoch this run stops at."""
+    o, r = cfg.optim, cfg.run
+    end = min(o.epochs, r.stop_epoch or o.epochs)
+    if ckpt["epoch"] < end:
+        return
+    run = Path(ckpt["path"]).parent
+    asked = f"{o.epochs} epochs (optim.epochs)" + (f", stopping after epoch {r.stop_epoch} (run.stop_epoch)"
+                                                  if r.stop_epoch else "")
+    score = (f"`mixlab probe {run}` evaluates it" if registry.is_self_supervised(cfg.method.name)
+             else f"`mixlab eval {run}` evaluates it")
+    raise ValueError(f"nothing to train: {ckpt['path']} is at epoch {ckpt['epoch']} of "
+                     f"{ckpt['config']['optim']['epochs']} and this run asks for {asked}; the run was left untouched. "
+                     f"To train it longer, resume with more epochs (--epochs N, N > {ckpt['epoch']}); {score}")
 
 
 def _check_resumable(ckpt: dict, cfg: TrainConfig) -> None:
@@ -401,8 +504,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
     """Train ``config.model`` on ``config.data`` with ``config.method``; returns the final metrics.
 
     The run directory receives ``checkpoint.pt`` (every epoch), ``metrics.csv`` / ``metrics.jsonl``
-    (one row per epoch), ``curves.png``, ``samples.png``, ``config.yaml``, and the method's
-    ``epoch_figures`` (rewritten every epoch: MAE's ``reconstructions.png``).
+    (one row per epoch), ``curves.png``, ``samples.png`` (the mixed batch of step
+    ``method.preview_step``), ``config.yaml``, and the method's ``epoch_figures`` (rewritten every
+    epoch: MAE's ``reconstructions.png``). Nothing is written into it before the first checkpoint
+    (``config.yaml`` follows it), and a run that fails before its first checkpoint removes the
+    directories it created; a run directory's stale checkpoint temporaries (of a process killed
+    while writing one) are deleted when a run starts or resumes there.
 
     Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) it joins the process group (and leaves it at
     the end, unless the caller had set it up) and trains data-parallel: every rank returns the
@@ -416,22 +523,31 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     Raises:
         ValueError (``CheckpointError`` is one), FileNotFoundError: anything wrong with the inputs
-            (config values, names, dataset path, resume checkpoint, run directory), before the
+            (config values, names, model arguments, dataset path or a test class the train split
+            lacks, resume checkpoint or one with no epoch left to train, run directory), before the
             first step.
+        TrainingDivergedError: the training loss became NaN or infinite (the message names the step
+            and what to change); the last checkpoint is untouched.
+        CheckpointWriteError: a checkpoint could not be written (a full disk); the previous one is
+            untouched.
     """
     validate_config(config)
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     info = init_distributed(device=config.run.device)
     threads = torch.get_num_threads()
+    new_dirs = _NewRunDirs()
     try:
-        return _train(config, info)
+        return _train(config, info, new_dirs)
+    except BaseException:
+        new_dirs.remove()  # a run that failed before its first checkpoint leaves no directory behind
+        raise
     finally:
         torch.set_num_threads(threads)  # run.threads applies to the run only
         if owns_group:
             cleanup()
 
 
-def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
+def _train(cfg: TrainConfig, info: DistInfo, new_dirs: _NewRunDirs) -> dict[str, Any]:
     validate_config(cfg)
     registry.check_names(cfg.method.name, cfg.method.params, cfg.model.name, cfg.data.name)
     d, o, r = cfg.data, cfg.optim, cfg.run
@@ -451,6 +567,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         barrier()  # (rank 0 of an earlier run in this process group wrote it before a barrier too)
         ckpt = load_checkpoint(r.resume)
         _check_resumable(ckpt, cfg)
+        _check_epochs_left(ckpt, cfg)
+    registry.check_names(model=cfg.model.name, model_kwargs=cfg.model.kwargs)  # after the checkpoint's diffs
 
     # ---- data, model, method
     if d.name == "imagefolder" and info.distributed:  # rank 0 decodes into the disk cache, the others read it
@@ -475,7 +593,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     broadcast_tensors(method.state_dict().values())
     train_transform, test_transform = _transforms(train_set, cfg)
     image_size = d.image_size if train_set.is_lazy else train_set.images.shape[-1]
-    self_supervised = getattr(method, "self_supervised", False)
+    self_supervised = registry.is_self_supervised(method)
     # the un-augmented training images: the memory bank of the kNN monitor (self-supervised runs),
     # and a few of them the images of method.epoch_figures after every epoch (rank 0)
     plain_train = train_set.with_transform(test_transform)
@@ -536,13 +654,31 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         if ckpt is None and (run_dir / CHECKPOINT_NAME).exists():
             raise ValueError(f"run directory {run_dir} already holds a {CHECKPOINT_NAME}; pass --resume {run_dir} "
                              f"to continue it, or choose another --out")
-        _prepare_run_dir(run_dir)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        new_dirs.paths = _prepare_run_dir(run_dir)
+        # left by a process killed while it wrote one of them
+        remove_stale_temporaries(run_dir, (CHECKPOINT_NAME, "config.yaml", "metrics.csv", "metrics.jsonl"))
         return str(run_dir)
 
+    # nothing is written into the run directory before the first checkpoint, which config.yaml and
+    # the TensorBoard log follow: a run that fails earlier leaves no half-made run behind
     run_dir = Path(_on_main(prepare_run_dir, info))  # rank 0's name (it holds a timestamp)
-    writer = _tensorboard(run_dir) if r.tensorboard and main else None
+    writer = None
+    written = ckpt is not None  # the run directory holds a checkpoint of this run
     from tqdm.auto import tqdm
+
+    watch = _LossWatch(device, every=1 if device.type == "cpu" and not info.distributed else _LOG_EVERY)
+    amp_hint = {torch.float16: "; mixed precision in fp16 overflows easily: try run.amp=bf16 (or none)",
+                torch.bfloat16: "; or train in full precision: run.amp=none"}.get(amp_dtype, "")
+
+    def diverged(bad: tuple[int, float]) -> TrainingDivergedError:
+        at, value = bad
+        kept = (f"its last checkpoint (epoch {history[-1]['epoch']}) is untouched" if written
+                else "no checkpoint had been written, so it left no files")
+        return TrainingDivergedError(
+            f"the training loss became {value} at step {at + 1} (epoch {at // steps_per_epoch + 1}, batch "
+            f"{at % steps_per_epoch + 1} of {steps_per_epoch}): training diverged and stopped there; {kept}. Lower "
+            f"the learning rate (optim.lr is {o.lr:g}: --lr), or clip the gradients (optim.clip_grad is "
+            f"{o.clip_grad:g}: e.g. --set optim.clip_grad=1.0){amp_hint}")
 
     if main:
         procs = (f" | {info.world_size} processes x batch {d.batch_size} ({info.world_size * d.batch_size} in all)"
@@ -550,7 +686,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         print(f"mixlab: {cfg.method.name} | {cfg.model.name} | {d.name} ({len(train_set)} train / {len(test_set)} "
               f"test, {num_classes} classes) | {o.epochs} epochs x {steps_per_epoch} steps | {device}{procs} | "
               f"run dir {run_dir}", flush=True)
-    samples = None  # the run's first mixed batch, drawn in samples.png
+    samples = None  # the mixed batch of step method.preview_step, drawn in samples.png
+    preview_at = min(method.preview_step, total_steps - 1)
     for epoch in range(start_epoch, min(o.epochs, r.stop_epoch or o.epochs)):
         model.train()
         method.train()
@@ -558,6 +695,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         sampler.set_epoch(epoch)
         sums: dict[str, Tensor] = defaultdict(lambda: torch.zeros((), device=device, dtype=torch.float64))
         seen = correct = 0
+        epoch_end = step + steps_per_epoch
         t0 = time.perf_counter()
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{o.epochs}", disable=not (r.progress and main),
                    leave=False, dynamic_ncols=True)
@@ -569,18 +707,24 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
             if ema is not None:
                 ema.update_parameters(model)
             b = labels.shape[0]
+            watch.update(out.loss.detach(), step)
             sums["loss"] += out.loss.detach().double() * b
             for k, v in out.logs.items():
                 sums[k] += torch.as_tensor(v).detach().double().to(device) * b
             if out.logits is not None and out.logits.shape[0] == b:
                 target = out.mixed.targets.argmax(1) if out.mixed is not None else labels
                 correct += (out.logits.argmax(1) == target).sum()
-            if step == 0 and main:  # a multi-view batch (self-supervised) shows its first view
+            if step == preview_at and main:  # a multi-view batch (self-supervised) shows its first view
                 first = images if isinstance(images, Tensor) else images[0]
                 samples = _preview(method, out, first[:16], labels[:16])
             seen += b
             step += 1
-            if r.progress and main and step % 10 == 0:
+            if watch.due(step, end_of_epoch=step == epoch_end):
+                bad = watch.bad(info.distributed)
+                if bad is not None:
+                    bar.close()
+                    raise diverged(bad)
+            if r.progress and main and step % _LOG_EVERY == 0:
                 bar.set_postfix(loss=f"{sums['loss'].item() / seen:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
         train_time = time.perf_counter() - t0
 
@@ -588,9 +732,6 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         means, acc, seen_all = _epoch_sums(sums, correct, seen, device)
         row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"]}
         row.update({f"train_{k}": v for k, v in means.items()})
-        if not math.isfinite(row["train_loss"]):
-            raise FloatingPointError(f"training loss is {row['train_loss']} in epoch {epoch + 1}; lower optim.lr or "
-                                     f"set optim.clip_grad (the last checkpoint was left untouched)")
         if acc is not None:
             row["train_acc"] = 100.0 * acc
         last = epoch + 1 == min(o.epochs, r.stop_epoch or o.epochs)
@@ -624,11 +765,18 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
                 "rng": gathered[0][0], "rng_per_rank": [g for g, _, _ in gathered] if info.distributed else None,
                 "method_per_rank": [m for _, _, m in gathered] if own else None,
                 "world_size": info.world_size, "history": history})
+            if epoch == start_epoch:  # this process's first checkpoint: the config.yaml it ran with
+                atomic_write_bytes(run_dir / "config.yaml",
+                                   lambda f: f.write(yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode()))
+            written = new_dirs.kept = True
+            if writer is None and r.tensorboard:
+                writer = _tensorboard(run_dir)
             write_metrics(run_dir, history)
             plot_curves(history, run_dir / "curves.png")
             if samples is not None:
                 plot_samples(*samples, train_set.classes, run_dir / "samples.png", train_set.mean, train_set.std,
-                             title=f"{cfg.method.name}: first training batch")
+                             title=f"{cfg.method.name}: " + (f"training batch of step {preview_at + 1}" if preview_at
+                                                             else "first training batch"))
                 samples = None
             write_epoch_figures(method, model, figure_images, run_dir, train_set.mean, train_set.std)
             if writer is not None:
@@ -710,7 +858,7 @@ def write_epoch_figures(method: Method, model: nn.Module, images: Tensor, run_di
 
 
 def _preview(method: Method, out: StepOutput, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor] | None:
-    """(images, soft targets) of the first batch: the step's own mix, else ``method.mix_preview``
+    """(images, soft targets) of a training batch: the step's own mix, else ``method.mix_preview``
     (with the method's generator restored afterwards, so the preview does not change training)."""
     if out.mixed is not None:
         return out.mixed.images[:16].detach().cpu(), out.mixed.targets[:16].detach().cpu()

@@ -99,6 +99,9 @@ class Method(nn.Module):
     #: buffers whose shape is only known once training runs (a history batch); loading a
     #: checkpoint resizes them to the saved shape first, so a fresh method accepts it.
     resizable_buffers: tuple[str, ...] = ()
+    #: the training step (0-based, of the whole run) whose mixed batch ``samples.png`` draws: a
+    #: method that mixes with what earlier steps left (RecursiveMix's history) shows a later one.
+    preview_step: int = 0
 
     def __init__(self, num_classes: int = 0, label_smoothing: float = 0.0) -> None:
         super().__init__()

@@ -143,6 +143,7 @@ class RecursiveMix(Method):
 
     name = "recursivemix"
     resizable_buffers = ("hist_images", "hist_targets", "hist_probs")
+    preview_step = 1  # samples.png: step 0 has no history yet (each image pasted into itself, label 1.00)
 
     def __init__(
         self,
