@@ -44,7 +44,7 @@ def effective_class_number(targets: Tensor, threshold: float = EFFECTIVE_THRESHO
 
     Args:
         targets: (B, K) dense soft targets (a :class:`~mixlab.core.MixResult`'s ``targets``).
-        threshold: weights strictly above it count; default 10⁻⁴.
+        threshold: weights strictly above it count (compared in ``targets``' dtype); default 10⁻⁴.
         reduction: ``"mean"`` (0-dim float32) or ``"none"`` ((B,) int64 counts).
 
     Returns:
