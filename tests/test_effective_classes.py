@@ -62,6 +62,16 @@ def test_measured_mixup_two_cutmix_at_most_two_vanilla_one():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_manifold_mixup_hidden_stages_count_their_mixed_targets():
+    """Mixing hidden states gives no image batch (``StepOutput.mixed`` is None): the step's targets come
+    from ``StepOutput.targets``, so it counts 2 like input Mixup, not 1 like its labels."""
+    torch.manual_seed(0)
+    model = create_model("resnet_small", 100, width=4)
+    method = mixlab.ManifoldMixup(100, stages=(1, 2, 3), granularity="elem")
+    out = measure_effective_classes(method, model, _loader(4), steps=4, generator=torch.Generator().manual_seed(0))
+    assert out.per_step.tolist() == [2.0] * 4
+
+
 def test_recursivemix_grows_as_the_history_compounds():
     torch.manual_seed(0)
     model = create_model("resnet_small", 100, width=4)

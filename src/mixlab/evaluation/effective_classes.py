@@ -9,10 +9,10 @@ until the oldest weights (products of the λs) fall under the threshold. Label s
 every class ε / K, so with ε / K above the threshold every image counts K.
 
 :func:`measure_effective_classes` runs a method's first N training steps, as the trainer does
-(``setup``, ``on_epoch_start`` at each pass over the loader, ``training_step``, and with an
-optimizer the backward pass, step and ``after_optimizer_step``), and averages E over them, from
-each step's mixed targets (``StepOutput.mixed.targets``; a step without a mixed batch counts its
-labels' targets).
+(``setup``, ``on_epoch_start`` at each pass over the loader, ``training_step``, with an optimizer
+the backward pass and step, then ``after_optimizer_step``), and averages E over them, from
+each step's targets: ``StepOutput.targets`` when set (hidden-state mixing), else the mixed batch's
+``StepOutput.mixed.targets``, else (nothing mixed) the labels' one-hot, label-smoothed targets.
 """
 
 from __future__ import annotations
@@ -101,13 +101,15 @@ def measure_effective_classes(
     ``steps`` batches are seen). Without ``optimizer`` the model is not trained (the targets of
     every mixlab method depend on the drawn λs and boxes, not on the weights) and gradients a
     step leaves (PuzzleMix's own backward pass) are cleared; with one, each step is a full
-    training step (backward, ``optimizer.step()``, ``after_optimizer_step``).
+    training step (backward, ``optimizer.step()``). ``after_optimizer_step`` follows every step.
 
     Args:
         method: a :class:`mixlab.methods.Method` (fresh: its state, e.g. a history, starts empty).
         model: the classifier, on the device the steps run on.
         loader: iterable of ``(images, labels)`` batches; ``uint8`` images are normalised on the
-            device with ``mean``/``std`` (as the trainer does), float images pass unchanged.
+            device with ``mean``/``std`` (as the trainer does), float images pass unchanged. A
+            method that mixes in the loader (CropMix) needs a loader built with its
+            ``train_transform``, as in training.
         steps: number of training steps, >= 1.
         threshold: weights strictly above it count (default 10⁻⁴).
         optimizer: train while measuring (see above); default none.
@@ -143,7 +145,9 @@ def measure_effective_classes(
                 break
             batch = (prepare(images.to(device, non_blocking=True)), labels.to(device, non_blocking=True))
             out = method.training_step(model, batch, len(counts) / total)
-            if out.mixed is not None:
+            if out.targets is not None:  # mixed without an image batch (Manifold Mixup, hidden stage)
+                targets = out.targets
+            elif out.mixed is not None:
                 targets = out.mixed.targets
             else:
                 targets = soft_targets(batch[1], getattr(method, "num_classes", 0) or _num_classes(out, batch[1]),
@@ -153,7 +157,7 @@ def measure_effective_classes(
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
                 optimizer.step()
-                method.after_optimizer_step(model, len(counts) / total)
+            method.after_optimizer_step(model, len(counts) / total)
             _clear_grads(model, method)
         if len(counts) == seen:
             raise ValueError("loader yielded no batch: measure_effective_classes needs at least one (images, labels)")
