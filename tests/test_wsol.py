@@ -120,7 +120,8 @@ def test_component_boxes_by_hand():
                           [0, 0, 0, 1],
                           [1, 1, 0, 0]]], dtype=torch.bool)
     boxes8, idx8 = component_boxes(mask, 8)  # (0,0)-(1,1) touch by a corner
-    assert sorted(map(tuple, boxes8.tolist())) == [(0, 0, 1, 1), (0, 3, 1, 3), (3, 0, 3, 2)] and idx8.tolist() == [0] * 3
+    assert sorted(map(tuple, boxes8.tolist())) == [(0, 0, 1, 1), (0, 3, 1, 3), (3, 0, 3, 2)]
+    assert idx8.tolist() == [0] * 3
     boxes4, _ = component_boxes(mask, 4)
     assert sorted(map(tuple, boxes4.tolist())) == [(0, 0, 0, 0), (0, 3, 1, 3), (1, 1, 1, 1), (3, 0, 3, 2)]
     spiral = torch.tensor([[1, 1, 1, 1, 1],
@@ -233,5 +234,6 @@ def test_component_boxes_match_scipy_labelling():
             structure = ndi.generate_binary_structure(2, 2 if connectivity == 8 else 1)
             for i in range(3):
                 labels, _ = ndi.label(masks[i], structure=structure)
-                expected = sorted((s[1].start, s[0].start, s[1].stop - 1, s[0].stop - 1) for s in ndi.find_objects(labels))
+                slices = ndi.find_objects(labels)
+                expected = sorted((s[1].start, s[0].start, s[1].stop - 1, s[0].stop - 1) for s in slices)
                 assert sorted(map(tuple, boxes[index == i].tolist())) == expected

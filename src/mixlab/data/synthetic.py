@@ -169,8 +169,9 @@ class SyntheticShapes(ImageTensorDataset):
 
     Classes are the shapes in :data:`SHAPES` (first ``num_classes`` of them). Labels are balanced
     (exactly ``num_per_class`` each) in shuffled order. ``boxes`` (N, 4) int64 holds each image's
-    exact object box, half-open ``(x1, y1, x2, y2)`` pixels (see the module docstring). ``mean``/``std`` are the fixed constants
-    :data:`SYNTHETIC_MEAN` / :data:`SYNTHETIC_STD` so both splits normalise alike.
+    exact object box, half-open ``(x1, y1, x2, y2)`` pixels (see the module docstring).
+    ``mean``/``std`` are the fixed constants :data:`SYNTHETIC_MEAN` / :data:`SYNTHETIC_STD` so both
+    splits normalise alike.
 
     Args:
         split: ``"train"`` or ``"test"``; each split has its own seed derived from ``seed``.

@@ -168,8 +168,9 @@ def _run_labels(mask: Tensor, first: Tensor, connectivity: int) -> Tensor:
     up-left and up for 8-connectivity, up for 4; below it: down-left for 8, down for 4) lies in
     the other; those pairs are the graph's edges. Components by parallel union-find
     (Shiloach-Vishkin style): every round, each tree's root is hooked under the largest root it
-    has an edge to, then the trees are flattened by pointer jumping; the trees of a component at
-    least halve in number each round, so rounds are O(log R).
+    has an edge to (roots only grow, so no cycle forms), then the trees are flattened by pointer
+    jumping; a round leaves one tree per local maximum of the roots, so rounds are few (a handful
+    for the masks of thresholded CAMs).
     """
     n, h, w = mask.shape
     flat = mask.reshape(-1)
@@ -328,12 +329,14 @@ def _pad_gt_boxes(gt_boxes: Tensor | Sequence[Tensor], batch: int, device: torch
     if isinstance(gt_boxes, Tensor):
         boxes = gt_boxes if gt_boxes.dim() == 3 else gt_boxes.unsqueeze(1)
         if boxes.dim() != 3 or boxes.shape[0] != batch or boxes.shape[2] != 4:
-            raise ValueError(f"gt_boxes must be (B, 4) or (B, G, 4) with B = {batch}, got shape {tuple(gt_boxes.shape)}")
+            raise ValueError(f"gt_boxes must be (B, 4) or (B, G, 4) with B = {batch}, "
+                             f"got shape {tuple(gt_boxes.shape)}")
         boxes = boxes.to(device=device, dtype=torch.long)
         return boxes, torch.ones(boxes.shape[:2], dtype=torch.bool, device=device)
     if not isinstance(gt_boxes, Sequence) or len(gt_boxes) != batch:
+        length = len(gt_boxes) if isinstance(gt_boxes, Sequence) else "?"
         raise ValueError(f"gt_boxes must be a tensor or a sequence of {batch} (n_i, 4) tensors (one per CAM), "
-                         f"got {type(gt_boxes).__name__} of length {len(gt_boxes) if isinstance(gt_boxes, Sequence) else '?'}")
+                         f"got {type(gt_boxes).__name__} of length {length}")
     per = [torch.as_tensor(g, dtype=torch.long).reshape(-1, 4).to(device) for g in gt_boxes]
     if any(p.shape[0] == 0 for p in per):
         raise ValueError("every image needs at least one ground-truth box; got an image with none")
@@ -378,7 +381,8 @@ class MaxBoxAccV2:
         self.num_correct: Tensor | None = None  # (len(iou_thresholds), T) int64, on the CAMs' device
         self.count = 0
 
-    def update(self, cams: Tensor, gt_boxes: Tensor | Sequence[Tensor], image_size: Sequence[int] | None = None) -> None:
+    def update(self, cams: Tensor, gt_boxes: Tensor | Sequence[Tensor],
+               image_size: Sequence[int] | None = None) -> None:
         """Add a batch of CAMs (one per image: the ground-truth class's map) and their GT boxes.
 
         Args:
