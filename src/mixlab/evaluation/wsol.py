@@ -66,7 +66,7 @@ __all__ = [
 
 CAM_CURVE_INTERVAL = 0.01  # the official evaluation.py default (--cam_curve_interval)
 IOU_THRESHOLDS = (30, 50, 70)  # δ in percent (--iou_threshold_list)
-_CHUNK_ELEMENTS = 1 << 23  # masks labelled at once: images x thresholds x H x W (bounds memory)
+_CHUNK_ELEMENTS = 1 << 25  # images x thresholds x H x W per chunk (bounds the runs held at once)
 
 
 def cam_thresholds(interval: float = CAM_CURVE_INTERVAL) -> Tensor:
@@ -149,19 +149,51 @@ def quantize_scoremaps(scoremaps: Tensor) -> Tensor:
     return torch.floor(scoremaps.to(torch.float64) * 255).long()
 
 
-def _runs(mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Maximal horizontal runs of mask pixels: flat indices of each run's first and last pixel,
-    both (R,) in row-major order."""
-    before = torch.zeros_like(mask)
-    before[:, :, 1:] = mask[:, :, :-1]
-    after = torch.zeros_like(mask)
-    after[:, :, :-1] = mask[:, :, 1:]
-    first = (mask & ~before).reshape(-1).nonzero().squeeze(1)
-    last = (mask & ~after).reshape(-1).nonzero().squeeze(1)
-    return first, last
+# A stack of thresholded maps is never materialised: for values (B, H, W) and non-decreasing
+# integer levels (B, T), mask (b, k) is ``values[b] > levels[b, k]`` ("above") or ``values[b] <=
+# levels[b, k]`` ("below"), on a virtual (B*T, H, W) grid with flat index ((b*T + k)*H + r)*W + c.
+# A pixel starts a run of mask (b, k) for a contiguous range of k (levels are sorted), found with
+# searchsorted, so the work grows with the number of runs, not with T*H*W.
+_OUTSIDE_ABOVE = -1  # a value off in every "above" mask (levels are >= 0)
+_OUTSIDE_BELOW = 1 << 30  # a value off in every "below" mask
 
 
-def _run_labels(mask: Tensor, first: Tensor, connectivity: int) -> Tensor:
+def _on(values: Tensor, levels: Tensor, below: bool, flat: Tensor) -> Tensor:
+    """Whether the virtual-grid pixels ``flat`` are in their masks."""
+    b_, h, w = values.shape
+    t = levels.shape[1]
+    pixel, mask = flat % (h * w), flat // (h * w)
+    v = values.reshape(-1)[(mask // t) * (h * w) + pixel]
+    level = levels.reshape(-1)[mask]
+    return v <= level if below else v > level
+
+
+def _level_runs(values: Tensor, levels: Tensor, below: bool) -> tuple[Tensor, Tensor]:
+    """Maximal horizontal runs of every mask: virtual-grid flat indices of each run's first and
+    last pixel, both (R,) sorted, so the i-th first and the i-th last bound the same run."""
+    b, h, w = values.shape
+    t = levels.shape[1]
+    outside = _OUTSIDE_BELOW if below else _OUTSIDE_ABOVE
+    left = torch.full_like(values, outside)
+    left[:, :, 1:] = values[:, :, :-1]
+    right = torch.full_like(values, outside)
+    right[:, :, :-1] = values[:, :, 1:]
+
+    def events(neighbour: Tensor) -> Tensor:
+        # in mask k and the neighbour not: neighbour <= L_k < value ("above"), value <= L_k < neighbour ("below")
+        lo, hi = (values, neighbour) if below else (neighbour, values)
+        k_lo = torch.searchsorted(levels, lo.reshape(b, -1))  # #{k : L_k < lo}
+        k_hi = torch.searchsorted(levels, hi.reshape(b, -1))
+        count = (k_hi - k_lo).clamp_min(0).reshape(-1)
+        pixel = torch.repeat_interleave(torch.arange(count.numel(), device=values.device), count)
+        offset = torch.arange(pixel.numel(), device=values.device) - (torch.cumsum(count, 0) - count)[pixel]
+        k = k_lo.reshape(-1)[pixel] + offset
+        return (((pixel // (h * w)) * t + k) * (h * w) + pixel % (h * w)).sort().values
+
+    return events(left), events(right)
+
+
+def _run_labels(values: Tensor, levels: Tensor, below: bool, first: Tensor, connectivity: int) -> Tensor:
     """Component of every run (the index of the component's last run), (R,) int64.
 
     Two runs on consecutive rows touch iff a pixel next to the start of one of them (above it:
@@ -172,8 +204,7 @@ def _run_labels(mask: Tensor, first: Tensor, connectivity: int) -> Tensor:
     jumping; a round leaves one tree per local maximum of the roots, so rounds are few (a handful
     for the masks of thresholded CAMs).
     """
-    n, h, w = mask.shape
-    flat = mask.reshape(-1)
+    _, h, w = values.shape
     row, col = (first // w) % h, first % w
     probes = [(row > 0, -w)] if connectivity == 4 else [(row > 0, -w), ((row > 0) & (col > 0), -w - 1)]
     probes.append((row < h - 1, w) if connectivity == 4 else ((row < h - 1) & (col > 0), w - 1))
@@ -181,11 +212,11 @@ def _run_labels(mask: Tensor, first: Tensor, connectivity: int) -> Tensor:
     for inside, offset in probes:
         run = inside.nonzero().squeeze(1)
         pixel = first[run] + offset
-        hit = flat[pixel]
+        hit = _on(values, levels, below, pixel)
         src.append(run[hit])
         dst.append(torch.searchsorted(first, pixel[hit], right=True) - 1)  # the run holding that pixel
     src, dst = torch.cat(src), torch.cat(dst)
-    parent = torch.arange(first.numel(), device=mask.device)  # parent[i] >= i: a forest
+    parent = torch.arange(first.numel(), device=values.device)  # parent[i] >= i: a forest
     while True:
         a, b = parent[src], parent[dst]  # roots (the trees are flat)
         if torch.equal(a, b):
@@ -198,11 +229,32 @@ def _run_labels(mask: Tensor, first: Tensor, connectivity: int) -> Tensor:
             parent = jumped
 
 
+def _level_components(values: Tensor, levels: Tensor, below: bool, connectivity: int
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Components of every mask (b, k): inclusive boxes ``(col0, row0, col1, row1)`` (C, 4), the
+    mask ``b*T + k`` of each (C,), and the runs' first pixels (R,) with their component (R,)."""
+    _, h, w = values.shape
+    first, last = _level_runs(values, levels, below)
+    labels = _run_labels(values, levels, below, first, connectivity)
+    runs = torch.arange(first.numel(), device=values.device)
+    roots = (labels == runs).nonzero().squeeze(1)
+    number = torch.full_like(runs, -1)
+    number[roots] = torch.arange(roots.numel(), device=values.device)
+    comp = number[labels]  # (R,) component number of each run
+    row, c0, c1 = (first // w) % h, first % w, last % w
+    big = torch.full((roots.numel(),), h + w, dtype=torch.long, device=values.device)
+    small = torch.full((roots.numel(),), -1, dtype=torch.long, device=values.device)
+    boxes = torch.stack([big.scatter_reduce(0, comp, c0, "amin"), big.scatter_reduce(0, comp, row, "amin"),
+                         small.scatter_reduce(0, comp, c1, "amax"), small.scatter_reduce(0, comp, row, "amax")], dim=1)
+    return boxes, first[roots] // (h * w), first, comp
+
+
 def component_boxes(mask: Tensor, connectivity: int = 8) -> tuple[Tensor, Tensor]:
     """Bounding box of every connected component of every mask of a batch.
 
     Computed on the mask's device without a loop over masks or pixels, on the horizontal runs of
-    mask pixels rather than on pixels (see ``_run_labels``).
+    mask pixels (see ``_run_labels``); :func:`scoremap_boxes` runs the same code on all the
+    thresholds of a map at once.
 
     Args:
         mask: (N, H, W) bool.
@@ -215,47 +267,32 @@ def component_boxes(mask: Tensor, connectivity: int = 8) -> tuple[Tensor, Tensor
     Raises:
         ValueError: ``mask`` not a (N, H, W) bool tensor, or ``connectivity`` not 4 or 8.
     """
-    boxes, index, _, _ = _components(mask, connectivity)
-    return boxes, index
-
-
-def _components(mask: Tensor, connectivity: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`component_boxes`, plus the runs' first pixels (R,) and their component numbers (R,)."""
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity!r}")
     if not isinstance(mask, Tensor) or mask.dim() != 3 or mask.dtype != torch.bool:
         got = f"{mask.dtype} of shape {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
         raise ValueError(f"mask must be a (N, H, W) bool tensor, got {got}")
-    n, h, w = mask.shape
-    first, last = _runs(mask)
-    labels = _run_labels(mask, first, connectivity)
-    runs = torch.arange(first.numel(), device=mask.device)
-    roots = (labels == runs).nonzero().squeeze(1)
-    number = torch.full_like(runs, -1)
-    number[roots] = torch.arange(roots.numel(), device=mask.device)
-    comp = number[labels]  # (R,) component number of each run
-    row, c0, c1 = (first // w) % h, first % w, last % w
-    big = torch.full((roots.numel(),), h + w, dtype=torch.long, device=mask.device)
-    small = torch.full((roots.numel(),), -1, dtype=torch.long, device=mask.device)
-    boxes = torch.stack([big.scatter_reduce(0, comp, c0, "amin"), big.scatter_reduce(0, comp, row, "amin"),
-                         small.scatter_reduce(0, comp, c1, "amax"), small.scatter_reduce(0, comp, row, "amax")], dim=1)
-    return boxes, first[roots] // (h * w), first, comp
+    levels = torch.zeros(mask.shape[0], 1, dtype=torch.long, device=mask.device)  # on iff value > 0
+    boxes, index, _, _ = _level_components(mask.long(), levels, False, connectivity)
+    return boxes, index
 
 
-def _contour_rects(mask: Tensor) -> tuple[Tensor, Tensor]:
+def _contour_rects(values: Tensor, levels: Tensor) -> tuple[Tensor, Tensor]:
     """Bounding rectangles ``(x, y, x + w, y + h)`` of every contour ``cv2.findContours(mask,
-    RETR_TREE, ...)`` returns, for a batch of masks (N, H, W): ((R, 4) int64, (R,) mask index)."""
-    n, h, w = mask.shape
+    RETR_TREE, ...)`` returns for the masks ``values[b] > levels[b, k]``: ((R, 4) int64, (R,) mask
+    index ``b*T + k``)."""
+    b, h, w = values.shape
+    t = levels.shape[1]
     # outer borders: 8-connected foreground components -> their bounding boxes
-    fg, fg_mask = component_boxes(mask, 8)
+    fg, fg_mask, _, _ = _level_components(values, levels, False, 8)
     outer = torch.cat([fg[:, :2], fg[:, 2:] + 1], dim=1)
-    # hole borders: 4-connected background components away from the frame (padded with background,
-    # so the outside is the component holding the corner pixel)
-    background = torch.ones(n, h + 2, w + 2, dtype=torch.bool, device=mask.device)
-    background[:, 1:-1, 1:-1] = ~mask
-    holes, hole_mask, first, comp = _components(background, 4)
-    corner = torch.arange(n, device=mask.device) * ((h + 2) * (w + 2))  # each mask's pixel (0, 0): a run start
-    keep = torch.ones(holes.shape[0], dtype=torch.bool, device=mask.device)
+    # hole borders: 4-connected background components away from the frame. The maps are padded
+    # with a value in every background, so the outside is the component of the corner pixel.
+    padded = torch.full((b, h + 2, w + 2), _OUTSIDE_ABOVE, dtype=values.dtype, device=values.device)
+    padded[:, 1:-1, 1:-1] = values
+    holes, hole_mask, first, comp = _level_components(padded, levels, True, 4)
+    corner = torch.arange(b * t, device=values.device) * ((h + 2) * (w + 2))  # each mask's (0, 0): a run start
+    keep = torch.ones(holes.shape[0], dtype=torch.bool, device=values.device)
     keep[comp[torch.searchsorted(first, corner)]] = False
     holes, hole_mask = holes[keep], hole_mask[keep]
     inner = torch.cat([holes[:, :2] - 2, holes[:, 2:] + 1], dim=1)  # un-pad, grow by one pixel, then + 1
@@ -294,8 +331,7 @@ def scoremap_boxes(scoremaps: Tensor, thresholds: Tensor) -> ScoremapBoxes:
     t = thresholds.numel()
     u = quantize_scoremaps(scoremaps)  # (B, H, W)
     level = torch.floor(thresholds.to(u.device, torch.float64)[None] * u.amax(dim=(1, 2))[:, None]).long()  # (B, T)
-    mask = (u[:, None] > level[:, :, None, None]).view(b * t, h, w)
-    rects, which = _contour_rects(mask)
+    rects, which = _contour_rects(u, level)  # masks u > level, every threshold at once
     rects[:, 2].clamp_(max=w - 1)
     rects[:, 3].clamp_(max=h - 1)
     empty = torch.bincount(which, minlength=b * t) == 0
