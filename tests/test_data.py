@@ -122,6 +122,10 @@ def test_synthetic_boxes_are_the_shapes():
     assert torch.equal(ds.subset(torch.tensor([5, 2])).boxes, boxes[[5, 2]])
     again = SyntheticShapes("test", num_per_class=20, image_size=32)
     assert torch.equal(again.boxes, boxes)
+    # the shapes' parameters are drawn before any size-dependent draw, so at twice the resolution the
+    # same shapes are drawn: their boxes double (to a pixel of rounding at either end)
+    large = SyntheticShapes("test", num_per_class=20, image_size=64)
+    assert (large.boxes - 2 * boxes).abs().max() <= 2
 
 
 # -- ImageTensorDataset / build_dataset ------------------------------------------------------------
