@@ -134,6 +134,8 @@ def test_vit_gradcam_on_the_tokens_entering_the_last_block():
     assert out.cams.abs().sum() > 0  # a class-token head still reaches the patch tokens there
     up = class_activation_maps(model, x, topk=2)
     assert up.cams.shape == (2, 2, 16, 16)
+    with pytest.raises(ValueError, match="is a ViT"):
+        class_activation_maps(model, x, method="cam")
 
 
 @pytest.mark.parametrize("which", ["cam", "gradcam", "vit"])

@@ -251,10 +251,13 @@ def class_activation_maps(
     param = next(iter(model.parameters()), None)
     if param is not None:
         images = images.to(param.device, param.dtype)
+    if _is_vit(model) and method == "cam":
+        raise ValueError(f"method='cam' needs a global-average-pool + linear head on a spatial map; "
+                         f"{type(_inner(model)).__name__} is a ViT (Grad-CAM on its tokens): use 'gradcam' or 'auto'")
     was_training = model.training
     model.eval()
     try:
-        if _is_vit(model) and method != "cam":
+        if _is_vit(model):
             maps, logits, chosen = _vit_tokens_gradcam(model, images, classes, topk)
             used, layer = "gradcam", "tokens"
         else:
