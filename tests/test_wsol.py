@@ -90,20 +90,20 @@ def test_maxboxacc_by_hand_sweep_several_contours_and_gt_boxes():
 
 def test_batched_padded_and_streamed_updates_agree():
     g = torch.Generator().manual_seed(0)
-    cams = torch.rand(6, 5, 5, generator=g)
-    gt = [torch.tensor([[1, 1, 8, 9]]), torch.tensor([[0, 0, 19, 19], [4, 4, 6, 6]]), torch.tensor([[3, 2, 12, 15]]),
-          torch.tensor([[10, 10, 19, 19]]), torch.tensor([[0, 5, 9, 12], [2, 2, 3, 3], [15, 0, 19, 4]]),
-          torch.tensor([[5, 5, 14, 14]])]
+    cams = torch.rand(6, 4, 4, generator=g)
+    gt = [torch.tensor([[1, 1, 5, 6]]), torch.tensor([[0, 0, 11, 11], [4, 4, 6, 6]]), torch.tensor([[3, 2, 8, 10]]),
+          torch.tensor([[6, 6, 11, 11]]), torch.tensor([[0, 5, 6, 9], [2, 2, 3, 3], [9, 0, 11, 4]]),
+          torch.tensor([[3, 3, 9, 9]])]
     whole = MaxBoxAccV2()
-    whole.update(cams, gt, image_size=(20, 20))
+    whole.update(cams, gt, image_size=(12, 12))
     parts = MaxBoxAccV2()
     for i in range(0, 6, 4):
-        parts.update(cams[i:i + 4], gt[i:i + 4], image_size=(20, 20))
+        parts.update(cams[i:i + 4], gt[i:i + 4], image_size=(12, 12))
     assert torch.equal(whole.curves(), parts.curves()) and whole.compute() == parts.compute()
     single = MaxBoxAccV2()
-    single.update(cams[[0, 2]], torch.stack([gt[0][0], gt[2][0]]), image_size=(20, 20))  # (B, 4) tensor
+    single.update(cams[[0, 2]], torch.stack([gt[0][0], gt[2][0]]), image_size=(12, 12))  # (B, 4) tensor
     listed = MaxBoxAccV2()
-    listed.update(cams[[0, 2]], [gt[0], gt[2]], image_size=(20, 20))
+    listed.update(cams[[0, 2]], [gt[0], gt[2]], image_size=(12, 12))
     assert single.compute() == listed.compute()
 
 
