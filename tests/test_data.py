@@ -3,7 +3,12 @@ pickles, sampling and recipes."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
 import pickle
+import tarfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -29,6 +34,9 @@ from mixlab.data import (
     normalize_on_device,
     seed_worker,
 )
+from mixlab.data import cub as cub_module
+from mixlab.data.cub import load_cub, resize_boxes
+from mixlab.data.synthetic import mask_boxes
 
 REAL_ZIP = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-jpeg.zip"
 
@@ -78,6 +86,48 @@ def test_synthetic_not_decidable_from_mean_colour():
     assert acc < 0.2, acc
 
 
+# SHA-256 of the images these settings gave before the boxes were added (commit 38306c5): the boxes
+# come from the renderer without changing a single pixel or random draw.
+_SYNTHETIC_SHA256 = {
+    ("train", 20, 32, 0, 10): "ef779c0b899639e9baf400817794c9d0137203e2c55948c3c1ed64fdf0f14520",
+    ("test", 7, 24, 5, 6): "26b09c074fbd2e81e224f87b91863a84f44ba376575c0c0c8eddbcec757afd31",
+    ("train", 110, 16, 1, 10): "7d932ab73e88f8ac0178bbf3da73f9b81ffb615fdad740eeb4d9b94e4ae780f0",  # 2 chunks
+}
+
+
+@pytest.mark.parametrize("key", list(_SYNTHETIC_SHA256))
+def test_synthetic_images_unchanged_by_the_boxes(key):
+    split, per_class, size, seed, classes = key
+    ds = SyntheticShapes(split, num_per_class=per_class, image_size=size, seed=seed, num_classes=classes)
+    assert hashlib.sha256(ds.images.numpy().tobytes()).hexdigest() == _SYNTHETIC_SHA256[key]
+
+
+def test_mask_boxes_by_hand():
+    masks = torch.zeros(3, 5, 6, dtype=torch.bool)
+    masks[0, 1:3, 2:5] = True
+    masks[1, 4, 0] = masks[1, 0, 5] = True
+    assert mask_boxes(masks).tolist() == [[2, 1, 5, 3], [0, 0, 6, 5], [0, 0, 0, 0]]  # half-open; empty -> zeros
+
+
+def test_synthetic_boxes_are_the_shapes():
+    ds = SyntheticShapes("test", num_per_class=20, image_size=32)
+    boxes = ds.boxes
+    assert boxes.dtype == torch.int64 and boxes.shape == (200, 4)
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 32).all() and (w > 0).all() and (h > 0).all()
+    # shape radius r in [0.4, 0.75] of the half-side: the disk (radius 0.95 r, aspect e^±0.15) spans
+    # 0.95 * r * 32 * aspect pixels, 10..27 here (+-1 for pixel centres)
+    disk = ds.labels == 0
+    assert w[disk].min() >= 9 and w[disk].max() <= 28 and h[disk].min() >= 9 and h[disk].max() <= 28
+    assert torch.equal(ds.subset(torch.tensor([5, 2])).boxes, boxes[[5, 2]])
+    again = SyntheticShapes("test", num_per_class=20, image_size=32)
+    assert torch.equal(again.boxes, boxes)
+    # the shapes' parameters are drawn before any size-dependent draw, so at twice the resolution the
+    # same shapes are drawn: their boxes double (to a pixel of rounding at either end)
+    large = SyntheticShapes("test", num_per_class=20, image_size=64)
+    assert (large.boxes - 2 * boxes).abs().max() <= 2
+
+
 # -- ImageTensorDataset / build_dataset ------------------------------------------------------------
 def test_tensor_dataset_view_and_subset():
     ds = SyntheticShapes("train", num_per_class=4)
@@ -94,14 +144,16 @@ def test_tensor_dataset_view_and_subset():
 
 
 def test_build_dataset_registry():
-    assert set(DATASETS) == {"synthetic", "cifar10", "cifar100", "imagefolder"}
+    assert set(DATASETS) == {"synthetic", "cifar10", "cifar100", "imagefolder", "cub200"}
     ds = build_dataset("Synthetic", "test", num_per_class=2)
     assert len(ds) == 20
-    valid = r"valid names: cifar10, cifar100, imagefolder, synthetic; did you mean 'cifar10'"
+    valid = r"valid names: cifar10, cifar100, cub200, imagefolder, synthetic; did you mean 'cifar10'"
     with pytest.raises(ValueError, match=valid):
         build_dataset("cifar-10", "train")
     with pytest.raises(ValueError, match="root is required"):
         build_dataset("imagefolder", "train")
+    with pytest.raises(ValueError, match="root is required for dataset 'cub200'"):
+        build_dataset("cub200", "train")
 
 
 # -- ImageFolder -----------------------------------------------------------------------------------
@@ -308,3 +360,105 @@ def test_seed_worker_and_recipes():
         normalize_on_device(imgs.float(), CIFAR10_MEAN, CIFAR10_STD)
     with pytest.raises(ValueError, match="C = 3 channels"):
         normalize_on_device(imgs[:, :1], CIFAR10_MEAN, CIFAR10_STD)
+
+
+# -- CUB-200-2011 (a fake tree, no download) -------------------------------------------------------
+# id, class folder, file, (width, height), is_train, box (x, y, width, height) as in bounding_boxes.txt
+_CUB = [
+    (1, "001.Black_footed_Albatross", "Black_Footed_Albatross_0001.jpg", (20, 10), 1, "2.0 3.0 10.0 5.0"),
+    (2, "001.Black_footed_Albatross", "Black_Footed_Albatross_0002.jpg", (16, 16), 0, "0.0 0.0 16.0 16.0"),
+    (3, "002.Laysan_Albatross", "Laysan_Albatross_0001.jpg", (12, 24), 1, "1.0 4.0 9.0 18.0"),
+    (4, "002.Laysan_Albatross", "Laysan_Albatross_0002.jpg", (30, 20), 0, "5.0 2.0 20.0 15.0"),
+]
+
+
+def _fake_cub(root: Path) -> Path:
+    folder = root / "CUB_200_2011"
+    for i, cls, name, (w, h), _, _ in _CUB:
+        (folder / "images" / cls).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (w, h), (40 * i, 10, 255 - 40 * i)).save(folder / "images" / cls / name, format="PNG")
+    lines = {
+        "images.txt": [f"{i} {cls}/{name}" for i, cls, name, *_ in _CUB],
+        "image_class_labels.txt": [f"{i} {1 if cls.startswith('001') else 2}" for i, cls, *_ in _CUB],
+        "train_test_split.txt": [f"{i} {t}" for i, _, _, _, t, _ in _CUB],
+        "classes.txt": ["1 001.Black_footed_Albatross", "2 002.Laysan_Albatross"],
+        "bounding_boxes.txt": [f"{i} {box}" for i, *_, box in _CUB],
+    }
+    for name, rows in lines.items():
+        (folder / name).write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_cub_reader_split_labels_boxes(tmp_path):
+    _fake_cub(tmp_path)
+    train = load_cub(tmp_path, "train")
+    assert train.is_lazy and len(train) == 2 and train.classes == ["Black_footed_Albatross", "Laysan_Albatross"]
+    assert train.labels.tolist() == [0, 1]
+    assert train.boxes.tolist() == [[2, 3, 12, 8], [1, 4, 10, 22]]  # (x, y, x + w, y + h)
+    img, label = train[1]
+    assert img.shape == (3, 24, 12) and label == 1 and img[0, 0, 0].item() == 120
+    test = build_dataset("cub200", "test", root=tmp_path)
+    assert test.labels.tolist() == [0, 1] and test.boxes.tolist() == [[0, 0, 16, 16], [5, 2, 25, 17]]
+    assert torch.equal(test.subset([1]).boxes, test.boxes[[1]])
+
+
+def test_cub_reader_resized_images_and_boxes(tmp_path):
+    _fake_cub(tmp_path)
+    ds = load_cub(tmp_path, "train", image_size=8)
+    assert not ds.is_lazy and ds.images.shape == (2, 3, 8, 8) and ds.images.dtype == torch.uint8
+    assert ds.images[0, :, 3, 3].tolist() == [40, 10, 215]  # a flat colour stays flat
+    # int(x * 8 / 20), int(y * 8 / 10), ...: (2, 3, 12, 8) -> (0.8, 2.4, 4.8, 6.4); (1, 4, 10, 22) on 12 x 24
+    assert ds.boxes.tolist() == [[0, 2, 4, 6], [0, 1, 6, 7]]
+    assert resize_boxes(torch.tensor([[60, 27, 385, 331]]), torch.tensor([[500, 335]]), (224, 224)).tolist() == \
+        [[26, 18, 172, 221]]  # CUB's first test image, as the WSOL benchmark's resize_bbox gives it
+
+
+def test_cub_reader_errors(tmp_path):
+    assert (cub_module.CUB_URL, cub_module.CUB_MD5) == (
+        "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz", "97eceeb196236b17998738112f37df78")
+    with pytest.raises(FileNotFoundError, match="download=True"):
+        load_cub(tmp_path, "train")
+    with pytest.raises(ValueError, match="split"):
+        load_cub(tmp_path, "val")
+    with pytest.raises(ValueError, match="image_size"):
+        load_cub(tmp_path, "train", image_size=0)
+    folder = _fake_cub(tmp_path)
+    (folder / "bounding_boxes.txt").write_text("1 2.0 3.0 10.0 5.0\n")
+    with pytest.raises(ValueError, match="bounding_boxes.txt"):
+        load_cub(tmp_path, "train")
+
+
+@pytest.fixture
+def local_http(tmp_path):
+    """An HTTP server on localhost serving ``tmp_path / "www"`` (no network beyond this machine)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(www))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield www, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_cub_download_checks_the_md5(tmp_path, monkeypatch, local_http):
+    www, url = local_http
+    source = tmp_path / "source"
+    _fake_cub(source)
+    with tarfile.open(www / "CUB_200_2011.tgz", "w:gz") as tar:
+        tar.add(source / "CUB_200_2011", arcname="CUB_200_2011")
+    md5 = hashlib.md5((www / "CUB_200_2011.tgz").read_bytes()).hexdigest()
+    monkeypatch.setattr(cub_module, "CUB_URL", f"{url}/CUB_200_2011.tgz")
+    monkeypatch.setattr(cub_module, "CUB_MD5", "0" * 32)
+    with pytest.raises(ValueError, match=f"failed the md5 check: expected {'0' * 32}, got {md5}"):
+        load_cub(tmp_path / "bad", "train", download=True)
+    assert not (tmp_path / "bad" / "CUB_200_2011").exists()  # nothing extracted from a bad archive
+    monkeypatch.setattr(cub_module, "CUB_MD5", md5)
+    ds = load_cub(tmp_path / "good", "test", download=True)
+    assert len(ds) == 2 and ds.boxes.tolist() == [[0, 0, 16, 16], [5, 2, 25, 17]]

@@ -13,6 +13,7 @@ synthetic      :class:`SyntheticShapes` (generated; ``root`` is ignored)
 cifar10        :func:`load_cifar10`: ``root`` holds ``cifar-10-batches-py`` (``download=True``)
 cifar100       :func:`load_cifar100`: ``root`` holds ``cifar-100-python``
 imagefolder    :class:`ImageFolder`: ``root`` is a directory or ``.zip`` of ``<split>/<class>/<img>``
+cub200         :func:`load_cub`: ``root`` holds ``CUB_200_2011`` (``download=True``), with boxes
 =============  ==============================================================================
 """
 
@@ -23,6 +24,7 @@ import os
 from collections.abc import Callable
 
 from .cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, load_cifar, load_cifar10, load_cifar100
+from .cub import CUB_MEAN, CUB_STD, load_cub
 from .folder import ImageFolder, cache_dir
 from .recipes import cifar_train_transform, denormalize, eval_transform, normalize_on_device, to_float_normalized
 from .sampling import class_balanced_subset, seed_worker
@@ -32,8 +34,9 @@ from .tensor_dataset import EncodedImages, ImageTensorDataset
 __all__ = [
     "DATASETS", "build_dataset",
     "ImageTensorDataset", "EncodedImages", "ImageFolder", "SyntheticShapes", "SHAPES",
-    "load_cifar", "load_cifar10", "load_cifar100", "cache_dir",
+    "load_cifar", "load_cifar10", "load_cifar100", "load_cub", "cache_dir",
     "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "SYNTHETIC_MEAN", "SYNTHETIC_STD",
+    "CUB_MEAN", "CUB_STD",
     "cifar_train_transform", "eval_transform", "to_float_normalized", "denormalize", "normalize_on_device",
     "class_balanced_subset", "seed_worker",
 ]
@@ -62,11 +65,16 @@ def _imagefolder(split: str, root=None, **kwargs) -> ImageTensorDataset:
     return ImageFolder(root, split, **kwargs)
 
 
+def _cub200(split: str, root=None, **kwargs) -> ImageTensorDataset:
+    return load_cub(_need_root("cub200", root, "the folder holding CUB_200_2011"), split, **kwargs)
+
+
 DATASETS: dict[str, Callable[..., ImageTensorDataset]] = {
     "synthetic": _synthetic,
     "cifar10": _cifar10,
     "cifar100": _cifar100,
     "imagefolder": _imagefolder,
+    "cub200": _cub200,
 }
 
 

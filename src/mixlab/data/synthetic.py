@@ -9,6 +9,11 @@ the same law for every class), so, as on natural images, crops and pastes change
 Everything is rendered in batches with coordinate grids (no per-pixel or per-image Python loops);
 all randomness goes through one ``torch.Generator`` seeded from ``(seed, split)``, so a given
 ``(split, num_per_class, image_size, seed, num_classes)`` always gives the same tensors.
+
+Each image's object box is exact: ``dataset.boxes[i]`` is the bounding box of the pixels whose
+centre lies inside the drawn shape (the shape's rendered opacity > 0.5, before the occluding
+segments, which hide parts of the object without changing where it is), for weakly supervised
+localization (:mod:`mixlab.evaluation.wsol`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from torch import Tensor
 
 from .tensor_dataset import ImageTensorDataset
 
-__all__ = ["SyntheticShapes", "SHAPES", "SYNTHETIC_MEAN", "SYNTHETIC_STD"]
+__all__ = ["SyntheticShapes", "SHAPES", "SYNTHETIC_MEAN", "SYNTHETIC_STD", "mask_boxes"]
 
 SHAPES = ("disk", "ring", "square", "triangle", "cross", "star", "bar", "crescent", "diamond", "hexagon")
 # Per-channel statistics of the train split (seed 0, 32x32, 1000 per class); fixed so that train
@@ -69,8 +74,22 @@ def _shape_sdf(cls: int, u: Tensor, v: Tensor) -> Tensor:
     raise AssertionError(name)
 
 
-def _render(labels: Tensor, size: int, g: torch.Generator) -> Tensor:
-    """Render one batch of images (float in [0, 1], ``(n, 3, size, size)``) for ``labels``."""
+def mask_boxes(mask: Tensor) -> Tensor:
+    """Bounding boxes (n, 4) int64 ``(x1, y1, x2, y2)``, half-open, of the True pixels of each
+    (n, H, W) mask; ``(0, 0, 0, 0)`` for an empty mask."""
+    n, h, w = mask.shape
+    rows, cols = mask.any(dim=2), mask.any(dim=1)  # (n, H), (n, W)
+    y1 = rows.to(torch.uint8).argmax(dim=1)
+    y2 = h - rows.flip(1).to(torch.uint8).argmax(dim=1)
+    x1 = cols.to(torch.uint8).argmax(dim=1)
+    x2 = w - cols.flip(1).to(torch.uint8).argmax(dim=1)
+    boxes = torch.stack([x1, y1, x2, y2], dim=1).long()
+    return torch.where(rows.any(dim=1, keepdim=True), boxes, torch.zeros_like(boxes))
+
+
+def _render(labels: Tensor, size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Render one batch of images (float in [0, 1], ``(n, 3, size, size)``) for ``labels``, and the
+    boxes (n, 4) of their shapes (:func:`mask_boxes` of the shape's opacity > 0.5)."""
     n = labels.numel()
     px = 2.0 / size  # one pixel in the [-1, 1] image frame
     lin = (torch.arange(size, dtype=torch.float32) + 0.5) * px - 1.0
@@ -130,6 +149,7 @@ def _render(labels: Tensor, size: int, g: torch.Generator) -> Tensor:
         idx = (labels == k).nonzero().squeeze(1)
         sdf[idx] = _shape_sdf(k, u[idx], v[idx])
     alpha = (0.5 - sdf * (r[:, None, None] / px)).clamp(0, 1)
+    boxes = mask_boxes(alpha > 0.5)
     local = (img * alpha.unsqueeze(1)).sum((2, 3)) / alpha.sum((1, 2)).clamp_min(1e-6)[:, None]  # bg under it
     delta = U(n, 3, lo=0.35, hi=0.7) * torch.where(U(n, 3) < 0.5, -1.0, 1.0)
     fg = local + delta
@@ -141,15 +161,17 @@ def _render(labels: Tensor, size: int, g: torch.Generator) -> Tensor:
     for j in range(alpha.shape[1]):
         img = over(img, alpha[:, j], col[:, j])
     img = img + torch.randn(n, 3, size, size, generator=g) * U(n, 1, 1, 1, lo=0.0, hi=0.05)
-    return img.clamp_(0, 1)
+    return img.clamp_(0, 1), boxes
 
 
 class SyntheticShapes(ImageTensorDataset):
     """Generated shape-classification images as an :class:`ImageTensorDataset`.
 
     Classes are the shapes in :data:`SHAPES` (first ``num_classes`` of them). Labels are balanced
-    (exactly ``num_per_class`` each) in shuffled order. ``mean``/``std`` are the fixed constants
-    :data:`SYNTHETIC_MEAN` / :data:`SYNTHETIC_STD` so both splits normalise alike.
+    (exactly ``num_per_class`` each) in shuffled order. ``boxes`` (N, 4) int64 holds each image's
+    exact object box, half-open ``(x1, y1, x2, y2)`` pixels (see the module docstring).
+    ``mean``/``std`` are the fixed constants :data:`SYNTHETIC_MEAN` / :data:`SYNTHETIC_STD` so both
+    splits normalise alike.
 
     Args:
         split: ``"train"`` or ``"test"``; each split has its own seed derived from ``seed``.
@@ -184,8 +206,10 @@ class SyntheticShapes(ImageTensorDataset):
         n = num_per_class * num_classes
         labels = torch.arange(num_classes).repeat_interleave(num_per_class)[torch.randperm(n, generator=g)]
         images = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8)
+        boxes = torch.empty(n, 4, dtype=torch.int64)
         for start in range(0, n, _CHUNK):
-            chunk = _render(labels[start:start + _CHUNK], image_size, g)
+            chunk, boxes[start:start + _CHUNK] = _render(labels[start:start + _CHUNK], image_size, g)
             images[start:start + _CHUNK] = chunk.mul_(255).round_().to(torch.uint8)
         super().__init__(images, labels, list(SHAPES[:num_classes]), transform, SYNTHETIC_MEAN, SYNTHETIC_STD)
+        self.boxes = boxes  # (N, 4) exact shape boxes, half-open (x1, y1, x2, y2) pixels
         self.split, self.seed = split, seed

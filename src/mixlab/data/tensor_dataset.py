@@ -150,6 +150,11 @@ class ImageTensorDataset(Dataset):
         mean, std: per-channel statistics in [0, 1] units for normalisation; computed from the
             images on first access when not given.
 
+    Attributes:
+        boxes: ``None``, or (N, 4) int64 object boxes ``(x1, y1, x2, y2)`` in pixels, one per image,
+            for datasets with localization labels (synthetic shapes, CUB-200-2011); ``subset``
+            keeps them aligned with the images.
+
     Raises:
         TypeError: ``images`` is not a ``uint8`` tensor / ``EncodedImages``, or ``labels`` is not an
             integer tensor.
@@ -188,6 +193,7 @@ class ImageTensorDataset(Dataset):
             )
         self.images = images
         self.labels = labels
+        self.boxes: Tensor | None = None
         self.classes = classes
         self.transform = transform
         self._mean = None if mean is None else tuple(float(m) for m in mean)
@@ -244,6 +250,8 @@ class ImageTensorDataset(Dataset):
         view = copy.copy(self)
         view.images = self.images.select(idx.tolist()) if self.is_lazy else self.images[idx]
         view.labels = self.labels[idx]
+        if self.boxes is not None:
+            view.boxes = self.boxes[idx]
         return view
 
     # -- normalisation statistics -------------------------------------------------------------

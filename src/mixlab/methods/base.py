@@ -61,12 +61,17 @@ class StepOutput:
         logs: extra scalars to log (e.g. ``{"loss_mix": 1.2, "loss_cl": 0.1}``), as floats or
             0-dim tensors; the trainer averages them over the epoch.
         mixed: the mixed batch, when the method mixes inputs; used for ``samples.png``.
+        targets: (B, K) soft targets of the loss when the step mixes without an image batch to
+            show (Manifold Mixup at a hidden stage); otherwise ``None`` and the step's targets are
+            ``mixed.targets`` (or the labels when nothing is mixed). Read by
+            :func:`mixlab.evaluation.effective_classes.measure_effective_classes`.
     """
 
     loss: Tensor
     logits: Tensor | None = None
     logs: dict[str, Any] = field(default_factory=dict)
     mixed: MixResult | None = None
+    targets: Tensor | None = None
 
 
 @dataclass

@@ -204,7 +204,8 @@ class ManifoldMixup(Method):
         if stage == 0:  # input Mixup: an image batch to draw
             mixed = MixResult(mix_hidden(images.detach(), index, lam), mixed_targets, lam, index, targets)
         logs = {"lam": lam.mean(), "stage": float(stage)}
-        return StepOutput(loss=loss, logits=logits, logs=logs, mixed=mixed)
+        return StepOutput(loss=loss, logits=logits, logs=logs, mixed=mixed,
+                          targets=None if mixed is not None else mixed_targets.detach())
 
     @torch.no_grad()
     def mix_preview(self, images: Tensor, labels: Tensor) -> MixResult | None:
