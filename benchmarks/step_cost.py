@@ -32,7 +32,7 @@ import torch
 from mixlab import registry
 from mixlab.bench.protocols import load_protocol, method_name
 from mixlab.engine.config import OptimConfig
-from mixlab.engine.trainer import build_optimizer, train_step
+from mixlab.engine.optim import build_optimizer, train_step
 
 
 def state_bytes(method: torch.nn.Module) -> int:

@@ -196,7 +196,7 @@ def _run_config(args: argparse.Namespace, base: Any = None, values: dict[str, An
         values["run.resume"] = args.resume
     cfg = _load_run_config(args.config, args.overrides, base, values, resume=bool(args.resume))
     if args.output:  # timm's --output: the parent of the run directory
-        from mixlab.engine.trainer import default_run_dir
+        from mixlab.engine.writer import default_run_dir
 
         cfg.run.out = str(Path(args.output) / default_run_dir(cfg).name)
     return cfg
@@ -401,7 +401,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _report(results: dict[str, Any]) -> None:
     """Print ``evaluate_checkpoint``'s results (plain weights, then the EMA's) and where they are."""
-    from mixlab.engine.evaluation import format_table
+    from mixlab.evaluation import format_table
 
     ema = results.get("ema")
     print(("weights:\n" if ema else "") + format_table(results))
@@ -481,7 +481,7 @@ def _probe(args: argparse.Namespace) -> int:
 
 def _report_probe(results: dict[str, Any]) -> None:
     """Print ``linear_probe``'s results: header, probe top-1, the evaluation table, where it went."""
-    from mixlab.engine.evaluation import format_table
+    from mixlab.evaluation import format_table
 
     probe = results["probe"]
     print(f"{results['checkpoint']} (epoch {results['epoch']}): {results['method']} | {results['model']} | "
@@ -605,7 +605,7 @@ def _show(args: argparse.Namespace) -> int:
     from mixlab import registry
     from mixlab.data import normalize_on_device
     from mixlab.engine.plots import plot_mix
-    from mixlab.engine.trainer import _transforms
+    from mixlab.engine.data import default_transforms
 
     if not 2 <= args.n <= 32:
         raise ValueError(f"--n must be in [2, 32] (mixing pairs images; one column per image), got {args.n}")
@@ -634,7 +634,7 @@ def _show(args: argparse.Namespace) -> int:
     if len(dataset) < args.n:
         raise ValueError(f"--n {args.n} is larger than the dataset ({len(dataset)} images)")
     picks = torch.randperm(len(dataset), generator=g)[: args.n].tolist()
-    _, resize = _transforms(dataset, cfg)  # images of mixed sizes: the run's test crop to data.image_size
+    _, resize = default_transforms(dataset, cfg)  # images of mixed sizes: the run's test crop to data.image_size
     dataset = dataset.with_transform(resize)
     images = torch.stack([dataset[i][0] for i in picks])  # (n, C, H, W) uint8
     labels = torch.tensor([dataset[i][1] for i in picks])

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from .cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, load_cifar, load_cifar10, load_cifar100
 from .folder import ImageFolder, cache_dir
 from .recipes import cifar_train_transform, denormalize, eval_transform, normalize_on_device, to_float_normalized
-from .sampling import class_balanced_subset, seed_worker
+from .sampling import class_balanced_subset, eval_loader, seed_worker
 from .synthetic import SHAPES, SYNTHETIC_MEAN, SYNTHETIC_STD, SyntheticShapes
 from .tensor_dataset import EncodedImages, ImageTensorDataset
 
@@ -35,7 +35,7 @@ __all__ = [
     "load_cifar", "load_cifar10", "load_cifar100", "cache_dir",
     "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "SYNTHETIC_MEAN", "SYNTHETIC_STD",
     "cifar_train_transform", "eval_transform", "to_float_normalized", "denormalize", "normalize_on_device",
-    "class_balanced_subset", "seed_worker",
+    "class_balanced_subset", "seed_worker", "eval_loader",
 ]
 
 

@@ -248,6 +248,12 @@ class ImageTensorDataset(Dataset):
 
     # -- normalisation statistics -------------------------------------------------------------
     @property
+    def stats_known(self) -> bool:
+        """Whether :attr:`mean` and :attr:`std` are known without reading the images (given by the
+        dataset, such as CIFAR's fixed statistics, or computed already)."""
+        return self._mean is not None and self._std is not None
+
+    @property
     def mean(self) -> tuple[float, ...]:
         """Per-channel mean in [0, 1] units (given, or computed once from the images)."""
         if self._mean is None:
