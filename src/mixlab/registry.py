@@ -402,7 +402,7 @@ def build_model(name: str, num_classes: int, **kwargs: Any):
 
 def build_dataset(name: str, split: str, root: str | None = None, **kwargs: Any):
     """``mixlab.data.build_dataset`` with a clear error for unknown names."""
-    from mixlab.data import build_dataset as _build
+    from mixlab import data
 
     check_names(dataset=name)
-    return _build(name, split, root=root, **kwargs)
+    return data.build_dataset(name, split, root=root, **kwargs)
