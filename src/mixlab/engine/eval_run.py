@@ -31,7 +31,6 @@ import torch
 from torch import nn
 
 from mixlab import registry
-from mixlab.data import eval_loader
 from mixlab.engine.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, load_state
 from mixlab.engine.config import TrainConfig, config_from_dict
 from mixlab.engine.data import align_test_split, build_split, default_transforms, train_split
@@ -202,6 +201,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, fgsm: bool = True, corruptio
     test_set, mean, std, _ = eval_data(cfg, path)
     num_classes = check_classes(ckpt, test_set, cfg, path)
     batch_size = batch_size or cfg.data.eval_batch_size
+    from mixlab.data import eval_loader
+
     data = eval_loader(test_set, batch_size, cfg.data.num_workers)
 
     models = {"model": load_weights(rebuild_model(cfg, num_classes, dev), ckpt["model"], "model weights", ckpt["path"])}

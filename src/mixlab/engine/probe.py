@@ -52,7 +52,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from mixlab.data import eval_loader, seed_worker
 from mixlab.engine.config import check_value
 from mixlab.engine.data import EpochSampler, SeededItems, mix_seed
 from mixlab.engine.distributed import resolve_device
@@ -159,6 +158,8 @@ def _augmented_features(model: nn.Module, train_set, cfg, device: torch.device, 
     ``(seed, epoch, image)`` as the trainer's augmentation, whatever the number of workers."""
     from torchvision.transforms import v2
 
+    from mixlab.data import seed_worker
+
     size = cfg.data.image_size if train_set.is_lazy else tuple(train_set.images.shape[-2:])
     augment = v2.Compose([v2.RandomResizedCrop(size, scale=(0.08, 1.0)), v2.RandomHorizontalFlip()])
     sampler = EpochSampler(len(train_set), seed=seed, shuffle=False)  # (epoch, index) keys in order
@@ -243,6 +244,8 @@ def linear_probe(path: str | os.PathLike, *, epochs: int = 100, lr: float = 0.1,
     num_classes = check_classes(ckpt, test_set, cfg, path)
     model = load_weights(rebuild_model(cfg, num_classes, dev), ckpt["model"], "model weights", ckpt["path"])
     model.requires_grad_(False).eval()  # frozen: no gradients, BatchNorm statistics never updated
+
+    from mixlab.data import eval_loader
 
     eval_batch, workers = cfg.data.eval_batch_size, cfg.data.num_workers
     with run_threads(cfg):  # the run's CPU threads
