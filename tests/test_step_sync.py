@@ -87,8 +87,9 @@ def test_a_training_step_does_not_synchronise_with_the_gpu(method):
 
 
 @pytest.mark.parametrize("method, params", [
-    ("vanilla", {}), ("mocov3", {"sdmp": True}), ("dino", {}), ("dino", {"sdmp": True}), ("mocov2", {"views": "cropmix"}),
-    ("mae", {"input": "cropmix"}), ("recursivemix", {"interpolation": "bilinear"}), ("manifold-mixup", {}),
+    ("vanilla", {}), ("mocov3", {"sdmp": True}), ("dino", {}), ("dino", {"sdmp": True}),
+    ("mocov2", {"views": "cropmix"}), ("mae", {"input": "cropmix"}), ("recursivemix", {"interpolation": "bilinear"}),
+    ("manifold-mixup", {}),
 ])
 def test_a_training_step_reads_no_value_of_the_device(method, params):
     """On the meta device: the engine's step, its sums, the loss watch, and these methods' steps

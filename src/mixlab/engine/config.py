@@ -367,7 +367,8 @@ def validate_config(cfg: TrainConfig) -> None:
     check_value(d.num_per_class >= 1, "data.num_per_class", "an integer >= 1", d.num_per_class)
     check_value(d.test_per_class >= 1, "data.test_per_class", "an integer >= 1", d.test_per_class)
     check_value(d.image_size >= 8, "data.image_size", "an integer >= 8", d.image_size)
-    check_value(0.0 <= cfg.model.ema_decay < 1.0, "model.ema_decay", "in [0, 1) (0 disables the EMA)", cfg.model.ema_decay)
+    check_value(0.0 <= cfg.model.ema_decay < 1.0, "model.ema_decay", "in [0, 1) (0 disables the EMA)",
+                cfg.model.ema_decay)
     check_value(cfg.model.init is None or bool(str(cfg.model.init).strip()), "model.init",
            "null or the path of a checkpoint or run directory", cfg.model.init)
     check_value(o.name in ("sgd", "adamw"), "optim.name", "'sgd' or 'adamw'", o.name)
@@ -379,9 +380,12 @@ def validate_config(cfg: TrainConfig) -> None:
     check_value(finite(o.warmup_epochs) and 0 <= o.warmup_epochs <= o.epochs, "optim.warmup_epochs",
            f"a number in [0, optim.epochs={o.epochs}]", o.warmup_epochs)
     check_value(finite(o.head_lr_scale) and o.head_lr_scale > 0, "optim.head_lr_scale", "a number > 0", o.head_lr_scale)
-    check_value(o.schedule in ("cosine", "step", "constant"), "optim.schedule", "'cosine', 'step' or 'constant'", o.schedule)
-    check_value(finite(o.min_lr) and 0 <= o.min_lr <= o.lr, "optim.min_lr", f"a number in [0, optim.lr={o.lr}]", o.min_lr)
-    check_value(all(0 < e <= o.epochs for e in o.milestones), "optim.milestones", f"epochs in (0, {o.epochs}]", o.milestones)
+    check_value(o.schedule in ("cosine", "step", "constant"), "optim.schedule", "'cosine', 'step' or 'constant'",
+                o.schedule)
+    check_value(finite(o.min_lr) and 0 <= o.min_lr <= o.lr, "optim.min_lr", f"a number in [0, optim.lr={o.lr}]",
+                o.min_lr)
+    check_value(all(0 < e <= o.epochs for e in o.milestones), "optim.milestones", f"epochs in (0, {o.epochs}]",
+                o.milestones)
     check_value(finite(o.gamma) and 0 < o.gamma <= 1, "optim.gamma", "in (0, 1]", o.gamma)
     check_value(finite(o.clip_grad) and o.clip_grad >= 0, "optim.clip_grad", "a number >= 0 (0 disables clipping)",
            o.clip_grad)

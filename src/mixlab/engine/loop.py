@@ -294,7 +294,7 @@ class EpochMeter:
 
     def update(self, out: StepOutput, labels: Tensor) -> None:
         b = labels.shape[0]
-        for key, value in {"loss": out.loss, **out.logs}.items():
+        for key, value in (("loss", out.loss), *out.logs.items()):
             self.keys[key] = None
             if isinstance(value, Tensor):  # (a CPU log on a GPU run is copied without waiting)
                 value = value.detach().double().to(self.device, non_blocking=True) * b
@@ -392,14 +392,17 @@ def evaluate_epoch(state: State, epoch: int) -> dict[str, Any]:
     if (epoch + 1) % cfg.run.eval_every != 0 and epoch + 1 != state.end_epoch:
         return {}
     if registry.is_self_supervised(state.method):
-        whole, on_gpu = DistInfo(rank=0, world_size=1, local_rank=0, device=device), device.type == "cuda"
-        return {"knn_acc1": on_main(lambda: knn_monitor(
-            state.model, test_loader(data.monitor_set, cfg, whole, on_gpu), test_loader(data.test_set, cfg, whole, on_gpu),
-            device, data.train_set.mean, data.train_set.std, state.num_classes), info)}
+        def monitor() -> float:  # on rank 0, over every image
+            whole, on_gpu = DistInfo(rank=0, world_size=1, local_rank=0, device=device), device.type == "cuda"
+            bank, queries = (test_loader(s, cfg, whole, on_gpu) for s in (data.monitor_set, data.test_set))
+            return knn_monitor(state.model, bank, queries, device, data.train_set.mean, data.train_set.std,
+                               state.num_classes)
+
+        return {"knn_acc1": on_main(monitor, info)}
     reduce = all_reduce_sum if info.distributed else None
     row = {}
     for prefix, model in (("test_", state.model), ("ema_test_", state.ema.module if state.ema is not None else None)):
         if model is not None:
-            results = metrics.evaluate(model, data.test_loader, device, data.preprocess, state.autocast, all_reduce=reduce)
+            results = metrics.evaluate(model, data.test_loader, device, data.preprocess, state.autocast, reduce)
             row.update({prefix + k: v for k, v in results.items() if k != "n"})
     return row

@@ -191,7 +191,8 @@ def plot_mix(
         targets = _one_hot(one.targets, len(classes))
         at = f" λ {float(lam[0]):.2f}".replace(" 0.", " .") if len(mixes) > 1 else ""
         rows += [
-            (f"mask (own){at}", display_images(mask.float().clamp(0, 1)), [], {"vmin": 0.0, "vmax": 1.0, "frame": True}),
+            (f"mask (own){at}", display_images(mask.float().clamp(0, 1)), [],
+             {"vmin": 0.0, "vmax": 1.0, "frame": True}),
             (f"mixed{at}", display_images(one.images, mean, std),
              [f"{soft_label_text(t, classes)}\nλ {l:.2f}".replace(" 0.", " .") for t, l in zip(targets, lam.tolist())],
              {}),
@@ -212,7 +213,8 @@ def plot_rows(rows: Sequence[tuple[str, Tensor]], path: str | Path, mean: Sequen
     if not rows or len({images.shape[0] for _, images in rows}) != 1:
         raise ValueError(f"plot_rows needs rows with the same number of images, got "
                          f"{[tuple(images.shape) for _, images in rows]}")
-    _draw_rows([(name, display_images(images, mean, std), [], {}) for name, images in rows], path, title, row_height=1.5)
+    _draw_rows([(name, display_images(images, mean, std), [], {}) for name, images in rows], path, title,
+               row_height=1.5)
 
 
 def _draw_rows(rows: list[tuple[str, Any, list[str], dict[str, Any]]], path: str | Path, title: str,

@@ -1,8 +1,8 @@
 """How the commands assemble a run's config, and their recipe values (``configs/presets.yaml``).
 
-    cfg = run_config("my.yaml", ["optim.lr=0.05"], {"method.name": "mixup"})    # mixlab train my.yaml ...
-    cfg = run_config(None, resume="runs/x", values={"optim.epochs": 40})        # mixlab train --resume runs/x
-    cfg = pretrain_config(None, framework="dino", sdmp=True)                    # mixlab pretrain --framework dino --sdmp
+    cfg = run_config("my.yaml", ["optim.lr=0.05"], {"method.name": "mixup"})  # mixlab train my.yaml ...
+    cfg = run_config(None, resume="runs/x", values={"optim.epochs": 40})      # mixlab train --resume runs/x
+    cfg = pretrain_config(None, framework="dino", sdmp=True)                  # mixlab pretrain --framework dino --sdmp
 
 A run's settings are layered: the defaults (``configs/default.yaml``; ``mixlab pretrain``:
 ``configs/pretrain.yaml``), the method's own run settings (``MethodSpec.config``: MAE's ViT and

@@ -148,7 +148,8 @@ def _check_probe_args(epochs: Any, lr: Any, batch_size: Any, momentum: Any, augm
     check_value(integer(seed) and seed >= 0, "seed", "an integer >= 0", seed)
     for name, value in (("augment", augment), ("corruptions", corruptions), ("progress", progress)):
         check_value(isinstance(value, bool), name, "True or False", value)
-    check_value(data_root is None or isinstance(data_root, (str, os.PathLike)), "data_root", "None or a path", data_root)
+    check_value(data_root is None or isinstance(data_root, (str, os.PathLike)), "data_root", "None or a path",
+                data_root)
 
 
 def _augmented_features(model: nn.Module, train_set, cfg, device: torch.device, mean: Sequence[float],

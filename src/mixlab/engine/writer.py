@@ -243,7 +243,8 @@ class RunWriter:
         test = f"  kNN top-1 {row['knn_acc1']:.2f}%" if "knn_acc1" in row else ""
         if "test_acc1" in row:
             ema_text = f" (EMA {row['ema_test_acc1']:.1f}%)" if ema else ""
-            test = f"  test top-1 {row['test_acc1']:.2f}%{ema_text}  top-5 {row['test_acc5']:.2f}%  nll {row['test_nll']:.3f}"
+            test = (f"  test top-1 {row['test_acc1']:.2f}%{ema_text}  top-5 {row['test_acc5']:.2f}%  "
+                    f"nll {row['test_nll']:.3f}")
         print(f"epoch {row['epoch']}/{self.cfg.optim.epochs}  loss {row['train_loss']:.4f}{test}  lr {row['lr']:.4g}  "
               f"{row['epoch_time']:.1f}s  {row['images_per_s']:.0f} img/s", flush=True)
 
