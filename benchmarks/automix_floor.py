@@ -29,7 +29,7 @@ import torch
 
 from mixlab import registry
 from mixlab.engine.config import OptimConfig
-from mixlab.engine.trainer import build_optimizer, train_step
+from mixlab.engine.optim import build_optimizer, train_step
 from mixlab.models import forward_until
 
 

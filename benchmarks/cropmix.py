@@ -31,7 +31,8 @@ from torchvision.transforms import v2
 from mixlab import registry
 from mixlab.data import SyntheticShapes, seed_worker
 from mixlab.engine.config import OptimConfig
-from mixlab.engine.trainer import EpochSampler, SeededItems, _normalizer, _to_device, build_optimizer, train_step
+from mixlab.engine.data import EpochSampler, SeededItems, normalizer, to_device
+from mixlab.engine.optim import build_optimizer, train_step
 from mixlab.transforms import CropMix, CropMixBatch
 
 
@@ -86,7 +87,7 @@ def training(blocks: int, steps: int, workers: int, device: torch.device) -> dic
     model = registry.build_model("resnet_small", 10).to(device).to(memory_format=torch.channels_last)
     method = registry.build_method("vanilla", 10).to(device)
     optimizer = build_optimizer(model, method, OptimConfig())
-    preprocess = _normalizer(data.mean, data.std, True)
+    preprocess = normalizer(data.mean, data.std, True)
     transforms = {
         "RRC": v2.Compose([v2.RandomResizedCrop(32, scale=(0.01, 1.0)), v2.RandomHorizontalFlip()]),
         "CropMix": registry.build_method("cropmix", 10).train_transform(v2.RandomCrop(32)),
@@ -105,10 +106,10 @@ def training(blocks: int, steps: int, workers: int, device: torch.device) -> dic
             loader.sampler.set_epoch(block)
             it = iter(loader)
             for _ in range(2):  # workers start, queue fills
-                train_step(model, method, optimizer, _to_device(next(it), device, preprocess), 0.0)
+                train_step(model, method, optimizer, to_device(next(it), device, preprocess), 0.0)
             t0 = time.perf_counter()
             for _ in range(steps):
-                out = train_step(model, method, optimizer, _to_device(next(it), device, preprocess), 0.0)
+                out = train_step(model, method, optimizer, to_device(next(it), device, preprocess), 0.0)
             float(out.loss.detach())  # wait for the last step
             rates[name].append(steps * 128 / (time.perf_counter() - t0))
             del it

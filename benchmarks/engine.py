@@ -4,7 +4,7 @@ Training images/s of ``resnet_small`` (32x32, batch 128, SGD, CutMix) fed two wa
 
 * ``loader``: the engine's own path: ``DataLoader`` with worker processes over the synthetic
   train set, standard CIFAR augmentation (random crop + flip) per image in the workers, uint8
-  batches moved to the device and normalised there (``mixlab.engine.trainer``);
+  batches moved to the device and normalised there (``mixlab.engine.data``);
 * ``tensor``: the same model and step fed from one pre-built, normalised tensor already on the
   device (no loading, no augmentation): the compute-only ceiling.
 
@@ -27,7 +27,8 @@ import torch
 from mixlab import registry
 from mixlab.data import SyntheticShapes, cifar_train_transform, normalize_on_device, seed_worker
 from mixlab.engine.config import OptimConfig
-from mixlab.engine.trainer import EpochSampler, SeededItems, _normalizer, _to_device, build_optimizer, train_step
+from mixlab.engine.data import EpochSampler, SeededItems, normalizer, to_device
+from mixlab.engine.optim import build_optimizer, train_step
 
 
 def main() -> None:
@@ -54,7 +55,7 @@ def main() -> None:
     channels_last = not args.contiguous
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    preprocess = _normalizer(data.mean, data.std, channels_last)
+    preprocess = normalizer(data.mean, data.std, channels_last)
 
     # the engine's path
     sampler = EpochSampler(len(data), seed=1)
@@ -69,7 +70,7 @@ def main() -> None:
         while True:
             sampler.set_epoch(epoch)
             for batch in loader:
-                yield _to_device(batch, device, preprocess)
+                yield to_device(batch, device, preprocess)
             epoch += 1
 
     # the compute-only path: one normalised tensor on the device, sliced

@@ -32,7 +32,7 @@ import torch
 from mixlab import registry
 from mixlab.bench.protocols import load_protocol, method_name
 from mixlab.engine.config import OptimConfig
-from mixlab.engine.trainer import build_optimizer, train_step
+from mixlab.engine.optim import build_optimizer, train_step
 
 
 def state_bytes(method: torch.nn.Module) -> int:
@@ -78,7 +78,7 @@ def main() -> None:
         method = registry.build_method(method_name(name), 10, **params).to(device)
         method.setup(model, torch.Generator(device=device).manual_seed(0))
         optimizer = build_optimizer(model, method, OptimConfig(name="sgd", lr=0.01))
-        batch = (views_like(method, x), y) if getattr(method, "self_supervised", False) else (x, y)
+        batch = (views_like(method, x), y) if registry.is_self_supervised(method) else (x, y)
         runs[name] = (model, method, optimizer, batch)
 
     def block(name: str, steps: int) -> float:

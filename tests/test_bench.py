@@ -117,7 +117,7 @@ def test_merge_adds_the_rows_of_another_bench_that_this_one_lacks(smoke: Path, t
 
 
 def test_interrupted_run_resumes_and_other_config_is_refused(tmp_path: Path) -> None:
-    from mixlab.engine.trainer import train
+    from mixlab.engine import train
 
     protocol = protocol_from_dict(_smoke_dict(), "tiny")
     [run] = plan(protocol, tmp_path, methods=["mixup"])

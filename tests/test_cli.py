@@ -123,7 +123,7 @@ def test_show_every_method(method, tmp_path, capsys):
     assert main(["show", "--method", method, "--n", "4", "--seed", "1", "--out", str(path)]) == 0
     out = capsys.readouterr().out
     # the self-supervised frameworks mix only with SDMP (below)
-    assert str(path) in out and ("no mixing" in out) == (method in ("vanilla", *registry.SELF_SUPERVISED))
+    assert str(path) in out and ("no mixing" in out) == (method in ("vanilla", *registry.self_supervised_methods()))
     with Image.open(path) as img:
         img.verify()
         assert img.format == "PNG" and img.size[0] > 0 and img.size[1] > 0
@@ -222,3 +222,42 @@ def test_top_level_help_version_and_no_command(capsys):
     assert capsys.readouterr().out.strip() == f"mixlab {mixlab.__version__}"
     assert main([]) == 2
     assert "usage: mixlab" in capsys.readouterr().out
+
+
+# -------------------------------------------------------------------------------------- presets
+def test_recipe_values_come_from_presets_yaml_and_the_functions_defaults():
+    """The commands' recipe values are written once: configs/presets.yaml, or the signature of the
+    function a command calls (its flags default to them)."""
+    import importlib.resources
+    import inspect
+
+    import yaml
+
+    from mixlab.engine.finetune import finetune
+    from mixlab.engine.presets import PRESETS
+    from mixlab.engine.probe import linear_probe
+
+    assert PRESETS == yaml.safe_load(importlib.resources.files("mixlab").joinpath("configs/presets.yaml").read_text())
+    parse = build_parser().parse_args
+    assert parse(["train"]).eval_corruption_images == PRESETS["corruption_images"]
+    assert parse(["pretrain"]).probe_corruption_images == PRESETS["corruption_images"]
+    assert parse(["pretrain"]).probe_epochs == inspect.signature(linear_probe).parameters["epochs"].default
+    probe, tune = vars(parse(["probe", "runs/x"])), vars(parse(["finetune", "runs/x"]))
+    for args, fn in ((probe, linear_probe), (tune, finetune)):
+        defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()
+                    if k in args and k != "overrides" and p.default is not p.empty}  # (--set: a list)
+        assert defaults and all(args[k] == v for k, v in defaults.items()), (fn.__name__, defaults)
+
+
+def test_pretrain_heads_are_the_presets_under_the_configs_own():
+    from mixlab.engine.presets import PRESETS, pretrain_config
+
+    cfg = pretrain_config(None, framework="mocov2", cropmix="")
+    assert cfg.method.params == {**PRESETS["small_heads"]["mocov2"], "views": "cropmix"}
+    cfg = pretrain_config(None, ["method.params.queue_size=64"], framework="mocov2")
+    assert cfg.method.params == {**PRESETS["small_heads"]["mocov2"], "queue_size": 64}
+    cfg = pretrain_config(None, framework="mae")  # no heads to size; its own run settings (a ViT)
+    assert cfg.method.params == {} and cfg.model.name == "vit_tiny_patch4"
+    with pytest.raises(ValueError, match="method 'cutmix' is not self-supervised; `mixlab pretrain` takes mocov3, "
+                                         "mocov2, dino, mae"):
+        pretrain_config(None, framework="cutmix")

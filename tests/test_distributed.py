@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mixlab.engine import evaluate, load_checkpoint, load_config, train
-from mixlab.engine.trainer import EpochSampler, _mix_seed, rank_generators
+from mixlab.engine.data import EpochSampler, mix_seed, rank_generators
 
 # config overrides (--set): 80 train / 30 test images of 16x16; 5 steps per epoch of 2 x 8 images
 TINY = ["data.name=synthetic", "data.num_workers=0", "data.num_per_class=8", "data.test_per_class=3",
@@ -61,7 +61,7 @@ def _mixlab(overrides: list[str], cwd: Path, *args: str) -> subprocess.Completed
 # ------------------------------------------------------------------------ pure functions
 def test_epoch_sampler_shards_one_permutation():
     one = [i for _, i in EpochSampler(10, seed=5)]
-    g = torch.Generator().manual_seed(_mix_seed(5, 0))
+    g = torch.Generator().manual_seed(mix_seed(5, 0))
     assert one == torch.randperm(10, generator=g).tolist()  # a single process: unchanged
     shards = [EpochSampler(10, seed=5, rank=r, world_size=3) for r in range(3)]
     for s in shards:
@@ -118,12 +118,12 @@ def test_test_set_shards_cover_it_once(transform):
     contiguous, unpadded and together the whole test set."""
     from mixlab import registry
     from mixlab.engine.distributed import DistInfo
-    from mixlab.engine.trainer import _test_loader
+    from mixlab.engine.data import test_loader
 
     test_set = registry.build_dataset("synthetic", "test", num_per_class=3, image_size=8, seed=0)
     test_set = test_set.with_transform(transform)
     cfg = load_config(overrides=["data.eval_batch_size=4", "data.num_workers=0"])
-    shards = [_test_loader(test_set, cfg, DistInfo(r, 4, r, torch.device("cpu")), False) for r in range(4)]
+    shards = [test_loader(test_set, cfg, DistInfo(r, 4, r, torch.device("cpu")), False) for r in range(4)]
     labels = [torch.cat([y for _, y in shard]) for shard in shards]
     assert [len(y) for y in labels] == [7, 8, 7, 8]  # 30 images over 4 processes
     assert torch.equal(torch.cat(labels), test_set.labels)
@@ -217,14 +217,14 @@ def _single_process_eval(ckpt: dict, weights: dict) -> dict[str, float]:
     """The checkpoint's model evaluated on the whole test set in this process."""
     from mixlab import registry
     from mixlab.engine.config import config_from_dict
-    from mixlab.engine.trainer import _datasets, _normalizer
+    from mixlab.engine.data import datasets, normalizer
 
     cfg = config_from_dict(ckpt["config"])
-    _, test_set = _datasets(cfg)
+    _, test_set = datasets(cfg)
     model = registry.build_model(cfg.model.name, ckpt["num_classes"], **cfg.model.kwargs)
     model.load_state_dict(weights)
     loader = list(zip(test_set.images.split(7), test_set.labels.split(7)))  # other batches than the run's
-    return evaluate(model, loader, "cpu", _normalizer(test_set.mean, test_set.std, channels_last=True))
+    return evaluate(model, loader, "cpu", normalizer(test_set.mean, test_set.std, channels_last=True))
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Tests for mixlab.engine.{calibration, corruptions, evaluation}: calibration errors on hand-computed
+"""Tests for mixlab.evaluation.{calibration, corruptions, robustness}: calibration errors on hand-computed
 cases and against a NumPy reference, corruption kernels against SciPy / PIL / colorsys versions of
 the reference operations, FGSM on a tiny trained model, and the evaluate_all outputs."""
 
@@ -17,11 +17,11 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from mixlab.engine.calibration import (calibration_bins, expected_calibration_error, reliability_diagram,
+from mixlab.evaluation.calibration import (calibration_bins, expected_calibration_error, reliability_diagram,
                                        rms_calibration_error)
-from mixlab.engine.corruptions import (CORRUPTIONS, SEVERITY_PARAMS, _jpeg_pil, _jpeg_torchvision, corrupt, disk_kernel,
+from mixlab.evaluation.corruptions import (CORRUPTIONS, SEVERITY_PARAMS, _jpeg_pil, _jpeg_torchvision, corrupt, disk_kernel,
                                       hsv_to_rgb, rgb_to_hsv)
-from mixlab.engine.evaluation import (clean_metrics, corruption_accuracy, evaluate_all, fgsm_accuracy, format_table,
+from mixlab.evaluation.robustness import (clean_metrics, corruption_accuracy, evaluate_all, fgsm_accuracy, format_table,
                                       predict)
 
 MEAN = (0.5, 0.45, 0.4)
@@ -280,7 +280,7 @@ def test_zoom_blur_matches_scipy_clipped_zoom(images):
 
 
 def test_zoom_blur_dense_operator_matches_interpolation(images, monkeypatch):
-    import mixlab.engine.corruptions as corruptions
+    import mixlab.evaluation.corruptions as corruptions
 
     x = torch.cat([images[:, :, :20, :28], images[:, :, 4:24, 2:30]])  # non-square, two sizes of crop
     dense = [corrupt(x, "zoom_blur", s) for s in (1, 5)]
@@ -451,7 +451,7 @@ def test_evaluate_all_writes_outputs_and_table(trained, tmp_path):
 
 def test_corruption_subset_is_strided_over_a_class_sorted_set():
     """max_images takes images evenly over the set, so a class-sorted split keeps every class."""
-    from mixlab.engine.evaluation import _cache_pixels, _Pixels
+    from mixlab.evaluation.robustness import _cache_pixels, _Pixels
 
     labels = torch.arange(10).repeat_interleave(50)  # sorted by class, as an ImageFolder test split
     images = torch.zeros(500, 3, 4, 4, dtype=torch.uint8)

@@ -137,11 +137,11 @@ def test_a_misspelt_model_kwarg_gets_a_suggestion():
 
 # ------------------------------------------------------------------------ 3. a diverging run
 def test_divergence_stops_at_the_first_non_finite_loss(tmp_path, capsys, monkeypatch):
-    import mixlab.engine.trainer as trainer
+    import mixlab.engine.loop as loop
 
     steps = []
-    real_step = trainer.train_step
-    monkeypatch.setattr(trainer, "train_step", lambda *a, **k: steps.append(1) or real_step(*a, **k))
+    real_step = loop.train_step
+    monkeypatch.setattr(loop, "train_step", lambda *a, **k: steps.append(1) or real_step(*a, **k))
     run_dir = tmp_path / "deep" / "run"
     err = _fails(capsys, "train", *TINY, "--lr", "1e30", "--epochs", "2", "--out", str(run_dir), status=1)
     assert "the training loss became nan at step 2 (epoch 1, batch 2 of 5)" in err
@@ -172,15 +172,15 @@ def test_divergence_stops_every_process_of_a_data_parallel_run(tmp_path):
 def test_loss_watch_reports_the_first_bad_step_when_read():
     """On a GPU the loop reads the flag every 10 steps and at the end of each epoch: the steps between
     reads only update tensors on the device, and a read names the first bad step and its loss."""
-    from mixlab.engine.trainer import _LossWatch
+    from mixlab.engine.optim import LossWatch
 
-    watch = _LossWatch(torch.device("cpu"), every=10)
+    watch = LossWatch(torch.device("cpu"), every=10)
     for step, loss in enumerate([1.0, 2.0, 0.5, float("inf"), float("nan"), 3.0]):
         watch.update(torch.tensor(loss), step)
     assert [watch.due(s, end_of_epoch=False) for s in (6, 9, 10, 20)] == [False, False, True, True]
     assert watch.due(6, end_of_epoch=True)
     assert watch.bad(distributed=False) == (3, float("inf"))
-    fine = _LossWatch(torch.device("cpu"), every=10)
+    fine = LossWatch(torch.device("cpu"), every=10)
     fine.update(torch.tensor(0.1), 0)
     assert fine.bad(distributed=False) is None
 
@@ -268,10 +268,10 @@ def test_stale_checkpoint_temporaries_are_removed_when_a_run_starts(tmp_path):
 
 # ------------------------------------------------------ 6. no run directory without a checkpoint
 def _fail_at_step(monkeypatch, step: int, error: BaseException) -> None:
-    import mixlab.engine.trainer as trainer
+    import mixlab.engine.loop as loop
 
     calls = []
-    real_step = trainer.train_step
+    real_step = loop.train_step
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -279,7 +279,7 @@ def _fail_at_step(monkeypatch, step: int, error: BaseException) -> None:
             raise error
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "train_step", failing)
+    monkeypatch.setattr(loop, "train_step", failing)
 
 
 @pytest.mark.parametrize("error", [RuntimeError("out of memory"), KeyboardInterrupt()])
@@ -333,13 +333,18 @@ def test_eval_of_a_self_supervised_run_points_to_probe(tmp_path, capsys):
 
 
 def test_is_self_supervised_is_the_methods_class_attribute():
+    """Each registered name declares the class it builds, and the class declares whether it is
+    self-supervised: the name, the built method and the class answer alike, without building."""
     from mixlab import registry
+    from mixlab.methods.base import Method
 
     for name in registry.METHODS:
         method = registry.build_method(name, num_classes=10)
+        assert type(method) is registry.method_class(name), name
         assert registry.is_self_supervised(name) == registry.is_self_supervised(method) \
-            == getattr(type(method), "self_supervised", False), name
-    assert set(registry.SELF_SUPERVISED) == {n for n in registry.METHODS if registry.is_self_supervised(n)}
+            == type(method).self_supervised, name
+    assert registry.self_supervised_methods() == ("mocov3", "mocov2", "dino", "mae")
+    assert Method.self_supervised is False and Method.preview_lams == ()
 
 
 # -------------------------------------------------------------- 9. other trainers' key names
@@ -381,9 +386,9 @@ def test_an_unknown_flag_points_to_set(capsys, argv, hint):
 
 # ---------------------------------------------------------------- 10. timm train.py's flag names
 def _config(*argv: str):
-    from mixlab.cli import _run_config
+    from mixlab.cli import config_from_args
 
-    return _run_config(build_parser().parse_args(list(argv)))
+    return config_from_args(build_parser().parse_args(list(argv)))
 
 
 def test_timm_flags_set_the_config(tmp_path):
@@ -419,10 +424,10 @@ def test_timm_flags_of_pretrain_and_their_errors(tmp_path, capsys):
 def test_samples_png_draws_the_methods_preview_step(tmp_path, monkeypatch, method, step):
     """RecursiveMix's first step has no history (each image pasted into itself, labels 1.00):
     samples.png draws its second step, mixed with the first batch."""
-    import mixlab.engine.trainer as trainer
+    import mixlab.engine.writer as writer
 
     drawn = []
-    monkeypatch.setattr(trainer, "plot_samples", lambda images, targets, *a, title, **k: drawn.append((targets, title)))
+    monkeypatch.setattr(writer, "plot_samples", lambda images, targets, *a, title, **k: drawn.append((targets, title)))
     train(load_config(overrides=[*TINY_KEYS, "optim.epochs=1", f"method.name={method}", f"run.out={tmp_path / 'r'}"]))
     (targets, title), = drawn
     assert title == f"{method}: " + ("first training batch" if step == 1 else f"training batch of step {step}")
@@ -436,7 +441,7 @@ def test_reliability_gap_is_hatched_and_unfilled(confident):
     other: the accuracy bars stay the legend's opaque blue under it, whichever side it lies on."""
     from matplotlib.colors import to_rgba
 
-    from mixlab.engine.calibration import ACCURACY_COLOR, GAP_COLOR, calibration_bins, reliability_figure
+    from mixlab.evaluation.calibration import ACCURACY_COLOR, GAP_COLOR, calibration_bins, reliability_figure
 
     g = torch.Generator().manual_seed(0)
     if confident == "over":  # confidence 0.8-0.99, half of them right

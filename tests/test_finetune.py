@@ -174,7 +174,7 @@ def test_finetune_settings_are_validated() -> None:
 
 def test_head_lr_scale_gives_the_classifier_groups_of_its_own() -> None:
     from mixlab.engine.config import OptimConfig
-    from mixlab.engine.trainer import build_optimizer
+    from mixlab.engine.optim import build_optimizer
     from mixlab.methods.base import Vanilla
 
     model = registry.build_model("resnet_small", 10, width=8)

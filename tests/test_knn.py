@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mixlab.engine.knn import knn_accuracy, knn_predict
+from mixlab.evaluation.knn import knn_accuracy, knn_predict
 
 
 def test_votes_by_hand():

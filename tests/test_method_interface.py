@@ -357,7 +357,7 @@ def test_hidden_state_mixing(tmp_path):
 
 
 def test_self_supervised_multi_view(tmp_path):
-    from mixlab.engine.trainer import _to_device
+    from mixlab.engine.data import to_device
 
     method = TinyMoCo()
     model, opt = _setup(method)
@@ -365,7 +365,7 @@ def test_self_supervised_multi_view(tmp_path):
     g = torch.Generator().manual_seed(0)
     views = [torch.randint(0, 256, (B, 3, S, S), dtype=torch.uint8, generator=g) for _ in range(2)]
     # the engine moves nested batches and normalises every uint8 image tensor
-    batch = _to_device((views, torch.zeros(B, dtype=torch.long)), torch.device("cpu"), lambda x: x.float() / 255)
+    batch = to_device((views, torch.zeros(B, dtype=torch.long)), torch.device("cpu"), lambda x: x.float() / 255)
     assert all(v.dtype == torch.float32 for v in batch[0])
     out = train_step(model, method, opt, batch, 0.0)
     assert torch.isfinite(out.loss) and out.logits is None
@@ -414,7 +414,7 @@ class FigureMethod(Method):
 def test_epoch_figures_are_written_after_every_epoch_without_changing_training(tmp_path, monkeypatch):
     from mixlab import registry
     from mixlab.engine import load_config, train
-    from mixlab.engine.trainer import write_epoch_figures
+    from mixlab.engine.writer import write_epoch_figures
 
     monkeypatch.setitem(registry.METHODS, "figures", registry.MethodSpec(
         lambda num_classes, label_smoothing=0.0: FigureMethod(num_classes), "toy", {}, "test toy"))

@@ -20,7 +20,7 @@ from mixlab.cli import build_parser, main
 from mixlab.data import normalize_on_device
 from mixlab.engine import CheckpointError, TrainConfig, extract_features, linear_probe, train
 from mixlab.engine.config import DataConfig, MethodConfig, ModelConfig, OptimConfig, RunConfig
-from mixlab.engine.evaluation import predict
+from mixlab.evaluation import predict
 from mixlab.engine.probe import PROBE_JSON, PROBE_WEIGHTS, fold_into_classifier
 
 WIDTH = 8  # resnet_small(width=8): 64 pooled features

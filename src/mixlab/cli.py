@@ -1,4 +1,5 @@
-"""``mixlab`` command line: argument parsing only, the work happens in :mod:`mixlab.engine`.
+"""``mixlab`` command line: argument parsing and printing; the work happens in :mod:`mixlab.engine`
+(runs, their configs and recipe values: :mod:`mixlab.engine.presets`) and :mod:`mixlab.bench`.
 
     mixlab train                                  # the default run: CutMix, resnet_small, synthetic shapes
     mixlab train my.yaml --set optim.lr=0.05 --epochs 30
@@ -14,14 +15,16 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 import mixlab
 
-__all__ = ["main", "build_parser"]
+from mixlab.engine.presets import PRESETS
+
+__all__ = ["main", "build_parser", "config_from_args"]
 
 # flag -> config key; the flags are shorthands for --set KEY=VALUE (those after `lr` are timm's
 # train.py names: -b/--batch-size, -j/--workers, --data-dir, --opt, --weight-decay, --sched, ...)
@@ -46,10 +49,6 @@ _TRAIN_FLAGS = {
     "workers": "data.num_workers",
     "out": "run.out",
 }
-_MODEL_EMA_DECAY = 0.9998  # `--model-ema` without `--model-ema-decay`: timm's default decay
-# test images of the corruption accuracy in the evaluation at the end of `mixlab train`: the default
-# run's evaluation takes 8 s on 2 idle CPU cores with 500 (15 s with all 1000), for 171 s in all
-_EVAL_CORRUPTION_IMAGES = 500
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -94,9 +93,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     _add_run_flags(p, method=True)
     p.add_argument("--no-eval", dest="eval", action="store_false",
                    help="skip the evaluation of the final checkpoint (as `mixlab eval`: eval.json, calibration.png)")
-    p.add_argument("--eval-corruption-images", type=_non_negative, default=_EVAL_CORRUPTION_IMAGES, metavar="N",
+    n = PRESETS["corruption_images"]
+    p.add_argument("--eval-corruption-images", type=_non_negative, default=n, metavar="N",
                    help=f"corruption accuracy of the final evaluation on N test images, evenly spread over the "
-                        f"test set (default {_EVAL_CORRUPTION_IMAGES}; 0 skips the corruptions)")
+                        f"test set (default {n}; 0 skips the corruptions)")
     p.set_defaults(func=_train)
 
 
@@ -136,8 +136,8 @@ def _add_run_flags(p: argparse.ArgumentParser, method: bool) -> None:
                    help="mixed precision on a GPU: auto (bare --amp: bf16 where the GPU supports it), bf16, fp16 "
                         "or none; CPU runs stay in float32 (run.amp, default auto)")
     p.add_argument("--model-ema", action="store_true",
-                   help=f"keep an EMA of the weights, evaluated too (model.ema_decay={_MODEL_EMA_DECAY}, timm's "
-                        f"default)")
+                   help=f"keep an EMA of the weights, evaluated too (model.ema_decay="
+                        f"{PRESETS['model_ema_decay']}, timm's default)")
     p.add_argument("--model-ema-decay", type=float, metavar="X",
                    help="the EMA's decay in [0, 1) (model.ema_decay; implies --model-ema)")
     p.add_argument("--seed", type=int, metavar="N", help="run seed (>= 0); the rank is added to it")
@@ -157,100 +157,65 @@ def _add_run_flags(p: argparse.ArgumentParser, method: bool) -> None:
                         "CONFIG.yaml/--set/flags given here change it")
 
 
-def _load_run_config(path: str | None, overrides: Sequence[str], base: Any, values: dict[str, Any], resume: bool):
-    """``load_config``, with the chosen method's own run settings (``MethodSpec.config``: MAE's ViT
-    and optimiser) put under the file, ``--set`` and flags; a resumed run keeps its checkpoint's."""
-    from mixlab.engine import load_config
-    from mixlab.engine.config import config_from_dict
-    from mixlab.registry import METHODS
-
-    cfg = load_config(path, overrides, base=base, values=values)
-    spec = METHODS.get(cfg.method.name)
-    if resume or spec is None or not spec.config:
-        return cfg
-    base = config_from_dict(spec.config, base, source=f"method {cfg.method.name!r}'s run settings")
-    return load_config(path, overrides, base=base, values=values)
-
-
 def _flag_values(args: argparse.Namespace) -> dict[str, Any]:
     """``{config key: value}`` of the run flags given (``_TRAIN_FLAGS``, ``--model-ema``)."""
     values = {key: getattr(args, flag) for flag, key in _TRAIN_FLAGS.items() if getattr(args, flag, None) is not None}
     if args.model_ema and args.model_ema_decay is None:
-        values["model.ema_decay"] = _MODEL_EMA_DECAY
+        values["model.ema_decay"] = PRESETS["model_ema_decay"]
     return values
 
 
-def _run_config(args: argparse.Namespace, base: Any = None, values: dict[str, Any] | None = None):
-    """The config of `train`/`pretrain` from its arguments: ``base`` (the defaults), or the checkpoint's
-    config with ``--resume``; then CONFIG.yaml, --set and the flags (``values`` on top of them)."""
-    from mixlab.engine.checkpoint import load_checkpoint
-    from mixlab.engine.config import config_from_dict
+def config_from_args(args: argparse.Namespace):
+    """The run config of parsed ``mixlab train`` / ``pretrain`` arguments: the defaults (or the
+    checkpoint's with ``--resume``), CONFIG.yaml, ``--set``, then the flags
+    (:func:`mixlab.engine.presets.run_config` / :func:`~mixlab.engine.presets.pretrain_config`)."""
+    from mixlab.engine.presets import pretrain_config, run_config
 
-    values = {**_flag_values(args), **(values or {})}
-    if args.resume:
-        if args.output:
-            raise ValueError(f"--output DIR names where a new run goes; --resume {args.resume} continues the run in "
-                             f"its own directory (--out DIR continues it in another one)")
-        base = config_from_dict(load_checkpoint(args.resume)["config"], source=f"checkpoint {args.resume}")
-        base.run.out, base.run.stop_epoch = None, None  # continue in the checkpoint's directory, to the end
-        values["run.resume"] = args.resume
-    cfg = _load_run_config(args.config, args.overrides, base, values, resume=bool(args.resume))
-    if args.output:  # timm's --output: the parent of the run directory
-        from mixlab.engine.trainer import default_run_dir
-
-        cfg.run.out = str(Path(args.output) / default_run_dir(cfg).name)
-    return cfg
+    where = {"resume": args.resume, "output": args.output}
+    if args.command == "pretrain":
+        return pretrain_config(args.config, args.overrides, _flag_values(args), framework=args.framework,
+                               sdmp=args.sdmp, cropmix=args.cropmix, scalemix=args.scalemix, **where)
+    return run_config(args.config, args.overrides, _flag_values(args), **where)
 
 
 def _train(args: argparse.Namespace) -> int:
     from mixlab.engine import train
-    from mixlab.registry import is_self_supervised
 
-    cfg = _run_config(args)
+    cfg = config_from_args(args)
     metrics = train(cfg)
-    if int(os.environ.get("RANK", 0)) != 0:  # torchrun: rank 0 reports and evaluates
-        return 0
-    if is_self_supervised(cfg.method.name):  # no classifier to evaluate
-        print(f"final kNN accuracy: {metrics['knn_acc1']:.2f}%\nrun directory: {metrics['run_dir']}\n"
-              f"(a self-supervised run: `mixlab probe {metrics['run_dir']}` trains and evaluates a linear probe)")
-        return 0
-    nan = float("nan")
-    print(f"final test accuracy: {metrics.get('test_acc1', nan):.2f}% (top-5 {metrics.get('test_acc5', nan):.2f}%)")
-    print(f"run directory: {metrics['run_dir']}")
-    if not args.eval:
-        return 0
-    if metrics.get("epoch") != cfg.optim.epochs:
-        print(f"the run stopped after epoch {metrics.get('epoch', 0)} of {cfg.optim.epochs}: not evaluated "
-              f"(`mixlab eval {metrics['run_dir']}` evaluates any checkpoint)")
-        return 0
-    from mixlab.engine.eval_run import evaluate_checkpoint
-
-    n = args.eval_corruption_images
-    print(f"evaluating the final checkpoint (clean, FGSM"
-          f"{f', corruptions on {n} test images' if n else ''}; --no-eval skips this)", flush=True)
-    _report(evaluate_checkpoint(metrics["checkpoint"], corruptions=n > 0, max_corruption_images=n or None,
-                                device=cfg.run.device, progress=cfg.run.progress))
+    if int(os.environ.get("RANK", 0)) == 0:  # torchrun: rank 0 reports and evaluates
+        _report_train(metrics, cfg, args.eval_corruption_images if args.eval else None)
     return 0
 
 
+def _report_train(metrics: dict[str, Any], cfg: Any, corruption_images: int | None) -> None:
+    """Print the run's final accuracy, then evaluate its final checkpoint as `mixlab eval` does
+    (``corruption_images`` test images for the corruptions; ``None``: no evaluation)."""
+    from mixlab.engine.eval_run import evaluate_checkpoint
+    from mixlab.registry import is_self_supervised
+
+    run_dir = metrics["run_dir"]
+    if is_self_supervised(cfg.method.name):  # no classifier to evaluate
+        print(f"final kNN accuracy: {metrics['knn_acc1']:.2f}%\nrun directory: {run_dir}\n"
+              f"(a self-supervised run: `mixlab probe {run_dir}` trains and evaluates a linear probe)")
+        return
+    nan = float("nan")
+    print(f"final test accuracy: {metrics.get('test_acc1', nan):.2f}% (top-5 {metrics.get('test_acc5', nan):.2f}%)")
+    print(f"run directory: {run_dir}")
+    if corruption_images is None:
+        return
+    if metrics.get("epoch") != cfg.optim.epochs:
+        print(f"the run stopped after epoch {metrics.get('epoch', 0)} of {cfg.optim.epochs}: not evaluated "
+              f"(`mixlab eval {run_dir}` evaluates any checkpoint)")
+        return
+    n = corruption_images
+    print(f"evaluating the final checkpoint (clean, FGSM{f', corruptions on {n} test images' if n else ''}; "
+          f"--no-eval skips this)", flush=True)
+    _report(evaluate_checkpoint(metrics["checkpoint"], corruptions=n > 0, max_corruption_images=n or None,
+                                device=cfg.run.device, progress=cfg.run.progress))
+
+
 # --------------------------------------------------------------------------------------- pretrain
-_PRETRAIN_CONFIG = Path(__file__).parent / "configs" / "pretrain.yaml"
-# `mixlab pretrain`'s head sizes for small backbones on 32 px images; the papers' (MoCo v3: 4096 hidden,
-# 256 out; DINO: 2048 hidden, 256 bottleneck, 65 536 out; MoCo v2: 2048 hidden, 128 out) are the
-# registry's defaults, used when set. MoCo v2 also gets a queue and a momentum for short runs on a few
-# thousand images: 1024 keys (the default synthetic set has 4000 images, so no image meets its own
-# earlier key among the negatives; the registry's 4096 suits CIFAR's 50 000) and m = 0.99 (MoCo's
-# CIFAR-10 demo; the paper's 0.999 averages over ~1000 steps, more than a 20-epoch run of 31 steps each)
-_SMALL_HEADS = {"mocov3": {"dim": 128, "mlp_dim": 512},
-                "dino": {"out_dim": 4096, "hidden_dim": 512, "bottleneck_dim": 128},
-                "mocov2": {"dim": 128, "hidden_dim": 512, "queue_size": 1024, "momentum": 0.99}}
-# the `mixlab pretrain` flags that set method parameters: flag -> {framework it applies to: params it sets};
-# `--cropmix MIX` also sets MAE's cropmix_mix
-_PRETRAIN_FLAGS = {"sdmp": {"mocov3": {"sdmp": True}, "dino": {"sdmp": True}},
-                   "cropmix": {"mocov2": {"views": "cropmix"}, "mae": {"input": "cropmix"}},
-                   "scalemix": {"mocov2": {"views": "scalemix"}}}
-
-
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pretrain",
@@ -265,7 +230,8 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                     "the frozen backbone and evaluate it, as `mixlab probe` does (--no-probe skips it).\n\n"
                     "Settings come from mixlab/configs/pretrain.yaml, then the framework's own (MAE: the model "
                     "vit_tiny_patch4 and AdamW with betas 0.9/0.95), then CONFIG.yaml, then --set, then the flags "
-                    "below. Method options go to method.params (see `mixlab list`), e.g. --set "
+                    "below; head sizes they leave unset are small-backbone ones (mixlab/configs/presets.yaml). "
+                    "Method options go to method.params (see `mixlab list`), e.g. --set "
                     "method.params.sdmp_version=extra. With no arguments: MoCo v3 on the synthetic shapes, a few "
                     "minutes on a CPU.",
         epilog="examples:\n"
@@ -278,9 +244,10 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                "  mixlab pretrain --dataset imagefolder --data-root /path/to/cifar10-jpeg.zip --model resnet18\n"
                "  mixlab pretrain --resume runs/<run dir>",
     )
-    from mixlab.registry import SELF_SUPERVISED
+    from mixlab.registry import self_supervised_methods
 
-    p.add_argument("--framework", choices=SELF_SUPERVISED, help="the self-supervised framework (default mocov3)")
+    p.add_argument("--framework", choices=self_supervised_methods(),
+                   help="the self-supervised framework (default mocov3)")
     p.add_argument("--sdmp", action="store_true", default=None,
                    help="mocov3, dino: mix with SDMP (method.params.sdmp=true)")
     views = p.add_mutually_exclusive_group()
@@ -293,39 +260,22 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     _add_run_flags(p, method=False)
     p.add_argument("--no-probe", dest="probe", action="store_false",
                    help="skip the linear probe after pre-training (`mixlab probe RUN` runs it later)")
-    p.add_argument("--probe-epochs", type=_positive, default=100, metavar="N",
-                   help="epochs of the linear probe on cached features (default 100)")
-    p.add_argument("--probe-corruption-images", type=_non_negative, default=_EVAL_CORRUPTION_IMAGES, metavar="N",
-                   help=f"corruption accuracy of the probed model on N test images (default "
-                        f"{_EVAL_CORRUPTION_IMAGES}; 0 skips the corruptions)")
+    from mixlab.engine.probe import linear_probe
+
+    epochs, n = _defaults(linear_probe)["epochs"], PRESETS["corruption_images"]
+    p.add_argument("--probe-epochs", type=_positive, default=epochs, metavar="N",
+                   help=f"epochs of the linear probe on cached features (default {epochs})")
+    p.add_argument("--probe-corruption-images", type=_non_negative, default=n, metavar="N",
+                   help=f"corruption accuracy of the probed model on N test images (default {n}; 0 skips the "
+                        f"corruptions)")
     p.set_defaults(func=_pretrain)
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from mixlab.engine import load_config, train
-    from mixlab.ssl.mae import CROPMIX_MIXES
+    from mixlab.engine import train
+    from mixlab.engine.probe import linear_probe
 
-    cfg = _run_config(args, base=load_config(_PRETRAIN_CONFIG),
-                      values={"method.name": args.framework} if args.framework is not None else {})
-    from mixlab.registry import SELF_SUPERVISED, is_self_supervised
-
-    name = cfg.method.name
-    if not is_self_supervised(name):
-        raise ValueError(f"method {name!r} is not self-supervised; `mixlab pretrain` takes "
-                         f"{', '.join(SELF_SUPERVISED)} (`mixlab train` trains classifiers)")
-    flagged: dict[str, Any] = {}
-    for flag, frameworks in _PRETRAIN_FLAGS.items():
-        if getattr(args, flag) is not None:
-            if name not in frameworks:
-                raise ValueError(f"--{flag} applies to --framework {' or '.join(frameworks)}, not {name}")
-            flagged.update(frameworks[name])
-    if args.cropmix:  # --cropmix MIX
-        if name != "mae" or args.cropmix not in CROPMIX_MIXES:
-            raise ValueError(f"--cropmix MIX takes {' or '.join(CROPMIX_MIXES)}, for --framework mae only; got "
-                             f"{args.cropmix!r} for {name}")
-        flagged["cropmix_mix"] = args.cropmix
-    # heads sized for small backbones unless the config sets them (the papers' sizes are the registry's defaults)
-    cfg.method.params = {**_SMALL_HEADS.get(name, {}), **cfg.method.params, **flagged}
+    cfg = config_from_args(args)
     metrics = train(cfg)
     if int(os.environ.get("RANK", 0)) != 0:
         return 0
@@ -333,12 +283,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     if not args.probe or metrics.get("epoch") != cfg.optim.epochs:
         print(f"not probed; `mixlab probe {metrics['run_dir']}` trains and evaluates the linear probe")
         return 0
-    from mixlab.engine.probe import linear_probe
-
     n = args.probe_corruption_images
-    results = linear_probe(metrics["checkpoint"], epochs=args.probe_epochs, corruptions=n > 0,
-                           max_corruption_images=n or None, device=cfg.run.device, progress=cfg.run.progress)
-    _report_probe(results)
+    _report_probe(linear_probe(metrics["checkpoint"], epochs=args.probe_epochs, corruptions=n > 0,
+                               max_corruption_images=n or None, device=cfg.run.device, progress=cfg.run.progress))
     return 0
 
 
@@ -355,6 +302,12 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
     return value
+
+
+def _defaults(fn: Any) -> dict[str, Any]:
+    """The keyword defaults of ``fn`` (``linear_probe``, ``finetune``): a command's flags take their
+    defaults from the function they call, the one place those recipe values are written."""
+    return {k: v.default for k, v in inspect.signature(fn).parameters.items() if v.default is not v.empty}
 
 
 def _int(text: str) -> int:
@@ -401,7 +354,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _report(results: dict[str, Any]) -> None:
     """Print ``evaluate_checkpoint``'s results (plain weights, then the EMA's) and where they are."""
-    from mixlab.engine.evaluation import format_table
+    from mixlab.evaluation import format_table
 
     ema = results.get("ema")
     print(("weights:\n" if ema else "") + format_table(results))
@@ -443,14 +396,18 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
                "  mixlab probe runs/x --augment --epochs 90 --device cuda --max-corruption-images 1000\n"
                "  mixlab probe runs/x --lr 0.5 --batch-size 1024 --seed 1 --data-root /data/cifar10",
     )
+    from mixlab.engine.probe import linear_probe
+
+    d = _defaults(linear_probe)
     p.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="a run directory (its checkpoint.pt) or a checkpoint file")
-    p.add_argument("--epochs", type=_positive, default=100, metavar="N",
-                   help="epochs of the linear layer (default 100)")
-    p.add_argument("--lr", type=float, default=0.1, metavar="X",
-                   help="peak learning rate (> 0), cosine decay to 0 (default 0.1)")
-    p.add_argument("--batch-size", type=_positive, default=256, metavar="N",
-                   help="mini-batch of the linear layer (default 256)")
-    p.add_argument("--momentum", type=float, default=0.9, metavar="X", help="SGD momentum in [0, 1) (default 0.9)")
+    p.add_argument("--epochs", type=_positive, default=d["epochs"], metavar="N",
+                   help=f"epochs of the linear layer (default {d['epochs']})")
+    p.add_argument("--lr", type=float, default=d["lr"], metavar="X",
+                   help=f"peak learning rate (> 0), cosine decay to 0 (default {d['lr']:g})")
+    p.add_argument("--batch-size", type=_positive, default=d["batch_size"], metavar="N",
+                   help=f"mini-batch of the linear layer (default {d['batch_size']})")
+    p.add_argument("--momentum", type=float, default=d["momentum"], metavar="X",
+                   help=f"SGD momentum in [0, 1) (default {d['momentum']:g})")
     p.add_argument("--augment", action="store_true",
                    help="random resized crops (scale 0.08-1) and flips every epoch, through the frozen backbone "
                         "(slow); default: the test transform, features cached")
@@ -460,8 +417,8 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
                    help="corruption accuracy on N test images only, evenly spread over the test set (default: all)")
     p.add_argument("--device", default="auto", metavar="D",
                    help="auto (default: cuda if available), cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=_non_negative, default=0, metavar="N",
-                   help="seed of the initialisation, the mini-batch order and the augmentation (default 0)")
+    p.add_argument("--seed", type=_non_negative, default=d["seed"], metavar="N",
+                   help=f"seed of the initialisation, the mini-batch order and the augmentation (default {d['seed']})")
     p.add_argument("--data-root", metavar="PATH",
                    help="where the run's dataset is now, if it moved since training (replaces data.root)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -481,7 +438,7 @@ def _probe(args: argparse.Namespace) -> int:
 
 def _report_probe(results: dict[str, Any]) -> None:
     """Print ``linear_probe``'s results: header, probe top-1, the evaluation table, where it went."""
-    from mixlab.engine.evaluation import format_table
+    from mixlab.evaluation import format_table
 
     probe = results["probe"]
     print(f"{results['checkpoint']} (epoch {results['epoch']}): {results['method']} | {results['model']} | "
@@ -521,19 +478,25 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                "  mixlab finetune runs/x --fraction 0.1 --epochs 50 --lr 0.003 --set run.threads=1\n"
                "  mixlab finetune runs/x --optimizer sgd --lr 0.05 --weight-decay 5e-4 --method mixup",
     )
+    from mixlab.engine.finetune import finetune
+
+    d = _defaults(finetune)
     p.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="a run directory (its checkpoint.pt) or a checkpoint file")
-    p.add_argument("--fraction", type=_fraction, default=0.1, metavar="F",
-                   help="share of the labelled training images, in (0, 1] (default 0.1)")
-    p.add_argument("--epochs", type=_positive, default=30, metavar="N", help="fine-tuning epochs (default 30)")
-    p.add_argument("--lr", type=float, default=1e-3, metavar="X", help="peak learning rate (default 0.001)")
-    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="default adamw")
-    p.add_argument("--weight-decay", type=float, default=0.05, metavar="X", help="default 0.05")
-    p.add_argument("--head-lr-scale", type=float, default=1.0, metavar="X",
-                   help="the fresh classifier's lr as a multiple of --lr (default 1)")
-    p.add_argument("--batch-size", type=_positive, default=128, metavar="N",
-                   help="images per step, at most (default 128; fewer when the labelled set is smaller)")
-    p.add_argument("--method", default="vanilla", metavar="NAME",
-                   help="training method of the fine-tuning (default vanilla: plain cross-entropy)")
+    p.add_argument("--fraction", type=_fraction, default=d["fraction"], metavar="F",
+                   help=f"share of the labelled training images, in (0, 1] (default {d['fraction']:g})")
+    p.add_argument("--epochs", type=_positive, default=d["epochs"], metavar="N",
+                   help=f"fine-tuning epochs (default {d['epochs']})")
+    p.add_argument("--lr", type=float, default=d["lr"], metavar="X", help=f"peak learning rate (default {d['lr']:g})")
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default=d["optimizer"], help=f"default {d['optimizer']}")
+    p.add_argument("--weight-decay", type=float, default=d["weight_decay"], metavar="X",
+                   help=f"default {d['weight_decay']:g}")
+    p.add_argument("--head-lr-scale", type=float, default=d["head_lr_scale"], metavar="X",
+                   help=f"the fresh classifier's lr as a multiple of --lr (default {d['head_lr_scale']:g})")
+    p.add_argument("--batch-size", type=_positive, default=d["batch_size"], metavar="N",
+                   help=f"images per step, at most (default {d['batch_size']}; fewer when the labelled set is "
+                        f"smaller)")
+    p.add_argument("--method", default=d["method"], metavar="NAME",
+                   help=f"training method of the fine-tuning (default {d['method']}: plain cross-entropy)")
     p.add_argument("--seed", type=_non_negative, metavar="N", help="seed (default: the pre-training run's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key of the fine-tuning run (e.g. run.threads=1); repeatable")
@@ -598,77 +561,11 @@ def _add_show(sub: argparse._SubParsersAction) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from mixlab.engine.show import show_method
 
-    import torch
-
-    from mixlab import registry
-    from mixlab.data import normalize_on_device
-    from mixlab.engine.plots import plot_mix
-    from mixlab.engine.trainer import _transforms
-
-    if not 2 <= args.n <= 32:
-        raise ValueError(f"--n must be in [2, 32] (mixing pairs images; one column per image), got {args.n}")
-    ckpt, base = None, None
-    if args.checkpoint:
-        from mixlab.engine import load_checkpoint
-        from mixlab.engine.config import config_from_dict
-
-        ckpt = load_checkpoint(args.checkpoint)
-        base = config_from_dict(ckpt["config"], source=ckpt["path"])
-        if base.method.name != args.method:
-            raise ValueError(f"--checkpoint {args.checkpoint} was trained with method {base.method.name!r}, "
-                             f"not {args.method!r}")
-    values = {"method.name": args.method}
-    if args.dataset is not None or base is None:
-        values.update({"data.name": args.dataset or "synthetic", "data.root": args.data_root})
-    elif args.data_root is not None:
-        values["data.root"] = args.data_root
-    cfg = _load_run_config(None, args.overrides, base, values, resume=ckpt is not None)
-    m, d = cfg.method, cfg.data
-    registry.check_names(m.name, m.params, dataset=d.name)
-    g = torch.Generator().manual_seed(args.seed)
-    # the synthetic set is rendered: just enough images (same law as the training set's)
-    kwargs = {"num_per_class": args.n, "image_size": d.image_size, "seed": args.seed} if d.name == "synthetic" else {}
-    dataset = registry.build_dataset(d.name, "train", root=d.root, **kwargs)
-    if len(dataset) < args.n:
-        raise ValueError(f"--n {args.n} is larger than the dataset ({len(dataset)} images)")
-    picks = torch.randperm(len(dataset), generator=g)[: args.n].tolist()
-    _, resize = _transforms(dataset, cfg)  # images of mixed sizes: the run's test crop to data.image_size
-    dataset = dataset.with_transform(resize)
-    images = torch.stack([dataset[i][0] for i in picks])  # (n, C, H, W) uint8
-    labels = torch.tensor([dataset[i][1] for i in picks])
-    images = normalize_on_device(images, dataset.mean, dataset.std)  # as the trainer's batches
-    if ckpt is not None and ckpt["num_classes"] != dataset.num_classes:
-        raise ValueError(f"--checkpoint {args.checkpoint} has {ckpt['num_classes']} classes, dataset {d.name!r} "
-                         f"has {dataset.num_classes}")
-    method = registry.build_method(m.name, dataset.num_classes, m.label_smoothing, **m.params)
-    model = registry.build_model(cfg.model.name, dataset.num_classes, **cfg.model.kwargs)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-    method.setup(model, g)
-    if ckpt is not None:
-        method.load_state_dict(ckpt["method"])
-    lams = getattr(method, "preview_lams", None)  # AutoMix: one mix per λ, the same partners for each
-    with torch.no_grad():  # in training mode, as the trainer's samples.png
-        if lams:
-            state = g.get_state()
-            mixed = []
-            for lam in lams:
-                g.set_state(state)
-                mixed.append(method.mix_preview(images, labels, lam=lam))
-        else:
-            mixed = method.mix_preview(images, labels)
-    out = Path(args.out or Path("runs") / "show" / f"{m.name}.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    params = ", ".join(f"{k}={v}" for k, v in {**registry.METHODS[m.name].defaults, **m.params}.items())
-    trained = f", epoch {ckpt['epoch']} of {Path(ckpt['path']).parent.name}" if ckpt is not None else ""
-    plot_mix(images, labels, mixed, dataset.classes, out, dataset.mean, dataset.std,
-             title=f"{m.name}{f'({params})' if params else ''} on {d.name}, seed {args.seed}{trained}")
-    first = mixed[0] if isinstance(mixed, list) else mixed
-    lam_text = ("lambda " + ", ".join(f"{lam:g}" for lam in lams) if lams else
-                f"mean lambda {float(first.lam.float().mean()):.2f}" if first is not None else "")
-    print(f"{m.name}: {'no mixing' if first is None else lam_text}; wrote {out}")
+    path, what = show_method(args.method, dataset=args.dataset, data_root=args.data_root, n=args.n, seed=args.seed,
+                             out=args.out, checkpoint=args.checkpoint, overrides=args.overrides)
+    print(f"{args.method}: {what}; wrote {path}")
     return 0
 
 

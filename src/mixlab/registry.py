@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 import re
 import typing
@@ -25,8 +26,8 @@ from typing import Any, Callable
 from mixlab.methods.base import Method, MixerMethod, Vanilla
 from mixlab.mixers import CutMix, FMix, Mixup, RandomChoice, ResizeMix, SaliencyMix
 
-__all__ = ["MethodSpec", "METHODS", "SELF_SUPERVISED", "is_self_supervised", "build_method", "build_model",
-           "build_dataset", "check_names", "model_names", "model_arguments", "dataset_names"]
+__all__ = ["MethodSpec", "METHODS", "method_class", "is_self_supervised", "self_supervised_methods", "build_method",
+           "build_model", "build_dataset", "check_names", "model_names", "model_arguments", "dataset_names"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class MethodSpec:
         options: further keyword arguments ``build`` accepts (not paper hyper-parameters).
         config: run settings the method brings, as config sections (MAE: its ViT and optimiser
             recipe); ``mixlab train/pretrain/show`` put them under the run's own settings.
+        method_class: the :class:`Method` subclass ``build`` returns, as ``"module:Class"``
+            (imported on first use), so that what the class declares (``self_supervised``) is
+            known without building a method.
     """
 
     build: Callable[..., Method]
@@ -49,6 +53,7 @@ class MethodSpec:
     description: str
     options: tuple[str, ...] = field(default=())
     config: dict[str, dict[str, Any]] = field(default_factory=dict)
+    method_class: str = "mixlab.methods.base:Method"
 
 
 _MIXER_OPTIONS = ("p", "pairing", "granularity")  # common to every mixlab.mixers.Mixer
@@ -158,9 +163,6 @@ def _mae(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Meth
                   for k, v in hparams.items()})  # self-supervised: no classes, no label smoothing
 
 
-#: the self-supervised frameworks (`mixlab pretrain --framework`): the methods whose class sets
-#: ``self_supervised = True`` (tests/test_failures.py checks that the two agree)
-SELF_SUPERVISED = ("mocov3", "dino", "mocov2", "mae")
 _SDMP_OPTIONS = ("sdmp", "ops", "per_sample", "static_source", "static_intra", "mix_alpha", "image_size")
 _SDMP_PAPER = "Ren et al. 2022, A Simple Data Mixing Prior for Improving Self-Supervised Learning (SDMP)"
 
@@ -179,61 +181,73 @@ _MAE_CONFIG = {"model": {"name": "vit_tiny_patch4"},
 
 
 METHODS: dict[str, MethodSpec] = {
-    "vanilla": MethodSpec(_vanilla, "-", {}, "plain cross-entropy on un-mixed images"),
+    "vanilla": MethodSpec(_vanilla, "-", {}, "plain cross-entropy on un-mixed images",
+                          method_class="mixlab.methods.base:Vanilla"),
     "mixup": MethodSpec(_mixer(Mixup), "Zhang et al. 2018, mixup: Beyond Empirical Risk Minimization",
-                        {"alpha": 1.0}, "convex combination of two images and their labels", _MIXER_OPTIONS),
+                        {"alpha": 1.0}, "convex combination of two images and their labels", _MIXER_OPTIONS,
+                        method_class="mixlab.methods.base:MixerMethod"),
     "cutmix": MethodSpec(_mixer(CutMix), "Yun et al. 2019, CutMix: Regularization Strategy to Train Strong "
                          "Classifiers with Localizable Features", {"alpha": 1.0},
-                         "paste a random box from the partner image; label by area", _MIXER_OPTIONS),
+                         "paste a random box from the partner image; label by area", _MIXER_OPTIONS,
+                         method_class="mixlab.methods.base:MixerMethod"),
     "resizemix": MethodSpec(_mixer(ResizeMix), "Qin et al. 2020, ResizeMix: Mixing Data with Preserved Object "
                             "Information and True Labels", {"scale": (0.1, 0.8)},
-                            "paste the whole partner image, resized, into a random box", _MIXER_OPTIONS),
+                            "paste the whole partner image, resized, into a random box", _MIXER_OPTIONS,
+                            method_class="mixlab.methods.base:MixerMethod"),
     "fmix": MethodSpec(_mixer(FMix), "Harris et al. 2020, FMix: Enhancing Mixed Sample Data Augmentation",
                        {"alpha": 1.0, "decay_power": 3.0}, "binary masks from low-pass Fourier noise",
-                       _MIXER_OPTIONS),
+                       _MIXER_OPTIONS, method_class="mixlab.methods.base:MixerMethod"),
     "saliencymix": MethodSpec(_mixer(SaliencyMix), "Uddin et al. 2021, SaliencyMix: A Saliency Guided Data "
                               "Augmentation Strategy for Better Regularization", {"alpha": 1.0},
-                              "CutMix box centred on the partner's most salient point", _MIXER_OPTIONS),
+                              "CutMix box centred on the partner's most salient point", _MIXER_OPTIONS,
+                              method_class="mixlab.methods.base:MixerMethod"),
     "mixup-cutmix": MethodSpec(_mixup_cutmix, "Touvron et al. 2021, DeiT (training recipe)",
                                {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "cutmix_prob": 0.5},
-                               "Mixup or CutMix, chosen per batch"),
+                               "Mixup or CutMix, chosen per batch", method_class="mixlab.methods.base:MixerMethod"),
     "cropmix": MethodSpec(_cropmix("mixup"), _CROPMIX_PAPER, _CROPMIX_DEFAULTS,
                           "loader mixes N crops of distinct scales of each image (Mixup); labels unchanged",
-                          _CROPMIX_OPTIONS),
+                          _CROPMIX_OPTIONS, method_class="mixlab.methods.cropmix:CropMixMethod"),
     "cropmix-cutmix": MethodSpec(_cropmix("cutmix"), _CROPMIX_PAPER, {**_CROPMIX_DEFAULTS, "alpha": 1.0},
                                  "loader mixes N crops of distinct scales of each image (CutMix boxes)",
-                                 _CROPMIX_OPTIONS),
+                                 _CROPMIX_OPTIONS, method_class="mixlab.methods.cropmix:CropMixMethod"),
     "cropmix+mixup": MethodSpec(_cropmix("mixup", Mixup, "mixup_alpha"), _CROPMIX_PAPER + " (recipe R2)",
                                 {**_CROPMIX_DEFAULTS, "mixup_alpha": 1.0},
-                                "CropMix in the loader, then Mixup on the batch", _CROPMIX_OPTIONS),
+                                "CropMix in the loader, then Mixup on the batch", _CROPMIX_OPTIONS,
+                                method_class="mixlab.methods.cropmix:CropMixMethod"),
     "cropmix+cutmix": MethodSpec(_cropmix("mixup", CutMix, "cutmix_alpha"), _CROPMIX_PAPER + " (with CutMix, as R3)",
                                  {**_CROPMIX_DEFAULTS, "cutmix_alpha": 1.0},
-                                 "CropMix in the loader, then CutMix on the batch", _CROPMIX_OPTIONS),
+                                 "CropMix in the loader, then CutMix on the batch", _CROPMIX_OPTIONS,
+                                 method_class="mixlab.methods.cropmix:CropMixMethod"),
     "recursivemix": MethodSpec(_recursivemix, "Yang et al. 2022, RecursiveMix: Mixed Learning with History",
                                {"alpha": 0.5, "omega": 0.1},
                                "paste the resized previous batch into a box; consistency loss on its RoI",
-                               ("interpolation", "share_head", "per_sample_boxes", "history", "reset_each_epoch")),
+                               ("interpolation", "share_head", "per_sample_boxes", "history", "reset_each_epoch"),
+                               method_class="mixlab.methods.recursivemix:RecursiveMix"),
     "automix": MethodSpec(_automix, "Liu et al. 2022, AutoMix: Unveiling the Power of Mixup for Stronger Classifiers",
                           {"alpha": 2.0, "stage": None},
                           "masks from a learned Mix Block on a momentum encoder's stage-l features (stage None: "
                           "the second-to-last, l = 3 on 4-stage ResNets)",
                           ("momentum", "momentum_schedule", "gamma", "epsilon", "lam_margin", "lam_concat", "value",
-                           "upsampling", "reduction", "pairing", "clean_loss", "mix_block_lr_scale")),
+                           "upsampling", "reduction", "pairing", "clean_loss", "mix_block_lr_scale"),
+                          method_class="mixlab.methods.automix:AutoMix"),
     "manifold-mixup": MethodSpec(_manifold_mixup, "Verma et al. 2019, Manifold Mixup: Better Representations by "
                                  "Interpolating Hidden States", {"alpha": 2.0, "stages": (0, 1, 2)},
                                  "Mixup of the hidden states at a stage drawn from `stages` (0 = the input), "
-                                 "labels mixed alike", ("pairing", "granularity")),
+                                 "labels mixed alike", ("pairing", "granularity"),
+                                 method_class="mixlab.methods.manifold_mixup:ManifoldMixup"),
     "puzzlemix": MethodSpec(_puzzlemix, "Kim et al. 2020, Puzzle Mix: Exploiting Saliency and Local Statistics for "
                             "Optimal Mixup", {"alpha": 1.0, "block_nums": (2, 4, 8, 16), "n_labels": 3, "beta": 1.2,
                                               "gamma": 0.5, "eta": 0.2, "neigh_size": 4, "t_size": 4, "t_eps": 0.8},
                             "block masks by graph cut on input-gradient saliency, salient blocks moved by optimal "
                             "transport; label by the mask's exact area",
-                            ("transport", "clean_weight", "pixel_std", "pairing")),
+                            ("transport", "clean_weight", "pixel_std", "pairing"),
+                            method_class="mixlab.methods.puzzlemix:PuzzleMix"),
     "mocov3": MethodSpec(_mocov3, "Chen et al. 2021, An Empirical Study of Training Self-Supervised Vision "
                          "Transformers (MoCo v3); SDMP: " + _SDMP_PAPER,
                          {"dim": 256, "mlp_dim": 4096, "temperature": 0.2, "momentum": 0.99},
                          "self-supervised: symmetric InfoNCE against a momentum encoder (sdmp: true adds SDMP)",
-                         ("proj_layers", "sdmp_version", "loss_form") + _SDMP_OPTIONS),
+                         ("proj_layers", "sdmp_version", "loss_form") + _SDMP_OPTIONS,
+                         method_class="mixlab.ssl.mocov3:MoCoV3"),
     "mocov2": MethodSpec(_mocov2, "He et al. 2020, Momentum Contrast for Unsupervised Visual Representation "
                          "Learning (MoCo); Chen et al. 2020, Improved Baselines with Momentum Contrastive Learning "
                          "(MoCo v2), with the improved head of Wang et al. 2022 (Asym-Siam); views: "
@@ -242,7 +256,7 @@ METHODS: dict[str, MethodSpec] = {
                           "views": "standard"},
                          "self-supervised: one-directional InfoNCE against a momentum encoder and a queue of "
                          "negatives (views: cropmix | scalemix mixes the query)",
-                         ("scale", "shuffle_bn", "bn_splits", "image_size")),
+                         ("scale", "shuffle_bn", "bn_splits", "image_size"), method_class="mixlab.ssl.mocov2:MoCoV2"),
     "dino": MethodSpec(_dino, "Caron et al. 2021, Emerging Properties in Self-Supervised Vision Transformers "
                        "(DINO); SDMP: " + _SDMP_PAPER,
                        {"out_dim": 65536, "num_local": 6, "teacher_temp": 0.07, "momentum": 0.996},
@@ -251,7 +265,8 @@ METHODS: dict[str, MethodSpec] = {
                        ("hidden_dim", "bottleneck_dim", "head_layers", "use_bn", "norm_last_layer", "student_temp",
                         "warmup_teacher_temp",
                         "teacher_temp_warmup", "center_momentum", "freeze_last_layer", "local_size",
-                        "global_scale", "local_scale", "num_mixed_local") + _SDMP_OPTIONS),
+                        "global_scale", "local_scale", "num_mixed_local") + _SDMP_OPTIONS,
+                       method_class="mixlab.ssl.dino:DINO"),
     "mae": MethodSpec(_mae, "He et al. 2022, Masked Autoencoders Are Scalable Vision Learners (MAE); CropMix input: "
                       + _CROPMIX_PAPER + " (§6, Appendix B.3)",
                       {"mask_ratio": 0.75, "norm_pix_loss": True, "input": "rrc", "scale": (0.2, 1.0)},
@@ -259,11 +274,11 @@ METHODS: dict[str, MethodSpec] = {
                       "(input: cropmix mixes crops of distinct scales first)",
                       ("decoder_dim", "decoder_depth", "decoder_heads", "decoder_mlp_ratio", "cropmix_mix",
                        "cropmix_crops", "cropmix_alpha", "interpolation", "image_size"),
-                      config=_MAE_CONFIG),
+                      config=_MAE_CONFIG, method_class="mixlab.ssl.mae:MAE"),
     "rrc": MethodSpec(_rrc, "Szegedy et al. 2015, Going Deeper with Convolutions (RandomResizedCrop; the "
                       "CropMix paper's baseline)", {"scale": (0.08, 1.0)},
                       "RandomResizedCrop + flip in the loader (CropMix's baseline)",
-                      ("ratio", "interpolation", "antialias", "size")),
+                      ("ratio", "interpolation", "antialias", "size"), method_class="mixlab.methods.cropmix:RRCMethod"),
 }
 
 
@@ -273,19 +288,33 @@ def _unknown(kind: str, name: str, valid: list[str]) -> ValueError:
     return ValueError(f"unknown {kind} {name!r}{hint}; valid {kind}s: {', '.join(valid)}")
 
 
-def is_self_supervised(method: str | Method) -> bool:
-    """Whether ``method`` (a registered name, or a built method) learns without labels, so that a
-    run of it has no trained classifier (``mixlab probe`` scores it, not ``mixlab eval``): the
-    class attribute ``self_supervised`` of a method, :data:`SELF_SUPERVISED` for a name.
+def method_class(name: str) -> type[Method]:
+    """The :class:`Method` subclass the registered method ``name`` builds (``MethodSpec.method_class``).
 
     Raises:
         ValueError: an unknown method name.
     """
-    if isinstance(method, Method):
-        return bool(getattr(type(method), "self_supervised", False))
-    if method not in METHODS:
-        raise _unknown("method", method, list(METHODS))
-    return method in SELF_SUPERVISED
+    if name not in METHODS:
+        raise _unknown("method", name, list(METHODS))
+    module, _, cls = METHODS[name].method_class.partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def is_self_supervised(method: str | Method) -> bool:
+    """Whether ``method`` (a registered name, or a built method) learns without labels, so that a
+    run of it has no trained classifier (``mixlab probe`` scores it, not ``mixlab eval``): what its
+    class declares, :attr:`Method.self_supervised`. The one place this is decided.
+
+    Raises:
+        ValueError: an unknown method name.
+    """
+    cls = type(method) if isinstance(method, Method) else method_class(method)
+    return bool(cls.self_supervised)
+
+
+def self_supervised_methods() -> tuple[str, ...]:
+    """The names of the self-supervised methods (``mixlab pretrain --framework``), in registry order."""
+    return tuple(name for name in METHODS if is_self_supervised(name))
 
 
 def check_names(method: str | None = None, method_params: dict | None = None, model: str | None = None,
@@ -402,7 +431,7 @@ def build_model(name: str, num_classes: int, **kwargs: Any):
 
 def build_dataset(name: str, split: str, root: str | None = None, **kwargs: Any):
     """``mixlab.data.build_dataset`` with a clear error for unknown names."""
-    from mixlab.data import build_dataset as _build
+    from mixlab import data
 
     check_names(dataset=name)
-    return _build(name, split, root=root, **kwargs)
+    return data.build_dataset(name, split, root=root, **kwargs)

@@ -13,10 +13,11 @@ from typing import Any, Sequence
 
 import torch
 
+from mixlab import registry
 from mixlab.bench.protocols import method_name
 from mixlab.bench.report import mean_std, read_history
 from mixlab.engine.config import TrainConfig
-from mixlab.engine.plots import _display, _figure, _show, soft_label_text
+from mixlab.engine.plots import display_images, new_figure, show_tile, soft_label_text
 
 __all__ = ["plot_accuracy", "plot_curves", "plot_gallery", "gallery_batch"]
 
@@ -27,7 +28,7 @@ def plot_accuracy(rows: Sequence[dict[str, Any]], path: str | Path, title: str =
     methods = list(dict.fromkeys(r["method"] for r in rows))
     values = [[r["top1"] for r in rows if r["method"] == m] for m in methods]
     stats = [mean_std(v) for v in values]
-    fig = _figure(max(4.0, 0.9 * len(methods) + 1.5), 3.6)
+    fig = new_figure(max(4.0, 0.9 * len(methods) + 1.5), 3.6)
     ax = fig.add_subplot(1, 1, 1)
     x = list(range(len(methods)))
     ax.bar(x, [m for m, _ in stats], yerr=[0.0 if math.isnan(s) else s for _, s in stats], capsize=4,
@@ -51,14 +52,14 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "
     """Test top-1 (self-supervised runs: kNN top-1) per epoch from each run's ``metrics.csv``, mean
     over seeds, one line per method (shaded: ± 1 std where there are 2+ seeds). Rows whose run
     directory is not here (merged from another bench's results.csv) are left out."""
-    fig = _figure(7.5, 4.2)
+    fig = new_figure(7.5, 4.2)
     ax = fig.add_subplot(1, 1, 1)
     rows = [r for r in rows if (Path(str(r["run_dir"])) / "metrics.csv").is_file()]
     key = "test_acc1"
     for method in dict.fromkeys(r["method"] for r in rows):
         histories = [read_history(r["run_dir"]) for r in rows if r["method"] == method]
         epochs = min(len(h) for h in histories)  # the epochs every seed tested (run.eval_every may skip some)
-        key = "knn_acc1" if "knn_acc1" in histories[0][0] else "test_acc1"  # self-supervised: the kNN monitor
+        key = "knn_acc1" if registry.is_self_supervised(method_name(method)) else "test_acc1"  # SSL: the kNN monitor
         xs = [e + 1 for e in range(epochs) if all(not math.isnan(h[e].get(key, math.nan)) for h in histories)]
         curve = [mean_std([h[x - 1][key] for h in histories]) for x in xs]
         mean = [m for m, _ in curve]
@@ -80,15 +81,11 @@ def gallery_batch(cfg: TrainConfig, n: int = 8):
     """``(images (n, C, H, W) normalised float, labels (n,), test set)``: the first test image of
     each of the first ``n`` classes (then the next images, with fewer classes), as the trainer
     feeds them to a method."""
-    from mixlab import registry
     from mixlab.data import normalize_on_device
-    from mixlab.engine.trainer import _transforms
+    from mixlab.engine.data import build_split, default_transforms
 
-    d = cfg.data
-    kwargs = {"num_per_class": d.test_per_class, "image_size": d.image_size, "seed": cfg.run.seed} \
-        if d.name == "synthetic" else {}
-    test = registry.build_dataset(d.name, "test", root=d.root, **kwargs)
-    test = test.with_transform(_transforms(test, cfg)[1])  # None, or the eval resize + crop of mixed sizes
+    test = build_split(cfg, "test")
+    test = test.with_transform(default_transforms(test, cfg)[1])  # None, or the eval resize + crop of mixed sizes
     firsts = [int((test.labels == c).nonzero()[0]) for c in range(test.num_classes) if (test.labels == c).any()]
     index = (firsts + [i for i in range(len(test)) if i not in firsts])[:n]
     images = torch.stack([test[i][0] for i in index])  # uint8 (n, C, H, W)
@@ -102,8 +99,6 @@ def plot_gallery(cfg: TrainConfig, methods: dict[str, dict[str, Any]], path: str
     The default seed draws a mid-range first λ from Beta(1, 1) (0.48), so every mix is visible;
     seed 0 draws 0.97, which shows almost nothing.
     """
-    from mixlab import registry
-
     images, labels, test = gallery_batch(cfg)
     model = registry.build_model(cfg.model.name, test.num_classes, **cfg.model.kwargs).eval()
     rows = []
@@ -115,13 +110,13 @@ def plot_gallery(cfg: TrainConfig, methods: dict[str, dict[str, Any]], path: str
         shown, targets = (images, labels) if mixed is None else (mixed.images, mixed.targets)
         if targets.ndim == 1:
             targets = torch.nn.functional.one_hot(targets.long(), test.num_classes).float()
-        rows.append((name, _display(shown, test.mean, test.std), targets))
+        rows.append((name, display_images(shown, test.mean, test.std), targets))
     n = images.shape[0]
-    fig = _figure(1.5 * n + 0.8, 1.75 * len(rows) + 0.4)
+    fig = new_figure(1.5 * n + 0.8, 1.75 * len(rows) + 0.4)
     axes = fig.subplots(len(rows), n, squeeze=False)
     for r, (name, tiles, targets) in enumerate(rows):
         for i in range(n):
-            _show(axes[r][i], tiles[i], soft_label_text(targets[i], test.classes))
+            show_tile(axes[r][i], tiles[i], soft_label_text(targets[i], test.classes))
         axes[r][0].text(-0.12, 0.5, name, transform=axes[r][0].transAxes, rotation=90, ha="right", va="center",
                         fontsize=9)
     fig.suptitle(f"the same {n} test images mixed by each method (generator seed {seed})", fontsize=10)

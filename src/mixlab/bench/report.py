@@ -20,7 +20,9 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from mixlab.engine.corruptions import CORRUPTIONS
+from mixlab import registry
+from mixlab.bench.protocols import method_name
+from mixlab.evaluation.corruptions import CORRUPTIONS
 
 __all__ = ["COLUMNS", "finetune_key", "read_rows", "collect_rows", "read_history", "mean_std", "pooled_std", "summarize", "compare_to_baseline", "check_claim",
            "write_csv", "write_markdown"]
@@ -70,7 +72,8 @@ def _finetune_columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 def _self_supervised(rows: Sequence[dict[str, Any]]) -> bool:
-    return any(not math.isnan(r.get("knn_top1", math.nan)) for r in rows)
+    """Whether the rows are of self-supervised methods (scored by their linear probe)."""
+    return any(registry.is_self_supervised(method_name(r["method"])) for r in rows)
 
 
 def read_history(run_dir: str | Path) -> list[dict[str, float]]:
@@ -81,7 +84,7 @@ def read_history(run_dir: str | Path) -> list[dict[str, float]]:
 
 def _row(run_dir: Path, method: str, seed: int) -> dict[str, Any]:
     history = read_history(run_dir)
-    self_supervised = "knn_acc1" in history[-1]  # evaluated by its linear probe (probe.json)
+    self_supervised = registry.is_self_supervised(method_name(method))  # evaluated by its linear probe (probe.json)
     ev = json.loads((run_dir / ("probe.json" if self_supervised else "eval.json")).read_text())
     key = "knn_acc1" if self_supervised else "test_acc1"
     tested = [r for r in history if not math.isnan(r.get(key, math.nan))]  # run.eval_every may skip epochs

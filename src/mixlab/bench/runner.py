@@ -293,7 +293,7 @@ def _evaluate(run: Run, settings: EvalSettings, threads: int, workers: int) -> N
 
 
 def _in_process(run: Run, settings: EvalSettings, threads: int, workers: int) -> None:
-    from mixlab.engine.trainer import train
+    from mixlab.engine.loop import train
 
     cfg = copy.deepcopy(run.config)
     cfg.run.threads, cfg.data.num_workers = threads, workers

@@ -27,7 +27,7 @@ from .cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, load_
 from .cub import CUB_MEAN, CUB_STD, load_cub
 from .folder import ImageFolder, cache_dir
 from .recipes import cifar_train_transform, denormalize, eval_transform, normalize_on_device, to_float_normalized
-from .sampling import class_balanced_subset, seed_worker
+from .sampling import class_balanced_subset, eval_loader, seed_worker
 from .synthetic import SHAPES, SYNTHETIC_MEAN, SYNTHETIC_STD, SyntheticShapes
 from .tensor_dataset import EncodedImages, ImageTensorDataset
 
@@ -38,7 +38,7 @@ __all__ = [
     "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "SYNTHETIC_MEAN", "SYNTHETIC_STD",
     "CUB_MEAN", "CUB_STD",
     "cifar_train_transform", "eval_transform", "to_float_normalized", "denormalize", "normalize_on_device",
-    "class_balanced_subset", "seed_worker",
+    "class_balanced_subset", "seed_worker", "eval_loader",
 ]
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .tensor_dataset import EncodedImages, ImageTensorDataset, _decode_batch, quiet_decoders
+from .tensor_dataset import EncodedImages, ImageTensorDataset, decode_batch, quiet_decoders
 
 __all__ = ["ImageFolder", "IMAGE_EXTENSIONS", "cache_dir"]
 
@@ -152,14 +152,14 @@ def _decode_all(src: _Source, files: list[str]) -> Tensor | EncodedImages:
     n = len(data)
     with quiet_decoders():  # in this thread: warning filters are process-global
         probe_idx = sorted(set(torch.linspace(0, n - 1, min(n, 64)).round().long().tolist()))
-        probe = _decode_batch([data[i] for i in probe_idx], [names[i] for i in probe_idx])
+        probe = decode_batch([data[i] for i in probe_idx], [names[i] for i in probe_idx])
         shape = probe[0].shape
         if any(p.shape != shape for p in probe):
             return EncodedImages(data, names)
         out = torch.empty((n, *shape), dtype=torch.uint8)
 
         def work(start: int) -> bool:
-            imgs = _decode_batch(data[start:start + _CHUNK], names[start:start + _CHUNK])
+            imgs = decode_batch(data[start:start + _CHUNK], names[start:start + _CHUNK])
             if any(im.shape != shape for im in imgs):
                 return False
             torch.stack(imgs, out=out[start:start + len(imgs)])

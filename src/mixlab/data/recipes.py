@@ -11,6 +11,7 @@ Two ways to normalise:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -64,18 +65,40 @@ def cifar_train_transform(mean: Sequence[float] | None = None, std: Sequence[flo
     return v2.Compose([*geometric, *to_float_normalized(mean, std).transforms])
 
 
-def _stats_like(x: Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+def _checked(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
     mean, std = _check_stats(mean, std)
     if x.dim() < 3 or x.shape[-3] != len(mean):
         raise ValueError(f"images must be (..., C, H, W) with C = {len(mean)} channels, got shape {tuple(x.shape)}")
+    return mean, std
+
+
+def _stats_like(x: Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    return _stats_on(*_checked(x, mean, std), x.device, dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _stats_on(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device, dtype: torch.dtype
+              ) -> tuple[Tensor, Tensor]:
+    """(C, 1, 1) ``mean`` and ``std`` on ``device``, made once: a batch normalised per training step
+    copies nothing from the host (and so never waits for the device). Not to be changed in place."""
     shape = (len(mean), 1, 1)
-    return (torch.tensor(mean, dtype=dtype, device=x.device).view(shape),
-            torch.tensor(std, dtype=dtype, device=x.device).view(shape))
+    return (torch.tensor(mean, dtype=dtype, device=device).view(shape),
+            torch.tensor(std, dtype=dtype, device=device).view(shape))
+
+
+@functools.lru_cache(maxsize=64)
+def _shift_scale(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(255 mean, 1 / (255 std))`` in float32 on ``device``, made once (see :func:`_stats_on`)."""
+    m, s = _stats_on(mean, std, device, torch.float32)
+    return m * 255.0, 1.0 / (s * 255.0)
 
 
 def normalize_on_device(images: Tensor, mean: Sequence[float], std: Sequence[float],
                         dtype: torch.dtype = torch.float32) -> Tensor:
     """``(images / 255 - mean) / std`` for a ``uint8`` batch, on the images' device, in ``dtype``.
+
+    The per-channel tensors are made once per ``(mean, std, device)``: a call (once per training
+    step) copies nothing from the host, so it never waits for the device.
 
     Args:
         images: ``uint8`` tensor ``(..., C, H, W)`` (e.g. a batch just moved to the GPU).
@@ -90,9 +113,9 @@ def normalize_on_device(images: Tensor, mean: Sequence[float], std: Sequence[flo
         raise TypeError(f"images must be a uint8 tensor, got {getattr(images, 'dtype', type(images).__name__)}")
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating dtype, got {dtype}")
-    m, s = _stats_like(images, mean, std, torch.float32)
+    shift, scale = _shift_scale(*_checked(images, mean, std), images.device)
     # (x / 255 - m) / s == (x - 255 m) * (1 / (255 s)): one subtract and one multiply
-    return images.to(torch.float32).sub_(m * 255.0).mul_(1.0 / (s * 255.0)).to(dtype)
+    return images.to(torch.float32).sub_(shift).mul_(scale).to(dtype)
 
 
 def denormalize(images: Tensor, mean: Sequence[float], std: Sequence[float], clamp: bool = True) -> Tensor:

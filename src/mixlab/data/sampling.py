@@ -1,15 +1,17 @@
-"""Class-balanced subsets and DataLoader worker seeding."""
+"""Class-balanced subsets, DataLoader worker seeding, and a split's batches in order (evaluation)."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Subset
 
-__all__ = ["class_balanced_subset", "seed_worker"]
+__all__ = ["class_balanced_subset", "seed_worker", "eval_loader"]
 
 
 def class_balanced_subset(labels: Tensor | Sequence[int], per_class: int, seed: int = 0,
@@ -66,3 +68,16 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
+
+
+def eval_loader(dataset: Any, batch_size: int, num_workers: int = 0, pin_memory: bool = False, start: int = 0,
+                stop: int | None = None) -> Any:
+    """The ``(images, labels)`` batches of ``dataset[start:stop]`` in order, every image once (no
+    padding, the last batch may be smaller): plain slices of the decoded ``uint8`` tensors when the
+    dataset has no transform (no loader, no copies), else a ``DataLoader`` (images decoded or
+    transformed per item, e.g. resized and cropped from mixed sizes)."""
+    stop = len(dataset) if stop is None else stop
+    if getattr(dataset, "transform", None) is None and not getattr(dataset, "is_lazy", True):
+        return list(zip(dataset.images[start:stop].split(batch_size), dataset.labels[start:stop].split(batch_size)))
+    part = dataset if (start, stop) == (0, len(dataset)) else Subset(dataset, range(start, stop))
+    return DataLoader(part, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)

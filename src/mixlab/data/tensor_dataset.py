@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["ImageTensorDataset", "EncodedImages", "decode_rgb", "decode_rgb_batch", "quiet_decoders"]
+__all__ = ["ImageTensorDataset", "EncodedImages", "decode_rgb", "decode_rgb_batch", "decode_batch", "quiet_decoders"]
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -70,7 +70,7 @@ def decode_rgb_batch(datas: Sequence[Tensor], names: Sequence[str]) -> list[Tens
         ValueError: an image cannot be decoded (the message names its path).
     """
     with quiet_decoders():
-        return _decode_batch(datas, names)
+        return decode_batch(datas, names)
 
 
 def _decode_one(data: Tensor, name: str) -> Tensor:
@@ -93,7 +93,9 @@ def _decode_one(data: Tensor, name: str) -> Tensor:
             raise ValueError(f"cannot decode image {name}: {tv_err} / PIL: {pil_err}") from None
 
 
-def _decode_batch(datas: Sequence[Tensor], names: Sequence[str]) -> list[Tensor]:
+def decode_batch(datas: Sequence[Tensor], names: Sequence[str]) -> list[Tensor]:
+    """:func:`decode_rgb_batch` without silencing the decoders' warnings: for callers that hold
+    :func:`quiet_decoders` around many calls (its warning filters are process-global)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     out: list[Tensor | None] = [None] * len(datas)
@@ -255,6 +257,12 @@ class ImageTensorDataset(Dataset):
         return view
 
     # -- normalisation statistics -------------------------------------------------------------
+    @property
+    def stats_known(self) -> bool:
+        """Whether :attr:`mean` and :attr:`std` are known without reading the images (given by the
+        dataset, such as CIFAR's fixed statistics, or computed already)."""
+        return self._mean is not None and self._std is not None
+
     @property
     def mean(self) -> tuple[float, ...]:
         """Per-channel mean in [0, 1] units (given, or computed once from the images)."""

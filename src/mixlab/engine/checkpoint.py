@@ -27,14 +27,16 @@ import random
 import re
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from mixlab import registry
+
 __all__ = ["CheckpointError", "CheckpointWriteError", "CHECKPOINT_NAME", "save_checkpoint", "load_checkpoint",
            "resolve_checkpoint", "rng_state", "set_rng_state", "atomic_write_bytes", "remove_stale_temporaries",
-           "init_from_checkpoint"]
+           "init_from_checkpoint", "load_state", "check_resumable", "check_epochs_left"]
 
 FORMAT = "mixlab-checkpoint-1"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -265,3 +267,39 @@ def init_from_checkpoint(model: torch.nn.Module, path: str | Path) -> list[str]:
                               f"not fit this run's model: " + "; ".join(problems))
     model.load_state_dict(state, strict=False)
     return kept
+
+
+def load_state(load: Callable[[], Any], what: str) -> None:
+    """``load()`` (a ``load_state_dict``), its error turned into a ``CheckpointError`` that starts
+    with ``what`` (which checkpoint, which state) and quotes the first lines of the cause."""
+    try:
+        load()
+    except (RuntimeError, ValueError, KeyError) as e:
+        detail = " ".join(line.strip() for line in str(e).strip().splitlines()[:3])[:600]
+        raise CheckpointError(f"{what}: {detail}") from None
+
+
+def check_resumable(ckpt: dict[str, Any], cfg) -> None:
+    """Raise ``CheckpointError`` naming each setting that differs from the checkpoint's run."""
+    old = ckpt["config"]
+    diffs = [f"{section}.{key}: checkpoint has {old[section][key]!r}, this run {getattr(getattr(cfg, section), key)!r}"
+             for section, key in (("model", "name"), ("model", "kwargs"), ("method", "name"), ("data", "name"))
+             if old.get(section, {}).get(key) != getattr(getattr(cfg, section), key)]
+    if diffs:
+        raise CheckpointError(f"checkpoint {ckpt['path']} does not match this run: " + "; ".join(diffs))
+
+
+def check_epochs_left(ckpt: dict[str, Any], cfg) -> None:
+    """Raise ``ValueError`` when the checkpoint is already at (or past) the epoch this run stops at."""
+    o, r = cfg.optim, cfg.run
+    end = min(o.epochs, r.stop_epoch or o.epochs)
+    if ckpt["epoch"] < end:
+        return
+    run = Path(ckpt["path"]).parent
+    asked = f"{o.epochs} epochs (optim.epochs)" + (f", stopping after epoch {r.stop_epoch} (run.stop_epoch)"
+                                                  if r.stop_epoch else "")
+    score = (f"`mixlab probe {run}` evaluates it" if registry.is_self_supervised(cfg.method.name)
+             else f"`mixlab eval {run}` evaluates it")
+    raise ValueError(f"nothing to train: {ckpt['path']} is at epoch {ckpt['epoch']} of "
+                     f"{ckpt['config']['optim']['epochs']} and this run asks for {asked}; the run was left untouched. "
+                     f"To train it longer, resume with more epochs (--epochs N, N > {ckpt['epoch']}); {score}")

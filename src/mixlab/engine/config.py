@@ -46,6 +46,7 @@ __all__ = [
     "validate_config",
     "config_keys",
     "resolve_key",
+    "check_value",
     "ALIASES",
 ]
 
@@ -341,7 +342,9 @@ def load_config(
 
 
 # ------------------------------------------------------------------------------- validation
-def _check(ok: bool, key: str, accepted: str, value: Any) -> None:
+def check_value(ok: bool, key: str, accepted: str, value: Any) -> None:
+    """``ValueError("<key> must be <accepted>, got <value>")`` unless ``ok``: how every argument and
+    config value of the engine is checked."""
     if not ok:
         raise ValueError(f"{key} must be {accepted}, got {value!r}")
 
@@ -355,40 +358,44 @@ def validate_config(cfg: TrainConfig) -> None:
     """
     d, o, m, r = cfg.data, cfg.optim, cfg.method, cfg.run
     finite = lambda x: isinstance(x, (int, float)) and math.isfinite(x)  # noqa: E731
-    _check(d.batch_size >= 2, "data.batch_size", "an integer >= 2 (mixing pairs images)", d.batch_size)
-    _check(d.eval_batch_size >= 1, "data.eval_batch_size", "an integer >= 1", d.eval_batch_size)
-    _check(d.num_workers >= 0, "data.num_workers", "an integer >= 0", d.num_workers)
-    _check(d.augment in ("crop-flip", "none"), "data.augment", "'crop-flip' or 'none'", d.augment)
-    _check(d.train_per_class is None or d.train_per_class >= 1, "data.train_per_class", "null or an integer >= 1",
+    check_value(d.batch_size >= 2, "data.batch_size", "an integer >= 2 (mixing pairs images)", d.batch_size)
+    check_value(d.eval_batch_size >= 1, "data.eval_batch_size", "an integer >= 1", d.eval_batch_size)
+    check_value(d.num_workers >= 0, "data.num_workers", "an integer >= 0", d.num_workers)
+    check_value(d.augment in ("crop-flip", "none"), "data.augment", "'crop-flip' or 'none'", d.augment)
+    check_value(d.train_per_class is None or d.train_per_class >= 1, "data.train_per_class", "null or an integer >= 1",
            d.train_per_class)
-    _check(d.num_per_class >= 1, "data.num_per_class", "an integer >= 1", d.num_per_class)
-    _check(d.test_per_class >= 1, "data.test_per_class", "an integer >= 1", d.test_per_class)
-    _check(d.image_size >= 8, "data.image_size", "an integer >= 8", d.image_size)
-    _check(0.0 <= cfg.model.ema_decay < 1.0, "model.ema_decay", "in [0, 1) (0 disables the EMA)", cfg.model.ema_decay)
-    _check(cfg.model.init is None or bool(str(cfg.model.init).strip()), "model.init",
+    check_value(d.num_per_class >= 1, "data.num_per_class", "an integer >= 1", d.num_per_class)
+    check_value(d.test_per_class >= 1, "data.test_per_class", "an integer >= 1", d.test_per_class)
+    check_value(d.image_size >= 8, "data.image_size", "an integer >= 8", d.image_size)
+    check_value(0.0 <= cfg.model.ema_decay < 1.0, "model.ema_decay", "in [0, 1) (0 disables the EMA)",
+                cfg.model.ema_decay)
+    check_value(cfg.model.init is None or bool(str(cfg.model.init).strip()), "model.init",
            "null or the path of a checkpoint or run directory", cfg.model.init)
-    _check(o.name in ("sgd", "adamw"), "optim.name", "'sgd' or 'adamw'", o.name)
-    _check(finite(o.lr) and o.lr > 0, "optim.lr", "a number > 0", o.lr)
-    _check(0.0 <= o.momentum < 1.0, "optim.momentum", "in [0, 1)", o.momentum)
-    _check(all(0.0 <= b < 1.0 for b in o.betas), "optim.betas", "two numbers in [0, 1)", o.betas)
-    _check(finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", "a number >= 0", o.weight_decay)
-    _check(o.epochs >= 1, "optim.epochs", "an integer >= 1", o.epochs)
-    _check(finite(o.warmup_epochs) and 0 <= o.warmup_epochs <= o.epochs, "optim.warmup_epochs",
+    check_value(o.name in ("sgd", "adamw"), "optim.name", "'sgd' or 'adamw'", o.name)
+    check_value(finite(o.lr) and o.lr > 0, "optim.lr", "a number > 0", o.lr)
+    check_value(0.0 <= o.momentum < 1.0, "optim.momentum", "in [0, 1)", o.momentum)
+    check_value(all(0.0 <= b < 1.0 for b in o.betas), "optim.betas", "two numbers in [0, 1)", o.betas)
+    check_value(finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", "a number >= 0", o.weight_decay)
+    check_value(o.epochs >= 1, "optim.epochs", "an integer >= 1", o.epochs)
+    check_value(finite(o.warmup_epochs) and 0 <= o.warmup_epochs <= o.epochs, "optim.warmup_epochs",
            f"a number in [0, optim.epochs={o.epochs}]", o.warmup_epochs)
-    _check(finite(o.head_lr_scale) and o.head_lr_scale > 0, "optim.head_lr_scale", "a number > 0", o.head_lr_scale)
-    _check(o.schedule in ("cosine", "step", "constant"), "optim.schedule", "'cosine', 'step' or 'constant'", o.schedule)
-    _check(finite(o.min_lr) and 0 <= o.min_lr <= o.lr, "optim.min_lr", f"a number in [0, optim.lr={o.lr}]", o.min_lr)
-    _check(all(0 < e <= o.epochs for e in o.milestones), "optim.milestones", f"epochs in (0, {o.epochs}]", o.milestones)
-    _check(finite(o.gamma) and 0 < o.gamma <= 1, "optim.gamma", "in (0, 1]", o.gamma)
-    _check(finite(o.clip_grad) and o.clip_grad >= 0, "optim.clip_grad", "a number >= 0 (0 disables clipping)",
+    check_value(finite(o.head_lr_scale) and o.head_lr_scale > 0, "optim.head_lr_scale", "a number > 0", o.head_lr_scale)
+    check_value(o.schedule in ("cosine", "step", "constant"), "optim.schedule", "'cosine', 'step' or 'constant'",
+                o.schedule)
+    check_value(finite(o.min_lr) and 0 <= o.min_lr <= o.lr, "optim.min_lr", f"a number in [0, optim.lr={o.lr}]",
+                o.min_lr)
+    check_value(all(0 < e <= o.epochs for e in o.milestones), "optim.milestones", f"epochs in (0, {o.epochs}]",
+                o.milestones)
+    check_value(finite(o.gamma) and 0 < o.gamma <= 1, "optim.gamma", "in (0, 1]", o.gamma)
+    check_value(finite(o.clip_grad) and o.clip_grad >= 0, "optim.clip_grad", "a number >= 0 (0 disables clipping)",
            o.clip_grad)
-    _check(0.0 <= m.label_smoothing < 1.0, "method.label_smoothing", "in [0, 1)", m.label_smoothing)
-    _check(r.seed >= 0, "run.seed", "an integer >= 0", r.seed)
-    _check(r.threads >= 0, "run.threads", "an integer >= 0 (0 = auto)", r.threads)
-    _check(r.amp in ("auto", "bf16", "fp16", "none"), "run.amp", "'auto', 'bf16', 'fp16' or 'none'", r.amp)
-    _check(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"), "run.device",
+    check_value(0.0 <= m.label_smoothing < 1.0, "method.label_smoothing", "in [0, 1)", m.label_smoothing)
+    check_value(r.seed >= 0, "run.seed", "an integer >= 0", r.seed)
+    check_value(r.threads >= 0, "run.threads", "an integer >= 0 (0 = auto)", r.threads)
+    check_value(r.amp in ("auto", "bf16", "fp16", "none"), "run.amp", "'auto', 'bf16', 'fp16' or 'none'", r.amp)
+    check_value(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"), "run.device",
            "'auto', 'cpu', 'cuda' or 'cuda:N'", r.device)
-    _check(isinstance(r.eval_every, int) and not isinstance(r.eval_every, bool) and r.eval_every >= 1,
+    check_value(isinstance(r.eval_every, int) and not isinstance(r.eval_every, bool) and r.eval_every >= 1,
            "run.eval_every", "an integer >= 1", r.eval_every)
-    _check(r.stop_epoch is None or 1 <= r.stop_epoch <= o.epochs, "run.stop_epoch",
+    check_value(r.stop_epoch is None or 1 <= r.stop_epoch <= o.epochs, "run.stop_epoch",
            f"null or an integer in [1, optim.epochs={o.epochs}]", r.stop_epoch)

@@ -20,15 +20,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["DistInfo", "init_distributed", "is_distributed", "get_rank", "get_world_size", "is_main_process",
-           "barrier", "all_reduce_sum", "broadcast_object", "all_gather_object", "broadcast_tensors",
-           "average_gradients", "cleanup"]
+__all__ = ["DistInfo", "init_distributed", "resolve_device", "is_distributed", "get_rank", "get_world_size",
+           "is_main_process", "barrier", "all_reduce_sum", "broadcast_object", "all_gather_object", "broadcast_tensors",
+           "average_gradients", "on_main", "weights_fingerprint", "cleanup"]
 
 
 @dataclass(frozen=True)
@@ -66,17 +66,34 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
 
 
-def _device(name: str, local_rank: int, world_size: int) -> torch.device:
-    """``auto``: ``cuda:local_rank`` when CUDA is available (``cuda`` in a single process), else the CPU."""
+def resolve_device(name: str, local_rank: int = 0, world_size: int = 1, what: str = "run.device") -> torch.device:
+    """The device a setting names, the one place it is decided: ``auto`` is CUDA when available
+    (``cuda:local_rank`` under data parallel, ``cuda`` in a single process), else the CPU; ``cpu``,
+    ``cuda`` and (single process) ``cuda:N`` as written.
+
+    Args:
+        name: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        local_rank, world_size: this process's place on its machine and the number of processes.
+        what: the setting's name in error messages (``run.device``, ``device``).
+
+    Raises:
+        ValueError: another name, CUDA asked for but not available, ``cuda:N`` for several
+            processes, or more processes than GPUs.
+    """
+    if not isinstance(name, str) or not (name in ("auto", "cpu") or name.startswith("cuda")):
+        raise ValueError(f"{what} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
     cuda = torch.cuda.is_available()
     if name.startswith("cuda") and not cuda:
-        raise ValueError(f"run.device is {name!r} but CUDA is not available; use 'auto' or 'cpu'")
+        raise ValueError(f"{what} is {name!r} but CUDA is not available; use 'auto' or 'cpu'")
     if name == "cpu" or (name == "auto" and not cuda):
         return torch.device("cpu")
     if world_size == 1:
-        return torch.device("cuda" if name == "auto" else name)
+        try:
+            return torch.device("cuda" if name == "auto" else name)
+        except RuntimeError as e:  # torch.device("cuda:x")
+            raise ValueError(f"{what} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r} ({e})") from None
     if name not in ("auto", "cuda"):
-        raise ValueError(f"run.device is {name!r}, one GPU for all {world_size} processes; use 'auto' or 'cuda' "
+        raise ValueError(f"{what} is {name!r}, one GPU for all {world_size} processes; use 'auto' or 'cuda' "
                          f"(each process then takes cuda:LOCAL_RANK)")
     if local_rank >= torch.cuda.device_count():
         raise ValueError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} GPUs are visible; start at "
@@ -112,7 +129,7 @@ def init_distributed(backend: str = "auto", device: str = "auto", timeout_s: flo
     local_rank = _env_int("LOCAL_RANK", rank)
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"RANK={rank} and WORLD_SIZE={world_size} do not describe a process of the job")
-    dev = _device(device, local_rank, world_size)
+    dev = resolve_device(device, local_rank, world_size)
     if world_size == 1:
         return DistInfo(0, 1, 0, dev)
     if dev.type == "cuda":
@@ -174,6 +191,32 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def on_main(fn: Callable[[], Any], info: DistInfo, share: bool = True) -> Any:
+    """``fn()`` on rank 0 only; its result is broadcast to every rank (``share``) or returned on
+    rank 0 alone (``None`` elsewhere). A ``ValueError``/``OSError`` it raises is raised on every
+    rank, so that no process is left waiting for a rank 0 that stopped."""
+    result, error = None, None
+    if info.is_main:
+        try:
+            result = fn()
+        except (ValueError, OSError) as e:
+            error = e
+    if info.distributed:
+        result_or_none, error = broadcast_object((result if share else None, error))
+        result = result if info.is_main else result_or_none
+    if error is not None:
+        raise error
+    return result
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """Exact digest of the weights and buffers (two float64 sums, as hex), to compare ranks."""
+    tensors = [t.detach().double() for t in model.state_dict().values() if t.is_floating_point()]
+    total = sum(float(t.sum()) for t in tensors)
+    squares = sum(float(t.square().sum()) for t in tensors)
+    return f"{total.hex()}/{squares.hex()}"
 
 
 def cleanup() -> None:

@@ -9,7 +9,7 @@
 
 The model and the test split are rebuilt from the config saved in the checkpoint, as the trainer
 built them (same dataset and size, same test transform, the train split's normalisation), the
-saved weights are loaded, and :func:`mixlab.engine.evaluation.evaluate_all` measures clean top-1 /
+saved weights are loaded, and :func:`mixlab.evaluation.evaluate_all` measures clean top-1 /
 top-5 / NLL, ECE and RMS calibration error (15 bins), FGSM accuracy (ε = 8/255 in pixel space) and
 accuracy under the corruptions at severities 1-5. The results go to ``eval.json`` and the
 reliability diagram to ``calibration.png``, next to the checkpoint. A run that kept an EMA of the
@@ -31,11 +31,14 @@ import torch
 from torch import nn
 
 from mixlab import registry
-from mixlab.engine.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from mixlab.engine.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, load_state
 from mixlab.engine.config import TrainConfig, config_from_dict
-from mixlab.engine.evaluation import evaluate_all
+from mixlab.engine.data import align_test_split, build_split, default_transforms, train_split
+from mixlab.engine.distributed import resolve_device
+from mixlab.evaluation import evaluate_all
 
-__all__ = ["evaluate_checkpoint", "EVAL_NAME"]
+__all__ = ["evaluate_checkpoint", "EVAL_NAME", "open_checkpoint", "eval_data", "check_classes", "rebuild_model",
+           "load_weights", "run_threads", "results_head"]
 
 EVAL_NAME = "eval.json"
 
@@ -53,29 +56,22 @@ def _checkpoint_file(path: str | os.PathLike) -> Path:
     return p
 
 
-def _split(cfg: TrainConfig, split: str):
-    """One split of the run's dataset, as ``trainer._datasets`` builds it (sizes and seed for the
-    synthetic set; other datasets take only a root)."""
-    d = cfg.data
-    per_class = d.num_per_class if split == "train" else d.test_per_class
-    kwargs = {"num_per_class": per_class, "image_size": d.image_size, "seed": cfg.run.seed} \
-        if d.name == "synthetic" else {}
-    return registry.build_dataset(d.name, split, root=d.root, **kwargs)
+def open_checkpoint(path: str | os.PathLike, data_root: str | os.PathLike | None
+                    ) -> tuple[Path, dict[str, Any], TrainConfig]:
+    """``(checkpoint file, checkpoint, its run's config)``; ``data_root`` replaces ``data.root``.
+
+    Raises:
+        CheckpointError: nothing at ``path``, or not a readable mixlab checkpoint.
+    """
+    ckpt_path = _checkpoint_file(path)
+    ckpt = load_checkpoint(ckpt_path)  # CheckpointError (a ValueError) naming the file when corrupt
+    cfg = config_from_dict(ckpt["config"], source=f"checkpoint {ckpt_path}")
+    if data_root is not None:
+        cfg.data.root = str(data_root)
+    return ckpt_path, ckpt, cfg
 
 
-def _train_split(cfg: TrainConfig):
-    """The run's training split as the trainer built it: the class-balanced subset of
-    ``data.train_per_class`` images per class when the config had one (no transform)."""
-    train_set = _split(cfg, "train")
-    if cfg.data.train_per_class is not None:
-        from mixlab.data import class_balanced_subset
-
-        train_set = train_set.subset(class_balanced_subset(
-            train_set.labels, cfg.data.train_per_class, seed=cfg.run.seed, classes=train_set.classes))
-    return train_set
-
-
-def _data(cfg: TrainConfig, path: str | os.PathLike, train: bool = False) -> tuple[Any, tuple, tuple, Any]:
+def eval_data(cfg: TrainConfig, path: str | os.PathLike, train: bool = False) -> tuple[Any, tuple, tuple, Any]:
     """``(test set with the run's test transform, mean, std, train set or None)``.
 
     The trainer normalises with the train split's statistics. Datasets with fixed statistics
@@ -83,15 +79,17 @@ def _data(cfg: TrainConfig, path: str | os.PathLike, train: bool = False) -> tup
     otherwise (ImageFolder computes them from the images) the train split, and its class-balanced
     subset, are rebuilt as the trainer did. With ``train=True`` the training split (as the trainer
     built it) is returned too, with the TEST transform (no augmentation; the linear probe's).
-    """
-    from mixlab.engine.trainer import _transforms, align_test_split
 
+    Raises:
+        ValueError: the dataset cannot be loaded (the message says to pass ``data_root``), a split
+            is empty, or the test split has a class the train split lacks.
+    """
     d = cfg.data
     try:
-        test_set = _split(cfg, "test")
+        test_set = build_split(cfg, "test")
         train_set = None
-        if train or getattr(test_set, "_mean", None) is None:  # statistics not fixed by the dataset
-            train_set = _train_split(cfg)
+        if train or not test_set.stats_known:  # statistics not fixed by the dataset
+            train_set = train_split(cfg)
     except (OSError, ValueError, RuntimeError) as e:
         raise ValueError(f"cannot evaluate {path}: the run's dataset {d.name!r} (root {d.root}) cannot be loaded: "
                          f"{e}. If the data moved, pass its new location (data_root=..., or --data-root PATH on the "
@@ -106,46 +104,13 @@ def _data(cfg: TrainConfig, path: str | os.PathLike, train: bool = False) -> tup
         except ValueError as e:
             raise ValueError(f"cannot evaluate {path}: {e}") from None
     stats = train_set if train_set is not None else test_set
-    _, test_transform = _transforms(stats, cfg)
+    _, test_transform = default_transforms(stats, cfg)
     return (test_set.with_transform(test_transform), stats.mean, stats.std,
             train_set.with_transform(test_transform) if train else None)
 
 
-def _device(device: str) -> torch.device:
-    """``device`` checked (``auto``, ``cpu``, ``cuda``, ``cuda:N``; CUDA available) and resolved."""
-    from mixlab.engine.trainer import resolve_device
-
-    if not isinstance(device, str) or not (device in ("auto", "cpu") or device.startswith("cuda")):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device is {device!r} but CUDA is not available; use 'auto' or 'cpu'")
-    try:
-        return resolve_device(device)
-    except RuntimeError as e:  # torch.device("cuda:x")
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r} ({e})") from None
-
-
-def _loadable(dataset, batch_size: int, num_workers: int) -> Any:
-    """What the evaluation reads a split from: ``(images, labels)`` for decoded uint8 tensors with
-    no transform (sliced into batches, no loader needed), else a ``DataLoader`` (images decoded
-    per item, of mixed sizes: resized and cropped by the transform)."""
-    if dataset.transform is None and not dataset.is_lazy:
-        return dataset.images, dataset.labels
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-
-
-def _open(path: str | os.PathLike, data_root: str | os.PathLike | None) -> tuple[Path, dict[str, Any], TrainConfig]:
-    """``(checkpoint file, checkpoint, its run's config)``; ``data_root`` replaces ``data.root``."""
-    ckpt_path = _checkpoint_file(path)
-    ckpt = load_checkpoint(ckpt_path)  # CheckpointError (a ValueError) naming the file when corrupt
-    cfg = config_from_dict(ckpt["config"], source=f"checkpoint {ckpt_path}")
-    if data_root is not None:
-        cfg.data.root = str(data_root)
-    return ckpt_path, ckpt, cfg
-
-
-def _num_classes(ckpt: dict[str, Any], test_set, cfg: TrainConfig, path: str | os.PathLike) -> int:
-    """The checkpoint's number of classes, which the test split must have too."""
+def check_classes(ckpt: dict[str, Any], test_set, cfg: TrainConfig, path: str | os.PathLike) -> int:
+    """The checkpoint's number of classes, which the test split must have too (else ``ValueError``)."""
     num_classes = ckpt["num_classes"]
     if test_set.num_classes != num_classes:
         raise ValueError(f"cannot evaluate {path}: the checkpoint's model has {num_classes} classes, the test split "
@@ -153,14 +118,14 @@ def _num_classes(ckpt: dict[str, Any], test_set, cfg: TrainConfig, path: str | o
     return num_classes
 
 
-def _about(ckpt_path: Path, ckpt: dict[str, Any], cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+def results_head(ckpt_path: Path, ckpt: dict[str, Any], cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     """The head of a results dict: which checkpoint, epoch, method, model, dataset and device."""
     return {"checkpoint": str(ckpt_path), "epoch": ckpt["epoch"], "method": cfg.method.name,
             "model": cfg.model.name, "dataset": cfg.data.name, "device": str(device)}
 
 
 @contextlib.contextmanager
-def _run_threads(cfg: TrainConfig) -> Iterator[None]:
+def run_threads(cfg: TrainConfig) -> Iterator[None]:
     """torch's CPU threads set to the run's ``run.threads`` (0: leave torch's default, all cores)
     inside the block, restored after it (as in the trainer, run.threads applies to the run only)."""
     threads = torch.get_num_threads()
@@ -172,17 +137,15 @@ def _run_threads(cfg: TrainConfig) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _load_weights(model: nn.Module, state: dict[str, Any], what: str, ckpt_path: str) -> nn.Module:
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, ValueError, KeyError) as e:
-        detail = " ".join(line.strip() for line in str(e).strip().splitlines()[:3])[:600]
-        raise CheckpointError(f"checkpoint {ckpt_path}: the saved {what} do not fit the model of its config: "
-                              f"{detail}") from None
+def load_weights(model: nn.Module, state: dict[str, Any], what: str, ckpt_path: str) -> nn.Module:
+    """``model`` with ``state`` loaded, or ``CheckpointError`` naming ``what`` and the checkpoint."""
+    load_state(lambda: model.load_state_dict(state),
+               f"checkpoint {ckpt_path}: the saved {what} do not fit the model of its config")
     return model
 
 
-def _build(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:
+def rebuild_model(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:
+    """The run's model, as the trainer built it, on ``device`` in eval mode (weights not loaded)."""
     kwargs = {k: v for k, v in cfg.model.kwargs.items() if k != "pretrained"}  # the weights come from the checkpoint
     model = registry.build_model(cfg.model.name, num_classes, **kwargs)
     if cfg.run.channels_last:
@@ -208,7 +171,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, fgsm: bool = True, corruptio
         data_root: where the dataset is now, if it moved since training (replaces ``data.root``).
 
     Returns:
-        :func:`~mixlab.engine.evaluation.evaluate_all`'s dict for the plain weights (``clean``,
+        :func:`~mixlab.evaluation.robustness.evaluate_all`'s dict for the plain weights (``clean``,
         ``fgsm``, ``corruptions``; accuracies and calibration errors in %), plus ``ema`` (the same
         dict for the EMA weights, or ``None`` when the run kept no EMA), ``checkpoint``, ``epoch``,
         ``method``, ``model``, ``dataset``, ``device``, ``seconds`` and ``eval_json`` (the path
@@ -228,27 +191,29 @@ def evaluate_checkpoint(path: str | os.PathLike, *, fgsm: bool = True, corruptio
     for name, value in (("max_corruption_images", max_corruption_images), ("batch_size", batch_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
-    dev = _device(device)
-    ckpt_path, ckpt, cfg = _open(path, data_root)
+    dev = resolve_device(device, what="device")
+    ckpt_path, ckpt, cfg = open_checkpoint(path, data_root)
     if registry.is_self_supervised(cfg.method.name):
         raise ValueError(f"cannot evaluate {path} as a classifier: it is a self-supervised run ({cfg.method.name}), "
                          f"whose classifier was never trained (its accuracy would be chance). `mixlab probe {path}` "
                          f"trains a linear probe on its frozen backbone and evaluates that (`mixlab finetune {path}` "
                          f"fine-tunes it with labels)")
-    test_set, mean, std, _ = _data(cfg, path)
-    num_classes = _num_classes(ckpt, test_set, cfg, path)
+    test_set, mean, std, _ = eval_data(cfg, path)
+    num_classes = check_classes(ckpt, test_set, cfg, path)
     batch_size = batch_size or cfg.data.eval_batch_size
-    data = _loadable(test_set, batch_size, cfg.data.num_workers)
+    from mixlab.data import eval_loader
 
-    models = {"model": _load_weights(_build(cfg, num_classes, dev), ckpt["model"], "model weights", ckpt["path"])}
+    data = eval_loader(test_set, batch_size, cfg.data.num_workers)
+
+    models = {"model": load_weights(rebuild_model(cfg, num_classes, dev), ckpt["model"], "model weights", ckpt["path"])}
     if ckpt["ema"] is not None:  # AveragedModel.state_dict(): "module.<name>" entries + "n_averaged"
         ema_state = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
-        models["ema"] = _load_weights(_build(cfg, num_classes, dev), ema_state, "EMA weights", ckpt["path"])
+        models["ema"] = load_weights(rebuild_model(cfg, num_classes, dev), ema_state, "EMA weights", ckpt["path"])
 
     out_dir = ckpt_path.parent
     evaluations: dict[str, dict[str, Any]] = {}
     try:
-        with _run_threads(cfg), tempfile.TemporaryDirectory(prefix=".eval-", dir=out_dir) as tmp:
+        with run_threads(cfg), tempfile.TemporaryDirectory(prefix=".eval-", dir=out_dir) as tmp:
             for name, model in models.items():
                 evaluations[name] = evaluate_all(
                     model, data, mean, std, dev, out_dir=Path(tmp) / name, fgsm=fgsm, corruptions=corruptions,
@@ -256,7 +221,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, fgsm: bool = True, corruptio
             results: dict[str, Any] = {
                 **evaluations["model"],
                 "ema": evaluations.get("ema"),
-                **_about(ckpt_path, ckpt, cfg, dev),
+                **results_head(ckpt_path, ckpt, cfg, dev),
                 "seconds": round(time.perf_counter() - t0, 2),
                 "eval_json": str(out_dir / EVAL_NAME),
             }

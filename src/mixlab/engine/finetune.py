@@ -39,8 +39,15 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from mixlab.engine.config import _check, apply_overrides, config_to_dict, validate_config
-from mixlab.engine.eval_run import _device, _open, _split
+import torch
+
+from mixlab import registry
+from mixlab.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from mixlab.engine.config import apply_overrides, check_value, config_to_dict, validate_config
+from mixlab.engine.data import build_split
+from mixlab.engine.distributed import resolve_device
+from mixlab.engine.eval_run import open_checkpoint
+from mixlab.engine.loop import train
 
 __all__ = ["finetune", "finetune_dir", "labelled_per_class", "FINETUNE_JSON"]
 
@@ -57,11 +64,9 @@ def finetune_dir(path: str | os.PathLike, fraction: float) -> Path:
 def labelled_per_class(cfg, fraction: float) -> int:
     """``max(1, round(fraction × n))``: labelled images per class, n the run's per-class training
     count (``data.train_per_class``, else the smallest class of the training split)."""
-    import torch
-
     n = cfg.data.train_per_class
     if n is None:
-        n = int(torch.bincount(torch.as_tensor(_split(cfg, "train").labels)).min())
+        n = int(torch.bincount(torch.as_tensor(build_split(cfg, "train").labels)).min())
     return max(1, round(fraction * n))
 
 
@@ -105,23 +110,19 @@ def finetune(path: str | os.PathLike, *, fraction: float = 0.1, epochs: int = 30
     """
     real = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
     integer = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
-    _check(real(fraction) and 0 < fraction <= 1, "fraction", "a number in (0, 1]", fraction)
-    _check(integer(epochs) and epochs >= 1, "epochs", "an integer >= 1", epochs)
-    _check(real(lr) and lr > 0, "lr", "a finite number > 0", lr)
-    _check(optimizer in ("adamw", "sgd"), "optimizer", "'adamw' or 'sgd'", optimizer)
-    _check(real(weight_decay) and weight_decay >= 0, "weight_decay", "a number >= 0", weight_decay)
-    _check(real(head_lr_scale) and head_lr_scale > 0, "head_lr_scale", "a finite number > 0", head_lr_scale)
-    _check(integer(batch_size) and batch_size >= 2, "batch_size", "an integer >= 2", batch_size)
-    _check(seed is None or (integer(seed) and seed >= 0), "seed", "None or an integer >= 0", seed)
-    _check(isinstance(progress, bool), "progress", "True or False", progress)
-    _device(device)
-    from mixlab import registry
-    from mixlab.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
-    from mixlab.engine.trainer import train
-
+    check_value(real(fraction) and 0 < fraction <= 1, "fraction", "a number in (0, 1]", fraction)
+    check_value(integer(epochs) and epochs >= 1, "epochs", "an integer >= 1", epochs)
+    check_value(real(lr) and lr > 0, "lr", "a finite number > 0", lr)
+    check_value(optimizer in ("adamw", "sgd"), "optimizer", "'adamw' or 'sgd'", optimizer)
+    check_value(real(weight_decay) and weight_decay >= 0, "weight_decay", "a number >= 0", weight_decay)
+    check_value(real(head_lr_scale) and head_lr_scale > 0, "head_lr_scale", "a finite number > 0", head_lr_scale)
+    check_value(integer(batch_size) and batch_size >= 2, "batch_size", "an integer >= 2", batch_size)
+    check_value(seed is None or (integer(seed) and seed >= 0), "seed", "None or an integer >= 0", seed)
+    check_value(isinstance(progress, bool), "progress", "True or False", progress)
+    resolve_device(device, what="device")
     registry.check_names(method=method)
     t0 = time.perf_counter()
-    ckpt_path, ckpt, pre = _open(path, data_root)
+    ckpt_path, ckpt, pre = open_checkpoint(path, data_root)
     per_class = labelled_per_class(pre, fraction)
     cfg = copy.deepcopy(pre)
     cfg.model.init, cfg.model.ema_decay = str(ckpt_path), 0.0

@@ -18,10 +18,12 @@ from torch import Tensor
 
 from mixlab.core.result import MixResult
 
-__all__ = ["plot_curves", "plot_mix", "plot_rows", "plot_samples", "soft_label_text"]
+__all__ = ["plot_curves", "plot_mix", "plot_rows", "plot_samples", "soft_label_text", "new_figure",
+           "display_images", "show_tile"]
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
+    """A matplotlib ``Figure`` of ``width`` x ``height`` inches at 100 dpi on an Agg canvas (no pyplot)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -35,7 +37,7 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path) -> None:
     self-supervised runs) against the epoch."""
     epochs = [row["epoch"] for row in history]
     marker = "o" if len(epochs) <= 20 else None
-    fig = _figure(9, 3.4)
+    fig = new_figure(9, 3.4)
     ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, [row["train_loss"] for row in history], marker=marker, label="train loss")
     if any("test_nll" in row for row in history):
@@ -72,7 +74,7 @@ def soft_label_text(target: Tensor, classes: Sequence[str], k: int = 2) -> str:
     return " / ".join(parts)
 
 
-def _display(images: Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+def display_images(images: Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
     """(B, C, H, W) images -> (B, H, W, C) float numpy in [0, 1] for ``imshow``: normalised floats are
     denormalised with ``mean``/``std``; uint8 (or values above 1.5) are divided by 255."""
     images = images.detach().float().cpu()
@@ -83,7 +85,7 @@ def _display(images: Tensor, mean: Sequence[float] | None = None, std: Sequence[
     return images.clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 
-def _show(ax, img, text: str = "", frame: bool = False, **imshow: Any) -> None:
+def show_tile(ax, img, text: str = "", frame: bool = False, **imshow: Any) -> None:
     """One (H, W, C) tile, ``text`` underneath; one channel is drawn in grey. No axes, only a thin
     ``frame`` if asked (for tiles that may be white, such as masks)."""
     if frame:
@@ -125,17 +127,17 @@ def plot_samples(
         classes: class names.
         path: the PNG to write.
     """
-    images = _display(images[:max_images], mean, std)  # (B, H, W, C)
+    images = display_images(images[:max_images], mean, std)  # (B, H, W, C)
     targets = _one_hot(targets[:max_images], len(classes))
     n = images.shape[0]
     cols = min(8, n)
     rows = math.ceil(n / cols)
-    fig = _figure(1.6 * cols, 1.85 * rows + (0.3 if title else 0))
+    fig = new_figure(1.6 * cols, 1.85 * rows + (0.3 if title else 0))
     for i in range(rows * cols):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.axis("off")
         if i < n:
-            _show(ax, images[i], soft_label_text(targets[i], classes))
+            show_tile(ax, images[i], soft_label_text(targets[i], classes))
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -174,13 +176,13 @@ def plot_mix(
     n = images.shape[0]
     labels = _one_hot(labels, len(classes))  # (B, K)
     names = [soft_label_text(t, classes, k=1 if bool((t == 1).any()) else 2).removesuffix(" 1.00") for t in labels]
-    rows: list[tuple[str, Any, list[str], dict[str, Any]]] = [("input", _display(images, mean, std), names, {})]
+    rows: list[tuple[str, Any, list[str], dict[str, Any]]] = [("input", display_images(images, mean, std), names, {})]
     mixes = [] if mixed is None else [mixed] if isinstance(mixed, MixResult) else list(mixed)
     if not mixes:
         title = f"{title}: no mixing" if title else "no mixing"
     else:
         index = mixes[0].index.detach().cpu().long()
-        rows.append(("partner", _display(images[index], mean, std), [names[j] for j in index.tolist()], {}))
+        rows.append(("partner", display_images(images[index], mean, std), [names[j] for j in index.tolist()], {}))
     for one in mixes:
         lam = one.lam.detach().float().cpu().expand(n)  # (B,)
         mask = one.mask
@@ -189,8 +191,9 @@ def plot_mix(
         targets = _one_hot(one.targets, len(classes))
         at = f" λ {float(lam[0]):.2f}".replace(" 0.", " .") if len(mixes) > 1 else ""
         rows += [
-            (f"mask (own){at}", _display(mask.float().clamp(0, 1)), [], {"vmin": 0.0, "vmax": 1.0, "frame": True}),
-            (f"mixed{at}", _display(one.images, mean, std),
+            (f"mask (own){at}", display_images(mask.float().clamp(0, 1)), [],
+             {"vmin": 0.0, "vmax": 1.0, "frame": True}),
+            (f"mixed{at}", display_images(one.images, mean, std),
              [f"{soft_label_text(t, classes)}\nλ {l:.2f}".replace(" 0.", " .") for t, l in zip(targets, lam.tolist())],
              {}),
         ]
@@ -210,18 +213,19 @@ def plot_rows(rows: Sequence[tuple[str, Tensor]], path: str | Path, mean: Sequen
     if not rows or len({images.shape[0] for _, images in rows}) != 1:
         raise ValueError(f"plot_rows needs rows with the same number of images, got "
                          f"{[tuple(images.shape) for _, images in rows]}")
-    _draw_rows([(name, _display(images, mean, std), [], {}) for name, images in rows], path, title, row_height=1.5)
+    _draw_rows([(name, display_images(images, mean, std), [], {}) for name, images in rows], path, title,
+               row_height=1.5)
 
 
 def _draw_rows(rows: list[tuple[str, Any, list[str], dict[str, Any]]], path: str | Path, title: str,
                row_height: float, extra_height: float = 0.0) -> None:
     """One figure of ``(row label, tiles, texts under the tiles, imshow options)`` rows."""
     n = len(rows[0][1])
-    fig = _figure(1.5 * n + 0.6, row_height * len(rows) + 0.5 + extra_height)
+    fig = new_figure(1.5 * n + 0.6, row_height * len(rows) + 0.5 + extra_height)
     axes = fig.subplots(len(rows), n, squeeze=False)
     for r, (name, tiles, texts, imshow) in enumerate(rows):
         for i in range(n):
-            _show(axes[r][i], tiles[i], texts[i] if texts else "", **imshow)
+            show_tile(axes[r][i], tiles[i], texts[i] if texts else "", **imshow)
         axes[r][0].text(-0.12, 0.5, name, transform=axes[r][0].transAxes, rotation=90, ha="right", va="center",
                         fontsize=9)
     fig.suptitle(textwrap.fill(title, max(40, round(fig.get_figwidth() * 12))), fontsize=10)

@@ -32,7 +32,7 @@ The protocol (MoCo v3's linear classification: SGD with momentum, no weight deca
   backbone pass over the training set per epoch, as slow as that many epochs of inference;
 * after training the standardisation is folded into the linear layer (``W' = W / std``,
   ``b' = b - W' @ mean``) and copied into ``model.get_classifier()``: the probed model is an
-  ordinary classifier, evaluated by :func:`~mixlab.engine.evaluation.evaluate_all`.
+  ordinary classifier, evaluated by :func:`~mixlab.evaluation.evaluate_all`.
 
 The results go to ``probe.json`` and the probed weights (the model's ``state_dict``, backbone as in
 the checkpoint, the folded classifier) to ``probe.pt``, next to the checkpoint.
@@ -50,68 +50,22 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from mixlab.engine.config import _check
-from mixlab.engine.eval_run import (_about, _build, _data, _device, _load_weights, _loadable, _num_classes, _open,
-                                    _run_threads)
-from mixlab.engine.evaluation import _batches, _eval_mode, _resolve_device, evaluate_all
-from mixlab.engine.trainer import EpochSampler, SeededItems, _mix_seed, _normalizer, _prepare_run_dir
+from mixlab.engine.config import check_value
+from mixlab.engine.data import EpochSampler, SeededItems, mix_seed
+from mixlab.engine.distributed import resolve_device
+from mixlab.engine.eval_run import (check_classes, eval_data, load_weights, open_checkpoint, rebuild_model,
+                                    results_head, run_threads)
+from mixlab.engine.writer import prepare_run_dir
+from mixlab.evaluation import evaluate_all, extract_features
 
-__all__ = ["linear_probe", "extract_features", "fold_into_classifier", "PROBE_JSON", "PROBE_WEIGHTS"]
+__all__ = ["linear_probe", "fold_into_classifier", "PROBE_JSON", "PROBE_WEIGHTS"]
 
 PROBE_JSON = "probe.json"
 PROBE_WEIGHTS = "probe.pt"
 
 _EPS = 1e-6  # of the standardisation, as MAE's BatchNorm1d(affine=False, eps=1e-6)
-
-
-@torch.no_grad()
-def extract_features(model: nn.Module, loader_or_dataset: Any, device: torch.device | str | None,
-                     mean: Sequence[float], std: Sequence[float], batch_size: int = 256) -> tuple[Tensor, Tensor]:
-    """The pooled features of ``model`` on every image of ``loader_or_dataset``.
-
-    ``features = model.forward_head(model.forward_features(x), pre_logits=True)``, in eval mode (the
-    model's mode is restored afterwards; BatchNorm statistics are not updated), without gradients.
-
-    Args:
-        model: a model of :mod:`mixlab.models` (``forward_features`` / ``forward_head``).
-        loader_or_dataset: a ``DataLoader`` (or any iterable) of ``(images, labels)`` batches, one
-            ``(images, labels)`` pair of tensors, or a dataset of ``(image, label)`` items (a
-            :class:`~mixlab.data.ImageTensorDataset` without transform is sliced, not loaded).
-            ``uint8`` images (the datasets' CHW pixels) are normalised as the trainer does
-            (``normalize_on_device`` with ``mean``/``std``); float images are taken as normalised.
-        device: where to run (``None``: the model's device; the model must already be there).
-        mean, std: per-channel statistics of the run's normalisation, in [0, 1] units.
-        batch_size: images per forward pass, for a dataset or a pair of tensors.
-
-    Returns:
-        ``(features (N, C) float32, labels (N,) int64)``, both on the CPU.
-
-    Raises:
-        ValueError: ``batch_size`` < 1, no images, features that are not (B, C).
-    """
-    _check(isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1, "batch_size",
-           "an integer >= 1", batch_size)
-    data = loader_or_dataset
-    if hasattr(data, "images") and hasattr(data, "with_transform"):  # an ImageTensorDataset
-        data = _loadable(data, batch_size, num_workers=0)
-    elif isinstance(data, Dataset):
-        data = DataLoader(data, batch_size=batch_size)
-    device = _resolve_device(model, device)
-    preprocess = _normalizer(tuple(mean), tuple(std), channels_last=False)
-    features, labels = [], []
-    with _eval_mode(model):
-        for images, targets in _batches(data, batch_size):
-            f = model.forward_head(model.forward_features(preprocess(images.to(device))), pre_logits=True)
-            if f.ndim != 2:
-                raise ValueError(f"extract_features: forward_head(..., pre_logits=True) of {type(model).__name__} "
-                                 f"gave shape {tuple(f.shape)}, not (B, C)")
-            features.append(f.float().cpu())
-            labels.append(targets.cpu().long())
-    if not features:
-        raise ValueError("extract_features: the data yielded no images")
-    return torch.cat(features), torch.cat(labels)
 
 
 def fold_into_classifier(model: nn.Module, linear: nn.Linear, mean: Tensor, std: Tensor) -> nn.Module:
@@ -185,16 +139,17 @@ def _check_probe_args(epochs: Any, lr: Any, batch_size: Any, momentum: Any, augm
     """``ValueError`` naming the first argument out of its accepted range."""
     integer = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
     real = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
-    _check(integer(epochs) and epochs >= 1, "epochs", "an integer >= 1", epochs)
-    _check(real(lr) and lr > 0, "lr", "a finite number > 0", lr)
-    _check(integer(batch_size) and batch_size >= 1, "batch_size", "an integer >= 1", batch_size)
-    _check(real(momentum) and 0 <= momentum < 1, "momentum", "a number in [0, 1)", momentum)
-    _check(max_corruption_images is None or (integer(max_corruption_images) and max_corruption_images >= 1),
+    check_value(integer(epochs) and epochs >= 1, "epochs", "an integer >= 1", epochs)
+    check_value(real(lr) and lr > 0, "lr", "a finite number > 0", lr)
+    check_value(integer(batch_size) and batch_size >= 1, "batch_size", "an integer >= 1", batch_size)
+    check_value(real(momentum) and 0 <= momentum < 1, "momentum", "a number in [0, 1)", momentum)
+    check_value(max_corruption_images is None or (integer(max_corruption_images) and max_corruption_images >= 1),
            "max_corruption_images", "None or an integer >= 1", max_corruption_images)
-    _check(integer(seed) and seed >= 0, "seed", "an integer >= 0", seed)
+    check_value(integer(seed) and seed >= 0, "seed", "an integer >= 0", seed)
     for name, value in (("augment", augment), ("corruptions", corruptions), ("progress", progress)):
-        _check(isinstance(value, bool), name, "True or False", value)
-    _check(data_root is None or isinstance(data_root, (str, os.PathLike)), "data_root", "None or a path", data_root)
+        check_value(isinstance(value, bool), name, "True or False", value)
+    check_value(data_root is None or isinstance(data_root, (str, os.PathLike)), "data_root", "None or a path",
+                data_root)
 
 
 def _augmented_features(model: nn.Module, train_set, cfg, device: torch.device, mean: Sequence[float],
@@ -210,7 +165,7 @@ def _augmented_features(model: nn.Module, train_set, cfg, device: torch.device, 
     augment = v2.Compose([v2.RandomResizedCrop(size, scale=(0.08, 1.0)), v2.RandomHorizontalFlip()])
     sampler = EpochSampler(len(train_set), seed=seed, shuffle=False)  # (epoch, index) keys in order
     workers = cfg.data.num_workers
-    loader = DataLoader(SeededItems(train_set.with_transform(augment), seed=_mix_seed(seed, 0, 5)),
+    loader = DataLoader(SeededItems(train_set.with_transform(augment), seed=mix_seed(seed, 0, 5)),
                         batch_size=batch_size, sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
                         worker_init_fn=seed_worker)
 
@@ -282,18 +237,20 @@ def linear_probe(path: str | os.PathLike, *, epochs: int = 100, lr: float = 0.1,
     t0 = time.perf_counter()
     _check_probe_args(epochs, lr, batch_size, momentum, augment, corruptions, max_corruption_images, seed, progress,
                       data_root)
-    dev = _device(device)
-    ckpt_path, ckpt, cfg = _open(path, data_root)
+    dev = resolve_device(device, what="device")
+    ckpt_path, ckpt, cfg = open_checkpoint(path, data_root)
     out_dir = ckpt_path.parent
-    _prepare_run_dir(out_dir)  # writable, before the probe's work
-    test_set, mean, std, train_set = _data(cfg, path, train=True)
-    num_classes = _num_classes(ckpt, test_set, cfg, path)
-    model = _load_weights(_build(cfg, num_classes, dev), ckpt["model"], "model weights", ckpt["path"])
+    prepare_run_dir(out_dir)  # writable, before the probe's work
+    test_set, mean, std, train_set = eval_data(cfg, path, train=True)
+    num_classes = check_classes(ckpt, test_set, cfg, path)
+    model = load_weights(rebuild_model(cfg, num_classes, dev), ckpt["model"], "model weights", ckpt["path"])
     model.requires_grad_(False).eval()  # frozen: no gradients, BatchNorm statistics never updated
 
+    from mixlab.data import eval_loader
+
     eval_batch, workers = cfg.data.eval_batch_size, cfg.data.num_workers
-    with _run_threads(cfg):  # the run's CPU threads
-        features, labels = extract_features(model, _loadable(train_set, eval_batch, workers), dev, mean, std,
+    with run_threads(cfg):  # the run's CPU threads
+        features, labels = extract_features(model, eval_loader(train_set, eval_batch, workers), dev, mean, std,
                                             eval_batch)
         feature_mean = features.double().mean(0)
         feature_std = (features.double().var(0, unbiased=False) + _EPS).sqrt()
@@ -306,11 +263,11 @@ def linear_probe(path: str | os.PathLike, *, epochs: int = 100, lr: float = 0.1,
             standardised = ((features - feature_mean) / feature_std).to(dev)
             train_acc1 = 100.0 * float((linear(standardised).argmax(1).cpu() == labels).double().mean())
         fold_into_classifier(model, linear, feature_mean, feature_std)
-        evaluation = evaluate_all(model, _loadable(test_set, eval_batch, workers), mean, std, dev, fgsm=False,
+        evaluation = evaluate_all(model, eval_loader(test_set, eval_batch, workers), mean, std, dev, fgsm=False,
                                   corruptions=corruptions, max_corruption_images=max_corruption_images,
                                   batch_size=eval_batch, progress=progress)
     results: dict[str, Any] = {
-        **_about(ckpt_path, ckpt, cfg, dev),
+        **results_head(ckpt_path, ckpt, cfg, dev),
         "probe": {"epochs": epochs, "lr": float(lr), "batch_size": batch_size, "momentum": float(momentum),
                   "weight_decay": 0.0, "augment": augment, "seed": seed, "train_images": int(labels.shape[0]),
                   "feature_dim": int(features.shape[1])},

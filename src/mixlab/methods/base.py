@@ -101,12 +101,20 @@ class Method(nn.Module):
     """
 
     name: str = "vanilla"
+    #: learns without labels (MoCo, DINO, MAE: ``mixlab.ssl``): a run has no trained classifier, so
+    #: the engine monitors a kNN classifier on its features and ``mixlab probe`` scores it, not
+    #: ``mixlab eval``. Asked through :func:`mixlab.registry.is_self_supervised`.
+    self_supervised: bool = False
     #: buffers whose shape is only known once training runs (a history batch); loading a
     #: checkpoint resizes them to the saved shape first, so a fresh method accepts it.
     resizable_buffers: tuple[str, ...] = ()
     #: the training step (0-based, of the whole run) whose mixed batch ``samples.png`` draws: a
     #: method that mixes with what earlier steps left (RecursiveMix's history) shows a later one.
     preview_step: int = 0
+    #: λ values ``mixlab show`` draws one mix each for, with the same partners, through
+    #: ``mix_preview(images, labels, lam=λ)`` (AutoMix's masks at 0.2, 0.5, 0.8); empty: one mix
+    #: of the method's own λ.
+    preview_lams: tuple[float, ...] = ()
 
     def __init__(self, num_classes: int = 0, label_smoothing: float = 0.0) -> None:
         super().__init__()
@@ -165,7 +173,8 @@ class Method(nn.Module):
         """Called at the start of each epoch (RecursiveMix resets its history here)."""
 
     def mix_preview(self, images: Tensor, labels: Tensor) -> MixResult | None:
-        """Mix a batch without training, for ``samples.png`` and ``mixlab show``."""
+        """Mix a batch without training, for ``samples.png`` and ``mixlab show`` (``None``: the
+        method does not mix). A method with :attr:`preview_lams` also takes ``lam=``."""
         return None
 
     def epoch_figures(self, model: nn.Module, images: Tensor) -> dict[str, Any]:

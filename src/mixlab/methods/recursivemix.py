@@ -255,7 +255,7 @@ class RecursiveMix(Method):
             boxes = rand_boxes(rand((n,), self.generator) * self.alpha, height, width, generator=self.generator)
             frac = box_area_fraction(boxes, height, width)
             pasted = bool((frac > 0).any()) if frac.device.type == "cpu" else True
-            return frac.to(device), boxes.to(device), pasted
+            return frac.to(device, non_blocking=True), boxes.to(device, non_blocking=True), pasted
         box = rand_box(float(rand((1,), self.generator)) * self.alpha, height, width, self.generator)
         x1, y1, x2, y2 = box
         area = max(x2 - x1, 0) * max(y2 - y1, 0) / (height * width)
@@ -306,19 +306,21 @@ class RecursiveMix(Method):
             index = pair_index(b, "flip", self.generator, device=images.device)
             partner, partner_targets, n = images[index], targets[index], b
         frac, boxes, pasted = self._draw(n, h, w, images.device)
+        # one box for the batch: (4,) int64, copied to the device without waiting for it
+        box_t = boxes if isinstance(boxes, Tensor) else torch.tensor(boxes).to(images.device, non_blocking=True)
         out = images.clone(memory_format=torch.preserve_format)
         head = out[:n]
         if self.interpolation == "nearest":
             resize_paste(head, partner, boxes, "nearest", out=head)  # ResizeFill, Eq. 1
         else:  # the authors' bilinear: align_corners=True
-            bx = boxes if isinstance(boxes, Tensor) else torch.tensor(boxes, device=images.device).expand(n, 4)
+            bx = box_t.expand(n, 4)
             paste_boxes(head, resize_into_boxes_align_corners(partner, bx, h, w), bx, out=head)
         lam_hist = torch.zeros(b, device=images.device)
         lam_hist[:n] = frac
         mixed_targets = targets.clone()
         mixed_targets[:n] = frac[:, None] * partner_targets + (1 - frac[:, None]) * targets[:n]  # ỹ, Eq. 1
         all_boxes = torch.zeros(b, 4, dtype=torch.long, device=images.device)
-        all_boxes[:n] = boxes if isinstance(boxes, Tensor) else torch.tensor(boxes, device=images.device)
+        all_boxes[:n] = box_t
         full_partner = targets.clone()
         full_partner[:n] = partner_targets
         mixed = MixResult(out, mixed_targets, 1 - lam_hist, index, targets, boxes=all_boxes,

@@ -5,7 +5,7 @@ A self-supervised method is a :class:`~mixlab.methods.base.Method` whose batches
 :meth:`~SelfSupervised.train_transform` produced (two BYOL views for MoCo v3, DINO's multi-crop,
 MAE's one view), each a (B, C, h, w) tensor, and the labels are never used. The trainer sees
 ``self_supervised = True`` and monitors the backbone with a kNN classifier instead of the
-(untrained) classification head (``mixlab.engine.knn``); ``StepOutput.logits`` is ``None``.
+(untrained) classification head (``mixlab.evaluation.knn``); ``StepOutput.logits`` is ``None``.
 
 The backbone is the user's model; the method owns everything else (projector, predictor, heads,
 the momentum copy, MAE's decoder), so those modules travel with the method's ``state_dict`` into checkpoints and

@@ -136,9 +136,9 @@ def pair_cross_entropy(teacher_probs: Tensor, student_log_probs: Tensor, skip_sa
         raise ValueError(f"teacher (T, B, K) and student (V, B, K) outputs must share B and K, got "
                          f"{tuple(teacher_probs.shape)} and {tuple(student_log_probs.shape)}")
     ce = -torch.einsum("ibk,vbk->iv", teacher_probs, student_log_probs) / teacher_probs.shape[1]
-    if skip_same_view:
-        keep = ~torch.eye(*ce.shape, dtype=torch.bool, device=ce.device)
-        return ce[keep].mean()
+    if skip_same_view:  # the positions of the other pairs, found on the host: a mask would wait for the device
+        others = (~torch.eye(*ce.shape, dtype=torch.bool)).flatten().nonzero().squeeze(1)
+        return ce.flatten()[others.to(ce.device, non_blocking=True)].mean()
     return ce.mean()
 
 

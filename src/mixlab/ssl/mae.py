@@ -328,6 +328,7 @@ class MAE(SelfSupervised):
             raise type(e)(f"MAE's crops (cropmix_crops is CropMix's num_crops, cropmix_alpha its alpha): {e}") from None
         self.decoder: MAEDecoder | None = None  # sized by the encoder in setup()
         self.patch_size = 0  # the encoder's, set in setup()
+        self.label_classes = 0  # the model's classes (setup): the width of the pictures' one-hot labels
 
     def _cropmix_args(self) -> dict[str, Any]:
         return dict(scale=self.scale, num_crops=self.cropmix_crops, mix=self.cropmix_mix, alpha=self.cropmix_alpha,
@@ -348,6 +349,7 @@ class MAE(SelfSupervised):
         """Check that ``model`` is a ViT and build the decoder for its width and patch, on its device."""
         super().setup(model, generator)
         self.preview.generator = generator
+        self.label_classes = int(getattr(model, "num_classes", 0) or 0)
         encoder = vit_encoder(model)
         self.patch_size = encoder.patch
         if self.decoder is None:
@@ -403,11 +405,11 @@ class MAE(SelfSupervised):
             mixed = self._as_inputs(images, batch[1])  # the loader's CropMix images, for samples.png
         return StepOutput(loss=loss, mixed=mixed)
 
-    @staticmethod
-    def _as_inputs(images: Tensor, labels: Tensor) -> MixResult:
-        """``images`` as an un-mixed batch with one-hot labels (λ = 1, index = identity)."""
+    def _as_inputs(self, images: Tensor, labels: Tensor) -> MixResult:
+        """``images`` as an un-mixed batch with one-hot labels (λ = 1, index = identity), as wide as
+        the model's classes (read from the labels, a wait for the device, only without a model)."""
         b = images.shape[0]
-        source = nn.functional.one_hot(labels.long(), int(labels.max()) + 1).float()
+        source = nn.functional.one_hot(labels.long(), self.label_classes or int(labels.max()) + 1).float()
         return MixResult(images, source, torch.ones(b, device=images.device), torch.arange(b, device=images.device),
                          source)
 

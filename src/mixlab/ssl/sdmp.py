@@ -68,9 +68,12 @@ def flip_partner(n: int, device: torch.device | str | None = None) -> Tensor:
 
 
 def _check_lam(lam: Tensor) -> Tensor:
+    """``lam`` if it is a (n,) float tensor in [0, 1]. The values are read only on the CPU, where that
+    is free: on an accelerator reading them would wait for the device at every training step (the
+    mixing draws λ in [0, 1] by construction)."""
     if lam.ndim != 1 or not lam.is_floating_point():
         raise ValueError(f"lam must be a (n,) float tensor, got shape {tuple(lam.shape)} {lam.dtype}")
-    if bool(((lam < 0) | (lam > 1)).any()):
+    if lam.device.type == "cpu" and bool(((lam < 0) | (lam > 1)).any()):
         raise ValueError(f"lam must lie in [0, 1], got values from {float(lam.min())} to {float(lam.max())}")
     return lam
 
@@ -168,7 +171,7 @@ def _scale_boxes(boxes, src: tuple[int, int], dst: tuple[int, int]):
     if isinstance(boxes, tuple):
         x1, y1, x2, y2 = boxes
         return (round(x1 * sx), round(y1 * sy), round(x2 * sx), round(y2 * sy))
-    scale = torch.tensor([sx, sy, sx, sy], device=boxes.device)
+    scale = torch.tensor([sx, sy, sx, sy]).to(boxes.device, non_blocking=True)
     return (boxes.double() * scale).round().long()
 
 
@@ -223,13 +226,13 @@ class SDMPResizeMix:
         y1 = (u[:, 0] * (h - 2 * half_h)).long().clamp(max=h - 2 * half_h - 1)
         x1 = (u[:, 1] * (w - 2 * half_w)).long().clamp(max=w - 2 * half_w - 1)
         boxes = torch.stack([x1, y1, x1 + 2 * half_w, y1 + 2 * half_h], dim=1)
-        return {"boxes": boxes.expand(b, 4).to(images.device)}
+        return {"boxes": boxes.expand(b, 4).to(images.device, non_blocking=True)}
 
     def mix(self, images: Tensor, index: Tensor, params: dict) -> tuple[Tensor, Tensor, None, Tensor]:
         """``(mixed, λ (n,), None, boxes)``: each whole ``images[index[i]]`` resized bilinearly into
         box i; λ the exact fraction of image i's pixels kept."""
         boxes = params["boxes"]
-        mixed = resize_paste(images, images[index.to(images.device)], boxes, mode="bilinear")
+        mixed = resize_paste(images, images[index.to(images.device, non_blocking=True)], boxes, mode="bilinear")
         return mixed, 1.0 - box_area_fraction(boxes, images.shape[-2], images.shape[-1]), None, boxes
 
 
@@ -291,7 +294,7 @@ class SDMPMixing:
             if key in params:
                 params[key] = _scale_boxes(params[key], draw.size, size)
         mixed, lam, _, _ = self.mixers[draw.op].mix(images, flip_partner(images.shape[0], images.device), params)
-        return mixed, lam.float().to(images.device).expand(images.shape[0]).contiguous()
+        return mixed, lam.float().to(images.device, non_blocking=True).expand(images.shape[0]).contiguous()
 
     def __repr__(self) -> str:
         return f"SDMPMixing(ops={self.ops}, alpha={self.alpha}, per_sample={self.per_sample})"

@@ -119,7 +119,7 @@ def scale_ranges(scale: tuple[float, float], n: int, multi_scale: bool = True) -
         >>> [tuple(round(v, 2) for v in r) for r in scale_ranges((0.01, 1.0), 3)]
         [(0.01, 0.34), (0.34, 0.67), (0.67, 1.0)]
     """
-    s0, s1 = _check_scale(scale)
+    s0, s1 = check_scale(scale)
     n = _check_count(n, "n")
     if not multi_scale:
         return [(s0, s1)] * n
@@ -127,7 +127,8 @@ def scale_ranges(scale: tuple[float, float], n: int, multi_scale: bool = True) -
     return [(s0 + k * d, s1 if k == n - 1 else s0 + (k + 1) * d) for k in range(n)]
 
 
-def _check_scale(scale: Any, name: str = "scale") -> tuple[float, float]:
+def check_scale(scale: Any, name: str = "scale") -> tuple[float, float]:
+    """``scale`` as a float pair ``0 < min <= max <= 1`` (area fractions), else ``TypeError``/``ValueError``."""
     if not isinstance(scale, (tuple, list)) or len(scale) != 2 or not all(
         isinstance(v, Real) and not isinstance(v, bool) for v in scale
     ):
@@ -138,7 +139,8 @@ def _check_scale(scale: Any, name: str = "scale") -> tuple[float, float]:
     return a, b
 
 
-def _check_ratio(ratio: Any) -> tuple[float, float]:
+def check_ratio(ratio: Any) -> tuple[float, float]:
+    """``ratio`` as a float pair ``0 < min <= max < inf`` (width / height), else ``TypeError``/``ValueError``."""
     if not isinstance(ratio, (tuple, list)) or len(ratio) != 2 or not all(
         isinstance(v, Real) and not isinstance(v, bool) for v in ratio
     ):
@@ -168,7 +170,8 @@ def _check_num_crops(num_crops: Any) -> tuple[int, ...]:
     return (_check_count(num_crops, "num_crops"),)
 
 
-def _check_size(size: Any) -> tuple[int, int] | None:
+def check_size(size: Any) -> tuple[int, int] | None:
+    """``size`` (None, an int or a 1-2 sequence of ints) as ``(H, W)`` or None, else ``TypeError``/``ValueError``."""
     if size is None:
         return None
     if isinstance(size, int) and not isinstance(size, bool):
@@ -240,8 +243,8 @@ def check_config(
     """
     mix = _check_choice(mix, "mix", MIX_OPS)
     return dict(
-        scale=_check_scale(scale),
-        ratio=_check_ratio(ratio),
+        scale=check_scale(scale),
+        ratio=check_ratio(ratio),
         num_crops=_check_num_crops(num_crops),
         mix=mix,
         alpha=_check_alpha(alpha, mix),
@@ -448,10 +451,10 @@ def rrc(
     Raises:
         TypeError, ValueError: as :class:`CropMix` (scale outside (0, 1], bad ratio/size/mode).
     """
-    size = _check_size(size)
+    size = check_size(size)
     if size is None:
         raise TypeError("size must be an int or a sequence (h, w) of ints for rrc, got None")
-    return v2.RandomResizedCrop(size, scale=_check_scale(scale), ratio=_check_ratio(ratio),
+    return v2.RandomResizedCrop(size, scale=check_scale(scale), ratio=check_ratio(ratio),
                                 interpolation=_check_interpolation(interpolation),
                                 antialias=check_bool(antialias, "antialias"))
 
@@ -533,7 +536,7 @@ class CropMix(v2.Transform):
         cfg = check_config(scale=scale, ratio=ratio, num_crops=num_crops, mix=mix, alpha=alpha,
                            interpolation=interpolation, inter_aug=inter_aug, placement=placement,
                            multi_scale=multi_scale)
-        self.size = _check_size(size)
+        self.size = check_size(size)
         set_config(self, cfg)
         self.antialias: bool = check_bool(antialias, "antialias")
         self._ranges = {n: scale_ranges(self.scale, n, self.multi_scale) for n in self.num_crops}

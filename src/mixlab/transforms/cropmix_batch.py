@@ -52,7 +52,7 @@ from torch import Tensor
 
 from mixlab.core.boxes import boxes_to_mask, rand_boxes
 from mixlab.core.random import beta_sample, generator_device
-from mixlab.transforms.cropmix import ATTEMPTS, JITTER, fallback_crop_size, _check_size, check_config, set_config
+from mixlab.transforms.cropmix import ATTEMPTS, JITTER, check_config, check_size, fallback_crop_size, set_config
 
 __all__ = ["CropMixBatch", "cropmix_batch", "sample_crop_boxes", "resized_crops", "augment_batch",
            "color_jitter_batch", "mixup_matrices"]
@@ -320,7 +320,7 @@ class CropMixBatch:
                            multi_scale=multi_scale)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-        self.size = _check_size(size)
+        self.size = check_size(size)
         set_config(self, {**cfg, "interpolation": cfg["interpolation"].value})  # grid_sample's mode name
         self.generator = generator
 

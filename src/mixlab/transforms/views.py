@@ -31,7 +31,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from mixlab.core.boxes import rand_box
-from mixlab.transforms.cropmix import ATTEMPTS, _check_ratio, _check_scale, crop_from_uniforms, cutmix_views
+from mixlab.transforms.cropmix import ATTEMPTS, check_ratio, check_scale, crop_from_uniforms, cutmix_views
 
 __all__ = ["byol_view", "mocov2_view", "mocov2_augment", "MixedQuery", "OneView", "TwoViews", "MultiCrop",
            "blur_kernel_size"]
@@ -171,9 +171,9 @@ class MixedQuery(v2.Transform):
                  ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0), augment: Callable | None = None) -> None:
         super().__init__()
         self.size = _check_view_size(size)
-        self.base_scale = _check_scale(base_scale, "base_scale")
-        self.patch_scale = _check_scale(patch_scale, "patch_scale")
-        self.ratio = _check_ratio(ratio)
+        self.base_scale = check_scale(base_scale, "base_scale")
+        self.patch_scale = check_scale(patch_scale, "patch_scale")
+        self.ratio = check_ratio(ratio)
         self.augment = augment if augment is not None else mocov2_augment(size)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:

@@ -2,12 +2,12 @@
 calibration, FGSM robustness and accuracy under CIFAR-10-C style corruptions.
 
 * clean: top-1 / top-5 accuracy (%), NLL, ECE and RMS calibration error (%, 15 bins;
-  :mod:`mixlab.engine.calibration`);
+  :mod:`mixlab.evaluation.calibration`);
 * FGSM (Goodfellow et al., "Explaining and Harnessing Adversarial Examples", ICLR 2015, Eq. 3):
   ``x_adv = clamp(x + ε·sign(∇_x CE(f(x), y)), 0, 1)`` in pixel space, default ε = 8/255, as the
   robustness tables of AutoMix (Liu et al., ECCV 2022) and its follow-ups;
 * corruptions (Hendrycks & Dietterich, ICLR 2019): top-1 under each corruption of
-  :mod:`mixlab.engine.corruptions` at severities 1-5, their mean per corruption and the mean over
+  :mod:`mixlab.evaluation.corruptions` at severities 1-5, their mean per corruption and the mean over
   all of them ("mCA", mean corruption accuracy).
 
 Data comes as a ``DataLoader`` (or any iterable) of ``(images, labels)`` batches, or as one
@@ -23,19 +23,19 @@ renormalise. The model is put in eval mode for every function and its previous m
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import zlib
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixlab.engine.calibration import expected_calibration_error, reliability_diagram, rms_calibration_error
-from mixlab.engine.corruptions import CORRUPTIONS, corrupt
+from mixlab.evaluation.calibration import expected_calibration_error, reliability_diagram, rms_calibration_error
+from mixlab.evaluation.corruptions import CORRUPTIONS, corrupt
+from mixlab.evaluation.metrics import DEFAULT_BATCH, Data, eval_mode, iter_batches, model_device
 
 __all__ = [
     "clean_metrics",
@@ -46,53 +46,8 @@ __all__ = [
     "predict",
 ]
 
-_DEFAULT_BATCH = 256
-
-Data = Iterable | tuple[Tensor, Tensor]
-
-
 # ----------------------------------------------------------------------------------------------
-# Helpers: devices, modes, data, pixel space
-
-
-def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
-    """``device`` or, when None, the device of the model's first parameter / buffer (CPU if none)."""
-    tensors = [*model.parameters(), *model.buffers()]
-    model_device = tensors[0].device if tensors else None
-    if device is None:
-        return model_device or torch.device("cpu")
-    device = torch.device(device)
-    if model_device is not None and model_device.type != device.type:
-        raise ValueError(f"device is {device} but the model is on {model_device}; move the model first "
-                         f"(model.to({str(device)!r})) or leave device=None")
-    return device
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-def _batches(data: Data, batch_size: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-    """``(images, labels)`` batches from a loader/iterable or from one pair of tensors."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data) \
-            and data[0].ndim == 4:
-        images, labels = data
-        if labels.shape[0] != images.shape[0]:
-            raise ValueError(f"images and labels must have the same length, got {images.shape[0]} != {labels.shape[0]}")
-        step = batch_size or _DEFAULT_BATCH
-        for start in range(0, images.shape[0], step):
-            yield images[start: start + step], labels[start: start + step]
-        return
-    for batch in data:
-        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise TypeError(f"data must yield (images, labels) batches, got {type(batch).__name__}")
-        yield batch[0], batch[1]
+# Helpers: pixel space, arguments, seeds
 
 
 def _stats(mean: Sequence[float] | None, std: Sequence[float] | None, channels: int,
@@ -194,11 +149,11 @@ def predict(model: nn.Module, loader: Data, device: torch.device | str | None = 
     Raises:
         ValueError: the loader yields no samples.
     """
-    device = _resolve_device(model, device)
+    device = model_device(model, device)
     px = _Pixels(mean, std, device)
     all_logits, all_labels = [], []
-    with _eval_mode(model):
-        for images, labels in _batches(loader, batch_size):
+    with eval_mode(model):
+        for images, labels in iter_batches(loader, batch_size):
             all_logits.append(model(px.normalised(images)).float().cpu())
             all_labels.append(labels.cpu().long())
     if not all_logits:
@@ -262,12 +217,12 @@ def fgsm_accuracy(model: nn.Module, loader: Data, mean: Sequence[float], std: Se
         ValueError: negative / non-finite ``epsilon``, mean/std of the wrong length, no samples.
     """
     epsilon = _check_epsilon(epsilon)
-    device = _resolve_device(model, device)
+    device = model_device(model, device)
     px = _Pixels(mean, std, device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     n = 0
-    with _eval_mode(model):
-        for images, labels in _batches(loader, batch_size):
+    with eval_mode(model):
+        for images, labels in iter_batches(loader, batch_size):
             labels = labels.to(device, non_blocking=True)
             x = px.pixels(images).detach().requires_grad_(True)  # (B, C, H, W) in [0, 1]
             with torch.enable_grad():
@@ -292,7 +247,7 @@ def _cache_pixels(loader: Data, px: _Pixels, max_images: int | None,
     labels: all of them, or ``max_images`` evenly strided over the whole set, so that a subset of a
     class-sorted test split (an ImageFolder) still covers every class."""
     images, labels = [], []
-    for x, y in _batches(loader, batch_size):
+    for x, y in iter_batches(loader, batch_size):
         images.append(x.cpu() if x.dtype == torch.uint8 else px.pixels(x).cpu())
         labels.append(y.cpu().long())
     if not images:
@@ -323,7 +278,7 @@ def corruption_accuracy(model: nn.Module, loader: Data, mean: Sequence[float], s
     Args:
         model, loader, device: as :func:`predict`.
         mean, std: per-channel normalisation of the loader's images.
-        corruptions: names from :data:`~mixlab.engine.corruptions.CORRUPTIONS` (default: all).
+        corruptions: names from :data:`~mixlab.evaluation.corruptions.CORRUPTIONS` (default: all).
         severities: subset of 1..5 (default all five).
         seed: results are reproducible for the same seed, device and ``batch_size``.
         max_images: evaluate ``max_images`` images evenly strided over the set (default: all).
@@ -344,9 +299,9 @@ def corruption_accuracy(model: nn.Module, loader: Data, mean: Sequence[float], s
     names, sevs = _check_corruption_plan(corruptions, severities)
     if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
         raise ValueError(f"max_images must be None or an int >= 1, got {max_images!r}")
-    device = _resolve_device(model, device)
+    device = model_device(model, device)
     px = _Pixels(mean, std, device)
-    step = batch_size or getattr(loader, "batch_size", None) or _DEFAULT_BATCH
+    step = batch_size or getattr(loader, "batch_size", None) or DEFAULT_BATCH
     images, labels = _cache_pixels(loader, px, max_images, batch_size)
     n = labels.shape[0]
 
@@ -360,7 +315,7 @@ def corruption_accuracy(model: nn.Module, loader: Data, mean: Sequence[float], s
         return 100.0 * float(correct) / n
 
     accuracy: dict[str, list[float]] = {}
-    with _eval_mode(model):
+    with eval_mode(model):
         clean_top1 = accuracy_on(lambda x: x)
         bar = tqdm(total=len(names) * len(sevs), desc="corruptions", disable=not progress, leave=False)
         for name in names:
@@ -398,7 +353,7 @@ def evaluate_all(model: nn.Module, loader: Data, mean: Sequence[float], std: Seq
     Args:
         model, loader, mean, std, device: as :func:`fgsm_accuracy`.
         out_dir: if given, ``eval.json`` (the returned dict) and ``calibration.png`` (reliability
-            diagram, :func:`~mixlab.engine.calibration.reliability_diagram`) are written there.
+            diagram, :func:`~mixlab.evaluation.calibration.reliability_diagram`) are written there.
         fgsm: run the FGSM attack (``epsilon``, default 8/255).
         corruptions: True for all corruptions, False for none, or a list of names.
         max_corruption_images: corruption accuracy on N images evenly strided over the set (default: all).
@@ -420,7 +375,7 @@ def evaluate_all(model: nn.Module, loader: Data, mean: Sequence[float], std: Seq
         names, _ = _check_corruption_plan(corruptions, severities)
     elif corruptions:
         _check_corruption_plan(None, severities)
-    device = _resolve_device(model, device)
+    device = model_device(model, device)
     if mean is None or std is None or len(mean) != len(std):
         raise ValueError(f"mean and std must be per-channel sequences of the same length, got {mean!r} and {std!r}")
     _stats(mean, std, len(mean), torch.device("cpu"))  # std > 0, before any evaluation

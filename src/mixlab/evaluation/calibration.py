@@ -10,7 +10,7 @@ confidence ``conf_m`` in bin ``m`` out of ``N`` samples:
   ICLR 2019, Sec. 4; also Hendrycks et al. "AugMix", ICLR 2020):
   ``RMS = sqrt(Σ_m (n_m / N) (acc_m - conf_m)²)``.
 
-Both are returned as fractions in [0, 1]; :mod:`mixlab.engine.evaluation` reports them in %.
+Both are returned as fractions in [0, 1]; :mod:`mixlab.evaluation.robustness` reports them in %.
 ``reliability_diagram`` draws per-bin accuracy against confidence (as in AutoMix, Fig. 8).
 
     >>> probs = torch.softmax(torch.randn(1000, 10), dim=1)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mixlab.evaluation.features import extract_features
+
 __all__ = ["knn_predict", "knn_accuracy", "knn_monitor"]
 
 
@@ -60,9 +62,7 @@ def knn_monitor(model: torch.nn.Module, train_batches, test_batches, device: tor
                 num_classes: int, k: int = 200, temperature: float = 0.1) -> float:
     """kNN top-1 (%) of the model's features: the un-augmented training images are the memory
     bank, the test images the queries (the per-epoch monitor of self-supervised training).
-    Features are :func:`mixlab.engine.probe.extract_features` (eval mode, the trainer's normalisation)."""
-    from mixlab.engine.probe import extract_features
-
+    Features are :func:`~mixlab.evaluation.features.extract_features` (eval mode, the trainer's normalisation)."""
     train_f, train_y = extract_features(model, train_batches, device, mean, std)
     test_f, test_y = extract_features(model, test_batches, device, mean, std)
     return knn_accuracy(test_f.to(device), test_y, train_f.to(device), train_y, num_classes, k, temperature)

@@ -1,25 +1,79 @@
-"""Classification metrics and the evaluation loop.
+"""Classification metrics, the evaluation loop, and the helpers every measure here shares.
 
-``evaluate`` returns plain floats keyed by name, so new metrics (calibration, robustness; see
-``mixlab.evaluation``) can be added beside these without touching the trainer.
+``evaluate`` returns plain floats keyed by name, so new metrics (calibration, robustness) can be
+added beside these without touching the trainer. :func:`iter_batches`, :func:`eval_mode` and
+:func:`model_device` are how every function of :mod:`mixlab.evaluation` reads its data, sets the
+model's mode and picks its device.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
+import contextlib
 from contextlib import nullcontext
-from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixlab.engine.checkpoint import atomic_write_bytes
+__all__ = ["accuracy", "evaluate", "iter_batches", "eval_mode", "model_device", "Data", "DEFAULT_BATCH"]
 
-__all__ = ["accuracy", "evaluate", "write_metrics"]
+DEFAULT_BATCH = 256  # images per batch when the data is one pair of tensors and no batch size is given
+
+#: what every measure reads: an iterable of ``(images, labels)`` batches (a ``DataLoader``), or one
+#: ``(images, labels)`` pair of tensors
+Data = Iterable | tuple[Tensor, Tensor]
+
+
+def iter_batches(data: Data, batch_size: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(images, labels)`` batches from a loader/iterable or from one pair of tensors (sliced into
+    ``batch_size``, default :data:`DEFAULT_BATCH`).
+
+    Raises:
+        ValueError: a pair of tensors of different lengths.
+        TypeError: an item that is not an ``(images, labels)`` batch.
+    """
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data) \
+            and data[0].ndim == 4:
+        images, labels = data
+        if labels.shape[0] != images.shape[0]:
+            raise ValueError(f"images and labels must have the same length, got {images.shape[0]} != {labels.shape[0]}")
+        step = batch_size or DEFAULT_BATCH
+        for start in range(0, images.shape[0], step):
+            yield images[start: start + step], labels[start: start + step]
+        return
+    for batch in data:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise TypeError(f"data must yield (images, labels) batches, got {type(batch).__name__}")
+        yield batch[0], batch[1]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode inside the block, its previous mode restored after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def model_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    """``device`` or, when None, the device of the model's first parameter / buffer (CPU if none).
+
+    Raises:
+        ValueError: ``device`` is of another type than the model's (the model is not moved here).
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    model_at = tensors[0].device if tensors else None
+    if device is None:
+        return model_at or torch.device("cpu")
+    device = torch.device(device)
+    if model_at is not None and model_at.type != device.type:
+        raise ValueError(f"device is {device} but the model is on {model_at}; move the model first "
+                         f"(model.to({str(device)!r})) or leave device=None")
+    return device
 
 
 def accuracy(logits: Tensor, labels: Tensor, topk: tuple[int, ...] = (1,)) -> list[Tensor]:
@@ -93,23 +147,3 @@ def evaluate(
     if n == 0:
         raise ValueError("evaluate: the loader yielded no samples")
     return {"acc1": 100.0 * correct1 / n, "acc5": 100.0 * correct5 / n, "nll": nll / n, "n": n}
-
-
-def write_metrics(run_dir: str | Path, history: list[dict[str, Any]]) -> None:
-    """Rewrite ``metrics.csv`` and ``metrics.jsonl`` from the full history (one row per epoch).
-
-    Rewriting (rather than appending) keeps the files consistent with the checkpoint after a
-    resume, and lets columns appear later (a method that starts logging a term mid-run).
-    """
-    run_dir = Path(run_dir)
-    columns: list[str] = []
-    for row in history:
-        columns += [k for k in row if k not in columns]
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(history)
-    # each written whole or not at all (CheckpointWriteError names a full disk)
-    atomic_write_bytes(run_dir / "metrics.csv", lambda f: f.write(text.getvalue().encode()))
-    atomic_write_bytes(run_dir / "metrics.jsonl",
-                       lambda f: f.write("".join(json.dumps(row) + "\n" for row in history).encode()))

@@ -1,0 +1,408 @@
+"""The training loop: ``train(config) -> dict`` of final metrics.
+
+    mixlab train                                      # the README's default run, a few minutes on a CPU
+    mixlab train --method mixup --epochs 30 --set optim.lr=0.05
+    mixlab train --model resnet18 --dataset imagefolder --data-root /path/to/cifar10-jpeg.zip
+    mixlab train --resume runs/cutmix-resnet_small-synthetic-20250101-120000
+    torchrun --nproc_per_node=2 -m mixlab.cli train   # data parallel: 2 processes (gloo on CPU, nccl on GPUs)
+
+    from mixlab.engine import TrainConfig, train
+    metrics = train(TrainConfig())
+
+Reading order: :func:`train` (the whole run), :func:`setup` (everything it trains with, a
+:class:`State`), :func:`train_one_epoch` and its :func:`step`, :func:`evaluate_epoch`. The data
+pipeline is :mod:`mixlab.engine.data`, the optimizer and the step :mod:`mixlab.engine.optim`, the
+run directory :mod:`mixlab.engine.writer`.
+
+Randomness: the global RNGs are seeded once from ``seed + rank``; the engine owns one
+``torch.Generator`` per purpose (data order, the method's mixing, the loader), and each image's
+augmentation is seeded from ``(seed, epoch, index)``, so a run does not depend on the number of
+workers, and a resumed run continues bit for bit on the CPU.
+
+Data parallel (``torchrun``, see ``mixlab.engine.distributed`` and ``docs/distributed.md``): every
+process holds the whole model and a disjoint shard of each epoch's permutation (``data.batch_size``
+is per process); the method gets the plain model, and ``train_step`` averages the gradients
+across processes after backward. The test set is sharded and its sums added up. Rank 0 alone
+writes files and prints; the mixing generators differ per rank (seeded from ``seed`` and ``rank``).
+
+A step does not wait for the device: the batch is copied without blocking, and the loss, the
+method's logs and the divergence flag are added up on the device, read every ``LOG_EVERY`` steps
+(the progress bar, the flag) and at the end of the epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mixlab import registry
+from mixlab.engine.checkpoint import (CHECKPOINT_NAME, CheckpointError, check_epochs_left, check_resumable,
+                                      init_from_checkpoint, load_checkpoint, load_state, rng_state, set_rng_state)
+from mixlab.engine.config import TrainConfig, config_to_dict, validate_config
+from mixlab.engine.data import RunData, load_datasets, rank_generators, run_data, test_loader, to_device
+from mixlab.engine.distributed import (DistInfo, all_gather_object, all_reduce_sum, barrier, broadcast_tensors,
+                                       cleanup, init_distributed, on_main, weights_fingerprint)
+from mixlab.engine.optim import LossWatch, build_optimizer, lr_factor, set_lr, train_step
+from mixlab.engine.writer import RunWriter, preview_batch
+from mixlab.evaluation import metrics
+from mixlab.evaluation.knn import knn_monitor
+from mixlab.methods.base import Method, StepOutput
+
+__all__ = ["train", "setup", "State", "train_one_epoch", "step", "evaluate_epoch", "EpochMeter", "LOG_EVERY"]
+
+LOG_EVERY = 10  # steps between progress-bar updates and, on a GPU, reads of the non-finite loss flag
+
+
+# -------------------------------------------------------------------------------- the run
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train ``config.model`` on ``config.data`` with ``config.method``; returns the final metrics.
+
+    Writes the run directory (:mod:`mixlab.engine.writer`: ``checkpoint.pt`` every epoch,
+    ``metrics.csv`` / ``metrics.jsonl``, ``curves.png``, ``samples.png``, ``config.yaml``, the
+    method's figures); nothing before the first checkpoint, and a run that fails before it removes
+    the directories it created.
+
+    Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) it joins the process group (and leaves it at
+    the end, unless the caller had set it up) and trains data-parallel: every rank returns the
+    same metrics, which cover all processes; rank 0 alone writes the run directory.
+
+    Returns:
+        the last epoch's row: ``epoch``, ``step``, ``lr``, ``train_loss``, ``train_acc`` (%, when
+        the method gives logits), ``train_<log>`` for each of the method's logs, ``test_acc1``,
+        ``test_acc5`` (%), ``test_nll``, ``ema_test_*`` (with an EMA) or ``knn_acc1``
+        (self-supervised), ``epoch_time`` (training and test pass), ``train_time``,
+        ``images_per_s`` (all processes together); plus ``run_dir`` and ``checkpoint`` (paths).
+
+    Raises:
+        ValueError (``CheckpointError`` is one), FileNotFoundError: anything wrong with the inputs
+            (config values, names, model arguments, dataset path or a test class the train split
+            lacks, resume checkpoint or one with no epoch left to train, run directory), before the
+            first step.
+        TrainingDivergedError: the training loss became NaN or infinite (the message names the step
+            and what to change); the last checkpoint is untouched.
+        CheckpointWriteError: a checkpoint could not be written (a full disk); the previous one is
+            untouched.
+    """
+    validate_config(config)
+    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    info = init_distributed(device=config.run.device)
+    threads = torch.get_num_threads()
+    writer = None
+    try:
+        state = setup(config, info)
+        writer = RunWriter(config, info, resumed=state.resumed_from)
+        writer.start(state)
+        for epoch in range(state.start_epoch, state.end_epoch):
+            t0 = time.perf_counter()
+            row, images = train_one_epoch(state, epoch)
+            train_time = time.perf_counter() - t0
+            row.update(evaluate_epoch(state, epoch))
+            row.update(epoch_time=time.perf_counter() - t0, train_time=train_time, images_per_s=images / train_time)
+            state.history.append(row)
+            writer.write_epoch(state, row, checkpoint(state))
+            barrier()  # the checkpoint of this epoch is complete before any rank goes on
+        writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.discard()  # a run that failed before its first checkpoint leaves no directory behind
+        raise
+    finally:
+        torch.set_num_threads(threads)  # run.threads applies to the run only
+        if owns_group:
+            cleanup()
+    final = dict(state.history[-1]) if state.history else {}
+    final.update({"run_dir": str(writer.path), "checkpoint": str(writer.path / CHECKPOINT_NAME)})
+    return final
+
+
+# -------------------------------------------------------------------------------- what it trains with
+@dataclass
+class State:
+    """Everything a run trains with (:func:`setup`), and where it stands."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    data: RunData
+    num_classes: int
+    model: nn.Module
+    method: Method
+    generators: dict[str, torch.Generator]  # "method" (mixing), "loader" (worker seeds); saved in checkpoints
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: torch.optim.swa_utils.AveragedModel | None
+    autocast: Callable[[], Any]  # mixed precision on a GPU (run.amp), else nullcontext
+    amp_dtype: torch.dtype | None
+    watch: LossWatch
+    steps_per_epoch: int
+    start_epoch: int = 0
+    step: int = 0  # optimizer steps taken
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
+    resumed_from: str | None = None  # the checkpoint file the run continues
+    samples: tuple[Tensor, Tensor] | None = None  # the mixed batch of step preview_at, for samples.png
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.optim.epochs * self.steps_per_epoch
+
+    @property
+    def end_epoch(self) -> int:
+        """The epoch count this run stops at (``run.stop_epoch`` or ``optim.epochs``)."""
+        return min(self.cfg.optim.epochs, self.cfg.run.stop_epoch or self.cfg.optim.epochs)
+
+    @property
+    def preview_at(self) -> int:
+        """The step whose batch ``samples.png`` draws (``method.preview_step``, within the run)."""
+        return min(self.method.preview_step, self.total_steps - 1)
+
+
+def setup(cfg: TrainConfig, info: DistInfo) -> State:
+    """Seeds, data, model, method, optimizer, AMP and EMA of a run (in this order, which the RNG
+    streams depend on), every state restored from ``run.resume`` when set; writes nothing.
+
+    Raises:
+        ValueError, FileNotFoundError: see :func:`train`.
+    """
+    validate_config(cfg)
+    registry.check_names(cfg.method.name, cfg.method.params, cfg.model.name, cfg.data.name)
+    d, o, r = cfg.data, cfg.optim, cfg.run
+    device, on_gpu = info.device, info.device.type == "cuda"
+    if on_gpu:
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))  # the processes torchrun put on this machine
+    torch.set_num_threads(r.threads or max(1, cores - d.num_workers))  # spare cores for the loader's workers
+    random.seed(r.seed + info.rank)
+    np.random.seed(r.seed + info.rank)
+    torch.manual_seed(r.seed + info.rank)
+
+    ckpt = None
+    if r.resume:
+        barrier()  # (rank 0 of an earlier run in this process group wrote it before a barrier too)
+        ckpt = load_checkpoint(r.resume)
+        check_resumable(ckpt, cfg)
+        check_epochs_left(ckpt, cfg)
+    registry.check_names(model=cfg.model.name, model_kwargs=cfg.model.kwargs)  # after the checkpoint's diffs
+
+    train_set, test_set = load_datasets(cfg, info)
+    num_classes = train_set.num_classes
+    if ckpt is not None and ckpt["num_classes"] != num_classes:
+        raise CheckpointError(f"checkpoint {ckpt['path']} has {ckpt['num_classes']} classes, dataset "
+                              f"{d.name!r} has {num_classes}")
+    model = registry.build_model(cfg.model.name, num_classes, **cfg.model.kwargs).to(device)
+    if cfg.model.init and ckpt is None:  # a pre-trained backbone (fine-tuning); resuming loads everything below
+        init_from_checkpoint(model, cfg.model.init)
+    if r.channels_last:  # ~1.5x faster on CPU too (oneDNN), measured on resnet_small
+        model = model.to(memory_format=torch.channels_last)
+    broadcast_tensors(model.state_dict().values())  # every rank starts from rank 0's initial weights
+    method = registry.build_method(cfg.method.name, num_classes, cfg.method.label_smoothing,
+                                   **cfg.method.params).to(device)
+    generators = rank_generators(r.seed, info.rank)
+    method.setup(model, generators["method"])
+    broadcast_tensors(method.state_dict().values())
+    data = run_data(cfg, info, train_set, test_set, method, generators["loader"])
+
+    optimizer = build_optimizer(model, method, o)
+    amp = {"auto": "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "none"}.get(r.amp, r.amp)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if on_gpu else None
+    ema = None
+    if cfg.model.ema_decay > 0:  # updated on every rank: the weights are the same everywhere
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.model.ema_decay), use_buffers=True)
+    state = State(cfg=cfg, info=info, data=data, num_classes=num_classes, model=model, method=method,
+                  generators=generators, optimizer=optimizer, ema=ema,
+                  scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+                  autocast=partial(torch.autocast, device.type, dtype=amp_dtype) if amp_dtype else nullcontext,
+                  amp_dtype=amp_dtype, steps_per_epoch=len(data.train_loader),
+                  # on the CPU of a single process reading the flag is free: every step
+                  watch=LossWatch(device, every=1 if device.type == "cpu" and not info.distributed else LOG_EVERY))
+    if ckpt is not None:
+        restore(state, ckpt)
+    return state
+
+
+def restore(state: State, ckpt: dict[str, Any]) -> None:
+    """Every state of the checkpoint into ``state``, the RNGs last (each rank its own)."""
+    info, path = state.info, ckpt["path"]
+    rank = info.rank
+
+    def load(what: str, fn: Callable[[], Any]) -> None:
+        load_state(fn, f"checkpoint {path}: cannot load the saved {what} into this run")
+
+    load("model weights", lambda: state.model.load_state_dict(ckpt["model"]))
+    own = ckpt.get("method_per_rank") or []  # each rank's own history (RecursiveMix)
+    own = own[rank] if rank < len(own) else {}
+    load("method state", lambda: state.method.load_state_dict({**ckpt["method"], **own}))
+    load("optimizer state", lambda: state.optimizer.load_state_dict(ckpt["optimizer"]))
+    load("AMP scaler state", lambda: state.scaler.load_state_dict(ckpt["scaler"]))
+    if state.ema is not None and ckpt["ema"] is not None:
+        load("EMA weights", lambda: state.ema.load_state_dict(ckpt["ema"]))
+    saved = ckpt.get("rng_per_rank") or [ckpt["rng"]]
+    if len(saved) != info.world_size and info.is_main:
+        print(f"mixlab: note: {path} was written by {len(saved)} process(es) and this run has "
+              f"{info.world_size}: training continues, but not bit for bit (data shards and RNG streams differ)",
+              flush=True)
+    if rank < len(saved):
+        load("RNG states", lambda: set_rng_state(saved[rank], state.generators))
+    state.start_epoch, state.step, state.history = ckpt["epoch"], ckpt["step"], list(ckpt["history"])
+    state.resumed_from = path
+
+
+def checkpoint(state: State) -> dict[str, Any] | None:
+    """The checkpoint after the last epoch of ``state.history`` on rank 0 (``None`` elsewhere):
+    every rank's RNG states (and per-rank method state) go into it; the weights must be the same
+    on every rank."""
+    info, method, model = state.info, state.method, state.model
+    own = method.per_rank_state() if info.distributed else {}
+    gathered = all_gather_object((rng_state(state.generators), weights_fingerprint(model) if info.distributed else "",
+                                  {k: v.cpu() for k, v in own.items()}))
+    if len({f for _, f, _ in gathered}) > 1:
+        raise RuntimeError(f"the model weights differ across processes after epoch {state.history[-1]['epoch']} "
+                           f"({[f for _, f, _ in gathered]}); this is a bug in the synchronisation")
+    if not info.is_main:
+        return None
+    return {"epoch": state.history[-1]["epoch"], "step": state.step, "config": config_to_dict(state.cfg),
+            "num_classes": state.num_classes, "model": model.state_dict(), "optimizer": state.optimizer.state_dict(),
+            "scaler": state.scaler.state_dict(), "ema": state.ema.state_dict() if state.ema is not None else None,
+            "method": method.state_dict(), "rng": gathered[0][0],
+            "rng_per_rank": [g for g, _, _ in gathered] if info.distributed else None,
+            "method_per_rank": [m for _, _, m in gathered] if own else None,
+            "world_size": info.world_size, "history": state.history}
+
+
+# -------------------------------------------------------------------------------- one epoch
+class EpochMeter:
+    """The training sums of one epoch, added up on the device without a host-device sync: the loss
+    and each of the method's logs weighted by the batch size (logs given as Python floats are added
+    on the host), the correct predictions, the images."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.keys: dict[str, None] = {}  # in order of first appearance
+        self.sums: dict[str, Tensor] = {}  # float64 on the device
+        self.host: dict[str, float] = {}
+        self.correct: Tensor | int = 0
+        self.seen = 0
+
+    def update(self, out: StepOutput, labels: Tensor) -> None:
+        b = labels.shape[0]
+        for key, value in (("loss", out.loss), *out.logs.items()):
+            self.keys[key] = None
+            if isinstance(value, Tensor):  # (a CPU log on a GPU run is copied without waiting)
+                value = value.detach().double().to(self.device, non_blocking=True) * b
+                self.sums[key] = self.sums[key] + value if key in self.sums else value
+            else:  # as torch.as_tensor reads it: a float32 value
+                self.host[key] = self.host.get(key, 0.0) + float(torch.as_tensor(value).double()) * b
+        if out.logits is not None and out.logits.shape[0] == b:
+            target = out.mixed.targets.argmax(1) if out.mixed is not None else labels
+            self.correct += (out.logits.argmax(1) == target).sum()
+        self.seen += b
+
+    def mean_loss(self) -> float:
+        """This process's mean training loss so far (reads the device: for the progress bar)."""
+        return float(self.sums["loss"]) / self.seen
+
+    def reduce(self) -> tuple[dict[str, float], float | None, int]:
+        """The epoch's sums over every process: ``({key: sum / images}, correct / images or None,
+        images)``; keys a method logged on only some ranks count as 0 on the others."""
+        keys = list(dict.fromkeys(k for ks in all_gather_object(list(self.keys)) for k in ks))  # rank 0's order first
+        f64 = dict(device=self.device, dtype=torch.float64)
+        zero = torch.zeros((), **f64)
+        totals = torch.stack([*(self.sums.get(k, zero) + self.host.get(k, 0.0) for k in keys),
+                              torch.as_tensor(self.correct, device=self.device).double(),
+                              torch.tensor(float(self.seen), **f64),
+                              torch.tensor(float(isinstance(self.correct, Tensor)), **f64)])
+        *values, correct, seen, with_logits = all_reduce_sum(totals).tolist()
+        return ({k: v / seen for k, v in zip(keys, values)}, correct / seen if with_logits > 0 else None,
+                round(seen))
+
+
+def step(state: State, images: Any, labels: Tensor) -> StepOutput:
+    """One optimisation step of the loop on a batch already on the device: the lr of this step,
+    :func:`~mixlab.engine.optim.train_step`, the EMA update, the loss watch. Waits for nothing."""
+    cfg = state.cfg
+    set_lr(state.optimizer, lr_factor(state.step, state.steps_per_epoch, cfg.optim))
+    out = train_step(state.model, state.method, state.optimizer, (images, labels), state.step / state.total_steps,
+                     scaler=state.scaler, clip_grad=cfg.optim.clip_grad, autocast=state.autocast,
+                     distributed=state.info.distributed)
+    if state.ema is not None:
+        state.ema.update_parameters(state.model)
+    state.watch.update(out.loss.detach(), state.step)
+    return out
+
+
+def train_one_epoch(state: State, epoch: int) -> tuple[dict[str, Any], int]:
+    """One pass over this process's training shard.
+
+    Returns:
+        the epoch's row so far (``epoch``, ``step``, ``lr``, ``train_<log>`` means over every
+        process, ``train_acc``), and the images trained on by all processes.
+
+    Raises:
+        TrainingDivergedError: a non-finite training loss (found at the next read of the flag).
+    """
+    from tqdm.auto import tqdm
+
+    cfg, info, data, method = state.cfg, state.info, state.data, state.method
+    state.model.train()
+    method.train()
+    method.on_epoch_start(epoch)
+    data.sampler.set_epoch(epoch)
+    meter = EpochMeter(info.device)
+    epoch_end = state.step + state.steps_per_epoch
+    bar = tqdm(data.train_loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+               disable=not (cfg.run.progress and info.is_main), leave=False, dynamic_ncols=True)
+    for images, labels in bar:
+        images, labels = to_device((images, labels), info.device, data.preprocess)  # images (B, C, H, W) float
+        out = step(state, images, labels)
+        meter.update(out, labels)
+        if state.step == state.preview_at and info.is_main:  # a multi-view batch (self-supervised): its first view
+            first = images if isinstance(images, Tensor) else images[0]
+            state.samples = preview_batch(method, out, first[:16], labels[:16])
+        state.step += 1
+        if state.watch.due(state.step, end_of_epoch=state.step == epoch_end):
+            bad = state.watch.bad(info.distributed)
+            if bad is not None:
+                bar.close()
+                last = state.history[-1]["epoch"] if state.history else None  # the last checkpoint's
+                raise state.watch.error(bad, state.steps_per_epoch, cfg, state.amp_dtype, last)
+        if cfg.run.progress and info.is_main and state.step % LOG_EVERY == 0:
+            bar.set_postfix(loss=f"{meter.mean_loss():.3f}", lr=f"{state.optimizer.param_groups[0]['lr']:.3g}")
+    means, acc, images_all = meter.reduce()  # every process's sums, weighted by images
+    row: dict[str, Any] = {"epoch": epoch + 1, "step": state.step, "lr": state.optimizer.param_groups[0]["lr"]}
+    row.update({f"train_{k}": v for k, v in means.items()})
+    if acc is not None:
+        row["train_acc"] = 100.0 * acc
+    return row, images_all
+
+
+def evaluate_epoch(state: State, epoch: int) -> dict[str, Any]:
+    """The test keys of the epoch's row, every ``run.eval_every`` epochs and after the last (else
+    none): the kNN monitor's ``knn_acc1`` for a self-supervised method (rank 0 reads every image),
+    else ``test_acc1``, ``test_acc5``, ``test_nll`` (and ``ema_test_*``) over the sharded test set."""
+    cfg, info, data, device = state.cfg, state.info, state.data, state.info.device
+    if (epoch + 1) % cfg.run.eval_every != 0 and epoch + 1 != state.end_epoch:
+        return {}
+    if registry.is_self_supervised(state.method):
+        def monitor() -> float:  # on rank 0, over every image
+            whole, on_gpu = DistInfo(rank=0, world_size=1, local_rank=0, device=device), device.type == "cuda"
+            bank, queries = (test_loader(s, cfg, whole, on_gpu) for s in (data.monitor_set, data.test_set))
+            return knn_monitor(state.model, bank, queries, device, data.train_set.mean, data.train_set.std,
+                               state.num_classes)
+
+        return {"knn_acc1": on_main(monitor, info)}
+    reduce = all_reduce_sum if info.distributed else None
+    row = {}
+    for prefix, model in (("test_", state.model), ("ema_test_", state.ema.module if state.ema is not None else None)):
+        if model is not None:
+            results = metrics.evaluate(model, data.test_loader, device, data.preprocess, state.autocast, reduce)
+            row.update({prefix + k: v for k, v in results.items() if k != "n"})
+    return row
