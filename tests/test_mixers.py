@@ -75,7 +75,7 @@ def test_resizemix_pastes_the_resized_partner():
 
 
 def test_resizemix_scale_range():
-    r = make(ResizeMix, k=4, granularity="elem", scale=(0.5, 0.5))(torch.rand(4, 3, 20, 20), torch.arange(4))
+    r = make(ResizeMix, k=4, granularity="elem", scale=(0.5, 0.5), box="inside")(torch.rand(4, 3, 20, 20), torch.arange(4))
     assert torch.allclose(r.lam, torch.full((4,), 0.75))
 
 

@@ -8,6 +8,8 @@ checks (:mod:`.checks`). Everything random takes an optional ``torch.Generator``
 from mixlab.core.boxes import (
     box_area_fraction,
     boxes_to_mask,
+    clipped_boxes,
+    kept_fraction,
     paste_boxes,
     rand_boxes,
     rand_boxes_inside,
@@ -25,6 +27,8 @@ __all__ = [
     "SoftTargetCrossEntropy",
     "box_area_fraction",
     "boxes_to_mask",
+    "clipped_boxes",
+    "kept_fraction",
     "mix_targets",
     "mixed_cross_entropy",
     "pair_index",

@@ -1,4 +1,4 @@
-"""Choosing a mixer per batch, and mixing inside a DataLoader's ``collate_fn``."""
+"""Choosing a mixer per batch or per image, and mixing inside a DataLoader's ``collate_fn``."""
 
 from __future__ import annotations
 
@@ -8,26 +8,52 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from mixlab.core.checks import check_probability
+from mixlab.core.checks import check_choice, check_probability
 from mixlab.core.random import rand
 from mixlab.core.result import MixResult
-from mixlab.mixers.base import Mixer
+from mixlab.mixers.base import Mixer, _plain, _rewrap, unmixed, unpack_batch
 
-__all__ = ["RandomChoice", "MixCollate"]
+__all__ = ["RandomChoice", "MixCollate", "CHOICE_GRANULARITIES"]
+
+#: how often :class:`RandomChoice` chooses
+CHOICE_GRANULARITIES = ("batch", "elem")
 
 
 class RandomChoice:
-    """Apply one mixer per batch, chosen at random (e.g. DeiT's Mixup/CutMix switch).
+    """Apply one mixer chosen at random, per batch (DeiT's Mixup/CutMix switch) or per image
+    (timm's ``Mixup(mode="elem")`` with both α > 0).
+
+    ``granularity="elem"``: each image i gets the output row of the mixer chosen for it, with
+    that mixer's λ_i, partner ``index[i]`` and targets. Every candidate mixes the whole batch
+    (each with its own pairing and draws) and the rows are selected with ``torch.where``: no
+    loop over images, and the cost is the sum of the candidates' costs.
+
+    ``granularity="batch"``: one mixer for the batch. Every candidate draws its parameters
+    (cheap: λ, boxes), so the random stream does not depend on the choice; then, when the
+    choice can be read for free (drawn on the CPU, outside ``torch.compile``), only the chosen
+    mixer runs; otherwise (a CUDA generator, or inside a compiled graph) every candidate runs
+    and the result is selected by tensor ops, so nothing waits for the device and the call
+    compiles as one graph. Both paths return the same images, targets, λ and index.
+
+    Fields of a selected result that not every candidate provides are ``None``: ``boxes`` is
+    set only if every candidate is a box mixer, ``mask`` only if every candidate has a mask or
+    boxes (Mixup rows have no mask: their per-pixel weight is ``lam``).
 
     Args:
-        mixers: the candidate mixers; all must share ``num_classes``.
+        mixers: the candidate mixers (:class:`~mixlab.mixers.base.Mixer`); all must share
+            ``num_classes``. Inputs are checked by the first one's rules.
         probabilities: one probability per mixer, summing to 1 (default: uniform).
-        p: probability of mixing the batch at all (on top of each mixer's own ``p``).
+        p: probability of mixing at all (per batch or per image, as ``granularity``; on top of
+            each mixer's own ``p``); an unmixed row keeps its image, λ = 1 and the first
+            mixer's (smoothed) targets.
         generator: randomness of the choice; also given to every sub-mixer that has none.
+        granularity: ``"batch"`` (default) or ``"elem"``.
 
     Example:
         >>> switch = RandomChoice([Mixup(10, alpha=0.8), CutMix(10, alpha=1.0)], probabilities=[0.5, 0.5])
         >>> images, targets = switch(torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,)))
+        >>> per_image = RandomChoice([Mixup(10, alpha=0.8, granularity="elem"),
+        ...                           CutMix(10, alpha=1.0, granularity="elem")], granularity="elem")
     """
 
     name = "randomchoice"
@@ -38,13 +64,14 @@ class RandomChoice:
         probabilities: Sequence[float] | None = None,
         p: float = 1.0,
         generator: torch.Generator | None = None,
+        granularity: str = "batch",
     ) -> None:
         mixers = list(mixers)
         if not mixers:
             raise ValueError("mixers must be a non-empty list of mixers")
         for m in mixers:
-            if not callable(m) or not hasattr(m, "num_classes"):
-                raise TypeError(f"every entry of mixers must be a mixer with num_classes, got {type(m).__name__}")
+            if not isinstance(m, Mixer):
+                raise TypeError(f"every entry of mixers must be a mixlab Mixer (Mixup, CutMix, ...), got {type(m).__name__}")
         classes = {m.num_classes for m in mixers}
         if len(classes) != 1:
             raise ValueError(f"all mixers must have the same num_classes, got {sorted(classes)}")
@@ -58,6 +85,7 @@ class RandomChoice:
         self.mixers = mixers
         self.probabilities = probabilities
         self.p = check_probability(p, "p")
+        self.granularity = check_choice(granularity, "granularity", CHOICE_GRANULARITIES)
         self.num_classes = classes.pop()
         self._cumulative = torch.tensor(probabilities, dtype=torch.float64).cumsum(0)
         self.generator = generator
@@ -73,28 +101,75 @@ class RandomChoice:
             if generator is not None and getattr(m, "generator", None) is None:
                 m.generator = generator
 
-    def choose(self) -> Mixer | None:
-        """The mixer for the next batch (``None``: leave the batch unmixed)."""
-        u = rand((2,), self._generator).double()
-        if float(u[0]) >= self.p:
-            return None
-        i = int(torch.searchsorted(self._cumulative, u[1:] * self._cumulative[-1], right=True).clamp(max=len(self.mixers) - 1))
-        return self.mixers[i]
+    def draw_choice(self, n: int = 1) -> Tensor:
+        """(n,) int64 on the generator's device: the mixer of each of n draws, -1 for "leave unmixed"."""
+        u = rand((2, n), self._generator).double()
+        cumulative = self._cumulative.to(u.device, non_blocking=True)
+        k = torch.searchsorted(cumulative, (u[1] * cumulative[-1]).contiguous(), right=True).clamp(max=len(self.mixers) - 1)
+        return torch.where(u[0] < self.p, k, -1)
 
-    def __call__(self, images: Tensor, labels: Tensor) -> MixResult:
-        mixer = self.choose()
-        if mixer is None:  # mix with probability 0: validation and one-hot targets from the first mixer
-            first = self.mixers[0]
-            saved, first.p = first.p, 0.0
-            try:
-                return first(images, labels)
-            finally:
-                first.p = saved
-        return mixer(images, labels)
+    def choose(self) -> Mixer | None:
+        """The mixer for the next batch (``None``: leave the batch unmixed); draws as a batch call does."""
+        k = int(self.draw_choice(1)[0])
+        return None if k < 0 else self.mixers[k]
+
+    def __call__(self, images: Tensor | tuple | list, labels: Tensor | None = None) -> MixResult:
+        images, labels = unpack_batch(images, labels)
+        x = images if type(images) is Tensor else _plain(images)
+        first = self.mixers[0]
+        source = first.source_targets(x, labels)
+        b = x.shape[0]
+        if b < 2 or self.p == 0.0:
+            return unmixed(images, source)
+        choice = self.draw_choice(1 if self.granularity == "batch" else b)
+        plans = [m.draw(x) for m in self.mixers]  # every candidate draws: the stream ignores the choice
+        sources = [source if _same_targets(m, first) else m.soft_targets(labels, x.device) for m in self.mixers]
+        if self.granularity == "batch" and choice.device.type == "cpu" and not torch.compiler.is_compiling():
+            k = int(choice[0])  # a host value: no device wait
+            if k < 0:
+                return unmixed(images, source)
+            return _rewrap(self.mixers[k].apply(x, sources[k], *plans[k]), images)
+        results = [m.apply(x, s, *plan) for m, s, plan in zip(self.mixers, sources, plans)]
+        return _rewrap(_select_rows(choice.to(x.device, non_blocking=True), results, x, source, self.p < 1.0), images)
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{m!r}: {q}" for m, q in zip(self.mixers, self.probabilities))
-        return f"RandomChoice({inner}, p={self.p})"
+        return f"RandomChoice({inner}, p={self.p}, granularity={self.granularity!r})"
+
+
+def _same_targets(a: Mixer, b: Mixer) -> bool:
+    return a.label_smoothing == b.label_smoothing and a.target_dtype == b.target_dtype
+
+
+def _select_rows(choice: Tensor, results: list[MixResult], images: Tensor, source: Tensor,
+                 unmixed_rows: bool) -> MixResult:
+    """Row i of ``results[choice[i]]`` (``choice`` (B,) or (1,) for all rows; -1: ``images[i]``
+    unmixed), field by field, with ``torch.where``."""
+    with_boxes = all(r.boxes is not None for r in results)
+    with_mask = not with_boxes and all(r.boxes is not None or r.mask is not None for r in results)
+    if unmixed_rows:  # start from the unmixed batch, then overwrite the chosen rows
+        fields, start = unmixed(images, source).fields(), 0
+        if with_boxes:  # an empty box: nothing pasted
+            fields["boxes"] = torch.zeros(images.shape[0], 4, dtype=torch.int64, device=images.device)
+        if with_mask:
+            fields["mask"] = torch.ones_like(images[:, :1], dtype=images.dtype if images.is_floating_point() else torch.float32)
+    else:
+        fields, start = results[0].fields(), 1
+        fields["mask"] = results[0].mask if with_mask else None
+    for k in range(start, len(results)):
+        r, rows = results[k], choice == k
+        for name, value in (("images", r[0]), ("targets", r[1]), ("lam", r.lam), ("index", r.index),
+                            ("source_targets", r.source_targets)):
+            fields[name] = torch.where(rows.view(-1, *([1] * (value.ndim - 1))), value, fields[name])
+        if with_boxes:
+            fields["boxes"] = torch.where(rows.view(-1, 1), r.boxes, fields["boxes"])
+        if with_mask:
+            fields["mask"] = torch.where(rows.view(-1, 1, 1, 1), r.mask, fields["mask"])
+    if not with_boxes:
+        fields["boxes"] = None
+    if not with_mask:
+        fields["mask"] = None  # with boxes: built from the selected boxes on access
+    return MixResult(**fields)
 
 
 class MixCollate:
@@ -103,12 +178,15 @@ class MixCollate:
     Mixing in the workers overlaps with the training step on the CPU; mixing on the device after
     the transfer is usually faster on a GPU (see the README). In a worker, leave the mixer's
     generator as ``None``: torch seeds each worker's global RNG differently, whereas one
-    generator object would be copied into every worker and repeat the same draws.
+    generator object would be copied into every worker and repeat the same draws. uint8 batches
+    work (a prefetcher pipeline that normalises on the device): box and mask mixers copy pixels,
+    Mixup rounds as timm's ``FastCollateMixup``.
 
     Args:
         mixer: any mixer (``images, labels -> MixResult``).
         collate_fn: the collate to run first (default ``torch.utils.data.default_collate``).
-        return_result: return the whole :class:`MixResult` instead of ``(images, targets)``.
+        return_result: return the whole :class:`MixResult` instead of the plain tuple
+            ``(images, targets)``.
     """
 
     def __init__(self, mixer: Callable[[Tensor, Tensor], MixResult], collate_fn: Callable | None = None,
@@ -126,4 +204,4 @@ class MixCollate:
     def __call__(self, samples: list) -> tuple[Tensor, Tensor] | MixResult:
         images, labels = self.collate_fn(samples)
         result = self.mixer(images, labels)
-        return result if self.return_result else (result.images, result.targets)
+        return result if self.return_result else (result[0], result[1])

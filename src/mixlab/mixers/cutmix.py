@@ -10,35 +10,47 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mixlab.core.boxes import box_area_fraction, paste_boxes, rand_box, rand_boxes
+from mixlab.core.boxes import boxes_to_mask, kept_fraction, paste_boxes, rand_boxes
 from mixlab.core.checks import check_alpha
-from mixlab.mixers.base import Mixer, partner_of
+from mixlab.mixers.base import Mixer, partner_of, select_from_partner
 
-__all__ = ["CutMix", "cutmix"]
+__all__ = ["CutMix", "cutmix_images", "host_box"]
 
 
-def cutmix(
+def cutmix_images(
     images: Tensor,
     index: Tensor,
     boxes: Tensor | tuple[int, int, int, int],
     out: Tensor | None = None,
     pairing: str | None = None,
 ) -> Tensor:
-    """Functional kernel: paste ``images[index[i]]`` into box i of ``images[i]``.
+    """Functional kernel: paste ``images[index[i]]`` into box i of ``images[i]``. Any dtype.
 
     Args:
         images: (B, C, H, W).
         index: (B,) partner index.
         boxes: one box ``(x1, y1, x2, y2)`` of Python ints shared by the batch (only the box
-            region is gathered and copied), or (B, 4) int64 per-sample boxes.
-        out: optional output (may be ``images`` for in-place).
-        pairing: ``"roll"`` lets the kernel use a roll instead of a gather.
+            region is gathered and copied), or (B, 4) int64 per-sample boxes, or (1, 4) for one
+            box as a tensor (one masked select over the batch: no host read, compiles).
+        out: optional output (may be ``images`` for in-place); ``None`` computes out of place
+            (differentiable).
+        pairing: ``"roll"``/``"flip"`` let the kernel use shifted views or a flip instead of a gather.
     """
     if isinstance(boxes, tuple):
         x1, y1, x2, y2 = boxes
         patch = partner_of(images[:, :, y1:y2, x1:x2], index, pairing or "")  # a copy, taken before writing
         return paste_boxes(images, patch, boxes, out)
-    return paste_boxes(images, partner_of(images, index, pairing or ""), boxes, out)
+    outside = ~boxes_to_mask(boxes, images.shape[-2], images.shape[-1], device=images.device)
+    return select_from_partner(images, index, outside, out=out, pairing=pairing)
+
+
+def host_box(boxes: Tensor) -> tuple[int, int, int, int] | None:
+    """The one box of a batch as Python ints when reading it is free: a (1, 4) box drawn on the
+    CPU, outside ``torch.compile``. Then the paste copies only the box region; otherwise
+    (``None``) the kernel selects over the whole batch with a mask, reading no value."""
+    if boxes.shape[0] == 1 and boxes.device.type == "cpu" and not torch.compiler.is_compiling():
+        return tuple(boxes[0].tolist())
+    return None
 
 
 class CutMix(Mixer):
@@ -61,28 +73,26 @@ class CutMix(Mixer):
         super().__init__(num_classes, **kwargs)
         self.alpha = check_alpha(alpha)
 
-    def make_params(self, images: Tensor, index: Tensor) -> dict:
+    def make_params(self, images: Tensor, index: Tensor, apply: Tensor | None = None) -> dict:
         b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
-        lam = self.sample_lambda(b, self.alpha, index, device="cpu")
-        if self.granularity == "batch":  # one box: Python ints, no tensor ops
-            return {"box": rand_box(1.0 - float(lam[0]), h, w, generator=self.generator)}
+        lam = self.sample_lambda(b, self.alpha, index, None, apply=apply)  # stays where it was drawn
+        if self.granularity == "batch":  # one box, drawn where the generator lives: (1, 4)
+            return {"boxes": rand_boxes(1.0 - lam[:1], h, w, generator=self.generator)}
         boxes = rand_boxes(1.0 - lam, h, w, generator=self.generator)
-        if self.granularity == "pair":
-            boxes = boxes[torch.minimum(torch.arange(b), index.cpu())]  # the pair shares its box
-        return {"boxes": boxes.to(images.device)}
+        if self.granularity == "pair":  # the pair shares its box
+            ar = torch.arange(b, device=index.device)
+            boxes = boxes.to(index.device, non_blocking=True)[torch.minimum(ar, index)]
+        return {"boxes": boxes.to(images.device, non_blocking=True)}
 
     def mix(self, images: Tensor, index: Tensor, params: dict):
         h, w = images.shape[-2:]
-        out = images if self.inplace else None
-        if "box" in params:
-            box = params["box"]
-            mixed = cutmix(images, index, box, out=out, pairing=self.pairing)
-            lam = torch.full((images.shape[0],), 1.0 - (box[2] - box[0]) * (box[3] - box[1]) / (h * w), device=images.device)
-            boxes = torch.tensor(box, device=images.device).expand(images.shape[0], 4)
-            return mixed, lam, None, boxes
         boxes = params["boxes"]
-        mixed = cutmix(images, index, boxes, out=out, pairing=self.pairing)
-        return mixed, 1.0 - box_area_fraction(boxes, h, w), None, boxes
+        out = self._out(images)
+        box = host_box(boxes)
+        mixed = cutmix_images(images, index, box if box is not None else boxes.to(images.device, non_blocking=True),
+                              out=out, pairing=self.pairing)
+        boxes = boxes.to(images.device, non_blocking=True).expand(images.shape[0], 4)
+        return mixed, kept_fraction(boxes, h, w), None, boxes
 
     def _hyper_repr(self) -> str:
         return f"alpha={self.alpha}"

@@ -5,6 +5,16 @@ A mask is drawn as low-frequency Fourier noise: complex Gaussian coefficients sc
 top round(λ·H·W) pixels as 1 (pixels of image i) and the rest 0 (pixels of the partner). One mask
 per sample, all on the images' device with one batched FFT and one batched sort. The reported λ is
 the exact fraction of ones.
+
+mixlab follows the paper (Sec. 3: a random complex spectrum over the full 2-D frequency grid,
+decayed by 1/f^δ). The official code (github.com/ecs-vlc/FMix, ``fmix.py``, also copied into
+openmixup) differs: ``make_low_freq_image`` forms the complex spectrum as
+``spectrum[:, 0] + 1j * spectrum[:, 1]`` on an array shaped (1, H, W//2+1, 2), so it pairs the
+first two *rows* of the frequency grid (f_y = 0 and f_y = 1/H) instead of the real and imaginary
+parts, and ``irfftn`` then reads the trailing axis of length 2 as the x-frequencies. Its masks
+therefore hold only the fundamental along x (one cosine period across the width; measured on 300
+masks of 32×48: the x-frequencies 0 and ±1/W carry all the power), while along y they carry the
+intended decaying spectrum. mixlab's masks have the 1/f^δ spectrum along both axes.
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ from torch import Tensor
 
 from mixlab.core.checks import check_alpha
 from mixlab.core.random import randn
-from mixlab.mixers.base import Mixer, partner_of
+from mixlab.mixers.base import Mixer, select_from_partner
 
 __all__ = ["FMix", "fourier_masks"]
 
@@ -55,19 +65,18 @@ class FMix(Mixer):
         self.alpha = check_alpha(alpha)
         self.decay_power = check_alpha(decay_power, "decay_power")
 
-    def make_params(self, images: Tensor, index: Tensor) -> dict:
-        lam = self.sample_lambda(images.shape[0], self.alpha, index, device=images.device)
+    def make_params(self, images: Tensor, index: Tensor, apply: Tensor | None = None) -> dict:
+        lam = self.sample_lambda(images.shape[0], self.alpha, index, images.device, apply=apply)
         mask = fourier_masks(lam, images.shape[-2], images.shape[-1], self.decay_power, self.generator)
         if self.granularity == "pair":  # both members of a pair use the same mask (as boxes in CutMix)
             mask = mask[torch.minimum(torch.arange(images.shape[0], device=images.device), index)]
         return {"mask": mask}
 
     def mix(self, images: Tensor, index: Tensor, params: dict):
-        mask = params["mask"].to(images.dtype)
-        partner = partner_of(images, index, self.pairing)
-        out = torch.lerp(partner, images, mask, out=self._out(images))  # mask 1 -> image i
-        lam = mask.float().mean(dim=(1, 2, 3))
-        return out, lam, mask, None
+        mask = params["mask"]  # 1 -> pixel of image i
+        out = select_from_partner(images, index, mask > 0.5, out=self._out(images), pairing=self.pairing)
+        lam = mask.mean(dim=(1, 2, 3))
+        return out, lam, mask.to(images.dtype) if images.is_floating_point() else mask, None
 
     def _hyper_repr(self) -> str:
         return f"alpha={self.alpha}, decay_power={self.decay_power}"
