@@ -20,6 +20,8 @@ from mixlab.core.random import rand
 
 __all__ = [
     "RESIZE_MODES",
+    "box_tensors",
+    "clipped_box",
     "clipped_boxes",
     "rand_box",
     "rand_boxes",
@@ -99,15 +101,34 @@ def clipped_boxes(
     return torch.stack([x1, y1, x2, y2], dim=1)
 
 
-def rand_box(area: float, height: int, width: int, generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
-    """One CutMix box ``(x1, y1, x2, y2)`` as Python ints: :func:`rand_boxes` for a single box,
-    with the arithmetic done in Python (a batch-level box needs no tensor ops)."""
-    ratio = math.sqrt(min(max(float(area), 0.0), 1.0))
+def clipped_box(
+    side: float, height: int, width: int, generator: torch.Generator | None = None, exact_side: bool = False
+) -> tuple[int, int, int, int]:
+    """One :func:`clipped_boxes` box ``(x1, y1, x2, y2)`` as Python ints, from the same draws with
+    the same float64 arithmetic, done in Python (a batch-level box needs no tensor ops)."""
+    ratio = float(side)
     cut_h, cut_w = int(height * ratio), int(width * ratio)
     u = rand((2,), generator).tolist()
     cx, cy = int(u[0] * width), int(u[1] * height)
+    up_w, up_h = ((cut_w + 1) // 2, (cut_h + 1) // 2) if exact_side else (cut_w // 2, cut_h // 2)
     clip = lambda v, hi: min(max(v, 0), hi)  # noqa: E731
-    return clip(cx - cut_w // 2, width), clip(cy - cut_h // 2, height), clip(cx + cut_w // 2, width), clip(cy + cut_h // 2, height)
+    return clip(cx - cut_w // 2, width), clip(cy - cut_h // 2, height), clip(cx + up_w, width), clip(cy + up_h, height)
+
+
+def rand_box(area: float, height: int, width: int, generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+    """One CutMix box ``(x1, y1, x2, y2)`` as Python ints: :func:`rand_boxes` for a single box
+    (``area`` a Python float or a one-element tensor, read as float64)."""
+    return clipped_box(math.sqrt(min(max(float(area), 0.0), 1.0)), height, width, generator)
+
+
+def box_tensors(box: tuple[int, int, int, int], batch_size: int, height: int, width: int,
+                device=None) -> tuple[Tensor, Tensor]:
+    """A batch's one box of Python ints as a mixer reports it: (B,) float32 kept fraction (its
+    exact λ, :func:`kept_fraction`) and (B, 4) int64 boxes, on ``device`` without a host wait."""
+    x1, y1, x2, y2 = box
+    lam = torch.full((batch_size,), 1.0 - max(x2 - x1, 0) * max(y2 - y1, 0) / float(height * width), device=device)
+    boxes = torch.tensor(box).to(device, non_blocking=True).expand(batch_size, 4)
+    return lam, boxes
 
 
 def rand_boxes_inside(

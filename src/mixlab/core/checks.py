@@ -128,7 +128,8 @@ def check_labels(
         if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
             raise TypeError(f"(B,) labels must be integer class indices, got {labels.dtype}")
         if batch_size and reads_values(labels, check_values):
-            lo, hi = (int(v) for v in torch.aminmax(labels))
+            lo, hi = torch.aminmax(labels)
+            lo, hi = int(lo), int(hi)
             if lo < 0 or hi >= num_classes:
                 raise ValueError(
                     f"labels must be class indices in [0, {num_classes}) for num_classes={num_classes}, "

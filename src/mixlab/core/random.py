@@ -76,7 +76,7 @@ def _draw_fake(token: Tensor, handle: int, kind: str, shape: list[int], dtype: t
 
 
 def _eager_draw(kind: str, shape, generator: torch.Generator | None, dtype: torch.dtype, high: int = 0) -> Tensor:
-    device = generator_device(generator)
+    device = generator.device if generator is not None else None  # None: the CPU
     if kind == "rand":
         return torch.rand(shape, generator=generator, device=device, dtype=dtype)
     if kind == "randn":
@@ -96,7 +96,10 @@ def _draw(kind: str, shape, generator: torch.Generator | None, dtype: torch.dtyp
 def rand(shape: tuple[int, ...], generator: torch.Generator | None = None, device=None,
          dtype: torch.dtype = torch.float32) -> Tensor:
     """U[0, 1) draws made on the generator's device, returned on ``device``."""
-    out = _draw("rand", shape, generator, dtype)
+    if torch.compiler.is_compiling():
+        out = _draw_op(_TOKEN, _handle_of(generator), "rand", list(shape), dtype, 0)
+    else:  # the hot path, inlined
+        out = torch.rand(shape, generator=generator, device=generator.device if generator is not None else None, dtype=dtype)
     return out if device is None else out.to(device, non_blocking=True)
 
 
@@ -125,9 +128,10 @@ def log_gamma_sample(shape_param: float, n: int, generator: torch.Generator | No
     Marsaglia-Tsang for shape >= 1; for shape < 1, G = G' * U^(1/shape) with G' ~ Gamma(shape + 1),
     i.e. log G = log G' + log(U) / shape.
 
-    One round of m = n + n//8 + 8 candidates, of which the first n accepted are kept (acceptance
-    is above 95 %, so a round holds fewer than n acceptances with probability below 1e-9 for any
-    n; the missing draws then repeat accepted ones). Fixed shapes: no loop, no host read.
+    One round of m = n + n//8 + 8 candidates, of which the first n accepted are kept, in draw
+    order (acceptance is above 95 %, so a round holds fewer than n acceptances with probability
+    below 1e-9 for any n; a missing draw then takes G' = d, the proposal's centre). Fixed
+    shapes: no loop, no host read.
     """
     a = float(shape_param)
     boost = a < 1.0
@@ -138,12 +142,8 @@ def log_gamma_sample(shape_param: float, n: int, generator: torch.Generator | No
     u = rand((m,), generator, dtype=torch.float64)
     log_v = 3.0 * torch.log1p(c * x)  # NaN where 1 + c x <= 0: rejected below
     ok = torch.log(u) < 0.5 * x * x + d - d * torch.exp(log_v) + d * log_v
-    rank = ok.cumsum(0) - 1  # the slot of each accepted candidate, in draw order
-    slot = torch.where(ok & (rank < n), rank, n)  # slot n collects everything else
-    kept = torch.zeros(n + 1, dtype=torch.float64, device=x.device).scatter(0, slot, torch.nan_to_num(log_v))[:n]
-    have = ok.sum().clamp(1, n)
-    j = torch.arange(n, device=x.device)
-    out = torch.where(j < have, kept, kept[j % have]) + math.log(d)
+    first = torch.argsort(~ok, stable=True)[:n]  # the accepted candidates first, in draw order
+    out = torch.where(ok[first], log_v[first], 0.0) + math.log(d)
     if boost:
         u = rand((n,), generator, dtype=torch.float64).clamp_min(1e-300)
         out = out + torch.log(u) / a

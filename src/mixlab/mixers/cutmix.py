@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mixlab.core.boxes import boxes_to_mask, kept_fraction, paste_boxes, rand_boxes
-from mixlab.core.checks import check_alpha
+from mixlab.core.boxes import box_tensors, boxes_to_mask, kept_fraction, paste_boxes, rand_box, rand_boxes
+from mixlab.core.checks import check_alpha, reads_values
 from mixlab.mixers.base import Mixer, partner_of, select_from_partner
 
-__all__ = ["CutMix", "cutmix_images", "host_box"]
+__all__ = ["CutMix", "cutmix_images"]
 
 
 def cutmix_images(
@@ -44,15 +44,6 @@ def cutmix_images(
     return select_from_partner(images, index, outside, out=out, pairing=pairing)
 
 
-def host_box(boxes: Tensor) -> tuple[int, int, int, int] | None:
-    """The one box of a batch as Python ints when reading it is free: a (1, 4) box drawn on the
-    CPU, outside ``torch.compile``. Then the paste copies only the box region; otherwise
-    (``None``) the kernel selects over the whole batch with a mask, reading no value."""
-    if boxes.shape[0] == 1 and boxes.device.type == "cpu" and not torch.compiler.is_compiling():
-        return tuple(boxes[0].tolist())
-    return None
-
-
 class CutMix(Mixer):
     """CutMix: paste a random box of the partner image; labels weighted by exact area.
 
@@ -61,7 +52,10 @@ class CutMix(Mixer):
         alpha: α of Beta(α, α) for λ, > 0 (default 1.0, the paper's).
         **kwargs: the common mixer options, see :class:`~mixlab.mixers.base.Mixer`. With
             ``granularity="batch"`` one box is shared by the batch (as the paper's code); with
-            ``"pair"``/``"elem"`` each sample gets its own box.
+            ``"pair"``/``"elem"`` each sample gets its own box. The batch's one box is
+            computed in Python and pasted by slicing when its draws are on the CPU outside
+            ``torch.compile`` (reading them is free there); otherwise as a tensor, pasted with a
+            mask over the batch. Both give the same box from the same draws.
 
     Example:
         >>> images, targets = CutMix(num_classes=10)(torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,)))
@@ -76,22 +70,26 @@ class CutMix(Mixer):
     def make_params(self, images: Tensor, index: Tensor, apply: Tensor | None = None) -> dict:
         b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
         lam = self.sample_lambda(b, self.alpha, index, None, apply=apply)  # stays where it was drawn
-        if self.granularity == "batch":  # one box, drawn where the generator lives: (1, 4)
-            return {"boxes": rand_boxes(1.0 - lam[:1], h, w, generator=self.generator)}
-        boxes = rand_boxes(1.0 - lam, h, w, generator=self.generator)
+        if self.granularity == "batch":  # one box
+            if reads_values(lam, None):
+                return {"box": rand_box(1.0 - float(lam[0]), h, w, generator=self.generator)}
+            return {"boxes": rand_boxes(1.0 - lam[:1].double(), h, w, generator=self.generator)}  # (1, 4)
+        boxes = rand_boxes(1.0 - lam.double(), h, w, generator=self.generator)
         if self.granularity == "pair":  # the pair shares its box
             ar = torch.arange(b, device=index.device)
             boxes = boxes.to(index.device, non_blocking=True)[torch.minimum(ar, index)]
         return {"boxes": boxes.to(images.device, non_blocking=True)}
 
     def mix(self, images: Tensor, index: Tensor, params: dict):
-        h, w = images.shape[-2:]
-        boxes = params["boxes"]
+        b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
         out = self._out(images)
-        box = host_box(boxes)
-        mixed = cutmix_images(images, index, box if box is not None else boxes.to(images.device, non_blocking=True),
-                              out=out, pairing=self.pairing)
-        boxes = boxes.to(images.device, non_blocking=True).expand(images.shape[0], 4)
+        if "box" in params:
+            mixed = cutmix_images(images, index, params["box"], out=out, pairing=self.pairing)
+            lam, boxes = box_tensors(params["box"], b, h, w, images.device)
+            return mixed, lam, None, boxes
+        boxes = params["boxes"].to(images.device, non_blocking=True)
+        mixed = cutmix_images(images, index, boxes, out=out, pairing=self.pairing)
+        boxes = boxes.expand(b, 4)
         return mixed, kept_fraction(boxes, h, w), None, boxes
 
     def _hyper_repr(self) -> str:

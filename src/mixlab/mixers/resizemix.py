@@ -30,11 +30,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mixlab.core.boxes import RESIZE_MODES, clipped_boxes, kept_fraction, rand_boxes_inside, resize_paste
-from mixlab.core.checks import check_choice, check_range
+from mixlab.core.boxes import (
+    RESIZE_MODES,
+    box_tensors,
+    clipped_box,
+    clipped_boxes,
+    kept_fraction,
+    rand_boxes_inside,
+    resize_paste,
+)
+from mixlab.core.checks import check_choice, check_range, reads_values
 from mixlab.core.random import rand
 from mixlab.mixers.base import Mixer, partner_of
-from mixlab.mixers.cutmix import host_box
 
 __all__ = ["ResizeMix", "resizemix_images", "BOX_PLACEMENTS"]
 
@@ -92,22 +99,28 @@ class ResizeMix(Mixer):
         if apply is not None:
             tau = torch.where(apply, tau, 0.0)  # τ = 0: an empty box, nothing pasted
         if self.box == "clip":
+            if n == 1 and reads_values(tau, None):  # the batch's one box, in Python
+                return {"box": clipped_box(float(tau[0]), h, w, generator=self.generator)}
             boxes = clipped_boxes(tau, h, w, generator=self.generator)
         else:
             boxes = rand_boxes_inside(tau, h, w, generator=self.generator)
+            if n == 1 and reads_values(boxes, None):
+                return {"box": tuple(boxes[0].tolist())}
         if self.granularity == "pair":
             ar = torch.arange(b, device=index.device)
             boxes = boxes.to(index.device, non_blocking=True)[torch.minimum(ar, index)]
-        return {"boxes": boxes if self.granularity == "batch" else boxes.to(images.device, non_blocking=True)}
+        return {"boxes": boxes.to(images.device, non_blocking=True)}
 
     def mix(self, images: Tensor, index: Tensor, params: dict):
-        h, w = images.shape[-2:]
-        boxes = params["boxes"]
-        box = host_box(boxes)
-        boxes = boxes.to(images.device, non_blocking=True).expand(images.shape[0], 4)
-        out = resizemix_images(images, index, box if box is not None else boxes, self.interpolation,
-                               out=self._out(images), pairing=self.pairing)
-        return out, kept_fraction(boxes, h, w), None, boxes
+        b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
+        out = self._out(images)
+        if "box" in params:
+            mixed = resizemix_images(images, index, params["box"], self.interpolation, out=out, pairing=self.pairing)
+            lam, boxes = box_tensors(params["box"], b, h, w, images.device)
+            return mixed, lam, None, boxes
+        boxes = params["boxes"].expand(b, 4)
+        mixed = resizemix_images(images, index, boxes, self.interpolation, out=out, pairing=self.pairing)
+        return mixed, kept_fraction(boxes, h, w), None, boxes
 
     def _hyper_repr(self) -> str:
         return f"scale={self.scale}, interpolation={self.interpolation!r}, box={self.box!r}"
