@@ -51,7 +51,7 @@ from mixlab.core.checks import check_bool, check_choice, check_images, check_lab
 from mixlab.core.random import beta_sample, generator_device, rand
 from mixlab.core.result import MixResult
 from mixlab.core.targets import mix_targets, soft_targets
-from mixlab.mixers.base import _plain, _rewrap, needs_grad
+from mixlab.mixers.base import _plain, _rewrap, needs_grad, unmixed
 from mixlab.mixers.cutmix import cutmix_images
 from mixlab.mixers.mixup import mixup_images
 
@@ -195,6 +195,8 @@ class TimmMixup:
         b = images.shape[0]
         device = images.device
         source = self._targets(target, b, device)
+        if b < 2:  # nothing to pair with: the batch passes through
+            return unmixed(x, source)
         index = torch.arange(b - 1, -1, -1, device=device)
         lam, cut, boxes = self._rows(params, b, device)  # (R,), (R,), (R, 4): R = 1 in batch mode, else B
         out = None if needs_grad(images) else images if self.inplace else torch.empty_like(images)
@@ -224,14 +226,19 @@ class TimmMixup:
         lam, cut, boxes = (params[k].to(device, non_blocking=True) for k in ("lam", "cutmix", "boxes"))
         if self.mode == "batch":
             return lam, cut, boxes
+        if self.mode == "elem" and b % 2 == 0:
+            return lam, cut, boxes
+        # pair i and its partner B-1-i share row i (pair mode); an odd batch's middle takes an extra
+        # identity row (it is its own partner)
+        lam = torch.cat([lam, lam.new_ones(1)])
+        cut = torch.cat([cut, cut.new_zeros(1)])
+        boxes = torch.cat([boxes, boxes.new_zeros(1, 4)])
+        ar = torch.arange(b, device=device)
         if self.mode == "pair":
-            lam = torch.cat([lam, lam.new_ones(1)])
-            cut = torch.cat([cut, cut.new_zeros(1)])
-            boxes = torch.cat([boxes, boxes.new_zeros(1, 4)])
-            ar = torch.arange(b, device=device)
-            row = torch.minimum(ar, b - 1 - ar)  # pair i and its partner B-1-i; the middle: the last row
-            return lam[row], cut[row], boxes[row]
-        return lam, cut, boxes
+            row = torch.minimum(ar, b - 1 - ar)
+        else:
+            row = torch.where(ar == b // 2, b, ar)
+        return lam[row], cut[row], boxes[row]
 
     def _targets(self, target: Tensor, b: int, device) -> Tensor:
         if self.multi_label:
