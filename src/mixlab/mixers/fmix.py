@@ -26,21 +26,31 @@ from mixlab.core.checks import check_alpha
 from mixlab.core.random import randn
 from mixlab.mixers.base import Mixer, select_from_partner
 
-__all__ = ["FMix", "fourier_masks"]
+__all__ = ["FMix", "fourier_masks", "low_frequency_noise"]
+
+
+def low_frequency_noise(
+    batch_size: int, height: int, width: int, decay_power: float = 3.0, generator: torch.Generator | None = None,
+    device=None,
+) -> Tensor:
+    """(B, H, W) float32 images with a random spectrum decayed as 1/max(f, 1/max(H, W))^δ over
+    the full 2-D frequency grid (FMix, Sec. 3), by one inverse real FFT."""
+    fy = torch.fft.fftfreq(height, device=device).view(-1, 1)
+    fx = torch.fft.rfftfreq(width, device=device).view(1, -1)
+    freq = torch.sqrt(fx * fx + fy * fy)
+    scale = 1.0 / freq.clamp_min(1.0 / max(height, width)) ** decay_power  # (H, W//2+1)
+    coeffs = randn((batch_size, height, fx.shape[1], 2), generator, device=device)
+    spectrum = torch.complex(coeffs[..., 0], coeffs[..., 1]) * scale
+    return torch.fft.irfft2(spectrum, s=(height, width))
 
 
 def fourier_masks(
     lam: Tensor, height: int, width: int, decay_power: float = 3.0, generator: torch.Generator | None = None
 ) -> Tensor:
-    """Binary low-frequency masks (B, 1, H, W) float32 with exactly round(λ_i·H·W) ones each."""
+    """Binary low-frequency masks (B, 1, H, W) float32 with exactly round(λ_i·H·W) ones each: the
+    top pixels of :func:`low_frequency_noise`."""
     b, device = lam.shape[0], lam.device
-    fy = torch.fft.fftfreq(height, device=device).view(-1, 1)
-    fx = torch.fft.rfftfreq(width, device=device).view(1, -1)
-    freq = torch.sqrt(fx * fx + fy * fy)
-    scale = 1.0 / freq.clamp_min(1.0 / max(height, width)) ** decay_power  # (H, W//2+1)
-    coeffs = randn((b, height, fx.shape[1], 2), generator, device=device)
-    spectrum = torch.complex(coeffs[..., 0], coeffs[..., 1]) * scale
-    noise = torch.fft.irfft2(spectrum, s=(height, width)).reshape(b, -1)  # (B, H*W)
+    noise = low_frequency_noise(b, height, width, decay_power, generator, device).reshape(b, -1)  # (B, H*W)
     k = (lam.float() * height * width).round().long().clamp(0, height * width)
     order = noise.argsort(dim=1, descending=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(height * width, device=device).expand(b, -1))
