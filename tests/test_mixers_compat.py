@@ -242,6 +242,16 @@ def test_result_pickles_for_dataloader_workers():
         assert torch.equal(a, b)
 
 
+def test_result_survives_the_dataloaders_pinning(monkeypatch):
+    """DataLoader(pin_memory=True) rebuilds tuples by type; MixResult pins each field instead."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a: self.clone())  # no accelerator here
+    r = make(CutMix, granularity="elem")(torch.rand(4, 3, 8, 8), torch.arange(4))
+    pinned = pin_memory(r)
+    assert isinstance(pinned, MixResult) and torch.equal(pinned.boxes, r.boxes) and torch.equal(pinned[0], r[0])
+
+
 # ----------------------------------------------------------------------------- 8. per-image switch
 def test_per_image_choice_takes_each_row_from_its_mixer():
     b, x, y = 16, constant_batch(16), torch.arange(16)

@@ -87,6 +87,17 @@ def test_compiles_to_one_graph_that_matches_eager(name, granularity):
             _assert_same(e, c)
 
 
+def test_the_mixer_object_itself_compiles():
+    torch._dynamo.reset()
+    x, y = torch.rand(4, 3, 8, 8), torch.arange(4)
+    mixer = CutMix(4, granularity="elem", generator=torch.Generator().manual_seed(0))
+    compiled = torch.compile(mixer, backend="eager", fullgraph=True)
+    mixer.generator.manual_seed(1)
+    eager = mixer(x, y)
+    mixer.generator.manual_seed(1)
+    _assert_same(eager, compiled(x, y))
+
+
 def test_compiled_draws_follow_the_generator_given_at_call_time():
     """The generator is named in the graph by a guarded handle: another generator recompiles."""
     torch._dynamo.reset()

@@ -111,6 +111,11 @@ class MixResult(tuple):
         partner = self.partner_targets if self.partner_targets is not None else self.source_targets[self.index]
         return self.source_targets, partner, self.lam
 
+    def pin_memory(self) -> MixResult:
+        """A copy with every tensor field in pinned memory: a ``DataLoader(pin_memory=True)``
+        calls this on each batch a ``MixCollate(return_result=True)`` returns."""
+        return type(self)(**{k: v.pin_memory() if isinstance(v, Tensor) else v for k, v in self.fields().items()})
+
     def __reduce__(self):  # pickling (DataLoader workers): rebuild from the fields
         return (_rebuild, (type(self), self.fields()))
 
