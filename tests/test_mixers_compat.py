@@ -304,6 +304,19 @@ def test_host_and_tensor_choice_paths_agree(granularity, monkeypatch):
             assert torch.equal(a, b)
 
 
+def test_per_image_choice_never_writes_into_the_callers_images():
+    x, y = torch.rand(8, 3, 12, 12), torch.arange(8)
+    copy = x.clone()
+
+    def candidates(inplace):
+        return [Mixup(8, granularity="elem", inplace=inplace), CutMix(8, granularity="elem", inplace=inplace)]
+
+    ours = RandomChoice(candidates(True), granularity="elem", generator=torch.Generator().manual_seed(0))(x, y)
+    assert torch.equal(x, copy), "every candidate reads the same input"
+    plain = RandomChoice(candidates(False), granularity="elem", generator=torch.Generator().manual_seed(0))(x, y)
+    assert torch.equal(ours.images, plain.images) and torch.equal(ours.targets, plain.targets)
+
+
 def test_random_choice_accepts_only_mixlab_mixers():
     with pytest.raises(TypeError, match="Mixer"):
         RandomChoice([lambda x, y: (x, y)])

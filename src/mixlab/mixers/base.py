@@ -25,7 +25,8 @@ from mixlab.core.random import rand
 from mixlab.core.result import MixResult
 from mixlab.core.targets import mix_targets, soft_targets
 
-__all__ = ["Mixer", "partner_of", "blend_with_partner", "select_from_partner", "unpack_batch", "needs_grad"]
+__all__ = ["Mixer", "partner_of", "blend_with_partner", "select_from_partner", "unpack_batch", "needs_grad",
+           "unmixed", "plain_view", "rewrap"]
 
 
 class Mixer(ABC):
@@ -119,10 +120,10 @@ class Mixer(ABC):
 
     # ---------------------------------------------------------------- what subclasses provide
     @abstractmethod
-    def make_params(self, images: Tensor, index: Tensor, apply: Tensor | None = None) -> dict:
+    def make_params(self, images: Tensor, index: Tensor, coin: Tensor | None = None) -> dict:
         """Draw everything random for this batch (λ, boxes, masks).
 
-        ``apply`` is ``None`` (mix) or a (1,) bool tensor, the ``p`` coin: where it is False the
+        ``coin`` is ``None`` (mix) or a (1,) bool tensor, the ``p`` coin: where it is False the
         parameters must leave the batch unchanged (λ = 1, empty boxes, full masks).
         """
 
@@ -132,13 +133,13 @@ class Mixer(ABC):
 
     # ---------------------------------------------------------------- the fixed template
     def sample_lambda(self, batch_size: int, alpha: float, index: Tensor, device, distribution: str = "beta",
-                      apply: Tensor | None = None) -> Tensor:
-        """λ (B,) at this mixer's granularity, 1 where the ``p`` coin ``apply`` is False; on
+                      coin: Tensor | None = None) -> Tensor:
+        """λ (B,) at this mixer's granularity, 1 where the ``p`` coin ``coin`` is False; on
         ``device``, or where it was drawn if ``device`` is None (the generator's device; the
         index's for ``"pair"``)."""
         lam = sample_lambda(batch_size, alpha, self.granularity, distribution, index=index, generator=self.generator)
-        if apply is not None:
-            lam = torch.where(apply.to(lam.device, non_blocking=True), lam, 1.0)
+        if coin is not None:
+            lam = torch.where(coin.to(lam.device, non_blocking=True), lam, 1.0)
         return lam if device is None else lam.to(device, non_blocking=True)
 
     def __call__(self, images: Tensor | tuple | list, labels: Tensor | None = None) -> MixResult:
@@ -156,12 +157,12 @@ class Mixer(ABC):
             TypeError, ValueError: on malformed images or labels (nothing is modified).
         """
         images, labels = unpack_batch(images, labels)
-        x = images if type(images) is Tensor else _plain(images)
+        x = images if type(images) is Tensor else plain_view(images)
         source = self.source_targets(x, labels)
         if x.shape[0] < 2 or self.p == 0.0:
             return unmixed(images, source)
         index, params = self.draw(x)
-        return _rewrap(self.apply(x, source, index, params), images)
+        return rewrap(self.apply(x, source, index, params), images)
 
     def source_targets(self, images: Tensor, labels: Tensor) -> Tensor:
         """Check the inputs; the un-mixed (smoothed) dense targets (B, K) on the images' device."""
@@ -176,27 +177,27 @@ class Mixer(ABC):
 
     def draw(self, images: Tensor) -> tuple[Tensor, dict]:
         """The partner index and the parameters for a batch shaped like ``images`` (B >= 2)."""
-        apply = rand((1,), self.generator) < self.p if self.p < 1.0 else None
+        coin = rand((1,), self.generator) < self.p if self.p < 1.0 else None
         index = pair_index(images.shape[0], self.pairing, self.generator, device=images.device)
-        params = self.make_params(images, index, apply)
-        if apply is not None:
-            params["apply"] = apply
+        params = self.make_params(images, index, coin)
+        if coin is not None:
+            params["coin"] = coin
         return index, params
 
     def apply(self, images: Tensor, source: Tensor, index: Tensor, params: dict) -> MixResult:
         """Mix ``images`` and their targets ``source`` with drawn parameters (no randomness)."""
         mixed, lam, mask, boxes = self.mix(images, index, params)
         targets = mix_targets(source, index, lam)
-        if "apply" in params:  # the p coin: an unmixed batch reports its own index
-            index = torch.where(params["apply"].to(index.device), index, torch.arange(images.shape[0], device=index.device))
+        if "coin" in params:  # the p coin: an unmixed batch reports its own index
+            index = torch.where(params["coin"].to(index.device), index, torch.arange(images.shape[0], device=index.device))
         return MixResult(mixed, targets, lam, index, source, mask=mask, boxes=boxes)
 
-    def _out(self, images: Tensor) -> Tensor | None:
-        """The tensor to write the result into: the caller's (inplace), a fresh one, or ``None``
-        (compute out of place) when autograd must record the mix."""
+    def _out(self, images: Tensor, params: dict) -> Tensor | None:
+        """The tensor to write the result into: the caller's (``inplace``, unless ``params`` say
+        ``"fresh": True``), a fresh one, or ``None`` (out of place) when autograd records the mix."""
         if needs_grad(images):
             return None
-        return images if self.inplace else torch.empty_like(images)
+        return images if self.inplace and not params.get("fresh", False) else torch.empty_like(images)
 
     def _hyper_repr(self) -> str:
         return ""
@@ -236,13 +237,13 @@ def needs_grad(images: Tensor) -> bool:
     return images.requires_grad and torch.is_grad_enabled()
 
 
-def _plain(images: Tensor) -> Tensor:
+def plain_view(images: Tensor) -> Tensor:
     """A tensor subclass (``tv_tensors.Image``) seen as a plain tensor: same storage, no
     ``__torch_function__`` on the hot path."""
     return images.as_subclass(Tensor) if isinstance(images, Tensor) else images
 
 
-def _rewrap(result: MixResult, like: Tensor) -> MixResult:
+def rewrap(result: MixResult, like: Tensor) -> MixResult:
     """``result`` with its images in ``like``'s tensor subclass (torchvision's ``tv_tensors.wrap``)."""
     kind = type(like)
     if kind is Tensor:

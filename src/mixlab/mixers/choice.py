@@ -11,7 +11,7 @@ from torch import Tensor
 from mixlab.core.checks import check_choice, check_probability
 from mixlab.core.random import rand
 from mixlab.core.result import MixResult
-from mixlab.mixers.base import Mixer, _plain, _rewrap, unmixed, unpack_batch
+from mixlab.mixers.base import Mixer, needs_grad, plain_view, rewrap, unmixed, unpack_batch
 
 __all__ = ["RandomChoice", "MixCollate", "CHOICE_GRANULARITIES"]
 
@@ -33,7 +33,9 @@ class RandomChoice:
     choice can be read for free (drawn on the CPU, outside ``torch.compile``), only the chosen
     mixer runs; otherwise (a CUDA generator, or inside a compiled graph) every candidate runs
     and the result is selected by tensor ops, so nothing waits for the device and the call
-    compiles as one graph. Both paths return the same images, targets, λ and index.
+    compiles as one graph. Both paths return the same images, targets, λ and index. Where every
+    candidate runs, each reads the caller's images, so none writes into them (their ``inplace``
+    does not apply); the rows are selected into the first candidate's output.
 
     Fields of a selected result that not every candidate provides are ``None``: ``boxes`` is
     set only if every candidate is a box mixer, ``mask`` only if every candidate has a mask or
@@ -115,7 +117,7 @@ class RandomChoice:
 
     def __call__(self, images: Tensor | tuple | list, labels: Tensor | None = None) -> MixResult:
         images, labels = unpack_batch(images, labels)
-        x = images if type(images) is Tensor else _plain(images)
+        x = images if type(images) is Tensor else plain_view(images)
         first = self.mixers[0]
         source = first.source_targets(x, labels)
         b = x.shape[0]
@@ -128,9 +130,11 @@ class RandomChoice:
             k = int(choice[0])  # a host value: no device wait
             if k < 0:
                 return unmixed(images, source)
-            return _rewrap(self.mixers[k].apply(x, sources[k], *plans[k]), images)
+            return rewrap(self.mixers[k].apply(x, sources[k], *plans[k]), images)
+        for _, params in plans:  # every candidate reads the caller's images: none may write into them
+            params["fresh"] = True
         results = [m.apply(x, s, *plan) for m, s, plan in zip(self.mixers, sources, plans)]
-        return _rewrap(_select_rows(choice.to(x.device, non_blocking=True), results, x, source, self.p < 1.0), images)
+        return rewrap(_select_rows(choice.to(x.device, non_blocking=True), results, x, source, self.p < 1.0), images)
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{m!r}: {q}" for m, q in zip(self.mixers, self.probabilities))
@@ -144,31 +148,34 @@ def _same_targets(a: Mixer, b: Mixer) -> bool:
 def _select_rows(choice: Tensor, results: list[MixResult], images: Tensor, source: Tensor,
                  unmixed_rows: bool) -> MixResult:
     """Row i of ``results[choice[i]]`` (``choice`` (B,) or (1,) for all rows; -1: ``images[i]``
-    unmixed), field by field, with ``torch.where``."""
+    unmixed), field by field, with ``torch.where``; the images are selected into the first
+    result's fresh buffer (no allocation) unless autograd records them."""
     with_boxes = all(r.boxes is not None for r in results)
     with_mask = not with_boxes and all(r.boxes is not None or r.mask is not None for r in results)
-    if unmixed_rows:  # start from the unmixed batch, then overwrite the chosen rows
-        fields, start = unmixed(images, source).fields(), 0
-        if with_boxes:  # an empty box: nothing pasted
-            fields["boxes"] = torch.zeros(images.shape[0], 4, dtype=torch.int64, device=images.device)
-        if with_mask:
-            fields["mask"] = torch.ones_like(images[:, :1], dtype=images.dtype if images.is_floating_point() else torch.float32)
-    else:
-        fields, start = results[0].fields(), 1
-        fields["mask"] = results[0].mask if with_mask else None
-    for k in range(start, len(results)):
-        r, rows = results[k], choice == k
-        for name, value in (("images", r[0]), ("targets", r[1]), ("lam", r.lam), ("index", r.index),
-                            ("source_targets", r.source_targets)):
-            fields[name] = torch.where(rows.view(-1, *([1] * (value.ndim - 1))), value, fields[name])
-        if with_boxes:
-            fields["boxes"] = torch.where(rows.view(-1, 1), r.boxes, fields["boxes"])
-        if with_mask:
-            fields["mask"] = torch.where(rows.view(-1, 1, 1, 1), r.mask, fields["mask"])
+    fields = results[0].fields()
+    fields["mask"] = results[0].mask if with_mask else None
     if not with_boxes:
         fields["boxes"] = None
-    if not with_mask:
-        fields["mask"] = None  # with boxes: built from the selected boxes on access
+    in_place = not needs_grad(images)
+    rows_of = [(k, choice == k) for k in range(1, len(results))]
+    if unmixed_rows:
+        unmixed_value = {"images": images, "targets": source, "lam": torch.ones_like(fields["lam"]),
+                         "index": torch.arange(images.shape[0], device=images.device), "source_targets": source,
+                         "boxes": torch.zeros_like(fields["boxes"]) if with_boxes else None,
+                         "mask": torch.ones_like(fields["mask"]) if with_mask else None}
+        rows_of.append((-1, choice < 0))
+    for k, rows in rows_of:
+        r = unmixed_value if k < 0 else results[k].fields() | ({"mask": results[k].mask} if with_mask else {})
+        for name in ("images", "targets", "lam", "index", "source_targets", "boxes", "mask"):
+            if fields[name] is None:
+                continue
+            cond = rows.view(-1, *([1] * (fields[name].ndim - 1)))
+            if in_place and name in ("images", "mask"):  # fresh buffers of the first result
+                fields[name] = torch.where(cond, r[name], fields[name], out=fields[name])
+            else:
+                fields[name] = torch.where(cond, r[name], fields[name])
+    if with_boxes:
+        fields["mask"] = None  # built from the selected boxes on access
     return MixResult(**fields)
 
 

@@ -67,9 +67,9 @@ class CutMix(Mixer):
         super().__init__(num_classes, **kwargs)
         self.alpha = check_alpha(alpha)
 
-    def make_params(self, images: Tensor, index: Tensor, apply: Tensor | None = None) -> dict:
+    def make_params(self, images: Tensor, index: Tensor, coin: Tensor | None = None) -> dict:
         b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
-        lam = self.sample_lambda(b, self.alpha, index, None, apply=apply)  # stays where it was drawn
+        lam = self.sample_lambda(b, self.alpha, index, None, coin=coin)  # stays where it was drawn
         if self.granularity == "batch":  # one box
             if reads_values(lam, None):
                 return {"box": rand_box(1.0 - float(lam[0]), h, w, generator=self.generator)}
@@ -82,7 +82,7 @@ class CutMix(Mixer):
 
     def mix(self, images: Tensor, index: Tensor, params: dict):
         b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
-        out = self._out(images)
+        out = self._out(images, params)
         if "box" in params:
             mixed = cutmix_images(images, index, params["box"], out=out, pairing=self.pairing)
             lam, boxes = box_tensors(params["box"], b, h, w, images.device)

@@ -75,8 +75,8 @@ class FMix(Mixer):
         self.alpha = check_alpha(alpha)
         self.decay_power = check_alpha(decay_power, "decay_power")
 
-    def make_params(self, images: Tensor, index: Tensor, apply: Tensor | None = None) -> dict:
-        lam = self.sample_lambda(images.shape[0], self.alpha, index, images.device, apply=apply)
+    def make_params(self, images: Tensor, index: Tensor, coin: Tensor | None = None) -> dict:
+        lam = self.sample_lambda(images.shape[0], self.alpha, index, images.device, coin=coin)
         mask = fourier_masks(lam, images.shape[-2], images.shape[-1], self.decay_power, self.generator)
         if self.granularity == "pair":  # both members of a pair use the same mask (as boxes in CutMix)
             mask = mask[torch.minimum(torch.arange(images.shape[0], device=images.device), index)]
@@ -84,7 +84,7 @@ class FMix(Mixer):
 
     def mix(self, images: Tensor, index: Tensor, params: dict):
         mask = params["mask"]  # 1 -> pixel of image i
-        out = select_from_partner(images, index, mask > 0.5, out=self._out(images), pairing=self.pairing)
+        out = select_from_partner(images, index, mask > 0.5, out=self._out(images, params), pairing=self.pairing)
         lam = mask.mean(dim=(1, 2, 3))
         return out, lam, mask.to(images.dtype) if images.is_floating_point() else mask, None
 

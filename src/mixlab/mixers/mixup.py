@@ -74,13 +74,13 @@ class Mixup(Mixer):
         super().__init__(num_classes, **kwargs)
         self.alpha = check_alpha(alpha)
 
-    def make_params(self, images: Tensor, index: Tensor, apply: Tensor | None = None) -> dict:
-        return {"lam": self.sample_lambda(images.shape[0], self.alpha, index, images.device, apply=apply)}
+    def make_params(self, images: Tensor, index: Tensor, coin: Tensor | None = None) -> dict:
+        return {"lam": self.sample_lambda(images.shape[0], self.alpha, index, images.device, coin=coin)}
 
     def mix(self, images: Tensor, index: Tensor, params: dict):
         lam = params["lam"]
         weight = lam[:1] if self.granularity == "batch" else lam  # one λ: a broadcast weight
-        out = mixup_images(images, index, weight, out=self._out(images), pairing=self.pairing)
+        out = mixup_images(images, index, weight, out=self._out(images, params), pairing=self.pairing)
         exact = lam.to(images.dtype).float() if images.is_floating_point() else lam.float()
         return out, exact, None, None
 

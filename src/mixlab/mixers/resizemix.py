@@ -92,12 +92,12 @@ class ResizeMix(Mixer):
         self.interpolation = check_choice(interpolation, "interpolation", RESIZE_MODES)
         self.box = check_choice(box, "box", BOX_PLACEMENTS)
 
-    def make_params(self, images: Tensor, index: Tensor, apply: Tensor | None = None) -> dict:
+    def make_params(self, images: Tensor, index: Tensor, coin: Tensor | None = None) -> dict:
         b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
         n = 1 if self.granularity == "batch" else b
         tau = self.scale[0] + (self.scale[1] - self.scale[0]) * rand((n,), self.generator)
-        if apply is not None:
-            tau = torch.where(apply, tau, 0.0)  # τ = 0: an empty box, nothing pasted
+        if coin is not None:
+            tau = torch.where(coin, tau, 0.0)  # τ = 0: an empty box, nothing pasted
         if self.box == "clip":
             if n == 1 and reads_values(tau, None):  # the batch's one box, in Python
                 return {"box": clipped_box(float(tau[0]), h, w, generator=self.generator)}
@@ -113,7 +113,7 @@ class ResizeMix(Mixer):
 
     def mix(self, images: Tensor, index: Tensor, params: dict):
         b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
-        out = self._out(images)
+        out = self._out(images, params)
         if "box" in params:
             mixed = resizemix_images(images, index, params["box"], self.interpolation, out=out, pairing=self.pairing)
             lam, boxes = box_tensors(params["box"], b, h, w, images.device)

@@ -86,14 +86,14 @@ class SaliencyMix(Mixer):
         super().__init__(num_classes, **kwargs)
         self.alpha = check_alpha(alpha)
 
-    def make_params(self, images: Tensor, index: Tensor, apply: Tensor | None = None) -> dict:
-        return {"lam": self.sample_lambda(images.shape[0], self.alpha, index, images.device, apply=apply)}
+    def make_params(self, images: Tensor, index: Tensor, coin: Tensor | None = None) -> dict:
+        return {"lam": self.sample_lambda(images.shape[0], self.alpha, index, images.device, coin=coin)}
 
     def mix(self, images: Tensor, index: Tensor, params: dict):
         h, w = images.shape[-2:]
-        peaks = saliency_peaks(images)[index]  # centre = peak of the partner (the patch's source)
+        peaks = saliency_peaks(images.detach())[index]  # centre = peak of the partner (the patch's source)
         boxes = rand_boxes(1.0 - params["lam"], h, w, centers=peaks)
-        out = cutmix_images(images, index, boxes, out=self._out(images), pairing=self.pairing)
+        out = cutmix_images(images, index, boxes, out=self._out(images, params), pairing=self.pairing)
         return out, kept_fraction(boxes, h, w), None, boxes
 
     def _hyper_repr(self) -> str:

@@ -51,7 +51,7 @@ from mixlab.core.checks import check_bool, check_choice, check_images, check_lab
 from mixlab.core.random import beta_sample, generator_device, rand
 from mixlab.core.result import MixResult
 from mixlab.core.targets import mix_targets, soft_targets
-from mixlab.mixers.base import _plain, _rewrap, needs_grad, unmixed
+from mixlab.mixers.base import plain_view, rewrap, needs_grad, unmixed
 from mixlab.mixers.cutmix import cutmix_images
 from mixlab.mixers.mixup import mixup_images
 
@@ -190,7 +190,7 @@ class TimmMixup:
 
     def apply(self, x: Tensor, target: Tensor, params: dict[str, Tensor]) -> MixResult:
         """Mix with drawn parameters (:meth:`make_params`'s, or timm's own draws)."""
-        images = x if type(x) is Tensor else _plain(x)
+        images = x if type(x) is Tensor else plain_view(x)
         check_images(images)
         b = images.shape[0]
         device = images.device
@@ -198,7 +198,7 @@ class TimmMixup:
         if b < 2:  # nothing to pair with: the batch passes through
             return unmixed(x, source)
         index = torch.arange(b - 1, -1, -1, device=device)
-        lam, cut, boxes = self._rows(params, b, device)  # (R,), (R,), (R, 4): R = 1 in batch mode, else B
+        lam, cut, boxes = self.rows(params, b, device)  # (R,), (R,), (R, 4): R = 1 in batch mode, else B
         out = None if needs_grad(images) else images if self.inplace else torch.empty_like(images)
         if self.mode == "batch" and params["lam"].device.type == "cpu" and not torch.compiler.is_compiling():
             mixed = self._mix_batch_on_host(images, index, params, out)  # one kernel, chosen on the host
@@ -210,7 +210,7 @@ class TimmMixup:
         lam = lam.expand(b).contiguous()
         targets = mix_targets(source, index, lam)
         boxes = boxes.expand(b, 4) if self.mixup_alpha == 0.0 else None
-        return _rewrap(MixResult(mixed, targets, lam, index, source, boxes=boxes), x)
+        return rewrap(MixResult(mixed, targets, lam, index, source, boxes=boxes), x)
 
     def _mix_batch_on_host(self, images: Tensor, index: Tensor, params: dict[str, Tensor], out: Tensor | None) -> Tensor:
         lam, cut = float(params["lam"][0]), bool(params["cutmix"][0])
@@ -220,9 +220,10 @@ class TimmMixup:
             return mixup_images(images, index, params["lam"][:1], out=out, pairing="flip")
         return images if out is None or out is images else out.copy_(images)
 
-    def _rows(self, params: dict[str, Tensor], b: int, device) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-image parameters (one row in batch mode): pair mode gives both members of pair i
-        its draw i; an odd batch's middle image (its own partner) gets λ = 1 and no box."""
+    def rows(self, params: dict[str, Tensor], b: int, device=None) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`make_params`' draws as per-image ``(λ, cutmix, boxes)`` rows on ``device`` (one
+        row in batch mode): pair mode gives both members of pair i its draw i; an odd batch's
+        middle image (its own partner) gets λ = 1 and no box."""
         lam, cut, boxes = (params[k].to(device, non_blocking=True) for k in ("lam", "cutmix", "boxes"))
         if self.mode == "batch":
             return lam, cut, boxes
