@@ -189,7 +189,8 @@ class Mixer(ABC):
         mixed, lam, mask, boxes = self.mix(images, index, params)
         targets = mix_targets(source, index, lam)
         if "coin" in params:  # the p coin: an unmixed batch reports its own index
-            index = torch.where(params["coin"].to(index.device), index, torch.arange(images.shape[0], device=index.device))
+            index = torch.where(params["coin"].to(index.device, non_blocking=True), index,
+                                torch.arange(images.shape[0], device=index.device))
         return MixResult(mixed, targets, lam, index, source, mask=mask, boxes=boxes)
 
     def _out(self, images: Tensor, params: dict) -> Tensor | None:
