@@ -304,6 +304,15 @@ def test_host_and_tensor_choice_paths_agree(granularity, monkeypatch):
             assert torch.equal(a, b)
 
 
+def test_the_host_choice_is_the_tensor_choice_from_the_same_draws():
+    rc = RandomChoice([Mixup(4), CutMix(4), FMix(4)], probabilities=[0.2, 0.5, 0.3], p=0.9)
+    for seed in range(500):
+        rc.generator = torch.Generator().manual_seed(seed)
+        host = rc._host_choice()
+        rc.generator.manual_seed(seed)
+        assert host == int(rc.draw_choice(1)[0])
+
+
 def test_per_image_choice_never_writes_into_the_callers_images():
     x, y = torch.rand(8, 3, 12, 12), torch.arange(8)
     copy = x.clone()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Callable, Sequence
 
@@ -9,7 +10,7 @@ import torch
 from torch import Tensor
 
 from mixlab.core.checks import check_choice, check_probability
-from mixlab.core.random import rand
+from mixlab.core.random import generator_device, rand
 from mixlab.core.result import MixResult
 from mixlab.mixers.base import Mixer, needs_grad, plain_view, rewrap, unmixed, unpack_batch
 
@@ -90,6 +91,7 @@ class RandomChoice:
         self.granularity = check_choice(granularity, "granularity", CHOICE_GRANULARITIES)
         self.num_classes = classes.pop()
         self._cumulative = torch.tensor(probabilities, dtype=torch.float64).cumsum(0)
+        self._cumulative_list = self._cumulative.tolist()
         self.generator = generator
 
     @property
@@ -110,8 +112,17 @@ class RandomChoice:
         k = torch.searchsorted(cumulative, (u[1] * cumulative[-1]).contiguous(), right=True).clamp(max=len(self.mixers) - 1)
         return torch.where(u[0] < self.p, k, -1)
 
+    def _host_choice(self) -> int:
+        """:meth:`draw_choice` for one batch from the same two CPU draws, in Python (same float64
+        arithmetic, ``bisect_right`` for ``searchsorted(right=True)``): no tensor ops."""
+        coin, pick = (u[0] for u in rand((2, 1), self._generator).tolist())
+        if coin >= self.p:
+            return -1
+        cumulative = self._cumulative_list
+        return min(bisect.bisect_right(cumulative, pick * cumulative[-1]), len(self.mixers) - 1)
+
     def choose(self) -> Mixer | None:
-        """The mixer for the next batch (``None``: leave the batch unmixed); draws as a batch call does."""
+        """The mixer for the next batch (``None``: leave the batch unmixed), drawn as a batch call draws it."""
         k = int(self.draw_choice(1)[0])
         return None if k < 0 else self.mixers[k]
 
@@ -123,14 +134,15 @@ class RandomChoice:
         b = x.shape[0]
         if b < 2 or self.p == 0.0:
             return unmixed(images, source)
-        choice = self.draw_choice(1 if self.granularity == "batch" else b)
+        on_host = (self.granularity == "batch" and generator_device(self._generator).type == "cpu"
+                   and not torch.compiler.is_compiling())  # the choice is a host value: read it, run one mixer
+        choice = self._host_choice() if on_host else self.draw_choice(1 if self.granularity == "batch" else b)
         plans = [m.draw(x) for m in self.mixers]  # every candidate draws: the stream ignores the choice
         sources = [source if _same_targets(m, first) else m.soft_targets(labels, x.device) for m in self.mixers]
-        if self.granularity == "batch" and choice.device.type == "cpu" and not torch.compiler.is_compiling():
-            k = int(choice[0])  # a host value: no device wait
-            if k < 0:
+        if on_host:
+            if choice < 0:
                 return unmixed(images, source)
-            return rewrap(self.mixers[k].apply(x, sources[k], *plans[k]), images)
+            return rewrap(self.mixers[choice].apply(x, sources[choice], *plans[choice]), images)
         for _, params in plans:  # every candidate reads the caller's images: none may write into them
             params["fresh"] = True
         results = [m.apply(x, s, *plan) for m, s, plan in zip(self.mixers, sources, plans)]
