@@ -38,6 +38,11 @@ def cutmix_images(
     """
     if isinstance(boxes, tuple):
         x1, y1, x2, y2 = boxes
+        if pairing == "roll" and out is not None and out is not images:  # two shifted views, no patch copy
+            out.copy_(images)
+            out[1:, :, y1:y2, x1:x2] = images[:-1, :, y1:y2, x1:x2]
+            out[:1, :, y1:y2, x1:x2] = images[-1:, :, y1:y2, x1:x2]
+            return out
         patch = partner_of(images[:, :, y1:y2, x1:x2], index, pairing or "")  # a copy, taken before writing
         return paste_boxes(images, patch, boxes, out)
     outside = ~boxes_to_mask(boxes, images.shape[-2], images.shape[-1], device=images.device)
