@@ -124,6 +124,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, median of {args.repeats}")
     checks: list[tuple[str, bool]] = []
+    others: list[str] = []
     for shape in [(128, 3, 32, 32), (32, 3, 224, 224)]:
         rows = run_size(shape, 10, args.repeats, args.device)
         floor = rows["clone (floor)"]
@@ -135,9 +136,20 @@ def main() -> None:
         if shape[-1] == 224:
             r = rows["mixlab Mixup (batch, roll)"] / floor
             checks.append((f"{tag}: Mixup ≤ 2.5× clone floor ({r:.2f}×)", r <= 2.5))
-        pairs = [
+        # the targets: at 128x32² no slower than timm, at 224² faster than timm and torchvision
+        # (like for like: timm's flip pairing in place; torchvision's roll pairing out of place)
+        strict = shape[-1] == 224
+        for a, b in [
             ("mixlab Mixup (batch, flip, inplace)", "timm Mixup (batch)"),
             ("mixlab CutMix (batch, flip, inplace)", "timm CutMix (batch)"),
+            ("mixlab Mixup (batch, roll)", "torchvision MixUp"),
+            ("mixlab CutMix (batch, roll)", "torchvision CutMix"),
+        ]:
+            if a in rows and b in rows:
+                ok = rows[a] < rows[b] if strict else rows[a] <= rows[b]
+                word = "faster than" if strict else "no slower than"
+                checks.append((f"{tag}: {a} {word} {b} ({rows[b] / rows[a]:.2f}× speed-up)", ok))
+        for a, b in [
             ("mixlab Mixup (batch, roll)", "timm Mixup (batch)"),
             ("mixlab CutMix (batch, roll)", "timm CutMix (batch)"),
             ("mixlab Mixup (elem, flip, inplace)", "timm Mixup (elem)"),
@@ -145,15 +157,15 @@ def main() -> None:
             ("mixlab TimmMixup (batch, CutMix)", "timm CutMix (batch)"),
             ("mixlab TimmMixup (elem, Mixup|CutMix)", "timm Mixup|CutMix (elem)"),
             ("mixlab RandomChoice(Mixup|CutMix) (elem)", "timm Mixup|CutMix (elem)"),
-            ("mixlab Mixup (batch, roll)", "torchvision MixUp"),
-            ("mixlab CutMix (batch, roll)", "torchvision CutMix"),
-        ]
-        for a, b in pairs:
+        ]:
             if a in rows and b in rows:
-                checks.append((f"{tag}: {a} faster than {b} ({rows[b] / rows[a]:.2f}× speed-up)", rows[a] < rows[b]))
+                others.append(f"{tag}: {a} vs {b}: {rows[b] / rows[a]:.2f}× speed-up")
     print("\n### targets\n")
     for text, ok in checks:
         print(f"- [{'PASS' if ok else 'FAIL'}] {text}")
+    print("\n### other comparisons (not targets)\n")
+    for text in others:
+        print(f"- {text}")
 
 
 if __name__ == "__main__":
