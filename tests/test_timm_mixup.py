@@ -144,6 +144,19 @@ def test_box_formula_is_timms_rand_bbox(monkeypatch):
         assert ours[0].tolist() == [xl, yl, xh, yh]
 
 
+@pytest.mark.parametrize("config", CONFIGS, ids=["switch", "cutmix", "mixup", "minmax", "no-correct"])
+def test_the_batch_box_in_python_is_the_tensor_box(config, monkeypatch):
+    """Batch mode computes its one box in Python when the draws are host values; the tensor path
+    (under torch.compile) makes the same parameters from the same draws."""
+    for seed in range(20):
+        host = TimmMixup(**config, generator=torch.Generator().manual_seed(seed)).make_params(8, 20, 24)
+        with monkeypatch.context() as m:
+            m.setattr(torch.compiler, "is_compiling", lambda: True)
+            tensor = TimmMixup(**config, generator=torch.Generator().manual_seed(seed)).make_params(8, 20, 24)
+        for key in ("lam", "cutmix", "boxes"):
+            assert torch.equal(host[key], tensor[key]), key
+
+
 def test_sampler_statistics():
     fn = TimmMixup(mixup_alpha=0.8, cutmix_alpha=1.0, prob=0.6, switch_prob=0.25, mode="elem", num_classes=10,
                    generator=torch.Generator().manual_seed(0))

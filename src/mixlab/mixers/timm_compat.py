@@ -41,14 +41,15 @@ What differs, on purpose:
 
 from __future__ import annotations
 
+import math
 from numbers import Real
 
 import torch
 from torch import Tensor
 
-from mixlab.core.boxes import clipped_boxes, kept_fraction, paste_boxes
-from mixlab.core.checks import check_bool, check_choice, check_images, check_labels, check_probability
-from mixlab.core.random import beta_sample, generator_device, rand
+from mixlab.core.boxes import clipped_box, clipped_boxes, kept_fraction, paste_boxes
+from mixlab.core.checks import check_bool, check_choice, check_images, check_labels, check_probability, reads_values
+from mixlab.core.random import beta_sample, rand
 from mixlab.core.result import MixResult
 from mixlab.core.targets import mix_targets, soft_targets
 from mixlab.mixers.base import plain_view, rewrap, needs_grad, unmixed
@@ -160,7 +161,12 @@ class TimmMixup:
             use_cutmix = torch.full((n,), self.cutmix_alpha > 0.0, device=u.device)
             lam = beta_sample(alpha, alpha, n, g, dtype=torch.float64)
         lam = torch.where(apply, lam, 1.0)
+        if self.cutmix_alpha == 0.0:  # Mixup only: no boxes to draw
+            return {"lam": lam.float(), "cutmix": torch.zeros(n, dtype=torch.bool, device=u.device),
+                    "boxes": torch.zeros(n, 4, dtype=torch.int64, device=u.device)}
         cut = apply & use_cutmix
+        if self.cutmix_minmax is None and n == 1 and reads_values(lam, None):
+            return self._batch_box_on_host(float(lam[0]), bool(cut[0]), height, width)
         if self.cutmix_minmax is not None:
             boxes = self._minmax_boxes(n, height, width)
         else:
@@ -169,6 +175,17 @@ class TimmMixup:
         if self.correct_lam or self.cutmix_minmax is not None:
             lam = torch.where(cut, kept_fraction(boxes, height, width).double(), lam)
         return {"lam": lam.float(), "cutmix": cut, "boxes": boxes}
+
+    def _batch_box_on_host(self, lam: float, cut: bool, height: int, width: int) -> dict[str, Tensor]:
+        """The end of :meth:`make_params` for the batch's one box in Python, when its draws are
+        host values: the same draws and the same float64 arithmetic as the tensor path."""
+        box = clipped_box(math.sqrt(min(max(1.0 - lam, 0.0), 1.0)), height, width, self.generator, exact_side=True)
+        if not cut:
+            box = (0, 0, 0, 0)
+        elif self.correct_lam:
+            lam = 1.0 - (box[2] - box[0]) * (box[3] - box[1]) / float(height * width)
+        return {"lam": torch.tensor([lam], dtype=torch.float32), "cutmix": torch.tensor([cut]),
+                "boxes": torch.tensor([box], dtype=torch.int64)}
 
     def _minmax_boxes(self, n: int, height: int, width: int) -> Tensor:
         """timm's ``rand_bbox_minmax``: sides uniform in [int(a·S), int(b·S)), placed inside."""
