@@ -158,13 +158,13 @@ class TimmMixup:
                               beta_sample(self.mixup_alpha, self.mixup_alpha, n, g, dtype=torch.float64))
         else:
             alpha = self.mixup_alpha if self.mixup_alpha > 0.0 else self.cutmix_alpha
-            use_cutmix = torch.full((n,), self.cutmix_alpha > 0.0, device=u.device)
             lam = beta_sample(alpha, alpha, n, g, dtype=torch.float64)
+            use_cutmix = None  # the one active method
         lam = torch.where(apply, lam, 1.0)
         if self.cutmix_alpha == 0.0:  # Mixup only: no boxes to draw
             return {"lam": lam.float(), "cutmix": torch.zeros(n, dtype=torch.bool, device=u.device),
                     "boxes": torch.zeros(n, 4, dtype=torch.int64, device=u.device)}
-        cut = apply & use_cutmix
+        cut = apply if use_cutmix is None else apply & use_cutmix
         if self.cutmix_minmax is None and n == 1 and reads_values(lam, None):
             return self._batch_box_on_host(float(lam[0]), bool(cut[0]), height, width)
         if self.cutmix_minmax is not None:
@@ -215,18 +215,19 @@ class TimmMixup:
         if b < 2:  # nothing to pair with: the batch passes through
             return unmixed(x, source)
         index = torch.arange(b - 1, -1, -1, device=device)
-        lam, cut, boxes = self.rows(params, b, device)  # (R,), (R,), (R, 4): R = 1 in batch mode, else B
         out = None if needs_grad(images) else images if self.inplace else torch.empty_like(images)
         if self.mode == "batch" and params["lam"].device.type == "cpu" and not torch.compiler.is_compiling():
             mixed = self._mix_batch_on_host(images, index, params, out)  # one kernel, chosen on the host
+            lam, boxes = params["lam"].to(device, non_blocking=True), params["boxes"]
         else:
+            lam, cut, boxes = self.rows(params, b, device)  # (R,), (R,), (R, 4): R = 1 in batch mode, else B
             partner = images.flip(0)  # the unmixed partners, kept while ``out`` is overwritten
             weight = torch.where(cut, 1.0, lam)  # CutMix rows: no blend, then the paste
             mixed = mixup_images(images, index, weight, out=out, pairing="flip", partner=partner)
             mixed = paste_boxes(mixed, partner, boxes, out=None if out is None else mixed)
         lam = lam.expand(b).contiguous()
         targets = mix_targets(source, index, lam)
-        boxes = boxes.expand(b, 4) if self.mixup_alpha == 0.0 else None
+        boxes = boxes.to(device, non_blocking=True).expand(b, 4) if self.mixup_alpha == 0.0 else None
         return rewrap(MixResult(mixed, targets, lam, index, source, boxes=boxes), x)
 
     def _mix_batch_on_host(self, images: Tensor, index: Tensor, params: dict[str, Tensor], out: Tensor | None) -> Tensor:
