@@ -13,6 +13,8 @@ from mixlab.core import (
     SoftTargetCrossEntropy,
     box_area_fraction,
     boxes_to_mask,
+    clipped_boxes,
+    kept_fraction,
     mix_targets,
     mixed_cross_entropy,
     pair_index,
@@ -22,6 +24,7 @@ from mixlab.core import (
     sample_lambda,
     soft_targets,
 )
+from mixlab.core.boxes import clipped_box, rand_box
 from mixlab.core.random import beta_sample, log_gamma_sample
 
 scipy_stats = pytest.importorskip("scipy.stats", reason="scipy is needed for the KS tests (pip install -e .[test])")
@@ -36,6 +39,29 @@ def test_small_alpha_beta_from_log_gammas(alpha):
     folded = torch.sigmoid(-(log_gamma_sample(alpha, 20000, g) - log_gamma_sample(alpha, 20000, g)).abs()).numpy()
     p = scipy_stats.kstest(folded, lambda x: 2 * scipy_stats.beta.cdf(x, alpha, alpha)).pvalue
     assert p > 1e-3
+
+
+@pytest.mark.parametrize("shape_param", [0.3, 1.0, 2.5])
+@pytest.mark.parametrize("n", [1, 2, 9, 200])
+def test_gamma_rejection_keeps_the_first_accepted_candidates(shape_param, n):
+    """The fixed-size rejection step equals Marsaglia-Tsang's loop over the same candidates."""
+    a = shape_param + 1.0 if shape_param < 1 else shape_param
+    d, m = a - 1 / 3, n + n // 8 + 8
+    c = 1 / math.sqrt(9 * d)
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(m, generator=g, dtype=torch.float64).tolist()
+    u = torch.rand(m, generator=g, dtype=torch.float64).tolist()
+    accepted = []
+    for xi, ui in zip(x, u):
+        if 1 + c * xi > 0:
+            v = (1 + c * xi) ** 3
+            if math.log(ui) < 0.5 * xi * xi + d - d * v + d * math.log(v):
+                accepted.append(math.log(d * v))
+    expected = torch.tensor(accepted[:n], dtype=torch.float64)
+    if shape_param < 1:
+        expected = expected + torch.log(torch.rand(n, generator=g, dtype=torch.float64).clamp_min(1e-300)) / shape_param
+    got = log_gamma_sample(shape_param, n, torch.Generator().manual_seed(n))
+    assert torch.allclose(got, expected, rtol=0, atol=1e-12)
 
 
 def test_asymmetric_beta():
@@ -139,15 +165,45 @@ def test_boxes_inside_never_clip():
     assert torch.equal(boxes[:, 2] - boxes[:, 0], (side * 30).round().long())
 
 
-@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
-def test_resize_into_boxes_matches_interpolate(mode):
-    """Pixel-centre sampling: 'nearest' is interpolate's 'nearest-exact' (the legacy 'nearest' is off by half a pixel)."""
+@pytest.mark.parametrize("mode,torch_mode", [("nearest", "nearest-exact"), ("nearest-legacy", "nearest"),
+                                             ("bilinear", "bilinear")])
+def test_resize_into_boxes_matches_interpolate(mode, torch_mode):
+    """'nearest' samples at pixel centres (interpolate's 'nearest-exact'); 'nearest-legacy' is
+    interpolate's 'nearest' (openmixup's), half a source pixel off."""
     src = torch.rand(3, 2, 12, 16)
     boxes = torch.tensor([[2, 1, 10, 7], [0, 0, 16, 12], [5, 3, 9, 11]])
     canvas = resize_into_boxes(src, boxes, 12, 16, mode=mode)
     for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
-        ref = F.interpolate(src[i : i + 1], size=(y2 - y1, x2 - x1), mode="nearest-exact" if mode == "nearest" else mode)
+        ref = F.interpolate(src[i : i + 1], size=(y2 - y1, x2 - x1), mode=torch_mode)
         assert torch.allclose(canvas[i : i + 1, :, y1:y2, x1:x2], ref, atol=1e-5)
+
+
+def test_legacy_nearest_gathers_are_interpolates_indices_at_every_size():
+    for n_src in range(1, 40):
+        src = torch.arange(n_src, dtype=torch.float32).view(1, 1, n_src, 1).expand(1, 1, n_src, 2)
+        for n_dst in range(1, 60):
+            ref = F.interpolate(src, size=(n_dst, 2), mode="nearest")
+            out = resize_into_boxes(src, torch.tensor([[0, 0, 2, n_dst]]), 64, 2, mode="nearest-legacy")[:, :, :n_dst]
+            assert torch.equal(out, ref), (n_src, n_dst)
+
+
+def test_one_box_in_python_is_the_tensor_box_from_the_same_draws():
+    for seed in range(300):
+        area = float(torch.rand(1, generator=torch.Generator().manual_seed(10_000 + seed)))
+        py = rand_box(area, 37, 29, torch.Generator().manual_seed(seed))
+        tensor = rand_boxes(torch.tensor([area], dtype=torch.float64), 37, 29, generator=torch.Generator().manual_seed(seed))
+        assert list(py) == tensor[0].tolist()
+        side = area ** 0.5
+        for exact in (False, True):
+            py = clipped_box(side, 37, 29, torch.Generator().manual_seed(seed), exact_side=exact)
+            tensor = clipped_boxes(torch.tensor([side]), 37, 29, generator=torch.Generator().manual_seed(seed), exact_side=exact)
+            assert list(py) == tensor[0].tolist()
+
+
+def test_kept_fraction_is_rounded_once():
+    boxes = torch.tensor([[0, 0, 7, 3], [1, 2, 1, 9], [0, 0, 13, 11]])
+    expected = torch.tensor([1 - 21 / 143, 1.0, 0.0], dtype=torch.float64).float()
+    assert torch.equal(kept_fraction(boxes, 11, 13), expected)
 
 
 # ----------------------------------------------------------------------------- targets and losses
@@ -195,9 +251,11 @@ def test_mixing_core_imports_with_torch_alone():
         "import sys, torch\n"
         "before = set(sys.modules)\n"
         "import mixlab\n"
-        "r = mixlab.CutMix(10)(torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]))\n"
+        "for m in (mixlab.CutMix(10), mixlab.Mixup(10, alpha=0.4), mixlab.TimmMixup(num_classes=10)):\n"
+        "    r = m(torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]))\n"
         "new = [m for m in set(sys.modules) - before if not m.startswith('mixlab')]\n"
-        "heavy = [m for m in new if m.split('.')[0] in ('torchvision', 'timm', 'matplotlib', 'PIL', 'yaml', 'numpy')]\n"
+        "heavy = [m for m in new if m.split('.')[0] in ('torchvision', 'timm', 'matplotlib', 'PIL', 'yaml', 'numpy', 'sympy')]\n"
+        "heavy += [m for m in new if m.startswith('torch._dynamo')]\n"
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -75,7 +75,7 @@ def test_resizemix_pastes_the_resized_partner():
 
 
 def test_resizemix_scale_range():
-    r = make(ResizeMix, k=4, granularity="elem", scale=(0.5, 0.5))(torch.rand(4, 3, 20, 20), torch.arange(4))
+    r = make(ResizeMix, k=4, granularity="elem", scale=(0.5, 0.5), box="inside")(torch.rand(4, 3, 20, 20), torch.arange(4))
     assert torch.allclose(r.lam, torch.full((4,), 0.75))
 
 
@@ -103,6 +103,69 @@ def test_saliencymix_box_is_centred_on_the_partner_peak():
     assert torch.all(ok | ~(big & unclipped))
     peaks = mixlab.mixers.saliency_peaks(x)
     assert torch.all((peaks[:, 0] - 5.5).abs() <= 4) and torch.all((peaks[:, 1] - 21.5).abs() <= 4)
+
+
+def openmixup_resizemix_areas(n, size, scale, seed):
+    """Pasted area fractions of openmixup's ``resizemix`` (``rand_bbox_tao``), drawn directly in
+    NumPy: τ ~ U(scale), cut = int(size·τ), a uniform integer centre, ``[c - cut//2, c + cut//2)``
+    clipped to the image, on both axes."""
+    np = pytest.importorskip("numpy")
+    rng = np.random.default_rng(seed)
+    tau = rng.uniform(*scale, size=n)
+    cut = (size * tau).astype(int)
+    sides = []
+    for _ in range(2):
+        c = rng.integers(0, size, size=n)
+        sides.append(np.clip(c + cut // 2, 0, size) - np.clip(c - cut // 2, 0, size))
+    return sides[0] * sides[1] / size**2
+
+
+def test_resizemix_default_box_is_openmixups_clipped_box():
+    stats = pytest.importorskip("scipy.stats")
+    x = torch.rand(4000, 1, 32, 32)
+    r = make(ResizeMix, k=4, granularity="elem")(x, torch.zeros(4000, dtype=torch.long))
+    ours = (1 - r.lam).double().numpy()
+    reference = openmixup_resizemix_areas(40000, 32, (0.1, 0.8), seed=0)
+    assert stats.ks_2samp(ours, reference).pvalue > 1e-3
+    assert abs(ours.mean() - 0.160) < 0.01 and abs(reference.mean() - 0.160) < 0.005
+    inside = make(ResizeMix, k=4, granularity="elem", box="inside")(x, torch.zeros(4000, dtype=torch.long))
+    assert abs(float((1 - inside.lam).mean()) - 0.24) < 0.01, "the fully-inside option pastes ~τ²"
+
+
+@pytest.mark.parametrize("box", ["clip", "inside"])
+@pytest.mark.parametrize("granularity", ["batch", "elem"])
+def test_resizemix_lambda_is_one_minus_the_pasted_area(box, granularity):
+    b = 8
+    for seed in range(5):
+        r = make(ResizeMix, k=b, granularity=granularity, box=box, seed=seed)(constant_batch(b, 20, 28), torch.arange(b))
+        pasted = (r.images[:, 0] != torch.arange(1, b + 1).view(-1, 1, 1)).float().mean(dim=(1, 2))
+        area = ((r.boxes[:, 2] - r.boxes[:, 0]) * (r.boxes[:, 3] - r.boxes[:, 1])).double() / (20 * 28)
+        assert torch.equal(r.lam, (1 - area).float())
+        assert torch.allclose(r.lam, 1 - pasted, atol=1e-6)
+
+
+@pytest.mark.parametrize("interpolation,torch_mode", [("nearest", "nearest-exact"), ("nearest-legacy", "nearest"),
+                                                      ("bilinear", "bilinear")])
+def test_resizemix_interpolation_names_the_interpolate_mode(interpolation, torch_mode):
+    x = torch.rand(6, 3, 20, 24, generator=torch.Generator().manual_seed(0))
+    atol = 1e-4 if interpolation == "bilinear" else 0.0  # grid_sample's affine grid: float rounding
+    for granularity in ("batch", "elem"):  # one interpolate call, or per-box gathers / grid_sample
+        for seed in range(4):
+            r = make(ResizeMix, k=6, granularity=granularity, interpolation=interpolation, seed=seed)(x, torch.arange(6))
+            for i, (x1, y1, x2, y2) in enumerate(r.boxes.tolist()):
+                if x2 > x1 and y2 > y1:
+                    ref = torch.nn.functional.interpolate(x[r.index[i]][None], size=(y2 - y1, x2 - x1), mode=torch_mode)
+                    torch.testing.assert_close(r.images[i, :, y1:y2, x1:x2], ref[0], rtol=0, atol=atol)
+
+
+def test_fmix_spectrum_spans_both_axes():
+    """The paper's 1/f^δ spectrum on the full 2-D grid: unlike the official code's masks, whose
+    x-axis holds only the fundamental, power reaches the higher x-frequencies too."""
+    noise = mixlab.mixers.fmix.low_frequency_noise(500, 32, 48, 3.0, torch.Generator().manual_seed(0))
+    power = torch.fft.fft2(noise - noise.mean(dim=(1, 2), keepdim=True)).abs().pow(2).mean(0)
+    along_x, along_y = power.sum(0) / power.sum(), power.sum(1) / power.sum()
+    # the official masks hold exactly 0 there (measured: < 1e-30); the 1/f^6 power makes it ~1 %
+    assert along_x[2:24].sum() > 1e-3 and along_y[2:16].sum() > 1e-3
 
 
 # ----------------------------------------------------------------------------- API guarantees
@@ -252,15 +315,18 @@ def test_bad_inputs_raise_before_any_output(cls):
     x0 = x.clone()
     cases = [
         (torch.randn(3, 8, 8), y, ValueError, "4 dims"),
-        (torch.randn(1, 3, 8, 8), y[:1], ValueError, "at least 2"),
+        (torch.randn(0, 3, 8, 8), y[:0], ValueError, "at least 1"),
         (x, y[:3], ValueError, "3 != 4"),
         (x, torch.tensor([0, 1, 2, 4]), ValueError, r"\[0, 4\)"),
         (x, torch.tensor([0, 1, -1, 3]), ValueError, r"\[0, 4\)"),
-        (x, torch.full((4, 4), 0.3), ValueError, "sum"),
+        (x, torch.full((4, 4), -0.1), ValueError, "non-negative"),
+        (x, torch.full((4, 4), float("nan")), ValueError, "NaN"),
         (x, torch.full((4, 5), 0.2), ValueError, "width"),
-        (x.to(torch.uint8), y, TypeError, "floating"),
+        (x, torch.zeros(4, 4, 1), ValueError, "shape"),
+        (x.to(torch.int16), y, TypeError, "uint8"),
         (x, y.float(), TypeError, "integer"),
         ("images", y, TypeError, "torch.Tensor"),
+        (x, "labels", TypeError, "torch.Tensor"),
         (torch.full((4, 3, 8, 8), float("nan")), y, ValueError, "NaN"),
     ]
     for images, labels, err, msg in cases:

@@ -6,6 +6,9 @@ The mixing core imports torch alone::
     mixer = mixlab.CutMix(num_classes=10, alpha=1.0)
     images, targets = mixer(images, labels)
 
+``mixlab.TimmMixup`` takes timm's ``Mixup`` arguments and returns what it returns (a one-import
+swap in timm's ``train.py``).
+
 Subpackages with heavier dependencies (``mixlab.models``, ``mixlab.data``, ``mixlab.engine``,
 ...) are imported only when used. ``mixlab.CropMix`` and ``mixlab.CropMixBatch`` (per-image and
 batched CropMix, :mod:`mixlab.transforms`) are lazy exports: the first access imports torchvision;
@@ -16,7 +19,7 @@ so is ``mixlab.RecursiveMix`` (:mod:`mixlab.methods.recursivemix`, torch until i
 """
 
 from mixlab.core import BinaryCrossEntropy, MixResult, SoftTargetCrossEntropy
-from mixlab.mixers import CutMix, FMix, MixCollate, Mixer, Mixup, RandomChoice, ResizeMix, SaliencyMix
+from mixlab.mixers import CutMix, FMix, MixCollate, Mixer, Mixup, RandomChoice, ResizeMix, SaliencyMix, TimmMixup
 
 __version__ = "0.1.0"
 
@@ -43,6 +46,7 @@ __all__ = [
     "ResizeMix",
     "SaliencyMix",
     "SoftTargetCrossEntropy",
+    "TimmMixup",
     "__version__",
 ]
 

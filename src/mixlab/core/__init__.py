@@ -9,6 +9,8 @@ checks (:mod:`.checks`) and saliency maps (:mod:`.saliency`). Everything random 
 from mixlab.core.boxes import (
     box_area_fraction,
     boxes_to_mask,
+    clipped_boxes,
+    kept_fraction,
     paste_boxes,
     rand_boxes,
     rand_boxes_inside,
@@ -27,7 +29,9 @@ __all__ = [
     "SoftTargetCrossEntropy",
     "box_area_fraction",
     "boxes_to_mask",
+    "clipped_boxes",
     "fine_grained_saliency",
+    "kept_fraction",
     "mix_targets",
     "mixed_cross_entropy",
     "pair_index",

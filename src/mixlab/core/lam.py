@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mixlab.core.checks import check_alpha, check_choice
+from mixlab.core.checks import check_alpha, check_choice, reads_values
 from mixlab.core.random import beta_sample, rand
 
 __all__ = ["GRANULARITIES", "DISTRIBUTIONS", "sample_lambda"]
@@ -41,7 +41,9 @@ def sample_lambda(
         alpha: α of Beta(α, α), or the upper bound of U(0, α) (then 0 < α <= 1).
         granularity: ``"batch"``, ``"pair"`` or ``"elem"`` (see the module docstring).
         distribution: ``"beta"`` or ``"uniform"``.
-        index: the partner index (B,), required for ``"pair"``: λ[index[i]] = λ[i].
+        index: the partner index (B,), required for ``"pair"``: λ[index[i]] = λ[i]. That it
+            is its own inverse is checked where :func:`~mixlab.core.checks.reads_values` allows
+            (a CPU index, outside ``torch.compile``).
         generator: source of randomness (default: the global torch seed).
         device: where the result lives (default: the generator's device).
 
@@ -66,9 +68,9 @@ def sample_lambda(
     elif granularity == "pair":
         if index is None:
             raise ValueError("granularity='pair' needs the partner index")
-        index = index.to(lam.device)
-        if not torch.equal(index[index], torch.arange(batch_size, device=lam.device)):
+        ar = torch.arange(batch_size, device=index.device)
+        if reads_values(index, None) and not torch.equal(index[index], ar):
             raise ValueError("granularity='pair' needs a pairing that is its own inverse, use pairing='flip'")
-        # each pair {i, index[i]} takes the λ of its smaller member
-        lam = lam[torch.minimum(torch.arange(batch_size, device=lam.device), index)]
+        # each pair {i, index[i]} takes the λ of its smaller member (gathered where the index lives)
+        lam = lam.to(index.device, non_blocking=True)[torch.minimum(ar, index)]
     return lam if device is None else lam.to(device, non_blocking=True)

@@ -35,14 +35,12 @@ def pair_index(
     check_choice(pairing, "pairing", PAIRINGS)
     if batch_size < 2:
         raise ValueError(f"batch_size must be >= 2 to pair images, got {batch_size}")
-    if pairing == "flip":
-        index = torch.arange(batch_size - 1, -1, -1)
-    elif pairing == "roll":
-        index = torch.arange(batch_size).roll(1)
-    else:
-        # a uniformly random single cycle through all B images: p[0] -> p[1] -> ... -> p[0]
-        # (no fixed points, vectorised)
-        p = randperm(batch_size, generator).cpu()
-        index = torch.empty_like(p)
-        index[p] = p.roll(-1)
+    if pairing == "flip":  # fixed pairings are built where they are used
+        return torch.arange(batch_size - 1, -1, -1, device=device)
+    if pairing == "roll":
+        return torch.arange(-1, batch_size - 1, device=device).remainder_(batch_size)
+    # a uniformly random single cycle through all B images: p[0] -> p[1] -> ... -> p[0]
+    # (no fixed points, vectorised), built on the generator's device
+    p = randperm(batch_size, generator)
+    index = torch.empty_like(p).scatter_(0, p, p.roll(-1))
     return index if device is None else index.to(device, non_blocking=True)

@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any
 
+import torch
 from torch import Tensor
 
 from mixlab.core.boxes import boxes_to_mask
 
 __all__ = ["MixResult"]
 
+_FIELDS = ("images", "targets", "lam", "index", "source_targets", "mask", "boxes", "partner_targets")
 
-class MixResult:
-    """A mixed batch. Unpacks as ``images, targets = mixer(images, labels)``.
+
+class MixResult(tuple):
+    """A mixed batch: the pair ``(images, targets)``, as torchvision v2 and timm return, with the
+    mixing's bookkeeping as attributes.
+
+    It is a tuple of length 2, so ``images, targets = mixer(images, labels)``, ``out[0]``,
+    ``out[1]`` and ``len(out) == 2`` work as with torchvision and timm; a ``collate_fn`` may
+    return it as is.
 
     Convention for every mixer: output i is built from image i (weight ``lam[i]``) and its partner
     ``index[i]`` (weight ``1 - lam[i]``), and ``lam[i]`` is the *exact* fraction of output i that
     comes from image i (the pixel fraction, for masks and boxes).
 
     Attributes:
-        images: mixed images (B, C, H, W), same dtype, device and memory format as the input.
+        images: mixed images (B, C, H, W), same dtype, device, memory format and tensor subclass
+            (``tv_tensors.Image``) as the input. Read-only, as ``targets`` (it is ``self[0]``);
+            :meth:`replace` makes a changed copy.
         targets: dense soft targets (B, K), float32 unless the mixer was given another dtype.
         lam: (B,) float32, the weight of image i in output i.
         index: (B,) int64 partner index.
@@ -34,10 +44,8 @@ class MixResult:
             access from ``boxes``, so it costs nothing when unused.
     """
 
-    __slots__ = ("images", "targets", "lam", "index", "source_targets", "boxes", "partner_targets", "_mask")
-
-    def __init__(
-        self,
+    def __new__(
+        cls,
         images: Tensor,
         targets: Tensor,
         lam: Tensor,
@@ -46,27 +54,54 @@ class MixResult:
         mask: Tensor | None = None,
         boxes: Tensor | None = None,
         partner_targets: Tensor | None = None,
-    ) -> None:
-        self.images = images
-        self.targets = targets
+    ) -> MixResult:
+        self = tuple.__new__(cls, (images, targets))
         self.lam = lam
         self.index = index
         self.source_targets = source_targets
         self.boxes = boxes
         self.partner_targets = partner_targets
         self._mask = mask
+        return self
+
+    @property
+    def images(self) -> Tensor:
+        return self[0]
+
+    @property
+    def targets(self) -> Tensor:
+        return self[1]
 
     @property
     def mask(self) -> Tensor | None:
         if self._mask is None and self.boxes is not None:
-            h, w = self.images.shape[-2:]
-            inside = boxes_to_mask(self.boxes, h, w, device=self.images.device, dtype=self.images.dtype)
-            self._mask = 1.0 - inside
+            images = self[0]
+            h, w = images.shape[-2:]
+            dtype = images.dtype if images.is_floating_point() else torch.float32  # uint8 images: a float mask
+            inside = boxes_to_mask(self.boxes, h, w, device=images.device, dtype=dtype)
+            self._mask = 1 - inside
         return self._mask
 
-    def __iter__(self) -> Iterator[Tensor]:
-        yield self.images
-        yield self.targets
+    def fields(self) -> dict[str, Any]:
+        """Every field by name (``mask`` as stored: ``None`` if not built yet)."""
+        return {"images": self[0], "targets": self[1], "lam": self.lam, "index": self.index,
+                "source_targets": self.source_targets, "mask": self._mask, "boxes": self.boxes,
+                "partner_targets": self.partner_targets}
+
+    def replace(self, **changes: Any) -> MixResult:
+        """A copy with some fields replaced, e.g. ``result.replace(images=normalize(result.images))``.
+
+        Raises:
+            TypeError: an unknown field name.
+        """
+        unknown = sorted(set(changes) - set(_FIELDS))
+        if unknown:
+            raise TypeError(f"replace() takes fields among {list(_FIELDS)}, got {unknown}")
+        fields = self.fields()
+        if "boxes" in changes and "mask" not in changes:
+            fields["mask"] = None  # rebuilt from the new boxes on access
+        fields.update(changes)
+        return type(self)(**fields)
 
     def pairs(self) -> tuple[Tensor, Tensor, Tensor]:
         """The ``(targets_a, targets_b, lam)`` view for ``λ·CE(y_a) + (1-λ)·CE(y_b)`` losses.
@@ -76,8 +111,20 @@ class MixResult:
         partner = self.partner_targets if self.partner_targets is not None else self.source_targets[self.index]
         return self.source_targets, partner, self.lam
 
+    def pin_memory(self) -> MixResult:
+        """A copy with every tensor field in pinned memory: a ``DataLoader(pin_memory=True)``
+        calls this on each batch a ``MixCollate(return_result=True)`` returns."""
+        return type(self)(**{k: v.pin_memory() if isinstance(v, Tensor) else v for k, v in self.fields().items()})
+
+    def __reduce__(self):  # pickling (DataLoader workers): rebuild from the fields
+        return (_rebuild, (type(self), self.fields()))
+
     def __repr__(self) -> str:
         return (
-            f"MixResult(images={tuple(self.images.shape)}, targets={tuple(self.targets.shape)}, "
+            f"MixResult(images={tuple(self[0].shape)}, targets={tuple(self[1].shape)}, "
             f"lam={self.lam.tolist() if self.lam.numel() <= 8 else '...'}, boxes={self.boxes is not None})"
         )
+
+
+def _rebuild(cls: type, fields: dict[str, Any]) -> MixResult:
+    return cls(**fields)

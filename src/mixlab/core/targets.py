@@ -16,12 +16,17 @@ __all__ = ["soft_targets", "mix_targets"]
 def soft_targets(
     labels: Tensor, num_classes: int, smoothing: float = 0.0, dtype: torch.dtype = torch.float32
 ) -> Tensor:
-    """Dense (B, K) targets from (B,) class indices or (B, K) probabilities, with smoothing ε."""
+    """Dense (B, K) targets from (B,) class indices or (B, K) float targets, with smoothing ε.
+
+    Class indices become ``off = ε / K`` everywhere and ``on = 1 - ε + off`` at the label, both
+    computed in double precision then stored (timm's ``one_hot``, value for value); (B, K)
+    targets become ``(1 - ε) t + ε / K``.
+    """
     if labels.ndim == 1:
-        out = torch.zeros(labels.shape[0], num_classes, dtype=dtype, device=labels.device)
-        out.scatter_(1, labels.long().unsqueeze(1), 1.0)
-    else:
-        out = labels.to(dtype=dtype, copy=True)
+        off = smoothing / num_classes
+        out = torch.full((labels.shape[0], num_classes), off, dtype=dtype, device=labels.device)
+        return out.scatter_(1, labels.long().unsqueeze(1), 1.0 - smoothing + off)
+    out = labels.to(dtype=dtype, copy=True)
     if smoothing > 0.0:
         out.mul_(1.0 - smoothing).add_(smoothing / num_classes)
     return out

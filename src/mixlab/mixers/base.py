@@ -4,39 +4,76 @@
 mixer's parameters once (:meth:`Mixer.make_params`), then applies them deterministically
 (:meth:`Mixer.mix`). Subclasses only say how to sample and how to apply. Nothing is written to the
 caller's tensors unless ``inplace=True``.
+
+The two pixel kernels every mixer reduces to live here too: :func:`blend_with_partner`
+(``λ x_i + (1-λ) x_j``, Mixup) and :func:`select_from_partner` (``x_i`` where a mask keeps it,
+``x_j`` elsewhere: CutMix, FMix, SaliencyMix).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from mixlab.core.checks import check_choice, check_images, check_labels, check_probability
+from mixlab.core.checks import check_bool, check_choice, check_images, check_labels, check_probability
 from mixlab.core.lam import GRANULARITIES, sample_lambda
 from mixlab.core.pairing import PAIRINGS, pair_index
 from mixlab.core.random import rand
 from mixlab.core.result import MixResult
 from mixlab.core.targets import mix_targets, soft_targets
 
-__all__ = ["Mixer", "partner_of"]
+__all__ = ["Mixer", "partner_of", "blend_with_partner", "select_from_partner", "unpack_batch", "needs_grad",
+           "unmixed", "plain_view", "rewrap"]
 
 
 class Mixer(ABC):
     """Base class of the stateless batch mixers.
 
+    Call it as torchvision v2's MixUp/CutMix: ``images, targets = mixer(images, labels)``, or
+    with the pair packed, ``mixer((images, labels))`` (so ``collate_fn=lambda b:
+    mixer(default_collate(b))`` works). The result is a :class:`~mixlab.core.result.MixResult`,
+    a tuple ``(images, targets)`` that also carries ``lam``, ``index``, ``mask``, ``boxes``.
+
+    Inputs the mixers accept, as torchvision v2 and timm do:
+
+    * images: (B, C, H, W) floating point or uint8, plain tensors or ``tv_tensors.Image``
+      (the output has the input's type, dtype, device and memory format). Box and mask mixers
+      copy pixels, so they work in any dtype; Mixup on uint8 blends in float32 and rounds
+      (:class:`~mixlab.mixers.mixup.Mixup`). Inputs that require grad are mixed out of place
+      and differentiably (``inplace`` then does not apply).
+    * a batch of one (the last batch of a ``DataLoader`` with ``drop_last=False``) passes
+      through unmixed: λ = 1, ``index = [0]``, the (smoothed) one-hot targets.
+    * labels: (B,) class indices, or (B, K) float targets: probabilities (mixers chain), or
+      multi-hot / multi-label rows that need not sum to 1 (mixed linearly, as v2.MixUp does).
+
+    Label check rule: shapes and dtypes are always checked. The label *values* (indices in
+    [0, K), no negative entry in (B, K) targets) are checked when the labels are on the CPU and
+    no ``torch.compile`` trace runs: there reading them is free. On an accelerator, reading them
+    would make the host wait for the device at every batch, so by default they are not read
+    (``check_values=True`` forces the check, ``False`` turns it off everywhere). Nothing else in
+    a call reads a device value: random draws are made on the generator's device (the CPU by
+    default) and sent with ``non_blocking=True``, and ``p`` is applied by tensor selection, so
+    the call never waits for the device and compiles as one graph
+    (``torch.compile(mixer, fullgraph=True)``, draws included: the same draws as eager from the
+    same generator state; Inductor's fused blends agree with eager to float rounding).
+
     Args:
         num_classes: K, the width of the soft targets.
         p: probability of mixing a batch (per batch); otherwise the batch passes unchanged with
-            one-hot (smoothed) targets and λ = 1.
+            the (smoothed) targets, λ = 1 and ``index`` the identity.
         pairing: ``"roll"`` (default, any B, no self-pairs), ``"flip"`` (timm/SDMP; on an odd
             batch the middle image mixes with itself) or ``"random"`` (derangement).
         granularity: λ per ``"batch"`` (default), per ``"pair"`` (needs ``pairing="flip"``) or per
             ``"elem"``.
-        label_smoothing: ε applied to the targets before mixing.
+        label_smoothing: ε applied to the targets before mixing, t = (1 - ε) y + ε / K.
         inplace: write the mixed images into the caller's tensor (saves one allocation).
-        check_finite: also reject images or probability labels with NaN/inf (costs a reduction).
+        check_finite: also reject images or float labels with NaN/inf (a reduction read on the
+            host: it waits for the device, and breaks a compiled graph).
+        check_values: the label-value check (see above): ``None`` (default: CPU labels only),
+            ``True`` (always) or ``False`` (never).
         generator: ``torch.Generator`` for all randomness (default: the global torch seed).
         target_dtype: dtype of the soft targets (default float32).
     """
@@ -53,6 +90,7 @@ class Mixer(ABC):
         label_smoothing: float = 0.0,
         inplace: bool = False,
         check_finite: bool = False,
+        check_values: bool | None = None,
         generator: torch.Generator | None = None,
         target_dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -73,56 +111,95 @@ class Mixer(ABC):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         if not (isinstance(target_dtype, torch.dtype) and target_dtype.is_floating_point):
             raise TypeError(f"target_dtype must be a floating torch.dtype, got {target_dtype!r}")
+        if check_values is not None:
+            check_bool(check_values, "check_values")
         self.inplace = bool(inplace)
         self.check_finite = bool(check_finite)
+        self.check_values = check_values
         self.generator = generator
         self.target_dtype = target_dtype
 
     # ---------------------------------------------------------------- what subclasses provide
     @abstractmethod
-    def make_params(self, images: Tensor, index: Tensor) -> dict:
-        """Draw everything random for this batch (λ, boxes, masks), on the images' device."""
+    def make_params(self, images: Tensor, index: Tensor, coin: Tensor | None = None) -> dict:
+        """Draw everything random for this batch (λ, boxes, masks).
+
+        ``coin`` is ``None`` (mix) or a (1,) bool tensor, the ``p`` coin: where it is False the
+        parameters must leave the batch unchanged (λ = 1, empty boxes, full masks).
+        """
 
     @abstractmethod
     def mix(self, images: Tensor, index: Tensor, params: dict) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         """Apply the parameters; return ``(mixed, exact λ (B,), mask or None, boxes or None)``."""
 
     # ---------------------------------------------------------------- the fixed template
-    def sample_lambda(self, batch_size: int, alpha: float, index: Tensor, device, distribution: str = "beta") -> Tensor:
-        """λ (B,) at this mixer's granularity."""
-        return sample_lambda(
-            batch_size, alpha, self.granularity, distribution, index=index, generator=self.generator, device=device
-        )
+    def sample_lambda(self, batch_size: int, alpha: float, index: Tensor, device, distribution: str = "beta",
+                      coin: Tensor | None = None) -> Tensor:
+        """λ (B,) at this mixer's granularity, 1 where the ``p`` coin ``coin`` is False; on
+        ``device``, or where it was drawn if ``device`` is None (the generator's device; the
+        index's for ``"pair"``)."""
+        lam = sample_lambda(batch_size, alpha, self.granularity, distribution, index=index, generator=self.generator)
+        if coin is not None:
+            lam = torch.where(coin.to(lam.device, non_blocking=True), lam, 1.0)
+        return lam if device is None else lam.to(device, non_blocking=True)
 
-    def __call__(self, images: Tensor, labels: Tensor) -> MixResult:
+    def __call__(self, images: Tensor | tuple | list, labels: Tensor | None = None) -> MixResult:
         """Mix a batch.
 
         Args:
-            images: float (B, C, H, W), B >= 2.
-            labels: (B,) int class indices in [0, K) or (B, K) probabilities (rows sum to 1).
+            images: (B, C, H, W) float or uint8; or the pair ``(images, labels)`` with ``labels``
+                left out.
+            labels: (B,) int class indices in [0, K) or (B, K) float targets.
 
         Returns:
-            :class:`MixResult`; unpacks as ``images, targets``.
+            :class:`MixResult`, the tuple ``(images, targets)`` with the bookkeeping attributes.
 
         Raises:
             TypeError, ValueError: on malformed images or labels (nothing is modified).
         """
+        images, labels = unpack_batch(images, labels)
+        x = images if type(images) is Tensor else plain_view(images)
+        source = self.source_targets(x, labels)
+        if x.shape[0] < 2 or self.p == 0.0:
+            return unmixed(images, source)
+        index, params = self.draw(x)
+        return rewrap(self.apply(x, source, index, params), images)
+
+    def source_targets(self, images: Tensor, labels: Tensor) -> Tensor:
+        """Check the inputs; the un-mixed (smoothed) dense targets (B, K) on the images' device."""
         check_images(images, check_finite=self.check_finite)
-        check_labels(labels, images.shape[0], self.num_classes, check_finite=self.check_finite)
-        b, device = images.shape[0], images.device
-        source = soft_targets(labels.to(device), self.num_classes, self.label_smoothing, self.target_dtype)
-        if self.p < 1.0 and float(rand((1,), self.generator)) >= self.p:
-            ones = torch.ones(b, device=device)
-            return MixResult(images, source.clone(), ones, torch.arange(b, device=device), source)
-        index = pair_index(b, self.pairing, self.generator, device=device)
-        params = self.make_params(images, index)
+        check_labels(labels, images.shape[0], self.num_classes, self.check_finite, self.check_values)
+        return self.soft_targets(labels, images.device)
+
+    def soft_targets(self, labels: Tensor, device: torch.device) -> Tensor:
+        """The un-mixed dense targets (B, K) of checked ``labels``, smoothed, on ``device``."""
+        return soft_targets(labels.to(device, non_blocking=True), self.num_classes, self.label_smoothing,
+                            self.target_dtype)
+
+    def draw(self, images: Tensor) -> tuple[Tensor, dict]:
+        """The partner index and the parameters for a batch shaped like ``images`` (B >= 2)."""
+        coin = rand((1,), self.generator) < self.p if self.p < 1.0 else None
+        index = pair_index(images.shape[0], self.pairing, self.generator, device=images.device)
+        params = self.make_params(images, index, coin)
+        if coin is not None:
+            params["coin"] = coin
+        return index, params
+
+    def apply(self, images: Tensor, source: Tensor, index: Tensor, params: dict) -> MixResult:
+        """Mix ``images`` and their targets ``source`` with drawn parameters (no randomness)."""
         mixed, lam, mask, boxes = self.mix(images, index, params)
         targets = mix_targets(source, index, lam)
+        if "coin" in params:  # the p coin: an unmixed batch reports its own index
+            index = torch.where(params["coin"].to(index.device, non_blocking=True), index,
+                                torch.arange(images.shape[0], device=index.device))
         return MixResult(mixed, targets, lam, index, source, mask=mask, boxes=boxes)
 
-    def _out(self, images: Tensor) -> Tensor:
-        """The tensor to write the result into: the caller's (inplace) or a fresh one."""
-        return images if self.inplace else torch.empty_like(images)
+    def _out(self, images: Tensor, params: dict) -> Tensor | None:
+        """The tensor to write the result into: the caller's (``inplace``, unless ``params`` say
+        ``"fresh": True``), a fresh one, or ``None`` (out of place) when autograd records the mix."""
+        if needs_grad(images):
+            return None
+        return images if self.inplace and not params.get("fresh", False) else torch.empty_like(images)
 
     def _hyper_repr(self) -> str:
         return ""
@@ -135,6 +212,47 @@ class Mixer(ABC):
         )
 
 
+def unpack_batch(images: Any, labels: Any) -> tuple[Any, Any]:
+    """``(images, labels)`` from the two arguments, or from the pair ``images`` when ``labels`` is None.
+
+    Raises:
+        TypeError: ``labels`` missing and ``images`` is not a pair.
+    """
+    if labels is None:
+        if isinstance(images, (tuple, list)) and len(images) == 2:
+            return images[0], images[1]
+        raise TypeError(
+            "a mixer takes (images, labels), or one pair (images, labels) such as default_collate's output; "
+            f"got a single {type(images).__name__} and no labels"
+        )
+    return images, labels
+
+
+def unmixed(images: Tensor, source: Tensor) -> MixResult:
+    """The result of not mixing: the batch itself, λ = 1, each image its own partner."""
+    b, device = images.shape[0], images.device
+    return MixResult(images, source.clone(), torch.ones(b, device=device), torch.arange(b, device=device), source)
+
+
+def needs_grad(images: Tensor) -> bool:
+    """Whether autograd records operations on ``images`` (then no ``out=`` kernels)."""
+    return images.requires_grad and torch.is_grad_enabled()
+
+
+def plain_view(images: Tensor) -> Tensor:
+    """A tensor subclass (``tv_tensors.Image``) seen as a plain tensor: same storage, no
+    ``__torch_function__`` on the hot path."""
+    return images.as_subclass(Tensor) if isinstance(images, Tensor) else images
+
+
+def rewrap(result: MixResult, like: Tensor) -> MixResult:
+    """``result`` with its images in ``like``'s tensor subclass (torchvision's ``tv_tensors.wrap``)."""
+    kind = type(like)
+    if kind is Tensor:
+        return result
+    return result.replace(images=result[0].as_subclass(kind))
+
+
 def partner_of(images: Tensor, index: Tensor, pairing: str) -> Tensor:
     """``images[index]`` (a new tensor); a roll for the roll pairing, a flip for the flip pairing."""
     if pairing == "roll":
@@ -143,3 +261,35 @@ def partner_of(images: Tensor, index: Tensor, pairing: str) -> Tensor:
         return images.flip(0)
     return images.index_select(0, index.to(images.device))
 
+
+def blend_with_partner(images: Tensor, index: Tensor, weight: Tensor, out: Tensor | None = None,
+                       pairing: str | None = None, partner: Tensor | None = None) -> Tensor:
+    """``out_i = w_i images_i + (1 - w_i) images_index[i]`` (one ``lerp``), ``weight`` (B, 1, 1, 1)
+    or (1, 1, 1, 1) in the images' dtype, or any shape that broadcasts (a (B, 1, H, W) mask).
+
+    With ``out`` given and the roll pairing, reads two shifted views instead of gathering a
+    partner batch; ``out`` may be ``images`` (in place). ``out=None``: out of place, differentiable.
+    ``partner``: ``images[index]`` when the caller has it already.
+    """
+    if partner is None and pairing == "roll" and out is not None and out is not images:
+        w0, w1 = (weight[:1], weight[1:]) if weight.shape[0] > 1 else (weight, weight)
+        torch.lerp(images[:-1], images[1:], w1, out=out[1:])
+        torch.lerp(images[-1:], images[:1], w0, out=out[:1])
+        return out
+    if partner is None:
+        partner = partner_of(images, index, pairing or "")
+    return torch.lerp(partner, images, weight) if out is None else torch.lerp(partner, images, weight, out=out)
+
+
+def select_from_partner(images: Tensor, index: Tensor, keep: Tensor, out: Tensor | None = None,
+                        pairing: str | None = None) -> Tensor:
+    """``images_i`` where the bool mask ``keep`` (B or 1, 1, H, W) is True, ``images_index[i]``
+    elsewhere (one ``torch.where``; any dtype). Same ``out``/roll rules as :func:`blend_with_partner`."""
+    if out is None:
+        return torch.where(keep, images, partner_of(images, index, pairing or ""))
+    if pairing == "roll" and out is not images:
+        k0, k1 = (keep[:1], keep[1:]) if keep.shape[0] > 1 else (keep, keep)
+        torch.where(k1, images[1:], images[:-1], out=out[1:])
+        torch.where(k0, images[:1], images[-1:], out=out[:1])
+        return out
+    return torch.where(keep, images, partner_of(images, index, pairing or ""), out=out)

@@ -9,36 +9,41 @@ import torch
 from torch import Tensor
 
 from mixlab.core.checks import check_alpha
-from mixlab.mixers.base import Mixer, partner_of
+from mixlab.mixers.base import Mixer, blend_with_partner, partner_of
 
-__all__ = ["Mixup", "mixup"]
+__all__ = ["Mixup", "mixup_images"]
 
 
-def mixup(images: Tensor, index: Tensor, lam: Tensor | float, out: Tensor | None = None, pairing: str | None = None) -> Tensor:
+def mixup_images(images: Tensor, index: Tensor, lam: Tensor, out: Tensor | None = None,
+                 pairing: str | None = None, partner: Tensor | None = None) -> Tensor:
     """Functional kernel: ``out_i = λ_i images_i + (1 - λ_i) images_index[i]``.
 
+    Float images: one ``lerp`` with λ in the images' dtype. uint8 images: as timm's
+    ``FastCollateMixup``, ``x_i·λ + x_j·(1 - λ)`` computed in float32, rounded half to even
+    (``torch.round``, NumPy's ``rint``) and cast back.
+
     Args:
-        images: (B, C, H, W) float.
+        images: (B, C, H, W) float or uint8.
         index: (B,) partner index.
-        lam: a float (one λ) or a (B,) tensor.
-        out: optional output tensor (may be ``images`` itself for an in-place mix).
+        lam: (B,) λ, or (1,) for one λ shared by the batch.
+        out: optional output tensor (may be ``images`` itself for an in-place mix); ``None``
+            computes out of place (differentiable).
         pairing: ``"roll"`` tells the kernel that ``index`` is a roll by one, which it then
             reads as two shifted views instead of gathering a partner batch.
+        partner: ``images[index]``, when the caller has it already.
 
     Returns:
         The mixed batch (``out`` if given).
     """
+    if images.is_floating_point():
+        weight = lam.to(device=images.device, dtype=images.dtype).view(-1, 1, 1, 1)
+        return blend_with_partner(images, index, weight, out=out, pairing=pairing, partner=partner)
+    w = lam.to(device=images.device, dtype=torch.float32).view(-1, 1, 1, 1)
+    partner = (partner_of(images, index, pairing or "") if partner is None else partner).float()
+    mixed = torch.round(images.float() * w + partner * (1.0 - w))
     if out is None:
-        out = torch.empty_like(images)
-    if isinstance(lam, Tensor):
-        lam = lam.to(device=images.device, dtype=images.dtype).view(-1, 1, 1, 1)
-    if pairing == "roll" and out is not images:
-        w0, w1 = (lam[:1], lam[1:]) if isinstance(lam, Tensor) else (lam, lam)
-        torch.lerp(images[:-1], images[1:], w1, out=out[1:])
-        torch.lerp(images[-1:], images[:1], w0, out=out[:1])
-        return out
-    partner = partner_of(images, index, pairing or "")  # a copy, so out may alias images
-    return torch.lerp(partner, images, lam, out=out)
+        return mixed.to(images.dtype)
+    return out.copy_(mixed)
 
 
 class Mixup(Mixer):
@@ -49,8 +54,14 @@ class Mixup(Mixer):
         alpha: α of Beta(α, α), > 0 (default 1.0; 0.2 is the ImageNet setting of the paper,
             AutoMix's CIFAR tables use 1.0).
         **kwargs: the common mixer options (``p``, ``pairing``, ``granularity``,
-            ``label_smoothing``, ``inplace``, ``check_finite``, ``generator``), see
-            :class:`~mixlab.mixers.base.Mixer`.
+            ``label_smoothing``, ``inplace``, ``check_finite``, ``check_values``, ``generator``),
+            see :class:`~mixlab.mixers.base.Mixer`.
+
+    Precision: ``lam`` is the weight actually applied. For float16/bfloat16 images λ is rounded
+    to the images' dtype before the blend and reported as that rounded value. uint8 images (a
+    prefetcher pipeline, :class:`~mixlab.mixers.choice.MixCollate`) are blended as timm's
+    ``FastCollateMixup`` does: ``round(x_i·λ + x_j·(1 - λ))`` in float32, rounding half to even;
+    λ is then the weight used, and each pixel is within 0.5 grey levels of the exact blend.
 
     Example:
         >>> mixer = Mixup(num_classes=10, alpha=1.0, generator=torch.Generator().manual_seed(0))
@@ -63,18 +74,14 @@ class Mixup(Mixer):
         super().__init__(num_classes, **kwargs)
         self.alpha = check_alpha(alpha)
 
-    def make_params(self, images: Tensor, index: Tensor) -> dict:
-        return {"lam": self.sample_lambda(images.shape[0], self.alpha, index, device=images.device)}
+    def make_params(self, images: Tensor, index: Tensor, coin: Tensor | None = None) -> dict:
+        return {"lam": self.sample_lambda(images.shape[0], self.alpha, index, images.device, coin=coin)}
 
     def mix(self, images: Tensor, index: Tensor, params: dict):
         lam = params["lam"]
-        if self.granularity == "batch":
-            weight: Tensor | float = float(lam[0])
-            exact = lam
-        else:
-            weight = lam.to(images.dtype)
-            exact = weight.float()  # the λ actually applied, after rounding to the images' dtype
-        out = mixup(images, index, weight, out=self._out(images), pairing=self.pairing)
+        weight = lam[:1] if self.granularity == "batch" else lam  # one λ: a broadcast weight
+        out = mixup_images(images, index, weight, out=self._out(images, params), pairing=self.pairing)
+        exact = lam.to(images.dtype).float() if images.is_floating_point() else lam.float()
         return out, exact, None, None
 
     def _hyper_repr(self) -> str:

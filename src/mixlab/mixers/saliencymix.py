@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mixlab.core.boxes import box_area_fraction, rand_boxes
+from mixlab.core.boxes import kept_fraction, rand_boxes
 from mixlab.core.checks import check_alpha
 from mixlab.mixers.base import Mixer
-from mixlab.mixers.cutmix import cutmix
+from mixlab.mixers.cutmix import cutmix_images
 
 __all__ = ["SaliencyMix", "spectral_residual_saliency", "saliency_peaks"]
 
@@ -55,7 +55,11 @@ def spectral_residual_saliency(images: Tensor, size: int = _SALIENCY_SIZE) -> Te
 
 
 def saliency_peaks(images: Tensor) -> Tensor:
-    """(B, 2) float ``(x, y)`` pixel coordinates of each image's saliency peak."""
+    """(B, 2) float ``(x, y)`` pixel coordinates of each image's saliency peak.
+
+    The one place SaliencyMix calls its saliency detector (float or uint8 images, any device,
+    no host read: it compiles).
+    """
     h, w = images.shape[-2:]
     sal = spectral_residual_saliency(images)
     s = sal.shape[-1]
@@ -82,18 +86,15 @@ class SaliencyMix(Mixer):
         super().__init__(num_classes, **kwargs)
         self.alpha = check_alpha(alpha)
 
-    def make_params(self, images: Tensor, index: Tensor) -> dict:
-        b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
-        lam = self.sample_lambda(b, self.alpha, index, device=images.device)
-        peaks = saliency_peaks(images)[index.to(images.device)]  # centre = peak of the partner
-        boxes = rand_boxes(1.0 - lam, h, w, centers=peaks)
-        return {"boxes": boxes}
+    def make_params(self, images: Tensor, index: Tensor, coin: Tensor | None = None) -> dict:
+        return {"lam": self.sample_lambda(images.shape[0], self.alpha, index, images.device, coin=coin)}
 
     def mix(self, images: Tensor, index: Tensor, params: dict):
-        boxes = params["boxes"]
         h, w = images.shape[-2:]
-        out = cutmix(images, index, boxes, out=images if self.inplace else None, pairing=self.pairing)
-        return out, 1.0 - box_area_fraction(boxes, h, w), None, boxes
+        peaks = saliency_peaks(images.detach())[index]  # centre = peak of the partner (the patch's source)
+        boxes = rand_boxes(1.0 - params["lam"], h, w, centers=peaks)
+        out = cutmix_images(images, index, boxes, out=self._out(images, params), pairing=self.pairing)
+        return out, kept_fraction(boxes, h, w), None, boxes
 
     def _hyper_repr(self) -> str:
         return f"alpha={self.alpha}"
