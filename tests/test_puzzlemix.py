@@ -17,7 +17,7 @@ from torch import nn
 
 import mixlab
 from mixlab import registry
-from mixlab.core import soft_cross_entropy, soft_targets
+from mixlab.core import soft_cross_entropy
 from mixlab.engine import build_optimizer, load_config, train, train_step
 from mixlab.engine.config import OptimConfig
 from mixlab.methods.puzzlemix import (

@@ -103,11 +103,11 @@ def test_resizefill_is_the_whole_previous_mixed_batch_resized_into_the_box(mode,
 def test_bilinear_resizefill_puts_the_history_corners_on_the_box_corners():
     """align_corners=True (the authors' bilinear): the four corner pixels of the box are exactly
     the history's four corner pixels; a 1-pixel side reads the first row or column."""
-    from mixlab.methods.recursivemix import resize_into_boxes_align_corners
+    from mixlab.core.boxes import resize_into_boxes
 
     source = torch.rand(3, 2, 9, 7)
     boxes = torch.tensor([[2, 3, 12, 10], [0, 0, 1, 5], [4, 4, 7, 5]])
-    canvas = resize_into_boxes_align_corners(source, boxes, 12, 14)
+    canvas = resize_into_boxes(source, boxes, 12, 14, mode="bilinear-align-corners")
     for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
         expect = torch.nn.functional.interpolate(source[i:i + 1], size=(y2 - y1, x2 - x1), mode="bilinear",
                                                  align_corners=True)[0]

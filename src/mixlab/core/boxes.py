@@ -206,8 +206,10 @@ def paste_boxes(
     return torch.where(mask, source, images, out=out)
 
 
-#: how :func:`resize_into_boxes` and :func:`resize_paste` resample
-RESIZE_MODES = ("nearest", "nearest-legacy", "bilinear")
+#: how :func:`resize_into_boxes` and :func:`resize_paste` resample: ``F.interpolate``'s
+#: ``"nearest-exact"``, its legacy ``"nearest"``, ``"bilinear"`` with ``align_corners=False`` or with
+#: ``align_corners=True`` (RecursiveMix's authors' ResizeFill)
+RESIZE_MODES = ("nearest", "nearest-legacy", "bilinear", "bilinear-align-corners")
 
 
 def _nearest_sources(dst: Tensor, start: Tensor, size: Tensor, n_src: int, mode: str) -> Tensor:
@@ -252,6 +254,8 @@ def resize_into_boxes(source: Tensor, boxes: Tensor, height: int, width: int, mo
         src_x = _nearest_sources(xs, bx[:, 0:1], bw, w_src, mode)  # (B, W)
         rows = source.gather(2, src_y.view(b, 1, height, 1).expand(b, c, height, w_src))
         return rows.gather(3, src_x.view(b, 1, 1, width).expand(b, c, height, width))
+    if mode == "bilinear-align-corners":
+        return _resize_align_corners(source, boxes, height, width)
     if mode != "bilinear":
         raise ValueError(f"mode must be one of {list(RESIZE_MODES)}, got {mode!r}")
     bx = boxes.to(device=source.device, dtype=torch.float32)
@@ -268,6 +272,25 @@ def resize_into_boxes(source: Tensor, boxes: Tensor, height: int, width: int, mo
     grid = F.affine_grid(theta, [b, c, height, width], align_corners=False)
     src = source if source.dtype in (torch.float32, torch.float64) else source.float()
     out = F.grid_sample(src, grid.to(src.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+    return _to_dtype(out, source.dtype)
+
+
+def _resize_align_corners(source: Tensor, boxes: Tensor, height: int, width: int) -> Tensor:
+    """Bilinear with ``align_corners=True``, one ``grid_sample`` with per-sample grids: output pixel
+    r of a box of side s reads source position r·(h − 1)/(s − 1) (0 when s = 1), as
+    ``F.interpolate(source[i], size=box, mode="bilinear", align_corners=True)``."""
+    b, c = source.shape[:2]
+    bx = boxes.to(device=source.device, dtype=torch.float32)
+
+    def axis(n: int, lo: Tensor, hi: Tensor) -> Tensor:  # (B, n) grid coordinates in [-1, 1]
+        t = torch.arange(n, device=source.device, dtype=torch.float32)[None] - lo[:, None]
+        side = (hi - lo)[:, None]
+        return torch.where(side > 1, 2 * t / (side - 1).clamp_min(1) - 1, torch.full_like(t, -1.0))
+
+    gx, gy = axis(width, bx[:, 0], bx[:, 2]), axis(height, bx[:, 1], bx[:, 3])
+    grid = torch.stack([gx[:, None, :].expand(b, height, width), gy[:, :, None].expand(b, height, width)], dim=-1)
+    src = source if source.dtype in (torch.float32, torch.float64) else source.float()
+    out = F.grid_sample(src, grid.to(src.dtype), mode="bilinear", padding_mode="border", align_corners=True)
     return _to_dtype(out, source.dtype)
 
 
@@ -295,12 +318,14 @@ def resize_paste(
         x1, y1, x2, y2 = boxes
         if x2 <= x1 or y2 <= y1:  # nothing to paste (interpolate cannot produce an empty image)
             return images.clone() if out is None else out if out is images else out.copy_(images)
-        torch_mode = {"nearest": "nearest-exact", "nearest-legacy": "nearest"}.get(mode, mode)
         if mode not in RESIZE_MODES:
             raise ValueError(f"mode must be one of {list(RESIZE_MODES)}, got {mode!r}")
-        if source.is_floating_point() or mode != "bilinear":
-            small = F.interpolate(source, size=(y2 - y1, x2 - x1), mode=torch_mode)
-        else:
-            small = _to_dtype(F.interpolate(source.float(), size=(y2 - y1, x2 - x1), mode=torch_mode), source.dtype)
+        torch_mode = {"nearest": "nearest-exact", "nearest-legacy": "nearest"}.get(mode, "bilinear")
+        corners = {"align_corners": mode == "bilinear-align-corners"} if torch_mode == "bilinear" else {}
+        bilinear_int = torch_mode == "bilinear" and not source.is_floating_point()
+        small = F.interpolate(source.float() if bilinear_int else source, size=(y2 - y1, x2 - x1),
+                              mode=torch_mode, **corners)
+        if bilinear_int:
+            small = _to_dtype(small, source.dtype)
         return paste_boxes(images, small, boxes, out)
     return paste_boxes(images, resize_into_boxes(source, boxes, h, w, mode=mode), boxes, out)

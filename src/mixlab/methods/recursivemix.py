@@ -72,10 +72,9 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixlab.core.boxes import box_area_fraction, paste_boxes, rand_box, rand_boxes, resize_paste
+from mixlab.core.boxes import box_area_fraction, rand_box, rand_boxes, resize_paste
 from mixlab.core.checks import check_bool, check_choice
 from mixlab.core.losses import SoftTargetCrossEntropy
 from mixlab.core.pairing import pair_index
@@ -84,38 +83,9 @@ from mixlab.core.result import MixResult
 from mixlab.core.targets import soft_targets
 from mixlab.methods.base import Method, StepOutput
 
-__all__ = ["RecursiveMix", "INTERPOLATIONS", "resize_into_boxes_align_corners"]
+__all__ = ["RecursiveMix", "INTERPOLATIONS"]
 
 INTERPOLATIONS = ("nearest", "bilinear")
-
-
-def resize_into_boxes_align_corners(source: Tensor, boxes: Tensor, height: int, width: int) -> Tensor:
-    """Each whole ``source[i]`` resized bilinearly into ``boxes[i]`` of an (H, W) canvas with
-    ``align_corners=True``, vectorised: one ``grid_sample`` with per-sample grids. Matches
-    ``F.interpolate(source[i], size=box, mode="bilinear", align_corners=True)`` (output pixel r of a
-    box of side s reads source position r·(h − 1)/(s − 1), 0 when s = 1). Values outside the boxes
-    are unspecified. float16/bfloat16 are computed in float32.
-
-    Args:
-        source: (B, C, h, w) images.
-        boxes: (B, 4) int64 ``(x1, y1, x2, y2)`` boxes in the (H, W) canvas.
-
-    Returns:
-        (B, C, H, W) canvas in ``source``'s dtype.
-    """
-    b, c = source.shape[:2]
-    bx = boxes.to(device=source.device, dtype=torch.float32)
-
-    def axis(n: int, lo: Tensor, hi: Tensor) -> Tensor:  # (B, n) grid coordinates in [-1, 1]
-        t = torch.arange(n, device=source.device, dtype=torch.float32)[None] - lo[:, None]
-        side = (hi - lo)[:, None]
-        return torch.where(side > 1, 2 * t / (side - 1).clamp_min(1) - 1, torch.full_like(t, -1.0))
-
-    gx, gy = axis(width, bx[:, 0], bx[:, 2]), axis(height, bx[:, 1], bx[:, 3])
-    grid = torch.stack([gx[:, None, :].expand(b, height, width), gy[:, :, None].expand(b, height, width)], dim=-1)
-    src = source if source.dtype in (torch.float32, torch.float64) else source.float()
-    out = F.grid_sample(src, grid.to(src.dtype), mode="bilinear", padding_mode="border", align_corners=True)
-    return out.to(source.dtype)
 
 
 class RecursiveMix(Method):
@@ -310,11 +280,9 @@ class RecursiveMix(Method):
         box_t = boxes if isinstance(boxes, Tensor) else torch.tensor(boxes).to(images.device, non_blocking=True)
         out = images.clone(memory_format=torch.preserve_format)
         head = out[:n]
-        if self.interpolation == "nearest":
-            resize_paste(head, partner, boxes, "nearest", out=head)  # ResizeFill, Eq. 1
-        else:  # the authors' bilinear: align_corners=True
-            bx = box_t.expand(n, 4)
-            paste_boxes(head, resize_into_boxes_align_corners(partner, bx, h, w), bx, out=head)
+        # ResizeFill, Eq. 1 (the authors' bilinear is align_corners=True)
+        mode = "nearest" if self.interpolation == "nearest" else "bilinear-align-corners"
+        resize_paste(head, partner, boxes if self.interpolation == "nearest" else box_t.expand(n, 4), mode, out=head)
         lam_hist = torch.zeros(b, device=images.device)
         lam_hist[:n] = frac
         mixed_targets = targets.clone()

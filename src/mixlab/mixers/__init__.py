@@ -12,7 +12,7 @@ from mixlab.mixers.cutmix import CutMix, cutmix_images
 from mixlab.mixers.fmix import FMix, fourier_masks
 from mixlab.mixers.mixup import Mixup, mixup_images
 from mixlab.mixers.resizemix import ResizeMix, resizemix_images
-from mixlab.mixers.saliencymix import SaliencyMix, saliency_peaks, spectral_residual_saliency
+from mixlab.mixers.saliencymix import SaliencyMix, saliency_peaks
 from mixlab.mixers.timm_compat import TimmMixup
 
 __all__ = [
@@ -30,5 +30,4 @@ __all__ = [
     "mixup_images",
     "resizemix_images",
     "saliency_peaks",
-    "spectral_residual_saliency",
 ]
