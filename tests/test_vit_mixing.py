@@ -467,3 +467,23 @@ def test_registry_entries_carry_the_papers_defaults_and_a_vit():
     assert registry.METHODS["transmix"].defaults == {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "cutmix_prob": 0.5,
                                                      "area_weight": 0.0}
     assert registry.METHODS["smmix"].defaults["min_side_ratio"] == 0.25
+
+
+def test_the_vit_protocols_compare_the_same_rows_on_class_token_deits():
+    from mixlab.bench.protocols import load_protocol
+
+    quick, full = load_protocol("cifar10-vit-quick"), load_protocol("cifar10-vit-full")
+    assert list(quick.methods) == list(full.methods) == ["vanilla", "mixup-cutmix", "cutmix", "transmix", "mixpro",
+                                                         "smmix"]
+    assert quick.methods == full.methods and quick.claims == full.claims and len(quick.seeds) == 3
+    assert {(c.method, c.baseline) for c in quick.claims} >= {("transmix", "cutmix"), ("mixpro", "transmix")}
+    assert quick.base.method.label_smoothing == full.base.method.label_smoothing == 0.1
+    assert quick.base.optim.name == full.base.optim.name == "adamw" and full.base.run.amp == "bf16"
+    cfg = quick.config("mixpro", 0)
+    model = create_model(cfg.model.name, K, **cfg.model.kwargs)
+    layout = attention_layout(model)
+    assert layout.class_token and layout.patch_size == (4, 4)  # TransMix and MixPro read the class token's row
+    for name in quick.methods:  # every row builds and sets up on the protocol's model
+        c = quick.config(name, 0)
+        registry.build_method(c.method.name, K, c.method.label_smoothing, **c.method.params).setup(model)
+    assert 32 // cfg.method.params["mask_patch_size"] == 4  # MaskMix: the paper's 4 x 4 grid of cells
