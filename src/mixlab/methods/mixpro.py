@@ -4,7 +4,8 @@ Zhao, Huang, Hu, Zhang & Liu, "MixPro: Data Augmentation with MaskMix and Progre
 Labeling for Vision Transformer", ICLR 2023 (arXiv:2304.12043); official code
 github.com/fistyee/MixPro (``utils.MaskMix`` and ``main.train_one_epoch``). MixPro answers two
 weaknesses the paper finds in TransMix (:mod:`mixlab.methods.transmix`): a CutMix box cuts patches
-in two, and early in training the attention that labels the mix is unreliable.
+in two, and early in training the attention that labels the mix is unreliable. (Equations are
+numbered within this docstring.)
 
 1. **MaskMix (image space).** The image is tiled by a grid of s×s-pixel mask cells, s a multiple
    of the model's patch size p, so every patch comes from one image only. One λ ~ Beta(α, α) per
@@ -82,7 +83,7 @@ def maskmix_cells(n: int, grid: tuple[int, int], keep: int, generator: torch.Gen
     """(n, g_h, g_w) bool: for each image, ``keep`` cells drawn uniformly at random (True = kept)."""
     cells = grid[0] * grid[1]
     order = rand((n, cells), generator).argsort(dim=1)[:, :keep]  # a uniform keep-subset per image
-    kept = torch.zeros(n, cells, dtype=torch.bool).scatter_(1, order, True)
+    kept = torch.zeros(n, cells, dtype=torch.bool, device=order.device).scatter_(1, order, True)
     return kept.view(n, *grid).to(device, non_blocking=True)
 
 

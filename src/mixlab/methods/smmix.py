@@ -2,7 +2,8 @@
 
 Chen, Lin, Lin, Zhang, Chao & Ji, "SMMix: Self-Motivated Image Mixing for Vision Transformers",
 ICCV 2023 (arXiv:2212.12977); official code github.com/ChenMnZ/SMMix (``smmix.py``, ``deit.py``,
-``engine.py``). The model under training motivates both the mixed image and its labels:
+``engine.py``). The model under training motivates both the mixed image and its labels (equations
+are numbered within this docstring):
 
 1. **Self-motivation.** The un-mixed batch goes through the model once more, in eval mode and
    without gradient, for its predictions ``z`` and the attention score of every patch: the attention

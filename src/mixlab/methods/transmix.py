@@ -2,7 +2,8 @@
 
 Chen, Sun, He, Torr, Yuille & Bai, "TransMix: Attend to Mix for Vision Transformers", CVPR 2022
 (arXiv:2111.09833); official code github.com/Beckschen/TransMix (``transmix.py``, its
-``vision_transformer.py`` and ``train.py``). The method, in the order of the paper:
+``vision_transformer.py`` and ``train.py``). The method, in the order of the paper (equations are
+numbered within this docstring):
 
 1. **CutMix on the input.** A box of the partner ``x_B`` is pasted into ``x_A``:
    ``x̃ = M ⊙ x_A + (1 − M) ⊙ x_B`` with ``M`` the (H, W) mask of the pixels kept from ``x_A``
