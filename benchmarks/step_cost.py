@@ -21,8 +21,8 @@ each method label's parameters (``transmix@always: {mixup_alpha: 0}`` times only
     python benchmarks/step_cost.py --model resnet18 --device cuda --methods vanilla,mixup,automix
     python benchmarks/step_cost.py --protocol cifar10-ssl-quick --methods mocov3,mocov3@sdmp,dino,dino@sdmp \
         --reference mocov3,dino
-    python benchmarks/step_cost.py --model vit_tiny_patch4 --reference cutmix \
-        --methods cutmix,transmix,transmix@always,mixpro,mixpro@always,smmix,smmix@always \
+    python benchmarks/step_cost.py --protocol cifar10-vit-quick --batch-size 64 --reference cutmix,mixup-cutmix \
+        --methods vanilla,cutmix,mixup-cutmix,transmix,transmix@always,mixpro,mixpro@always,smmix,smmix@always \
         --method-params "{transmix@always: {mixup_alpha: 0}, mixpro@always: {maskmix_prob: 1}, smmix@always: {mixup_alpha: 0}}"
 """
 
@@ -59,7 +59,8 @@ def main() -> None:
     p.add_argument("--reference", default="vanilla,mixup,cutmix",
                    help="ratios against these methods (those that are run)")
     p.add_argument("--model", default=None, help="default: the protocol's, else resnet_small")
-    p.add_argument("--model-kwargs", default="{}", help="YAML mapping of model arguments, e.g. '{depth: 6}'")
+    p.add_argument("--model-kwargs", default=None,
+                   help="YAML mapping of model arguments, e.g. '{depth: 6}' (default: the protocol's, else none)")
     p.add_argument("--protocol", default=None, help="take the methods' parameters from this benchmark protocol")
     p.add_argument("--method-params", default="{}",
                    help="YAML mapping method label -> parameters (after the protocol's), e.g. '{transmix: {mixup_alpha: 0}}'")
@@ -80,7 +81,11 @@ def main() -> None:
     y = torch.randint(0, 10, (args.batch_size,), device=device)
     protocol = load_protocol(args.protocol) if args.protocol else None
     args.model = args.model or (protocol.base.model.name if protocol else "resnet_small")
-    model_kwargs, method_params = yaml.safe_load(args.model_kwargs) or {}, yaml.safe_load(args.method_params) or {}
+    if args.model_kwargs is not None:
+        model_kwargs = yaml.safe_load(args.model_kwargs) or {}
+    else:
+        model_kwargs = dict(protocol.base.model.kwargs) if protocol and args.model == protocol.base.model.name else {}
+    method_params = yaml.safe_load(args.method_params) or {}
     runs = {}
     for name in names:
         torch.manual_seed(0)  # the same initial model for every method
@@ -121,11 +126,12 @@ def main() -> None:
     print(f"{args.model} {model_kwargs or ''}, batch {args.batch_size} x {args.image_size}x{args.image_size}, {device}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}; median of {args.blocks} blocks "
           f"x {args.steps} steps")
-    header = f"{'method':<16}{'ms/step':>9}" + "".join(f"{'/ ' + r:>12}" for r in refs) + f"{'state MiB':>11}"
+    width = {r: max(12, len(r) + 3) for r in refs}
+    header = f"{'method':<16}{'ms/step':>9}" + "".join(f"{'/ ' + r:>{width[r]}}" for r in refs) + f"{'state MiB':>11}"
     header += f"{'peak MiB':>10}" if peaks else ""
     print(header)
     for n in names:
-        line = f"{n:<16}{ms[n]:9.1f}" + "".join(f"{ms[n] / ms[r]:12.3f}" for r in refs)
+        line = f"{n:<16}{ms[n]:9.1f}" + "".join(f"{ms[n] / ms[r]:{width[r]}.3f}" for r in refs)
         line += f"{state_bytes(runs[n][1]) / 2**20:11.2f}"
         line += f"{peaks[n]:10.0f}" if peaks else ""
         print(line)
