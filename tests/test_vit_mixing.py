@@ -342,7 +342,7 @@ def test_smmix_mix_labels_and_losses_by_hand(name):
         model.train()
     mixed, window, clean_logits = sm.mix(model, x, y)
     assert model.training and torch.allclose(clean_logits, clean, atol=1e-5)
-    k = int(math.isqrt(int(window[0].sum())))
+    k = math.isqrt(int(window[0].sum()))
     assert 2 <= k <= 6 and torch.equal(window.flatten(1).sum(1), torch.full((6,), k * k))
     sums = F.avg_pool2d(scores[:, None], k, 1)[:, 0] * k * k  # every k x k window's total
     for i in range(6):
@@ -363,7 +363,7 @@ def test_smmix_mix_labels_and_losses_by_hand(name):
     fine, con = sm.losses(mixed, window, clean_logits, features, logits)
     tokens = patch_tokens(attention_layout(model), features)
     w = window.flatten(1)
-    ce = lambda z, t: -(t * z.log_softmax(1)).sum(1)  # noqa: E731
+    ce = lambda z, t: -(t * z.log_softmax(1)).sum(1)
     hand_fine = torch.stack([0.5 * (ce(sm.token_head(tokens[i][~w[i]].mean(0, keepdim=True)), one_hot(y[i:i + 1], 0.1))
                                     + ce(sm.token_head(tokens[i][w[i]].mean(0, keepdim=True)),
                                          one_hot(y[mixed.index][i:i + 1], 0.1))) for i in range(6)]).mean()
@@ -426,6 +426,20 @@ def test_trainer_runs_the_method_and_resumes_exactly(method, params, tmp_path: P
     if method == "smmix":
         assert state["token_head.weight"].shape == (10, 16)
     assert (tmp_path / "a" / "samples.png").exists()
+
+
+@pytest.mark.parametrize("method", ["transmix", "mixpro", "smmix"])
+def test_previews_show_the_methods_own_mix_with_the_setup_model(method):
+    """`mixlab show` and the bench gallery draw the method's own branch (CutMix + attention labels,
+    MaskMix, SMMix windows), never the Mixup half of the switch."""
+    m = registry.build_method(method, K, 0.1)
+    with pytest.raises(RuntimeError, match="must be called before previewing"):
+        m.mix_preview(*batch(4))
+    setup(m, cls_vit())
+    for seed in range(6):
+        mixed = m.mix_preview(*batch(4, seed))
+        own = mixed.boxes is not None if method == "transmix" else (mixed.boxes is None and mixed.mask is not None)
+        assert own and torch.allclose(mixed.targets.sum(1), torch.ones(4), atol=1e-5)
 
 
 # ================================================================ 6. bad input

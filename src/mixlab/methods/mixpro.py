@@ -72,7 +72,7 @@ from mixlab.methods.base import Method, StepOutput
 from mixlab.methods.transmix import attention_lambda
 from mixlab.models.attention import QUERIES, AttentionLayout, AttentionRecorder, attention_layout, patch_grid
 
-__all__ = ["MixPro", "maskmix_cells", "cells_to_grid", "progressive_factor", "FACTORS"]
+__all__ = ["FACTORS", "MixPro", "cells_to_grid", "maskmix_cells", "progressive_factor"]
 
 #: the progressive factors of Eq. (2)
 FACTORS = ("similarity", "accuracy")
@@ -211,9 +211,10 @@ class MixPro(Method):
         mixed.targets = mix_targets(mixed.source_targets, mixed.index, lam)
         return alpha
 
-    def mix(self, model: nn.Module, images: Tensor, labels: Tensor) -> tuple[MixResult, Tensor, Tensor]:
+    def mix(self, model: nn.Module, images: Tensor, labels: Tensor,
+            maskmix: bool | None = None) -> tuple[MixResult, Tensor, Tensor]:
         """One batch through the switch and the model: ``(mixed, logits, α)`` (α = 0 where the labels
-        are by area).
+        are by area). ``maskmix`` forces the branch (``None``: the draw of step 4).
 
         Raises:
             RuntimeError: :meth:`setup` was not called.
@@ -221,7 +222,9 @@ class MixPro(Method):
         if self._recorder is None:
             raise RuntimeError("MixPro.setup(model, generator) must be called first: it finds the model's attention")
         zero = torch.zeros(images.shape[0], device=images.device)
-        if float(rand((1,), self.generator)) >= self.maskmix_prob:  # DeiT's switch, area labels
+        if maskmix is None:
+            maskmix = float(rand((1,), self.generator)) < self.maskmix_prob
+        if not maskmix:  # DeiT's switch, area labels
             use_cutmix = self.mixup is None or float(rand((1,), self.generator)) < self.cutmix_prob
             mixed = (self.cutmix if use_cutmix else self.mixup)(images, labels)
             return mixed, model(mixed.images), zero
@@ -250,11 +253,12 @@ class MixPro(Method):
 
     @torch.no_grad()
     def mix_preview(self, images: Tensor, labels: Tensor) -> MixResult:
-        """A MixPro batch, labelled with the attention of the model given to :meth:`setup`."""
+        """A MaskMix batch with progressive attention labels (the method's own branch), from the model
+        given to :meth:`setup`."""
         if not self._model:
             raise RuntimeError("MixPro.setup(model, generator) must be called before previewing: the labels need "
                                "the model's attention")
-        return self.mix(self._model[0], images, labels)[0]
+        return self.mix(self._model[0], images, labels, maskmix=True)[0]
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, alpha={self.alpha}, mask_patch_size={self.mask_patch_size}, "

@@ -61,7 +61,7 @@ from torch import Tensor, nn
 from mixlab.core.checks import check_bool, check_probability, check_range
 from mixlab.core.losses import SoftTargetCrossEntropy, soft_cross_entropy
 from mixlab.core.pairing import pair_index
-from mixlab.core.random import randint, rand
+from mixlab.core.random import rand, randint
 from mixlab.core.result import MixResult
 from mixlab.core.targets import mix_targets, soft_targets
 from mixlab.methods.base import Method, StepOutput

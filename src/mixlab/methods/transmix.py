@@ -65,7 +65,7 @@ from mixlab.core.targets import mix_targets, soft_targets
 from mixlab.methods.base import Method, StepOutput
 from mixlab.models.attention import QUERIES, AttentionLayout, AttentionRecorder, attention_layout, patch_grid
 
-__all__ = ["TransMix", "attention_lambda", "patch_fraction", "MASK_DOWNSAMPLING"]
+__all__ = ["MASK_DOWNSAMPLING", "TransMix", "attention_lambda", "patch_fraction"]
 
 #: how a pixel mask is brought to the patch grid (:func:`patch_fraction`)
 MASK_DOWNSAMPLING = ("area", "nearest")
@@ -167,9 +167,11 @@ class TransMix(Method):
         mixed.targets = mix_targets(targets, mixed.index, lam)
         return lam
 
-    def mix(self, model: nn.Module, images: Tensor, labels: Tensor) -> tuple[MixResult, Tensor, Tensor]:
+    def mix(self, model: nn.Module, images: Tensor, labels: Tensor,
+            cutmix: bool | None = None) -> tuple[MixResult, Tensor, Tensor]:
         """Steps 1-4 for one batch: mix, run ``model`` on the mixed batch (recording the attention
-        on CutMix batches), re-label. Returns ``(mixed, logits, λ)``.
+        on CutMix batches), re-label. Returns ``(mixed, logits, λ)``. ``cutmix`` forces the branch
+        (``None``: step 4's draw).
 
         Raises:
             RuntimeError: :meth:`setup` was not called.
@@ -177,7 +179,8 @@ class TransMix(Method):
         """
         if self._recorder is None:
             raise RuntimeError("TransMix.setup(model, generator) must be called first: it finds the model's attention")
-        if not self.use_cutmix():
+        use_cutmix = self.use_cutmix() if cutmix is None else (cutmix or self.mixup is None)
+        if not use_cutmix:
             mixed = self.mixup(images, labels)
             return mixed, model(mixed.images), mixed.lam
         patch_grid(self.layout, images.shape[-2], images.shape[-1])
@@ -195,11 +198,12 @@ class TransMix(Method):
 
     @torch.no_grad()
     def mix_preview(self, images: Tensor, labels: Tensor) -> MixResult:
-        """A TransMix batch, labelled with the attention of the model given to :meth:`setup`."""
+        """A CutMix batch labelled by TransMix (the method's own branch), with the attention of the
+        model given to :meth:`setup`."""
         if not self._model:
             raise RuntimeError("TransMix.setup(model, generator) must be called before previewing: the labels need "
                                "the model's attention")
-        return self.mix(self._model[0], images, labels)[0]
+        return self.mix(self._model[0], images, labels, cutmix=True)[0]
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, cutmix_alpha={self.cutmix_alpha}, "

@@ -40,11 +40,12 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Self
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["AttentionLayout", "AttentionRecorder", "QUERIES", "attention_layout", "patch_grid", "patch_tokens"]
+__all__ = ["QUERIES", "AttentionLayout", "AttentionRecorder", "attention_layout", "patch_grid", "patch_tokens"]
 
 #: the rows of the attention map a recorder can return (see the module docstring)
 QUERIES = ("auto", "cls", "mean")
@@ -169,7 +170,7 @@ class AttentionRecorder:
             raise RuntimeError("no attention recorded: run the model inside the `with AttentionRecorder(...)` block")
         return self._map
 
-    def __enter__(self) -> "AttentionRecorder":
+    def __enter__(self) -> Self:
         self._map = None
         self._handle = self.layout.attention.qkv.register_forward_hook(self._record)
         return self
