@@ -501,3 +501,19 @@ def test_the_vit_protocols_compare_the_same_rows_on_class_token_deits():
         c = quick.config(name, 0)
         registry.build_method(c.method.name, K, c.method.label_smoothing, **c.method.params).setup(model)
     assert 32 // cfg.method.params["mask_patch_size"] == 4  # MaskMix: the paper's 4 x 4 grid of cells
+
+
+def test_the_map_is_computed_in_float32_under_autocast():
+    """Under bf16 autocast the projections are bf16, but the scores and the softmax are float32."""
+    model = cls_vit()
+    qkv = attention_layout(model).attention.qkv
+    seen = {}
+    handle = qkv.register_forward_hook(lambda m, inputs, out: seen.setdefault("qkv", out.detach()))
+    x, _ = batch(4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), AttentionRecorder(model, "cls") as rec:
+        model(x)
+    handle.remove()
+    q, k, _ = seen["qkv"].float().reshape(4, 65, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    expected = ((q[:, :, :1] * 8 ** -0.5) @ k.transpose(-2, -1)).softmax(-1)[..., 0, 1:].mean(1)
+    assert seen["qkv"].dtype == torch.bfloat16 and rec.map.dtype == torch.float32
+    assert torch.allclose(rec.map, expected, atol=1e-6, rtol=0)

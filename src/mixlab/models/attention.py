@@ -4,7 +4,8 @@ TransMix, MixPro and SMMix read the last transformer block's attention ``softmax
 timm computes attention with ``F.scaled_dot_product_attention``, which returns no map, so the map
 is recomputed from the block's own ``q`` and ``k``: a forward hook on the last block's ``qkv``
 projection receives its output (the (B, N, 3·heads·d) projections the fused kernel is about to
-use), applies the module's ``q_norm`` / ``k_norm`` and forms the map without gradient, in float32.
+use), applies the module's ``q_norm`` / ``k_norm`` and forms the map without gradient, in float32
+(also under autocast).
 No projection is computed twice and the block's output is untouched. The hook exists only inside
 :class:`AttentionRecorder`'s ``with`` block: outside it the model runs exactly as before (no hook
 installed, nothing to check).
@@ -188,6 +189,7 @@ class AttentionRecorder:
         q, k = attn.q_norm(q).float(), attn.k_norm(k).float()
         p = self.layout.num_prefix_tokens
         rows = q[:, :, :1] if self.query == "cls" else q[:, :, p:]  # (B, h, 1 or N_p, d)
-        a = ((rows * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)[..., p:]  # (B, h, rows, N_p)
+        with torch.autocast(qkv.device.type, enabled=False):  # the map in float32, also under AMP
+            a = ((rows * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)[..., p:]  # (B, h, rows, N_p)
         a = a.mean(dim=2)  # (B, h, N_p): the class token's row, or the mean over patch queries
         self._map = a.mean(dim=1) if self.heads == "mean" else a
