@@ -5,10 +5,9 @@ timm computes attention with ``F.scaled_dot_product_attention``, which returns n
 is recomputed from the block's own ``q`` and ``k``: a forward hook on the last block's ``qkv``
 projection receives its output (the (B, N, 3·heads·d) projections the fused kernel is about to
 use), applies the module's ``q_norm`` / ``k_norm`` and forms the map without gradient, in float32
-(also under autocast).
-No projection is computed twice and the block's output is untouched. The hook exists only inside
-:class:`AttentionRecorder`'s ``with`` block: outside it the model runs exactly as before (no hook
-installed, nothing to check).
+(also under autocast). No projection is computed twice and the block's output is untouched. The
+hook exists only inside :class:`AttentionRecorder`'s ``with`` block: outside it the model runs
+exactly as before (no hook installed, nothing to check).
 
 Which row of the map a method reads (``query``):
 
