@@ -517,3 +517,19 @@ def test_the_map_is_computed_in_float32_under_autocast():
     expected = ((q[:, :, :1] * 8 ** -0.5) @ k.transpose(-2, -1)).softmax(-1)[..., 0, 1:].mean(1)
     assert seen["qkv"].dtype == torch.bfloat16 and rec.map.dtype == torch.float32
     assert torch.allclose(rec.map, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["transmix", "mixpro", "smmix"])
+def test_rectangular_images_mix_on_their_own_patch_grid(method):
+    model = gap_vit()  # mixlab's ViT resamples its position embedding to any grid
+    m = setup(registry.build_method(method, K, 0.1), model)
+    x = torch.randn(4, 3, 32, 48)
+    y = torch.arange(4)
+    forced = {"transmix": {"cutmix": True}, "mixpro": {"maskmix": True}, "smmix": {}}[method]
+    mixed = m.mix(model, x, y, **forced)[0]
+    mask = mixed.mask[:, 0]
+    assert mask.shape == (4, 32, 48) and torch.allclose(mixed.targets.sum(1), torch.ones(4), atol=1e-5)
+    if method != "transmix":  # MaskMix cells and SMMix windows are whole patches
+        blocks = mask.unfold(1, 4, 4).unfold(2, 4, 4)
+        assert torch.equal(blocks.amax((-1, -2)), blocks.amin((-1, -2)))
+        assert torch.allclose(mixed.lam, mask.mean((1, 2)))

@@ -87,10 +87,11 @@ def maskmix_cells(n: int, grid: tuple[int, int], keep: int, generator: torch.Gen
     return kept.view(n, *grid).to(device, non_blocking=True)
 
 
-def cells_to_grid(cells: Tensor, cell_size: int, height: int, width: int) -> Tensor:
-    """(B, g_h, g_w) cells blown up to an (H, W) grid of pixels or tokens (``cell_size`` each, the
-    last row and column cropped): (B, H, W)."""
-    return cells.repeat_interleave(cell_size, dim=1).repeat_interleave(cell_size, dim=2)[:, :height, :width]
+def cells_to_grid(cells: Tensor, cell_size: int | tuple[int, int], height: int, width: int) -> Tensor:
+    """(B, g_h, g_w) cells blown up to an (H, W) grid of pixels or tokens (``cell_size`` = (c_h, c_w)
+    or c each, the last row and column cropped): (B, H, W)."""
+    ch, cw = (cell_size, cell_size) if isinstance(cell_size, int) else cell_size
+    return cells.repeat_interleave(ch, dim=1).repeat_interleave(cw, dim=2)[:, :height, :width]
 
 
 def progressive_factor(logits: Tensor, area_targets: Tensor) -> Tensor:
@@ -197,7 +198,8 @@ class MixPro(Method):
         source = soft_targets(labels.to(images.device), self.num_classes, self.label_smoothing)
         mixed = MixResult(mixed_images, mix_targets(source, index, lam_area), lam_area, index, source,
                           mask=kept.to(images.dtype))
-        own_tokens = cells_to_grid(cells, s // self.layout.patch_size[0], h, w).flatten(1).float()
+        ph, pw = self.layout.patch_size
+        own_tokens = cells_to_grid(cells, (s // ph, s // pw), h, w).flatten(1).float()
         return mixed, own_tokens
 
     # ------------------------------------------------------------------ 2-3. progressive attention labels
