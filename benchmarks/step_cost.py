@@ -13,12 +13,17 @@ v3, DINO's 2 global + n local crops), random tensors of those shapes. ``--protoc
 method's parameters (and ``name@variant`` labels) from a benchmark protocol.
 
 Targets: RecursiveMix <= 1.05x CutMix (issue 12); AutoMix <= 2.0x vanilla (issue 13); issue 14
-asks for the pre-training step time with and without SDMP.
+asks for the pre-training step time with and without SDMP; TransMix <= 1.05x CutMix (issue 27, with
+MixPro and SMMix reported beside it). ``--model-kwargs`` sizes the model, ``--method-params`` sets
+each method label's parameters (``transmix@always: {mixup_alpha: 0}`` times only its CutMix branch).
 
     python benchmarks/step_cost.py                                  # resnet_small, batch 128, CPU
     python benchmarks/step_cost.py --model resnet18 --device cuda --methods vanilla,mixup,automix
     python benchmarks/step_cost.py --protocol cifar10-ssl-quick --methods mocov3,mocov3@sdmp,dino,dino@sdmp \
         --reference mocov3,dino
+    python benchmarks/step_cost.py --protocol cifar10-vit-quick --batch-size 64 --reference cutmix,mixup-cutmix \
+        --methods vanilla,cutmix,mixup-cutmix,transmix,transmix@always,mixpro,mixpro@always,smmix,smmix@always \
+        --method-params "{transmix@always: {mixup_alpha: 0}, mixpro@always: {maskmix_prob: 1}, smmix@always: {mixup_alpha: 0}}"
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import statistics
 import time
 
 import torch
+import yaml
 
 from mixlab import registry
 from mixlab.bench.protocols import load_protocol, method_name
@@ -53,7 +59,11 @@ def main() -> None:
     p.add_argument("--reference", default="vanilla,mixup,cutmix",
                    help="ratios against these methods (those that are run)")
     p.add_argument("--model", default=None, help="default: the protocol's, else resnet_small")
+    p.add_argument("--model-kwargs", default=None,
+                   help="YAML mapping of model arguments, e.g. '{depth: 6}' (default: the protocol's, else none)")
     p.add_argument("--protocol", default=None, help="take the methods' parameters from this benchmark protocol")
+    p.add_argument("--method-params", default="{}",
+                   help="YAML mapping method label -> parameters (after the protocol's), e.g. '{transmix: {mixup_alpha: 0}}'")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--blocks", type=int, default=10)
@@ -71,10 +81,16 @@ def main() -> None:
     y = torch.randint(0, 10, (args.batch_size,), device=device)
     protocol = load_protocol(args.protocol) if args.protocol else None
     args.model = args.model or (protocol.base.model.name if protocol else "resnet_small")
+    if args.model_kwargs is not None:
+        model_kwargs = yaml.safe_load(args.model_kwargs) or {}
+    else:
+        model_kwargs = dict(protocol.base.model.kwargs) if protocol and args.model == protocol.base.model.name else {}
+    method_params = yaml.safe_load(args.method_params) or {}
     runs = {}
     for name in names:
-        model = registry.build_model(args.model, 10).to(device).to(memory_format=torch.channels_last)
-        params = protocol.methods[name] if protocol else {}
+        torch.manual_seed(0)  # the same initial model for every method
+        model = registry.build_model(args.model, 10, **model_kwargs).to(device).to(memory_format=torch.channels_last)
+        params = {**(protocol.methods.get(name, {}) if protocol else {}), **method_params.get(name, {})}
         method = registry.build_method(method_name(name), 10, **params).to(device)
         method.setup(model, torch.Generator(device=device).manual_seed(0))
         optimizer = build_optimizer(model, method, OptimConfig(name="sgd", lr=0.01))
@@ -107,14 +123,15 @@ def main() -> None:
 
     ms = {n: statistics.median(t) * 1e3 for n, t in times.items()}
     refs = [r for r in args.reference.split(",") if r in ms]
-    print(f"{args.model}, batch {args.batch_size} x {args.image_size}x{args.image_size}, {device}, "
+    print(f"{args.model} {model_kwargs or ''}, batch {args.batch_size} x {args.image_size}x{args.image_size}, {device}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}; median of {args.blocks} blocks "
           f"x {args.steps} steps")
-    header = f"{'method':<14}{'ms/step':>9}" + "".join(f"{'/ ' + r:>12}" for r in refs) + f"{'state MiB':>11}"
+    width = {r: max(12, len(r) + 3) for r in refs}
+    header = f"{'method':<16}{'ms/step':>9}" + "".join(f"{'/ ' + r:>{width[r]}}" for r in refs) + f"{'state MiB':>11}"
     header += f"{'peak MiB':>10}" if peaks else ""
     print(header)
     for n in names:
-        line = f"{n:<14}{ms[n]:9.1f}" + "".join(f"{ms[n] / ms[r]:12.3f}" for r in refs)
+        line = f"{n:<16}{ms[n]:9.1f}" + "".join(f"{ms[n] / ms[r]:{width[r]}.3f}" for r in refs)
         line += f"{state_bytes(runs[n][1]) / 2**20:11.2f}"
         line += f"{peaks[n]:10.0f}" if peaks else ""
         print(line)

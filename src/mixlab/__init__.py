@@ -15,7 +15,9 @@ batched CropMix, :mod:`mixlab.transforms`) are lazy exports: the first access im
 so is ``mixlab.RecursiveMix`` (:mod:`mixlab.methods.recursivemix`, torch until its first RoIAlign),
 ``mixlab.AutoMix`` (:mod:`mixlab.methods.automix`, which imports ``mixlab.models``),
 ``mixlab.ManifoldMixup`` (:mod:`mixlab.methods.manifold_mixup`, likewise) and ``mixlab.PuzzleMix``
-(:mod:`mixlab.methods.puzzlemix`, torch until its `setup` imports gco-wrapper).
+(:mod:`mixlab.methods.puzzlemix`, torch until its `setup` imports gco-wrapper); so are the ViT methods
+``mixlab.TransMix``, ``mixlab.MixPro`` and ``mixlab.SMMix`` (:mod:`mixlab.methods.transmix`, ...,
+which import ``mixlab.models``).
 """
 
 from mixlab.core import BinaryCrossEntropy, MixResult, SoftTargetCrossEntropy
@@ -26,7 +28,8 @@ __version__ = "0.1.0"
 # name -> module, imported on first access (PEP 562), so `import mixlab` does not import torchvision
 _LAZY = {"CropMix": "mixlab.transforms", "CropMixBatch": "mixlab.transforms",
          "RecursiveMix": "mixlab.methods.recursivemix", "AutoMix": "mixlab.methods.automix",
-         "ManifoldMixup": "mixlab.methods.manifold_mixup", "PuzzleMix": "mixlab.methods.puzzlemix"}
+         "ManifoldMixup": "mixlab.methods.manifold_mixup", "PuzzleMix": "mixlab.methods.puzzlemix",
+         "TransMix": "mixlab.methods.transmix", "MixPro": "mixlab.methods.mixpro", "SMMix": "mixlab.methods.smmix"}
 
 __all__ = [
     "AutoMix",
@@ -37,6 +40,7 @@ __all__ = [
     "FMix",
     "MixCollate",
     "MixResult",
+    "MixPro",
     "ManifoldMixup",
     "Mixer",
     "Mixup",
@@ -44,9 +48,11 @@ __all__ = [
     "RandomChoice",
     "RecursiveMix",
     "ResizeMix",
+    "SMMix",
     "SaliencyMix",
     "SoftTargetCrossEntropy",
     "TimmMixup",
+    "TransMix",
     "__version__",
 ]
 

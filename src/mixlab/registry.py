@@ -138,6 +138,24 @@ def _puzzlemix(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -
     return PuzzleMix(num_classes, label_smoothing, **hparams)
 
 
+def _transmix(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
+    from mixlab.methods.transmix import TransMix
+
+    return TransMix(num_classes, label_smoothing, **hparams)
+
+
+def _mixpro(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
+    from mixlab.methods.mixpro import MixPro
+
+    return MixPro(num_classes, label_smoothing, **hparams)
+
+
+def _smmix(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
+    from mixlab.methods.smmix import SMMix
+
+    return SMMix(num_classes, label_smoothing, **hparams)
+
+
 def _mocov3(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
     from mixlab.ssl.mocov3 import MoCoV3
 
@@ -163,6 +181,9 @@ def _mae(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Meth
                   for k, v in hparams.items()})  # self-supervised: no classes, no label smoothing
 
 
+# the ViT methods read a transformer's attention: a run without a model of its own trains mixlab's ViT
+_VIT_CONFIG = {"model": {"name": "vit_tiny_patch4"}}
+_DEIT_SWITCH = {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "cutmix_prob": 0.5}  # DeiT's Mixup/CutMix switch
 _SDMP_OPTIONS = ("sdmp", "ops", "per_sample", "static_source", "static_intra", "mix_alpha", "image_size")
 _SDMP_PAPER = "Ren et al. 2022, A Simple Data Mixing Prior for Improving Self-Supervised Learning (SDMP)"
 
@@ -242,6 +263,24 @@ METHODS: dict[str, MethodSpec] = {
                             "transport; label by the mask's exact area",
                             ("transport", "clean_weight", "pixel_std", "pairing"),
                             method_class="mixlab.methods.puzzlemix:PuzzleMix"),
+    "transmix": MethodSpec(_transmix, "Chen et al. 2022, TransMix: Attend to Mix for Vision Transformers",
+                           {**_DEIT_SWITCH, "area_weight": 0.0},
+                           "DeiT's Mixup/CutMix switch; a CutMix label re-weighted by the last block's class attention "
+                           "on each image's patches (ViTs)", ("query", "mask_downsample"), config=_VIT_CONFIG,
+                           method_class="mixlab.methods.transmix:TransMix"),
+    "mixpro": MethodSpec(_mixpro, "Zhao et al. 2023, MixPro: Data Augmentation with MaskMix and Progressive Attention "
+                         "Labeling for Vision Transformer",
+                         {"alpha": 1.0, "mask_patch_size": None, "maskmix_prob": 0.5, **_DEIT_SWITCH, "pal": True},
+                         "patch-aligned grid-mask mixing; labels blend attention and area by the model's agreement with "
+                         "the mixed label (ViTs), else DeiT's switch",
+                         ("factor", "accuracy_momentum", "query"), config=_VIT_CONFIG,
+                         method_class="mixlab.methods.mixpro:MixPro"),
+    "smmix": MethodSpec(_smmix, "Chen et al. 2023, SMMix: Self-Motivated Image Mixing for Vision Transformers",
+                        {"smmix_prob": 0.5, "mixup_alpha": 0.8, "min_side_ratio": 0.25, "max_side_ratio": 0.75},
+                        "the partner's most attended window pasted over the least attended one; token-level labels "
+                        "and consistency with the un-mixed predictions (ViTs), else Mixup",
+                        ("fine_weight", "consistency_weight", "share_head"), config=_VIT_CONFIG,
+                        method_class="mixlab.methods.smmix:SMMix"),
     "mocov3": MethodSpec(_mocov3, "Chen et al. 2021, An Empirical Study of Training Self-Supervised Vision "
                          "Transformers (MoCo v3); SDMP: " + _SDMP_PAPER,
                          {"dim": 256, "mlp_dim": 4096, "temperature": 0.2, "momentum": 0.99},
