@@ -203,15 +203,14 @@ class MixPro(Method):
         return mixed, own_tokens
 
     # ------------------------------------------------------------------ 2-3. progressive attention labels
-    def relabel(self, mixed: MixResult, logits: Tensor, attn: Tensor, own_tokens: Tensor) -> Tensor:
-        """Eq. (2) on a MaskMix batch: replaces ``mixed.targets`` by ỹ; returns α (B,)."""
+    def relabel(self, mixed: MixResult, logits: Tensor, attn: Tensor, own_tokens: Tensor) -> tuple[MixResult, Tensor]:
+        """Eq. (2) on a MaskMix batch: ``mixed`` with its targets replaced by ỹ, and α (B,)."""
         if self.factor == "similarity":
             alpha = progressive_factor(logits, mixed.targets)
         else:
             alpha = self.train_accuracy.float().expand(logits.shape[0])
         lam = torch.lerp(mixed.lam.float(), attention_lambda(attn, own_tokens), alpha)
-        mixed.targets = mix_targets(mixed.source_targets, mixed.index, lam)
-        return alpha
+        return mixed.replace(targets=mix_targets(mixed.source_targets, mixed.index, lam)), alpha
 
     def mix(self, model: nn.Module, images: Tensor, labels: Tensor,
             maskmix: bool | None = None) -> tuple[MixResult, Tensor, Tensor]:
@@ -235,7 +234,8 @@ class MixPro(Method):
             return mixed, model(mixed.images), zero
         with self._recorder:
             logits = model(mixed.images)
-        return mixed, logits, self.relabel(mixed, logits, self._recorder.map, own_tokens)
+        mixed, alpha = self.relabel(mixed, logits, self._recorder.map, own_tokens)
+        return mixed, logits, alpha
 
     def training_step(self, model: nn.Module, batch: Any, progress: float) -> StepOutput:
         images, labels = batch

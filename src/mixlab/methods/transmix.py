@@ -154,18 +154,17 @@ class TransMix(Method):
         return self.mixup is None or float(rand((1,), self.generator)) < self.cutmix_prob
 
     # ------------------------------------------------------------------ step 3: the label
-    def relabel(self, mixed: MixResult, labels: Tensor, attn: Tensor) -> Tensor:
+    def relabel(self, mixed: MixResult, labels: Tensor, attn: Tensor) -> tuple[MixResult, Tensor]:
         """Eq. (1)-(2): the targets of a CutMix batch from the attention ``attn`` (B, p) on it.
 
         Returns:
-            λ (B,), the weight of each image's own label; ``mixed.targets`` is replaced by ỹ.
+            ``mixed`` with its targets replaced by ỹ, and λ (B,), the weight of each image's own label.
         """
         own = patch_fraction(mixed.mask, self.layout.patch_size, self.mask_downsample)
         lam_attn = attention_lambda(attn, own)
         lam = torch.lerp(lam_attn, mixed.lam.to(lam_attn), self.area_weight)
         targets = soft_targets(labels.to(mixed.images.device), self.num_classes, self.label_smoothing)
-        mixed.targets = mix_targets(targets, mixed.index, lam)
-        return lam
+        return mixed.replace(targets=mix_targets(targets, mixed.index, lam)), lam
 
     def mix(self, model: nn.Module, images: Tensor, labels: Tensor,
             cutmix: bool | None = None) -> tuple[MixResult, Tensor, Tensor]:
@@ -187,7 +186,8 @@ class TransMix(Method):
         mixed = self.cutmix(images, labels)
         with self._recorder:
             logits = model(mixed.images)
-        return mixed, logits, self.relabel(mixed, labels, self._recorder.map)
+        mixed, lam = self.relabel(mixed, labels, self._recorder.map)
+        return mixed, logits, lam
 
     def training_step(self, model: nn.Module, batch: Any, progress: float) -> StepOutput:
         images, labels = batch
