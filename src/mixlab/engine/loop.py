@@ -182,9 +182,11 @@ class State:
         return min(self.method.preview_step, self.total_steps - 1)
 
 
-def setup(cfg: TrainConfig, info: DistInfo) -> State:
+def setup(cfg: TrainConfig, info: DistInfo, splits: tuple[Any, Any] | None = None) -> State:
     """Seeds, data, model, method, optimizer, AMP and EMA of a run (in this order, which the RNG
     streams depend on), every state restored from ``run.resume`` when set; writes nothing.
+    ``splits``: the (train, test) splits of ``cfg`` (:func:`~mixlab.engine.data.load_datasets`'s),
+    built once for many runs on the same data (``benchmarks/gpu.py``); default: built here.
 
     Raises:
         ValueError, FileNotFoundError: see :func:`train`.
@@ -210,7 +212,7 @@ def setup(cfg: TrainConfig, info: DistInfo) -> State:
         check_epochs_left(ckpt, cfg)
     registry.check_names(model=cfg.model.name, model_kwargs=cfg.model.kwargs)  # after the checkpoint's diffs
 
-    train_set, test_set = load_datasets(cfg, info)
+    train_set, test_set = splits if splits is not None else load_datasets(cfg, info)
     num_classes = train_set.num_classes
     if ckpt is not None and ckpt["num_classes"] != num_classes:
         raise CheckpointError(f"checkpoint {ckpt['path']} has {ckpt['num_classes']} classes, dataset "
