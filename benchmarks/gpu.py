@@ -9,14 +9,18 @@ AMP as ``run.amp=auto`` picks it, the method's optimizer groups) is built on the
 * **loader**: images/s of the run's own train loader alone (``engine.data``: ``--workers``
   processes, the method's per-image transform: CropMix's crops, the self-supervised views, the
   standard crop + flip otherwise), after the workers have started;
-* **step**: a batch of that loader on the device, then ``--warmup`` steps of the loop's
-  :func:`~mixlab.engine.loop.step` (lr, ``train_step``: the method's loss, backward, optimizer,
-  the method's update), then ``--windows`` windows of ``--steps`` steps, timed with CUDA events
-  after a synchronisation (``time.perf_counter`` on the CPU); the median window is reported;
-* **peak memory**: ``torch.cuda.max_memory_allocated`` over the timed windows (reset after the
-  warm-up), with only this method's run resident (the previous one is freed first);
-* **compiled** (``--compile [NAMES]``): the same after wrapping ``method.training_step`` in
-  ``torch.compile`` (compilation happens in the warm-up) -- a stand-in for the engine's
+* **step**: a batch of that loader on the device; the loop's :func:`~mixlab.engine.loop.step`
+  (lr, ``train_step``: the method's loss, backward, optimizer, the method's update) timed over
+  windows of ``--steps`` steps with CUDA events after a synchronisation (``time.perf_counter`` on
+  the CPU). All runs are set up first, then ``--windows`` rounds give each run one window in turn
+  (``--warmup`` untimed steps before its first, 1 before the others), so that load from other
+  processes hits every method alike; the median window is reported;
+* **peak memory**: the run's resident CUDA memory (what its setup, its batch and its first steps
+  leave allocated: weights, gradients, optimizer and method state) plus the largest rise of
+  ``torch.cuda.max_memory_allocated`` above the allocation at a window's start (the peak stats
+  are reset before each window): the peak of the run alone, though all runs stay resident;
+* **compiled** (``--compile [NAMES]``): the same with ``method.training_step`` wrapped in
+  ``torch.compile`` (compilation happens in the first warm-up) -- a stand-in for the engine's
   ``run.compile`` until that option exists.
 
 Ratios are against ``vanilla`` and ``mixup`` (always measured). Classification methods train
@@ -66,9 +70,13 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
 class Timing:
     """One variant (eager or compiled) of one method."""
 
-    ms: float | None = None  # median ms per step
-    peak_mib: float | None = None  # CUDA only
+    windows: list[float] = field(default_factory=list)  # ms per step of each timed window
+    transient: float = 0.0  # CUDA: the largest rise of allocated bytes within a window
     error: str | None = None
+
+    @property
+    def ms(self) -> float | None:
+        return statistics.median(self.windows) if self.windows and self.error is None else None
 
 
 @dataclass
@@ -82,7 +90,26 @@ class Row:
     loader: float | None = None  # images/s of the train loader alone
     eager: Timing = field(default_factory=Timing)
     compiled: Timing | None = None  # not asked for
+    resident: float = 0.0  # CUDA: bytes the run keeps allocated (weights, optimizer and method state, batch)
+    amp: str = ""  # the autocast dtype of the run ("" without)
     error: str | None = None  # the run could not be set up
+
+    def peak_mib(self, timing: Timing | None, device: torch.device) -> float | None:
+        """The run's peak CUDA memory: resident + the variant's largest step transient."""
+        if device.type != "cuda" or timing is None or timing.ms is None:
+            return None
+        return (self.resident + timing.transient) / 2**20
+
+
+@dataclass
+class Run:
+    """A method's run, set up and kept while the rounds of windows go over all of them."""
+
+    row: Row
+    state: State
+    batch: Any
+    variants: dict[str, Any]  # "eager": None (the class's training_step), "compiled": the compiled function
+    warm: set[str] = field(default_factory=set)  # variants past their first warm-up
 
 
 # ---------------------------------------------------------------------------------------- the runs
@@ -133,85 +160,109 @@ def loader_rate(state: State, batches: int, warmup: int) -> tuple[float | None, 
         epoch += 1
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_steps(state: State, batch: Any, args: argparse.Namespace) -> Timing:
-    """Median ms per step of the loop's ``step`` over ``args.windows`` windows of ``args.steps``
-    steps after ``args.warmup``, and the peak CUDA memory of the windows."""
-    device = state.info.device
-    images, labels = batch
-    for _ in range(args.warmup):
-        step(state, images, labels)
-    sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    windows = []
-    for _ in range(args.windows):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(args.steps):
-                step(state, images, labels)
-            end.record()
-            end.synchronize()
-            windows.append(start.elapsed_time(end) / args.steps)
-        else:
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                step(state, images, labels)
-            windows.append((time.perf_counter() - t0) * 1e3 / args.steps)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return Timing(ms=statistics.median(windows), peak_mib=peak)
-
-
-def compile_step(state: State, backend: str) -> None:
-    """The compiled variant: ``method.training_step`` through ``torch.compile`` (a stand-in for
-    the engine's ``run.compile``)."""
-    method = state.method
-    method.training_step = torch.compile(method.training_step, backend=backend)
+def allocated(device: torch.device) -> int:
+    """Bytes of CUDA memory in tensors now (0 on the CPU), after the queued work."""
+    if device.type != "cuda":
+        return 0
+    torch.cuda.synchronize(device)
+    return torch.cuda.memory_allocated(device)
 
 
 def error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
 
 
-def measure(name: str, args: argparse.Namespace, info: DistInfo, splits: dict[str, Any]) -> Row:
-    """Set up the run of ``name``, measure its loader and its step (eager, then compiled if asked)."""
+def prepare(name: str, args: argparse.Namespace, info: DistInfo, splits: dict[str, Any]) -> Row | Run:
+    """The run of ``name`` set up (on the data every method shares), its loader measured, a batch
+    of it on the device; the compiled variant prepared when asked (``torch.compile`` of
+    ``method.training_step``: a stand-in for the engine's ``run.compile``). A :class:`Row` with
+    the error when it cannot be set up."""
     row = Row(name)
     try:
         cfg = method_config(name, args)
         key = repr((config_to_dict(cfg)["data"], cfg.run.seed))
         if key not in splits:  # the same images for every method
             splits[key] = load_datasets(cfg, info)
+        before = allocated(info.device)
         state = setup(cfg, info, splits[key])
         row.model, row.batch = cfg.model.name, cfg.data.batch_size
+        row.amp = str(state.amp_dtype).removeprefix("torch.") if state.amp_dtype is not None else ""
         row.loader, first = loader_rate(state, args.loader_batches, max(1, args.workers))
         batch = to_device(first, info.device, state.data.preprocess)
+        row.resident = allocated(info.device) - before
         row.inputs = describe_inputs(batch)
         state.step = state.total_steps // 2  # mid-schedule: progress 0.5 for every step timed
     except Exception as e:  # noqa: BLE001 - reported in the table, the other methods go on
         traceback.print_exc()
         row.error = error_text(e)
         return row
-    try:
-        row.eager = time_steps(state, batch, args)
-        if args.compile is not None and (args.compile == "all" or name in args.compile.split(",")):
-            row.compiled = Timing()
-            compile_step(state, args.compile_backend)
-            row.compiled = time_steps(state, batch, args)
-    except Exception as e:  # noqa: BLE001
-        traceback.print_exc()
-        timing = row.compiled if row.compiled is not None else row.eager
-        timing.error = error_text(e)
-    finally:
-        del state, batch
-        gc.collect()
-        if info.device.type == "cuda":
-            torch.cuda.empty_cache()
-    return row
+    variants: dict[str, Any] = {"eager": None}
+    if args.compile is not None and (args.compile == "all" or name in args.compile.split(",")):
+        row.compiled = Timing()
+        variants["compiled"] = torch.compile(state.method.training_step, backend=args.compile_backend)
+    return Run(row, state, batch, variants)
+
+
+def block(run: Run, variant: str, args: argparse.Namespace) -> None:
+    """Warm-up steps (``args.warmup`` the first time, compiling there, else 1), then one timed
+    window of ``args.steps`` steps of the loop's ``step``: CUDA events after a synchronisation on
+    a GPU, ``time.perf_counter`` on the CPU; the window's transient CUDA memory."""
+    state, (images, labels), timing = run.state, run.batch, getattr(run.row, variant)
+    device = state.info.device
+    if run.variants[variant] is None:
+        state.method.__dict__.pop("training_step", None)  # the class's own
+    else:
+        state.method.training_step = run.variants[variant]
+    first = variant not in run.warm
+    before = allocated(device)
+    for _ in range(args.warmup if first else 1):
+        step(state, images, labels)
+    start_bytes = allocated(device)
+    if first:  # lazily made state (gradients, the optimizer's moments, compiled buffers) stays allocated
+        run.row.resident += start_bytes - before
+        run.warm.add(variant)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(args.steps):
+            step(state, images, labels)
+        end.record()
+        end.synchronize()
+        timing.windows.append(start.elapsed_time(end) / args.steps)
+        timing.transient = max(timing.transient, torch.cuda.max_memory_allocated(device) - start_bytes)
+    else:
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            step(state, images, labels)
+        timing.windows.append((time.perf_counter() - t0) * 1e3 / args.steps)
+
+
+def measure(names: list[str], args: argparse.Namespace, info: DistInfo) -> list[Row]:
+    """Set every run up, then ``args.windows`` rounds in which each run's variants take one timed
+    window in turn (load from other processes hits every method alike); a variant that fails is
+    reported and left out of the next rounds."""
+    splits: dict[str, Any] = {}
+    prepared = []
+    for name in names:
+        print(f"setting up {name} ...", file=sys.stderr, flush=True)
+        prepared.append(prepare(name, args, info, splits))
+    runs = [r for r in prepared if isinstance(r, Run)]
+    for round_ in range(args.windows):
+        print(f"round {round_ + 1}/{args.windows} ...", file=sys.stderr, flush=True)
+        for run in runs:
+            for variant in run.variants:
+                timing = getattr(run.row, variant)
+                if timing.error is None:
+                    try:
+                        block(run, variant, args)
+                    except Exception as e:  # noqa: BLE001
+                        traceback.print_exc()
+                        timing.error = error_text(e)
+    rows = [r.row if isinstance(r, Run) else r for r in prepared]
+    del runs, prepared
+    gc.collect()
+    return rows
 
 
 # ---------------------------------------------------------------------------------------- the table
@@ -240,7 +291,7 @@ def fmt(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-def table(rows: list[Row], compiled: bool, workers: int) -> str:
+def table(rows: list[Row], compiled: bool, workers: int, device: torch.device) -> str:
     """The markdown table of ``rows``: ratios against the references' eager (compiled) steps."""
     by = {r.name: r for r in rows}
 
@@ -267,7 +318,7 @@ def table(rows: list[Row], compiled: bool, workers: int) -> str:
                 cells += [text, "-", "-", "-", "-"]
                 continue
             cells += [f"{t.ms:.1f}", ratio(t, "vanilla", kind), ratio(t, "mixup", kind), f"{b * 1e3 / t.ms:.0f}",
-                      fmt(t.peak_mib, ".0f")]
+                      fmt(r.peak_mib(t, device), ".0f")]
         rates = [b * 1e3 / t.ms for t in (r.eager, r.compiled) if t is not None and t.ms]
         bound = "-" if r.loader is None or not rates else "loader" if r.loader < max(rates) else "step"
         cells += [fmt(r.loader, ".0f"), bound]
@@ -300,19 +351,20 @@ def notes(rows: list[Row], device: torch.device) -> list[str]:
 def report(rows: list[Row], args: argparse.Namespace, device: torch.device, command: str) -> str:
     name = device_name(device)
     kind = "GPU" if device.type == "cuda" else "CPU"
-    amp = {"cuda": "bf16 autocast where supported (run.amp=auto)"}.get(device.type, "float32 (no AMP on the CPU)")
+    amps = {r.amp for r in rows if r.amp}
+    amp = f"autocast {'/'.join(sorted(amps))} (run.amp=auto)" if amps else "float32"
     compiled = args.compile is not None
     lines = [f"# Step cost of every method on {'a' if kind == 'CPU' else 'an'} {kind}: {name}", "",
              f"Command: `{command}`", "",
              f"{date.today().isoformat()}, torch {torch.__version__}, {name} ({kind}), "
-             f"{torch.get_num_threads()} torch threads; {amp}, channels_last; median of {args.windows} windows x "
-             f"{args.steps} steps after {args.warmup} warm-up steps; loader: the run's train loader alone with "
+             f"{torch.get_num_threads()} torch threads; {amp}, channels_last; median of {args.windows} round-robin "
+             f"windows x {args.steps} steps after {args.warmup} warm-up steps; loader: the run's train loader alone with "
              f"{args.workers} workers over {args.dataset} images; batch = images x channels x side² (self-supervised: "
              f"images x (views))."]
     if compiled:
         lines += ["", f"Compiled: `torch.compile(method.training_step, backend={args.compile_backend!r})`, compiled "
-                      f"during the warm-up (a stand-in for the engine's `run.compile`)."]
-    lines += ["", table(rows, compiled, args.workers), ""]
+                      f"during the first warm-up (a stand-in for the engine's `run.compile`)."]
+    lines += ["", table(rows, compiled, args.workers, device), ""]
     lines += notes(rows, device)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -365,11 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     device = torch.device(args.device)
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=device)
-    splits: dict[str, Any] = {}
-    rows = []
-    for name in args.names:
-        print(f"{name} ...", file=sys.stderr, flush=True)
-        rows.append(measure(name, args, info, splits))
+    rows = measure(args.names, args, info)
     command = "python benchmarks/gpu.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = report(rows, args, device, command.strip())
     print(text)

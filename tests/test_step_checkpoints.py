@@ -60,7 +60,8 @@ def _same_final_state(straight: Path, resumed: Path) -> None:
     """The final checkpoints hold the same weights, EMA, optimizer, method and RNG states, and the
     metrics files the same rows (timings aside)."""
     a, b = load_checkpoint(straight), load_checkpoint(resumed)
-    for key in ("epoch", "step", "epoch_step", "model", "ema", "optimizer", "scaler", "method", "rng"):
+    for key in ("epoch", "step", "epoch_step", "model", "ema", "optimizer", "scaler", "method", "rng", "rng_per_rank",
+                "method_per_rank"):
         _same(a[key], b[key], key)
     assert _rows(straight) == _rows(resumed)
     assert len(_rows(resumed)) == a["epoch"]  # one row per epoch: mid-epoch checkpoints added none
@@ -204,6 +205,40 @@ def test_divergence_after_a_mid_epoch_checkpoint_names_it(tmp_path, monkeypatch,
 
 
 # ------------------------------------------------------------------------ SIGKILL, in a subprocess
+def _env() -> dict[str, str]:
+    """This checkout's sources first; no torchrun variables of an outer job; one OpenMP thread."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    path = os.pathsep.join(p for p in (str(Path(__file__).parents[1] / "src"), env.get("PYTHONPATH")) if p)
+    return {**env, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+
+
+def _train_command(settings: list[str], *args: str, processes: int = 1) -> list[str]:
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+              if processes > 1 else [sys.executable])
+    return [*launch, "-m", "mixlab.cli", "train", "--no-eval", *(x for s in settings for x in ("--set", s)), *args]
+
+
+def _kill_after_first_checkpoint(cmd: list[str], run_dir: Path) -> dict[str, Any]:
+    """Start ``cmd`` in a session of its own, SIGKILL the whole session (the training processes and
+    their loader workers) as soon as ``run_dir`` holds a checkpoint; returns that checkpoint."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
+                            start_new_session=True)
+    ckpt = run_dir / CHECKPOINT_NAME
+    deadline = time.time() + 300
+    try:
+        while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.005)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed:\n{proc.stdout.read()}"
+    return load_checkpoint(run_dir)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_sigkill_after_a_mid_epoch_checkpoint_then_resume(tmp_path, workers):
@@ -215,28 +250,30 @@ def test_sigkill_after_a_mid_epoch_checkpoint_then_resume(tmp_path, workers):
                 "run.progress=false", "run.threads=1", "optim.epochs=2", "run.checkpoint_every=10"]
     train(load_config(overrides=[*settings, f"run.out={tmp_path / 'straight'}"]))
     run_dir = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "mixlab.cli", "train", "--no-eval", "--out", str(run_dir)]
-    for s in settings:
-        cmd += ["--set", s]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(Path(__file__).parents[1] / "src"),
-                                                                    os.environ.get("PYTHONPATH", "")] if p)}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
-    ckpt = run_dir / CHECKPOINT_NAME
-    deadline = time.time() + 300
-    try:
-        while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # its loader workers, if any are left
-        except ProcessLookupError:
-            pass
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed:\n{proc.stdout.read()}"
-    killed = load_checkpoint(run_dir)
+    killed = _kill_after_first_checkpoint(_train_command(settings, "--out", str(run_dir)), run_dir)
     assert killed["epoch"] == 0 and killed["epoch_step"] in (10, 20), "killed after a mid-epoch checkpoint"
     assert _rows(run_dir) == []  # no metrics row before the first epoch ends
     train(run_config(None, resume=str(run_dir)))  # as `mixlab train --resume <run dir>` does
     _same_final_state(tmp_path / "straight", run_dir)
+
+
+@pytest.mark.slow
+def test_two_processes_resume_a_mid_epoch_checkpoint_exactly(tmp_path):
+    """torchrun, 2 processes (gloo), RecursiveMix keeping a history per rank across epochs, 10 steps
+    per epoch, a checkpoint every 3 steps: the job killed after its first checkpoint (mid-epoch,
+    both ranks' epoch sums in it) and resumed ends as the uninterrupted 2-process run."""
+    settings = ["data.num_per_class=16", "data.test_per_class=2", "data.image_size=16", "data.batch_size=8",
+                "data.num_workers=0", "model.kwargs={width: 8}", "optim.warmup_epochs=0.5", "run.progress=false",
+                "run.threads=1", "optim.epochs=2", "run.checkpoint_every=3", "method.name=recursivemix",
+                "method.params={reset_each_epoch: false}"]
+    straight, run_dir = tmp_path / "straight", tmp_path / "killed"
+    done = subprocess.run(_train_command(settings, "--out", str(straight), processes=2), env=_env(), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = _kill_after_first_checkpoint(_train_command(settings, "--out", str(run_dir), processes=2), run_dir)
+    assert killed["epoch"] == 0 and killed["epoch_step"] in (3, 6, 9) and killed["steps_per_epoch"] == 10
+    assert len(killed["epoch_sums"]) == 2 and killed["epoch_sums"][0]["seen"] == 8 * killed["epoch_step"]
+    done = subprocess.run(_train_command([], "--resume", str(run_dir), processes=2), env=_env(), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _same_final_state(straight, run_dir)
