@@ -332,8 +332,8 @@ def notes(rows: list[Row], device: torch.device) -> list[str]:
     out = []
     auto, mix, van = (by.get(n) for n in ("automix", "mixup", "vanilla"))
     if auto is not None and auto.eager.ms and mix is not None and mix.eager.ms and van is not None and van.eager.ms:
-        here = (f"AutoMix measured here: {auto.eager.ms / mix.eager.ms:.2f}x Mixup, {auto.eager.ms / van.eager.ms:.2f}x "
-                f"vanilla per step (eager)")
+        here = (f"AutoMix measured here: {auto.eager.ms / mix.eager.ms:.2f}x Mixup, "
+                f"{auto.eager.ms / van.eager.ms:.2f}x vanilla per step (eager)")
         c = [t.compiled.ms if t.compiled is not None else None for t in (auto, mix)]
         if None not in c:
             here += f", {c[0] / c[1]:.2f}x Mixup compiled"
@@ -354,16 +354,16 @@ def report(rows: list[Row], args: argparse.Namespace, device: torch.device, comm
     amps = {r.amp for r in rows if r.amp}
     amp = f"autocast {'/'.join(sorted(amps))} (run.amp=auto)" if amps else "float32"
     compiled = args.compile is not None
+    setting = (f"{date.today().isoformat()}, torch {torch.__version__}, {name} ({kind}), "
+               f"{torch.get_num_threads()} torch threads; {amp}, channels_last; median of {args.windows} round-robin "
+               f"windows x {args.steps} steps after {args.warmup} warm-up steps; loader: the run's train loader alone "
+               f"with {args.workers} workers over {args.dataset} images; batch = images x channels x side² "
+               f"(self-supervised: images x (views)).")
     lines = [f"# Step cost of every method on {'a' if kind == 'CPU' else 'an'} {kind}: {name}", "",
-             f"Command: `{command}`", "",
-             f"{date.today().isoformat()}, torch {torch.__version__}, {name} ({kind}), "
-             f"{torch.get_num_threads()} torch threads; {amp}, channels_last; median of {args.windows} round-robin "
-             f"windows x {args.steps} steps after {args.warmup} warm-up steps; loader: the run's train loader alone with "
-             f"{args.workers} workers over {args.dataset} images; batch = images x channels x side² (self-supervised: "
-             f"images x (views))."]
+             f"Command: `{command}`", "", setting]
     if compiled:
-        lines += ["", f"Compiled: `torch.compile(method.training_step, backend={args.compile_backend!r})`, compiled "
-                      f"during the first warm-up (a stand-in for the engine's `run.compile`)."]
+        lines += ["", (f"Compiled: `torch.compile(method.training_step, backend={args.compile_backend!r})`, "
+                       f"compiled during the first warm-up (a stand-in for the engine's `run.compile`).")]
     lines += ["", table(rows, compiled, args.workers, device), ""]
     lines += notes(rows, device)
     return "\n".join(lines).rstrip() + "\n"

@@ -84,8 +84,8 @@ def _die_after_checkpoint(monkeypatch, step: int) -> None:
 
 # ---------------------------------------------------------------------------------------- config
 @pytest.mark.parametrize("value, message", [
-    ("-1", "run.checkpoint_every must be an integer >= 0 (optimizer steps between checkpoints; 0 = at epoch ends "
-           "only), got -1"),
+    ("-1", ("run.checkpoint_every must be an integer >= 0 (optimizer steps between checkpoints; 0 = at epoch ends "
+            "only), got -1")),
     ("2.5", "run.checkpoint_every must be an integer, got 2.5"),
     ("often", "run.checkpoint_every must be an integer, got 'often'"),
 ])
