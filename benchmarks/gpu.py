@@ -417,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     device = torch.device(args.device)
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=device)
+    if args.dataset == "synthetic" and args.image_size > 64:
+        print(f"note: rendering {args.train_images} synthetic images of {args.image_size}² takes minutes (about 0.2 s "
+              f"each at 224²); --dataset imagefolder --data-root DIR measures a real loader", file=sys.stderr)
     rows = measure(args.names, args, info)
     command = "python benchmarks/gpu.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = report(rows, args, device, command.strip())
