@@ -75,7 +75,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="train a classifier with a mixing method",
         formatter_class=_Formatter,
         description="Train a model with a mixing method and write a run directory: metrics.csv, metrics.jsonl, "
-                    "checkpoint.pt (every epoch), curves.png, samples.png, config.yaml; then evaluate the final "
+                    "checkpoint.pt (every epoch; --set run.checkpoint_every=N also every N steps), curves.png, samples.png, config.yaml; then evaluate the final "
                     "checkpoint as `mixlab eval` does (eval.json, calibration.png; --no-eval skips it).\n\n"
                     "Settings come from the defaults, then CONFIG.yaml, then --set, then the flags below.\n"
                     "With no arguments this is the README's default run (a few minutes on a laptop CPU).",

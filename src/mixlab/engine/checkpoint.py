@@ -5,11 +5,15 @@ A checkpoint is one ``torch.save`` dict (loadable with ``weights_only=True``)::
     format       "mixlab-checkpoint-1"
     epoch        epochs completed
     step         optimizer steps taken
+    epoch_step   steps taken in the epoch in progress: 0 after an epoch, > 0 mid-epoch (run.checkpoint_every)
+    steps_per_epoch  of the run that wrote it (a mid-epoch position is only valid for the same)
     config       the run's config as a plain dict
     num_classes  K of the model's head
     model, optimizer, scaler, ema, method     state_dicts (ema is None without an EMA)
     rng          python / numpy / torch (+ cuda) states and the engine's generators
-    history      the metrics rows so far
+    history      the metrics rows so far (of completed epochs)
+    epoch_sums   mid-epoch: each rank's training sums of the epoch so far (``EpochMeter.state_dict``), else None
+    samples      mid-epoch: the pending (images, targets) of ``samples.png``, else None
 
 It is written to a temporary file in the same directory (``.checkpoint.pt.<8 characters>.tmp``),
 flushed and fsync'ed, then moved over the old one with ``os.replace``: a crash leaves either the old
@@ -36,7 +40,7 @@ from mixlab import registry
 
 __all__ = ["CheckpointError", "CheckpointWriteError", "CHECKPOINT_NAME", "save_checkpoint", "load_checkpoint",
            "resolve_checkpoint", "rng_state", "set_rng_state", "atomic_write_bytes", "remove_stale_temporaries",
-           "init_from_checkpoint", "load_state", "check_resumable", "check_epochs_left"]
+           "init_from_checkpoint", "load_state", "check_resumable", "check_epochs_left", "check_mid_epoch"]
 
 FORMAT = "mixlab-checkpoint-1"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -303,3 +307,13 @@ def check_epochs_left(ckpt: dict[str, Any], cfg) -> None:
     raise ValueError(f"nothing to train: {ckpt['path']} is at epoch {ckpt['epoch']} of "
                      f"{ckpt['config']['optim']['epochs']} and this run asks for {asked}; the run was left untouched. "
                      f"To train it longer, resume with more epochs (--epochs N, N > {ckpt['epoch']}); {score}")
+
+
+def check_mid_epoch(ckpt: dict[str, Any], steps_per_epoch: int) -> None:
+    """Raise ``CheckpointError`` when ``ckpt`` was written mid-epoch by a run whose epochs had another
+    number of steps (its position would point elsewhere in the permutation)."""
+    if ckpt.get("epoch_step", 0) and ckpt["steps_per_epoch"] != steps_per_epoch:
+        raise CheckpointError(
+            f"checkpoint {ckpt['path']} was written mid-epoch (step {ckpt['epoch_step']} of "
+            f"{ckpt['steps_per_epoch']} of epoch {ckpt['epoch'] + 1}) and this run has {steps_per_epoch} steps per "
+            f"epoch: resume it with the data.batch_size, training set and number of processes it ran with")

@@ -130,6 +130,7 @@ class RunConfig:
     resume: str | None = None  # checkpoint file or run directory to continue
     stop_epoch: int | None = None  # stop after this many epochs (the schedule still spans optim.epochs)
     eval_every: int = 1  # test-set pass every k epochs (and always after the last one)
+    checkpoint_every: int = 0  # also checkpoint every N optimizer steps, mid-epoch (0: at epoch ends only)
 
 
 @dataclass
@@ -397,5 +398,8 @@ def validate_config(cfg: TrainConfig) -> None:
            "'auto', 'cpu', 'cuda' or 'cuda:N'", r.device)
     check_value(isinstance(r.eval_every, int) and not isinstance(r.eval_every, bool) and r.eval_every >= 1,
            "run.eval_every", "an integer >= 1", r.eval_every)
+    check_value(isinstance(r.checkpoint_every, int) and not isinstance(r.checkpoint_every, bool)
+                and r.checkpoint_every >= 0, "run.checkpoint_every",
+                "an integer >= 0 (optimizer steps between checkpoints; 0 = at epoch ends only)", r.checkpoint_every)
     check_value(r.stop_epoch is None or 1 <= r.stop_epoch <= o.epochs, "run.stop_epoch",
            f"null or an integer in [1, optim.epochs={o.epochs}]", r.stop_epoch)

@@ -59,29 +59,47 @@ class EpochSampler(Sampler):
     permutation, pads it to a multiple of ``world_size`` by repeating its start, and takes
     positions ``rank, rank + world_size, ...``; the shards are disjoint apart from the padding,
     and all ranks take the same number of steps.
+
+    ``set_epoch(epoch, start)`` skips the first ``start`` positions of this rank's share (those a
+    mid-epoch checkpoint had consumed): the epoch goes on with the same permutation, and the
+    skipped images are never loaded.
     """
 
     def __init__(self, num_samples: int, seed: int, shuffle: bool = True, *, rank: int = 0,
                  world_size: int = 1) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"EpochSampler: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-        self.num_samples, self.seed, self.shuffle, self.epoch = num_samples, seed, shuffle, 0
+        self.num_samples, self.seed, self.shuffle, self.epoch, self.start = num_samples, seed, shuffle, 0, 0
         self.rank, self.world_size = rank, world_size
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """The epoch to draw, and the positions of this rank's share to skip (0: the whole share).
+
+        Raises:
+            ValueError: ``start`` outside ``[0, share]``.
+        """
+        share = self.share
+        if not isinstance(start, int) or not 0 <= start <= share:
+            raise ValueError(f"EpochSampler.set_epoch: start must be an integer in [0, {share}] (this rank's share "
+                             f"of the epoch), got {start!r}")
+        self.epoch, self.start = epoch, start
+
+    @property
+    def share(self) -> int:
+        """This rank's positions in a whole epoch, padding included."""
+        return -(-self.num_samples // self.world_size)  # ceil
 
     def __len__(self) -> int:
-        return -(-self.num_samples // self.world_size)  # ceil: this rank's share, padding included
+        return self.share - self.start  # what an iteration yields
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
         order = torch.randperm(self.num_samples, generator=g) if self.shuffle else torch.arange(self.num_samples)
         if self.world_size > 1:
-            total = len(self) * self.world_size
+            total = self.share * self.world_size
             order = order.repeat(-(-total // max(1, self.num_samples)))[:total]  # pad with the permutation's start
             order = order[self.rank::self.world_size]
-        return ((self.epoch, i) for i in order.tolist())
+        return ((self.epoch, i) for i in order[self.start:].tolist())
 
 
 class SeededItems(Dataset):

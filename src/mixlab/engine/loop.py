@@ -19,6 +19,14 @@ Randomness: the global RNGs are seeded once from ``seed + rank``; the engine own
 augmentation is seeded from ``(seed, epoch, index)``, so a run does not depend on the number of
 workers, and a resumed run continues bit for bit on the CPU.
 
+Checkpoints: after every epoch, and with ``run.checkpoint_every: N`` also every N optimizer steps
+inside an epoch (an ImageNet epoch takes hours). A mid-epoch checkpoint holds the epoch's position
+(``epoch_step``), its partial training sums and the pending ``samples.png`` batch besides the
+weights, optimizer, method and RNG states; ``--resume`` skips the positions of the epoch's
+permutation already trained on (without loading them) and continues from that step bit for bit on
+the CPU: the epoch's metrics row is that of an uninterrupted run. Metrics rows are written at
+epoch ends only.
+
 Data parallel (``torchrun``, see ``mixlab.engine.distributed`` and ``docs/distributed.md``): every
 process holds the whole model and a disjoint shard of each epoch's permutation (``data.batch_size``
 is per process); the method gets the plain model, and ``train_step`` averages the gradients
@@ -45,8 +53,9 @@ import torch
 from torch import Tensor, nn
 
 from mixlab import registry
-from mixlab.engine.checkpoint import (CHECKPOINT_NAME, CheckpointError, check_epochs_left, check_resumable,
-                                      init_from_checkpoint, load_checkpoint, load_state, rng_state, set_rng_state)
+from mixlab.engine.checkpoint import (CHECKPOINT_NAME, CheckpointError, check_epochs_left, check_mid_epoch,
+                                      check_resumable, init_from_checkpoint, load_checkpoint, load_state, rng_state,
+                                      set_rng_state)
 from mixlab.engine.config import TrainConfig, config_to_dict, validate_config
 from mixlab.engine.data import RunData, load_datasets, rank_generators, run_data, test_loader, to_device
 from mixlab.engine.distributed import (DistInfo, all_gather_object, all_reduce_sum, barrier, broadcast_tensors,
@@ -66,7 +75,8 @@ LOG_EVERY = 10  # steps between progress-bar updates and, on a GPU, reads of the
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train ``config.model`` on ``config.data`` with ``config.method``; returns the final metrics.
 
-    Writes the run directory (:mod:`mixlab.engine.writer`: ``checkpoint.pt`` every epoch,
+    Writes the run directory (:mod:`mixlab.engine.writer`: ``checkpoint.pt`` every epoch and
+    every ``run.checkpoint_every`` steps,
     ``metrics.csv`` / ``metrics.jsonl``, ``curves.png``, ``samples.png``, ``config.yaml``, the
     method's figures); nothing before the first checkpoint, and a run that fails before it removes
     the directories it created.
@@ -101,9 +111,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
         state = setup(config, info)
         writer = RunWriter(config, info, resumed=state.resumed_from)
         writer.start(state)
+
+        def save() -> None:  # a mid-epoch checkpoint (run.checkpoint_every)
+            writer.write_checkpoint(checkpoint(state))
+            barrier()
+
         for epoch in range(state.start_epoch, state.end_epoch):
             t0 = time.perf_counter()
-            row, images = train_one_epoch(state, epoch)
+            row, images = train_one_epoch(state, epoch, save)
             train_time = time.perf_counter() - t0
             row.update(evaluate_epoch(state, epoch))
             row.update(epoch_time=time.perf_counter() - t0, train_time=train_time, images_per_s=images / train_time)
@@ -145,8 +160,11 @@ class State:
     steps_per_epoch: int
     start_epoch: int = 0
     step: int = 0  # optimizer steps taken
+    epoch_step: int = 0  # steps taken in the epoch in progress (where a mid-epoch checkpoint resumes)
+    meter: EpochMeter | None = None  # the training sums of the epoch in progress
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
     resumed_from: str | None = None  # the checkpoint file the run continues
+    last_checkpoint: str | None = None  # where the newest checkpoint stands ("epoch 3"), for messages
     samples: tuple[Tensor, Tensor] | None = None  # the mixed batch of step preview_at, for samples.png
 
     @property
@@ -164,9 +182,11 @@ class State:
         return min(self.method.preview_step, self.total_steps - 1)
 
 
-def setup(cfg: TrainConfig, info: DistInfo) -> State:
+def setup(cfg: TrainConfig, info: DistInfo, splits: tuple[Any, Any] | None = None) -> State:
     """Seeds, data, model, method, optimizer, AMP and EMA of a run (in this order, which the RNG
     streams depend on), every state restored from ``run.resume`` when set; writes nothing.
+    ``splits``: the (train, test) splits of ``cfg`` (:func:`~mixlab.engine.data.load_datasets`'s),
+    built once for many runs on the same data (``benchmarks/gpu.py``); default: built here.
 
     Raises:
         ValueError, FileNotFoundError: see :func:`train`.
@@ -192,7 +212,7 @@ def setup(cfg: TrainConfig, info: DistInfo) -> State:
         check_epochs_left(ckpt, cfg)
     registry.check_names(model=cfg.model.name, model_kwargs=cfg.model.kwargs)  # after the checkpoint's diffs
 
-    train_set, test_set = load_datasets(cfg, info)
+    train_set, test_set = splits if splits is not None else load_datasets(cfg, info)
     num_classes = train_set.num_classes
     if ckpt is not None and ckpt["num_classes"] != num_classes:
         raise CheckpointError(f"checkpoint {ckpt['path']} has {ckpt['num_classes']} classes, dataset "
@@ -233,6 +253,7 @@ def restore(state: State, ckpt: dict[str, Any]) -> None:
     """Every state of the checkpoint into ``state``, the RNGs last (each rank its own)."""
     info, path = state.info, ckpt["path"]
     rank = info.rank
+    check_mid_epoch(ckpt, state.steps_per_epoch)
 
     def load(what: str, fn: Callable[[], Any]) -> None:
         load_state(fn, f"checkpoint {path}: cannot load the saved {what} into this run")
@@ -253,28 +274,49 @@ def restore(state: State, ckpt: dict[str, Any]) -> None:
     if rank < len(saved):
         load("RNG states", lambda: set_rng_state(saved[rank], state.generators))
     state.start_epoch, state.step, state.history = ckpt["epoch"], ckpt["step"], list(ckpt["history"])
-    state.resumed_from = path
+    state.epoch_step = ckpt.get("epoch_step", 0)
+    state.resumed_from, state.last_checkpoint = path, _position(state)
+    if state.epoch_step:  # mid-epoch: the epoch goes on from there, with its sums and pending picture
+        sums = ckpt["epoch_sums"]  # one per rank; a run on another number of processes: rank 0 takes all
+        state.meter = EpochMeter(info.device)
+        state.meter.load_state_dict(*(sums[rank:rank + 1] if len(sums) == info.world_size else
+                                      sums if info.is_main else []))
+        state.samples = ckpt["samples"] if info.is_main else None
+
+
+def _position(state: State) -> str:
+    """Where ``state`` stands, as its checkpoint would say it: ``epoch 3`` or ``step 12, in epoch 4``."""
+    done = state.history[-1]["epoch"] if state.history else 0
+    return f"step {state.step}, in epoch {done + 1}" if state.epoch_step else f"epoch {done}"
 
 
 def checkpoint(state: State) -> dict[str, Any] | None:
-    """The checkpoint after the last epoch of ``state.history`` on rank 0 (``None`` elsewhere):
-    every rank's RNG states (and per-rank method state) go into it; the weights must be the same
-    on every rank."""
+    """The checkpoint of ``state`` as it stands, on rank 0 (``None`` elsewhere): after the last epoch
+    of ``state.history``, or mid-epoch (``state.epoch_step > 0``: then with every rank's partial sums
+    of the epoch and the pending ``samples.png`` batch). Every rank's RNG states (and per-rank method
+    state) go into it; the weights must be the same on every rank. Records the position in
+    ``state.last_checkpoint``."""
     info, method, model = state.info, state.method, state.model
     own = method.per_rank_state() if info.distributed else {}
+    sums = state.meter.state_dict() if state.epoch_step else None
     gathered = all_gather_object((rng_state(state.generators), weights_fingerprint(model) if info.distributed else "",
-                                  {k: v.cpu() for k, v in own.items()}))
-    if len({f for _, f, _ in gathered}) > 1:
-        raise RuntimeError(f"the model weights differ across processes after epoch {state.history[-1]['epoch']} "
-                           f"({[f for _, f, _ in gathered]}); this is a bug in the synchronisation")
+                                  {k: v.cpu() for k, v in own.items()}, sums))
+    state.last_checkpoint = _position(state)
+    if len({f for _, f, _, _ in gathered}) > 1:
+        raise RuntimeError(f"the model weights differ across processes at {state.last_checkpoint} "
+                           f"({[f for _, f, _, _ in gathered]}); this is a bug in the synchronisation")
     if not info.is_main:
         return None
-    return {"epoch": state.history[-1]["epoch"], "step": state.step, "config": config_to_dict(state.cfg),
+    mid = state.epoch_step > 0
+    return {"epoch": state.history[-1]["epoch"] if state.history else 0, "step": state.step,
+            "epoch_step": state.epoch_step, "steps_per_epoch": state.steps_per_epoch,
+            "config": config_to_dict(state.cfg),
             "num_classes": state.num_classes, "model": model.state_dict(), "optimizer": state.optimizer.state_dict(),
             "scaler": state.scaler.state_dict(), "ema": state.ema.state_dict() if state.ema is not None else None,
             "method": method.state_dict(), "rng": gathered[0][0],
-            "rng_per_rank": [g for g, _, _ in gathered] if info.distributed else None,
-            "method_per_rank": [m for _, _, m in gathered] if own else None,
+            "rng_per_rank": [g for g, _, _, _ in gathered] if info.distributed else None,
+            "method_per_rank": [m for _, _, m, _ in gathered] if own else None,
+            "epoch_sums": [s for _, _, _, s in gathered] if mid else None, "samples": state.samples if mid else None,
             "world_size": info.world_size, "history": state.history}
 
 
@@ -305,6 +347,26 @@ class EpochMeter:
             target = out.mixed.targets.argmax(1) if out.mixed is not None else labels
             self.correct += (out.logits.argmax(1) == target).sum()
         self.seen += b
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sums so far, on the CPU (for a mid-epoch checkpoint; reads the device)."""
+        correct = self.correct.cpu() if isinstance(self.correct, Tensor) else self.correct
+        return {"keys": list(self.keys), "sums": {k: v.cpu() for k, v in self.sums.items()}, "host": dict(self.host),
+                "correct": correct, "seen": self.seen}
+
+    def load_state_dict(self, *states: dict[str, Any]) -> None:
+        """Add the sums of ``states`` (:meth:`state_dict`'s) to these: this process's own, or all the
+        processes' of a run that had more of them."""
+        for s in states:
+            self.keys.update(dict.fromkeys(s["keys"]))
+            for k, v in s["sums"].items():
+                v = v.to(self.device)
+                self.sums[k] = self.sums[k] + v if k in self.sums else v
+            for k, v in s["host"].items():
+                self.host[k] = self.host.get(k, 0.0) + v
+            correct = s["correct"]
+            self.correct = self.correct + (correct.to(self.device) if isinstance(correct, Tensor) else correct)
+            self.seen += s["seen"]
 
     def mean_loss(self) -> float:
         """This process's mean training loss so far (reads the device: for the progress bar)."""
@@ -339,12 +401,19 @@ def step(state: State, images: Any, labels: Tensor) -> StepOutput:
     return out
 
 
-def train_one_epoch(state: State, epoch: int) -> tuple[dict[str, Any], int]:
-    """One pass over this process's training shard.
+def train_one_epoch(state: State, epoch: int, save: Callable[[], None] | None = None
+                    ) -> tuple[dict[str, Any], int]:
+    """One pass over this process's training shard, or what is left of it after a mid-epoch
+    checkpoint (``state.epoch_step > 0``: the sums and the method's state are the checkpoint's, and
+    ``method.on_epoch_start`` was called before it).
+
+    Args:
+        save: writes a checkpoint of ``state``; called every ``run.checkpoint_every`` optimizer
+            steps (counted over the run) that do not end the epoch, once the loss was found finite.
 
     Returns:
-        the epoch's row so far (``epoch``, ``step``, ``lr``, ``train_<log>`` means over every
-        process, ``train_acc``), and the images trained on by all processes.
+        the epoch's row (``epoch``, ``step``, ``lr``, ``train_<log>`` means over every process and
+        the whole epoch, ``train_acc``), and the images all processes trained on in this call.
 
     Raises:
         TrainingDivergedError: a non-finite training loss (found at the next read of the flag).
@@ -354,11 +423,21 @@ def train_one_epoch(state: State, epoch: int) -> tuple[dict[str, Any], int]:
     cfg, info, data, method = state.cfg, state.info, state.data, state.method
     state.model.train()
     method.train()
-    method.on_epoch_start(epoch)
-    data.sampler.set_epoch(epoch)
-    meter = EpochMeter(info.device)
-    epoch_end = state.step + state.steps_per_epoch
-    bar = tqdm(data.train_loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+    done = state.epoch_step
+    if done == 0:
+        method.on_epoch_start(epoch)
+        state.meter = EpochMeter(info.device)
+    meter = state.meter
+    data.sampler.set_epoch(epoch, start=done * cfg.data.batch_size)  # skips what the checkpoint trained on
+    loader = state.generators["loader"]
+    drawn = loader.get_state()
+    batches = iter(data.train_loader)  # draws the workers' base seed from the loader generator
+    if done > 0 or (state.resumed_from is not None and epoch == state.start_epoch
+                    and data.train_loader.persistent_workers):
+        loader.set_state(drawn)  # a draw the uninterrupted run did not make here: its stream goes on as it did
+    epoch_end = state.step - done + state.steps_per_epoch
+    every = cfg.run.checkpoint_every if save is not None else 0
+    bar = tqdm(batches, total=state.steps_per_epoch, initial=done, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
                disable=not (cfg.run.progress and info.is_main), leave=False, dynamic_ncols=True)
     for images, labels in bar:
         images, labels = to_device((images, labels), info.device, data.preprocess)  # images (B, C, H, W) float
@@ -368,20 +447,24 @@ def train_one_epoch(state: State, epoch: int) -> tuple[dict[str, Any], int]:
             first = images if isinstance(images, Tensor) else images[0]
             state.samples = preview_batch(method, out, first[:16], labels[:16])
         state.step += 1
-        if state.watch.due(state.step, end_of_epoch=state.step == epoch_end):
+        state.epoch_step += 1
+        save_now = every > 0 and state.step % every == 0 and state.step != epoch_end
+        if save_now or state.watch.due(state.step, end_of_epoch=state.step == epoch_end):
             bad = state.watch.bad(info.distributed)
             if bad is not None:
                 bar.close()
-                last = state.history[-1]["epoch"] if state.history else None  # the last checkpoint's
-                raise state.watch.error(bad, state.steps_per_epoch, cfg, state.amp_dtype, last)
+                raise state.watch.error(bad, state.steps_per_epoch, cfg, state.amp_dtype, state.last_checkpoint)
+        if save_now:
+            save()
         if cfg.run.progress and info.is_main and state.step % LOG_EVERY == 0:
             bar.set_postfix(loss=f"{meter.mean_loss():.3f}", lr=f"{state.optimizer.param_groups[0]['lr']:.3g}")
-    means, acc, images_all = meter.reduce()  # every process's sums, weighted by images
+    means, acc, _ = meter.reduce()  # every process's sums, weighted by images
+    state.epoch_step, state.meter = 0, None
     row: dict[str, Any] = {"epoch": epoch + 1, "step": state.step, "lr": state.optimizer.param_groups[0]["lr"]}
     row.update({f"train_{k}": v for k, v in means.items()})
     if acc is not None:
         row["train_acc"] = 100.0 * acc
-    return row, images_all
+    return row, (state.steps_per_epoch - done) * cfg.data.batch_size * info.world_size  # full batches (drop_last)
 
 
 def evaluate_epoch(state: State, epoch: int) -> dict[str, Any]:

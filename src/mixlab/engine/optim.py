@@ -155,12 +155,13 @@ class LossWatch:
         return None if bool(self.ok) else (int(self.step), float(self.value))
 
     def error(self, bad: tuple[int, float], steps_per_epoch: int, cfg, amp_dtype: torch.dtype | None,
-              last_epoch: int | None) -> TrainingDivergedError:
-        """The error naming the step of ``bad`` and what to change (``last_epoch``: that of the run's
-        last checkpoint, ``None`` when it has written none)."""
+              last_checkpoint: str | None) -> TrainingDivergedError:
+        """The error naming the step of ``bad`` and what to change (``last_checkpoint``: where the
+        run's last checkpoint stands, ``"epoch 3"`` or ``"step 12, in epoch 4"``; ``None`` when it has
+        written none)."""
         at, value = bad
         o = cfg.optim
-        kept = (f"its last checkpoint (epoch {last_epoch}) is untouched" if last_epoch is not None
+        kept = (f"its last checkpoint ({last_checkpoint}) is untouched" if last_checkpoint is not None
                 else "no checkpoint had been written, so it left no files")
         amp_hint = {torch.float16: "; mixed precision in fp16 overflows easily: try run.amp=bf16 (or none)",
                     torch.bfloat16: "; or train in full precision: run.amp=none"}.get(amp_dtype, "")

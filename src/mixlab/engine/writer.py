@@ -1,10 +1,12 @@
 """The run directory and the console: :class:`RunWriter` (rank 0 writes, every rank agrees on the path).
 
     writer = RunWriter(cfg, info, resumed=ckpt_path)   # checks the directory; writes nothing yet
+    writer.write_checkpoint(checkpoint)           # mid-epoch (run.checkpoint_every): checkpoint.pt (+ config.yaml)
     writer.write_epoch(state, row, checkpoint)    # checkpoint.pt, config.yaml, metrics, figures, TensorBoard
     writer.close()
 
-A run directory receives ``checkpoint.pt`` (every epoch), ``metrics.csv`` / ``metrics.jsonl`` (one
+A run directory receives ``checkpoint.pt`` (every epoch, and every ``run.checkpoint_every`` steps
+mid-epoch), ``metrics.csv`` / ``metrics.jsonl`` (one
 row per epoch), ``curves.png``, ``samples.png`` (the mixed batch of step ``method.preview_step``),
 ``config.yaml``, and the method's ``epoch_figures`` (rewritten every epoch: MAE's
 ``reconstructions.png``). Nothing is written into it before the first checkpoint (``config.yaml``
@@ -207,19 +209,27 @@ class RunWriter:
               f"{len(data.test_set)} test, {state.num_classes} classes) | {cfg.optim.epochs} epochs x "
               f"{state.steps_per_epoch} steps | {info.device}{procs} | run dir {self.path}", flush=True)
 
+    def write_checkpoint(self, checkpoint: dict[str, Any] | None) -> None:
+        """The checkpoint (rank 0; ``checkpoint`` is ``None`` on the other ranks), then ``config.yaml``
+        after this process's first: what a mid-epoch checkpoint writes (``run.checkpoint_every``; no
+        metrics row), and the start of :meth:`write_epoch`."""
+        if not self.main:
+            return
+        save_checkpoint(self.path / CHECKPOINT_NAME, checkpoint)
+        if self.first:  # this process's first checkpoint: the config.yaml it ran with
+            atomic_write_bytes(self.path / "config.yaml",
+                               lambda f: f.write(yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False).encode()))
+            self.first = False
+        self.kept = True
+
     def write_epoch(self, state, row: dict[str, Any], checkpoint: dict[str, Any] | None) -> None:
-        """After an epoch (rank 0): the checkpoint, then ``config.yaml`` (after the first), the
-        metrics, curves, ``samples.png`` (once), the method's figures, TensorBoard and the
-        console line. ``checkpoint`` is the dict to save (``None`` on the other ranks)."""
+        """After an epoch (rank 0): :meth:`write_checkpoint`, the metrics, curves, ``samples.png``
+        (once), the method's figures, TensorBoard and the console line. ``checkpoint`` is the dict
+        to save (``None`` on the other ranks)."""
         if not self.main:
             return
         cfg, run_dir = self.cfg, self.path
-        save_checkpoint(run_dir / CHECKPOINT_NAME, checkpoint)
-        if self.first:  # this process's first checkpoint: the config.yaml it ran with
-            atomic_write_bytes(run_dir / "config.yaml",
-                               lambda f: f.write(yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode()))
-            self.first = False
-        self.kept = True
+        self.write_checkpoint(checkpoint)
         if self.tensorboard is None and cfg.run.tensorboard:
             self.tensorboard = _tensorboard(run_dir)
         write_metrics(run_dir, state.history)

@@ -170,7 +170,8 @@ class Method(nn.Module):
         """State updates after each optimizer step (EMA, momentum encoders); default none."""
 
     def on_epoch_start(self, epoch: int) -> None:
-        """Called at the start of each epoch (RecursiveMix resets its history here)."""
+        """Called at the start of each epoch (RecursiveMix resets its history here); not again when
+        a run resumes from a mid-epoch checkpoint, whose ``state_dict`` holds what it had set."""
 
     def mix_preview(self, images: Tensor, labels: Tensor) -> MixResult | None:
         """Mix a batch without training, for ``samples.png`` and ``mixlab show`` (``None``: the
