@@ -144,6 +144,7 @@ class RecursiveMix(Method):
     name = "recursivemix"
     resizable_buffers = ("hist_images", "hist_targets", "hist_probs")
     preview_step = 1  # samples.png: step 0 has no history yet (each image pasted into itself, label 1.00)
+    ddp_find_unused_parameters = True  # H' is unused on a step without history or with an empty box
 
     def __init__(
         self,
@@ -399,7 +400,10 @@ class RecursiveMix(Method):
         loss_ce = self.loss_fn(logits, mixed.targets)
         loss_cl = self.update(features, logits)
         logs = {"loss_ce": loss_ce.detach(), "loss_cl": loss_cl.detach(), "lam": (1 - mixed.lam).mean()}
-        return StepOutput(loss=loss_ce + loss_cl, logits=logits, logs=logs, mixed=mixed if pasted else None)
+        # without a consistency term the loss is loss_ce itself, not loss_ce + 0: compiled (torch 2.14
+        # inductor), the sum folds into loss_ce and comes back detached, as its detached log beside it
+        loss = loss_ce + loss_cl if loss_cl.requires_grad else loss_ce
+        return StepOutput(loss=loss, logits=logits, logs=logs, mixed=mixed if pasted else None)
 
     @torch.no_grad()
     def mix_preview(self, images: Tensor, labels: Tensor) -> MixResult:
