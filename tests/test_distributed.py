@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from mixlab import registry
 from mixlab.engine import evaluate, load_checkpoint, load_config, train
 from mixlab.engine.data import EpochSampler, mix_seed, rank_generators
 from mixlab.methods.base import Method, StepOutput
@@ -278,6 +279,34 @@ def test_every_kind_of_method_trains_through_ddp():
     import torch.multiprocessing as mp
 
     mp.spawn(_methods_worker, args=(_free_port(),), nprocs=2, join=True)
+
+
+@pytest.mark.parametrize("name", sorted(registry.METHODS))
+def test_methods_declare_the_parameters_a_step_leaves_unused(name):
+    """DDP without ``find_unused_parameters`` needs a gradient for every trainable parameter of the
+    step module at every step; a method that leaves some out (on its first two steps here) must say
+    so with ``ddp_find_unused_parameters``, and only such a method says so."""
+    from mixlab.engine.data import to_device
+    from mixlab.engine.distributed import DistInfo
+    from mixlab.engine.loop import setup, step
+    from mixlab.engine.presets import PRESETS, load_run_config
+
+    params = PRESETS["small_heads"].get(name, {})
+    overrides = ["data.num_per_class=2", "data.test_per_class=1", "data.batch_size=8", "data.num_workers=0",
+                 "run.threads=1", "run.progress=false", f"method.name={name}",
+                 f"method.params={params}".replace("True", "true")]
+    if not registry.METHODS[name].config:  # MAE brings its ViT
+        overrides.append(SMALL)
+    state = setup(load_run_config(None, overrides), DistInfo(0, 1, 0, torch.device("cpu")))
+    trainable = {n: p for n, p in state.step_module.named_parameters() if p.requires_grad}
+    unused = set()
+    batches = iter(state.data.train_loader)
+    for _ in range(2):
+        images, labels = to_device(next(batches), state.info.device, state.data.preprocess)
+        step(state, images, labels)
+        state.step += 1
+        unused |= {n for n, p in trainable.items() if p.grad is None}
+    assert bool(unused) == state.method.ddp_find_unused_parameters, sorted(unused)
 
 
 def test_helpers_are_no_ops_in_one_process(monkeypatch):
