@@ -21,14 +21,15 @@ from mixlab.engine.loop import setup, step
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
-# 40 images of 16 px, batches of 8, a width-8 resnet_small, SGD (AdamW's normalisation would
-# amplify float rounding in weights whose gradients are near 0 into visible loss differences)
+# 40 images of 16 px, batches of 8, a width-8 resnet_small, SGD at a small lr: float rounding grows
+# through BatchNorm over 8 images (at lr 0.05 MoCo v3's third loss moves by 2.6e-5 when only the
+# memory layout of the eager run changes) and AdamW's normalisation amplifies it further
 TINY = ["data.name=synthetic", "data.num_per_class=4", "data.test_per_class=1", "data.image_size=16",
-        "data.batch_size=8", "data.num_workers=0", "model.kwargs={width: 8}", "optim.name=sgd", "optim.lr=0.05",
+        "data.batch_size=8", "data.num_workers=0", "model.kwargs={width: 8}", "optim.name=sgd", "optim.lr=0.01",
         "run.threads=1", "run.progress=false", "run.tensorboard=false"]
 METHODS = {"vanilla": [], "cutmix": [], "recursivemix": [], "mocov3": ["method.params={dim: 16, mlp_dim: 32}"]}
 STEPS = 3
-TOLERANCE = 1e-4  # |compiled - eager| of each step's loss; measured <= 6e-6
+TOLERANCE = 1e-4  # |compiled - eager| of each step's loss; measured <= 4.3e-6
 
 
 @pytest.fixture(autouse=True)
@@ -105,4 +106,4 @@ def test_checkpoints_of_compiled_and_eager_runs_load_in_each_other(tmp_path):
         assert resumed.keys() == straight.keys()
         diff = max((resumed[k].double() - straight[k].double()).abs().max().item() for k in straight
                    if straight[k].is_floating_point() and straight[k].numel())
-        assert diff < 1e-3, (name, diff)
+        assert diff < 1e-5, (name, diff)  # measured 5.4e-7 (10 steps)
