@@ -9,10 +9,15 @@ checkpoints are interchangeable. Compiling takes tens of seconds per method on a
 
 from __future__ import annotations
 
+import copy
+import os
+import socket
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from mixlab.engine import load_checkpoint, load_config, train
 from mixlab.engine.data import to_device
@@ -107,3 +112,46 @@ def test_checkpoints_of_compiled_and_eager_runs_load_in_each_other(tmp_path):
         diff = max((resumed[k].double() - straight[k].double()).abs().max().item() for k in straight
                    if straight[k].is_floating_point() and straight[k].numel())
         assert diff < 1e-5, (name, diff)  # measured 5.4e-7 (10 steps)
+
+
+# ------------------------------------------------------------------ compiled under DDP, 2 processes
+def _ddp_worker(rank: int, port: int) -> None:
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)})
+    from mixlab.engine import distributed as D
+
+    info = D.init_distributed(device="cpu")
+    try:
+        # no BatchNorm (a 1-block ViT), no augmentation: the gradients of 2 x 8 images are those of 16 in one process
+        cfg = load_config(overrides=[*TINY, "method.name=vanilla", "data.augment=none", "run.compile=true",
+                                     "model.name=vit_tiny_patch4",
+                                     "model.kwargs={img_size: 16, embed_dim: 16, depth: 1, num_heads: 2, num_stages: 1}"])
+        state = setup(cfg, info)
+        assert isinstance(state.step_module, DistributedDataParallel)  # DDP around the compiled step module
+        assert isinstance(state.step_module.module, StepModule)
+        batches = iter(state.data.train_loader)
+        for _ in range(2):
+            images, labels = to_device(next(batches), info.device, state.data.preprocess)
+            before = copy.deepcopy(state.model)
+            out = step(state, images, labels)
+            state.step += 1
+            assert _compiled(out.loss) and _compiled(out.logits)
+            both = D.all_gather_object((images, labels))
+            whole = nn.functional.cross_entropy(before(torch.cat([b[0] for b in both])), torch.cat([b[1] for b in both]))
+            whole.backward()
+            for (name, p), q in zip(state.model.named_parameters(), before.parameters()):
+                torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+        D.barrier()
+    finally:
+        D.cleanup()
+
+
+def test_compiled_step_under_ddp_gives_the_gradients_of_one_process():
+    """``run.compile`` under DDP (2 processes, gloo): the compiled step module inside
+    ``DistributedDataParallel``; its averaged gradients are those of the whole batch in one process."""
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port,), nprocs=2, join=True)
