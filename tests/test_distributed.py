@@ -265,6 +265,9 @@ def _methods_worker(rank: int, port: int) -> None:
                 state.step += 1
             mine = (D.weights_fingerprint(state.model), _trainable(state.method))
             assert D.all_gather_object(mine) == [mine, mine], name  # the same weights on both ranks
+
+        with pytest.raises(ValueError, match="run.sync_bn=true needs CUDA devices"):  # SyncBatchNorm: GPUs only
+            setup(load_config(overrides=[*TINY, "data.batch_size=8", SMALL, "run.sync_bn=true"]), info)
         D.barrier()
     finally:
         D.cleanup()
@@ -275,7 +278,7 @@ def test_every_kind_of_method_trains_through_ddp():
     """In a 2-process gloo group the loop's step module is ``DistributedDataParallel``: vanilla's
     gradients equal one process's on both batches; PuzzleMix, AutoMix, Manifold Mixup, RecursiveMix,
     MoCo v3, MoCo v2, DINO and MAE take 2 steps (``find_unused_parameters`` as the method declares)
-    and keep the same weights on both ranks."""
+    and keep the same weights on both ranks; ``run.sync_bn`` on the CPU is refused."""
     import torch.multiprocessing as mp
 
     mp.spawn(_methods_worker, args=(_free_port(),), nprocs=2, join=True)
@@ -307,6 +310,49 @@ def test_methods_declare_the_parameters_a_step_leaves_unused(name):
         state.step += 1
         unused |= {n for n, p in trainable.items() if p.grad is None}
     assert bool(unused) == state.method.ddp_find_unused_parameters, sorted(unused)
+
+
+def test_sync_batchnorm_converts_in_place_of_batchnorm_under_data_parallel():
+    """``run.sync_bn``: every BatchNorm of the model becomes a SyncBatchNorm with the same parameter
+    and buffer tensors, state-dict keys and (outside a process group) outputs, the stage helpers
+    included; in a single process the model is left as it is."""
+    from mixlab.engine.distributed import DistInfo, sync_batchnorm
+    from mixlab.models import forward_until
+
+    torch.manual_seed(0)
+    model = registry.build_model("resnet_small", 10, width=8).eval()
+    plain = {k: v.clone() for k, v in model.state_dict().items()}
+    tensors = {id(t) for t in [*model.parameters(), *model.buffers()]}
+    x = torch.randn(2, 3, 16, 16)
+    logits, hidden = model(x), forward_until(model, x, 2)
+    assert sync_batchnorm(model, DistInfo(0, 1, 0, torch.device("cpu"))) is model  # one process: nothing to do
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    synced = sync_batchnorm(model, DistInfo(0, 2, 0, torch.device("cuda", 0)))
+    kinds = {type(m) for m in synced.modules()}
+    assert nn.SyncBatchNorm in kinds and nn.BatchNorm2d not in kinds
+    assert {id(t) for t in [*synced.parameters(), *synced.buffers()]} == tensors  # the optimizer's tensors
+    assert synced.state_dict().keys() == plain.keys()
+    assert all(torch.equal(v, plain[k]) for k, v in synced.state_dict().items())
+    assert torch.equal(synced(x), logits) and torch.equal(forward_until(synced, x, 2), hidden)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="SyncBatchNorm synchronises GPU batches: needs 2 GPUs")
+def test_sync_bn_gives_the_single_process_batchnorm_maths(tmp_path):
+    """With BatchNorm, 2 GPUs x 8 images follow 1 GPU x 16 only with ``run.sync_bn``: each process
+    then normalises with the statistics of all 16 images."""
+    common = ["method.name=vanilla", "optim.epochs=1", "data.augment=none", "optim.name=sgd", "optim.lr=0.05",
+              SMALL, "run.amp=none", "run.device=cuda"]
+    for sync in ("true", "false"):
+        _mixlab([*common, "data.batch_size=8", f"run.sync_bn={sync}"], tmp_path, "--out", str(tmp_path / sync))
+    train(load_config(overrides=[*TINY, *common, "data.batch_size=16", f"run.out={tmp_path / 'one'}"]))
+    one = load_checkpoint(tmp_path / "one")["model"]
+
+    def diff(run: str) -> float:
+        weights = load_checkpoint(tmp_path / run)["model"]
+        return max((one[k].float() - weights[k].float()).abs().max().item() for k in one if one[k].is_floating_point())
+
+    assert diff("true") < 1e-4 < 1e-2 < diff("false")
 
 
 def test_helpers_are_no_ops_in_one_process(monkeypatch):
