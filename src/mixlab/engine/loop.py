@@ -168,8 +168,9 @@ class State:
 
 
 def setup(cfg: TrainConfig, info: DistInfo) -> State:
-    """Seeds, data, model, method, optimizer, AMP and EMA of a run (in this order, which the RNG
-    streams depend on), every state restored from ``run.resume`` when set; writes nothing.
+    """Seeds, data, model (SyncBatchNorm with ``run.sync_bn``), method, optimizer, AMP, EMA and the
+    step module (DDP, compiled with ``run.compile``) of a run (in this order, which the RNG streams
+    depend on), every state restored from ``run.resume`` when set; writes nothing.
 
     Raises:
         ValueError, FileNotFoundError: see :func:`train`.
