@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> None:
             print(f"{args.model} ({params / 1e6:.2f} M parameters), {args.method}, {info.world_size} processes x batch "
                   f"{args.batch_size} of {args.image_size}px on {device.type} ({dist.get_backend()}), "
                   f"{args.blocks} blocks of {args.steps} steps, median block:")
-            print(f"  ddp  {1000 * med['ddp']:8.1f} ms/step   (DistributedDataParallel, bucketed, overlapping backward)")
+            print(f"  ddp  {1000 * med['ddp']:8.1f} ms/step   (DistributedDataParallel: buckets overlap backward)")
             print(f"  hand {1000 * med['hand']:8.1f} ms/step   (one flat all_reduce after backward)")
             print(f"  ratio ddp / hand = {med['ddp'] / med['hand']:.3f}")
     finally:

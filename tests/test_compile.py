@@ -123,9 +123,9 @@ def _ddp_worker(rank: int, port: int) -> None:
     info = D.init_distributed(device="cpu")
     try:
         # no BatchNorm (a 1-block ViT), no augmentation: the gradients of 2 x 8 images are those of 16 in one process
-        cfg = load_config(overrides=[*TINY, "method.name=vanilla", "data.augment=none", "run.compile=true",
-                                     "model.name=vit_tiny_patch4",
-                                     "model.kwargs={img_size: 16, embed_dim: 16, depth: 1, num_heads: 2, num_stages: 1}"])
+        vit = ["model.name=vit_tiny_patch4",
+               "model.kwargs={img_size: 16, embed_dim: 16, depth: 1, num_heads: 2, num_stages: 1}"]
+        cfg = load_config(overrides=[*TINY, *vit, "method.name=vanilla", "data.augment=none", "run.compile=true"])
         state = setup(cfg, info)
         assert isinstance(state.step_module, DistributedDataParallel)  # DDP around the compiled step module
         assert isinstance(state.step_module.module, StepModule)
@@ -137,8 +137,8 @@ def _ddp_worker(rank: int, port: int) -> None:
             state.step += 1
             assert _compiled(out.loss) and _compiled(out.logits)
             both = D.all_gather_object((images, labels))
-            whole = nn.functional.cross_entropy(before(torch.cat([b[0] for b in both])), torch.cat([b[1] for b in both]))
-            whole.backward()
+            images, labels = torch.cat([b[0] for b in both]), torch.cat([b[1] for b in both])
+            nn.functional.cross_entropy(before(images), labels).backward()
             for (name, p), q in zip(state.model.named_parameters(), before.parameters()):
                 torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
         D.barrier()

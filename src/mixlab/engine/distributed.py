@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from mixlab.methods.base import Method, StepOutput
+
 __all__ = ["DistInfo", "init_distributed", "resolve_device", "is_distributed", "get_rank", "get_world_size",
            "is_main_process", "barrier", "all_reduce_sum", "broadcast_object", "all_gather_object", "broadcast_tensors",
            "average_tensors", "on_main", "weights_fingerprint", "cleanup", "StepModule", "build_step_module",
@@ -285,17 +287,17 @@ class StepModule(nn.Module):
             ``SyncBatchNorm`` are equal on every process already); empty in a single process.
     """
 
-    def __init__(self, model: nn.Module, method: nn.Module) -> None:
+    def __init__(self, model: nn.Module, method: Method) -> None:
         super().__init__()
         self.model = model
         self.method = method
         self.averaged: list[Tensor] = []
 
-    def forward(self, batch: Any, progress: float) -> Any:
+    def forward(self, batch: Any, progress: float) -> StepOutput:
         return self.method.training_step(self.model, batch, progress)
 
 
-def build_step_module(model: nn.Module, method: nn.Module, info: DistInfo, compile: bool = False) -> nn.Module:
+def build_step_module(model: nn.Module, method: Method, info: DistInfo, compile: bool = False) -> nn.Module:
     """The module the loop calls for each step's forward: a :class:`StepModule`, compiled in place
     with ``compile`` (``nn.Module.compile``: graph breaks allowed, so a method with host logic
     still runs), wrapped in ``DistributedDataParallel`` under data parallel.
@@ -322,7 +324,7 @@ def build_step_module(model: nn.Module, method: nn.Module, info: DistInfo, compi
     on_gpu = info.device.type == "cuda"
     return nn.parallel.DistributedDataParallel(
         module, device_ids=[info.device] if on_gpu else None, output_device=info.device if on_gpu else None,
-        forward_sync_buffers=False, find_unused_parameters=bool(getattr(method, "ddp_find_unused_parameters", False)))
+        forward_sync_buffers=False, find_unused_parameters=method.ddp_find_unused_parameters)
 
 
 def average_buffers(step_module: nn.Module | None) -> None:
