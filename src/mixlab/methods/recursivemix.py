@@ -262,9 +262,13 @@ class RecursiveMix(Method):
         area = max(x2 - x1, 0) * max(y2 - y1, 0) / (height * width)
         return torch.full((n,), area, device=device), box, area > 0
 
+    @torch.compiler.disable
     def mix(self, images: Tensor, labels: Tensor) -> MixResult:
         """Eq. 1-2: paste the resized history (or, with ``history=False``, a shuffled copy of the
         batch) into a random box of each image; label weights by the exact pasted area.
+
+        Under ``torch.compile`` (``run.compile``) it runs eagerly: its box is drawn on the host and the
+        pasted size changes at every step, so a compiled ``mix`` would recompile at every step.
 
         Call :meth:`update` after the forward pass, before the next ``mix``. In eval mode, or on
         the first step, the batch is returned un-mixed (``lam`` = 1) and nothing is stored.
