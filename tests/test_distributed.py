@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from mixlab import registry
 from mixlab.engine import evaluate, load_checkpoint, load_config, train
 from mixlab.engine.data import EpochSampler, mix_seed, rank_generators
+from mixlab.methods.base import Method, StepOutput
 
 # config overrides (--set): 80 train / 30 test images of 16x16; 5 steps per epoch of 2 x 8 images
 TINY = ["data.name=synthetic", "data.num_workers=0", "data.num_per_class=8", "data.test_per_class=3",
@@ -151,14 +154,23 @@ def _worker(rank: int, port: int) -> None:
         ref = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
         assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), ref.state_dict().values()))
 
-        # gradients: a on both ranks, b on rank 1 only, c on none; a float and an integer buffer
-        a, b, c = (nn.Parameter(torch.zeros(2, 3)) for _ in range(3))
-        loss = (rank + 1) * a.sum() + (b.sum() if rank == 1 else 0)
-        loss.backward()
-        stat, count = torch.full((3,), float(rank)), torch.tensor(rank)
-        D.average_gradients([a, b, c], [stat, count])
-        assert torch.equal(a.grad, torch.full((2, 3), 1.5)) and torch.equal(b.grad, torch.full((2, 3), 0.5))
-        assert c.grad is None and torch.equal(stat, torch.full((3,), 0.5)) and count.item() == rank
+        # the step module is DDP; gradients: a on both ranks, b on rank 1 only, c on none (find_unused_parameters)
+        method = _UsesSome()
+        norm = nn.BatchNorm1d(3)  # the model: its float buffers are averaged after the step, the integer one is not
+        step = D.build_step_module(norm, method, info)
+        assert isinstance(step, DistributedDataParallel) and step.find_unused_parameters
+        assert step.module.model is norm and step.module.method is method
+        out = step(None, 0.0)
+        assert out.loss.requires_grad
+        out.loss.backward()
+        assert torch.equal(method.a.grad, torch.full((2, 3), 1.5))
+        assert torch.equal(method.b.grad, torch.full((2, 3), 0.5))
+        assert method.c.grad is None  # unused everywhere: no gradient, as in a single process
+        norm.running_mean.fill_(float(rank))
+        norm.num_batches_tracked.fill_(rank)
+        D.average_buffers(step)
+        assert torch.equal(norm.running_mean, torch.full((3,), 0.5)) and norm.num_batches_tracked.item() == rank
+        assert not D.build_step_module(norm, Method(), info).find_unused_parameters  # only where a method needs it
 
         # sharded evaluation over uneven shards (3 + 4 images) == the whole set in one process
         torch.manual_seed(0)
@@ -174,11 +186,174 @@ def _worker(rank: int, port: int) -> None:
         D.cleanup()
 
 
+class _UsesSome(Method):
+    """A method whose step uses ``a`` on every rank (times rank + 1), ``b`` on rank 1 only, ``c`` never."""
+
+    ddp_find_unused_parameters = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = (nn.Parameter(torch.zeros(2, 3)) for _ in range(3))
+
+    def training_step(self, model, batch, progress):
+        rank = torch.distributed.get_rank()
+        return StepOutput(loss=(rank + 1) * self.a.sum() + (self.b.sum() if rank == 1 else 0))
+
+
 @pytest.mark.slow
 def test_helpers_in_a_two_process_group():
     import torch.multiprocessing as mp
 
     mp.spawn(_worker, args=(_free_port(),), nprocs=2, join=True)
+
+
+# each method's step through DDP: the ones that run extra passes (PuzzleMix's input gradient, AutoMix's
+# momentum encoder and Mix Block), stage by stage (Manifold Mixup), with parameters left unused on some
+# steps (RecursiveMix's H', the SSL frameworks' classifier), with gathers and shuffle-BN (MoCo v2, v3)
+SMALL = "model.kwargs={width: 8}"
+DDP_METHODS = {
+    "puzzlemix": [SMALL], "automix": [SMALL], "manifold-mixup": [SMALL], "recursivemix": [SMALL],
+    "mocov3": [SMALL, "method.params={dim: 16, mlp_dim: 32}"],
+    "mocov2": [SMALL, "method.params={dim: 16, hidden_dim: 32, queue_size: 48}"],
+    "dino": [SMALL, "method.params={out_dim: 64, hidden_dim: 32, bottleneck_dim: 16}"],
+    "mae": [*VIT, "method.params={decoder_dim: 16, decoder_depth: 1, decoder_heads: 2}"],
+}
+
+
+def _trainable(module: nn.Module) -> list[float]:
+    """Exact sums of the parameters being trained, to compare ranks."""
+    return [p.detach().double().sum().item() for p in module.parameters() if p.requires_grad]
+
+
+def _methods_worker(rank: int, port: int) -> None:
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)})
+    import copy
+
+    from mixlab.engine import distributed as D
+    from mixlab.engine.data import to_device
+    from mixlab.engine.loop import setup, step
+
+    info = D.init_distributed(device="cpu")
+    try:
+        # vanilla without BatchNorm: the DDP gradients are those of the 2 x 8 images in one process
+        cfg = load_config(overrides=[*TINY, *VIT, "method.name=vanilla", "data.augment=none", "optim.name=sgd",
+                                     "data.batch_size=8"])
+        state = setup(cfg, info)
+        assert isinstance(state.step_module, DistributedDataParallel)
+        assert not state.step_module.find_unused_parameters
+        images, labels = to_device(next(iter(state.data.train_loader)), info.device, state.data.preprocess)
+        before = copy.deepcopy(state.model)
+        out = step(state, images, labels)
+        both = D.all_gather_object((images, labels, out.loss.detach()))
+        whole = nn.functional.cross_entropy(before(torch.cat([b[0] for b in both])), torch.cat([b[1] for b in both]))
+        whole.backward()
+        assert abs(whole.item() - (both[0][2] + both[1][2]).item() / 2) < 1e-6
+        for (name, p), q in zip(state.model.named_parameters(), before.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+        for name, overrides in DDP_METHODS.items():
+            state = setup(load_config(overrides=[*TINY, "data.batch_size=8", f"method.name={name}", *overrides]), info)
+            assert isinstance(state.step_module, DistributedDataParallel), name
+            assert state.step_module.find_unused_parameters == type(state.method).ddp_find_unused_parameters, name
+            state.model.train()
+            state.method.train()
+            state.method.on_epoch_start(0)
+            batches = iter(state.data.train_loader)
+            for _ in range(2):
+                images, labels = to_device(next(batches), info.device, state.data.preprocess)
+                step(state, images, labels)
+                state.step += 1
+            mine = (D.weights_fingerprint(state.model), _trainable(state.method))
+            assert D.all_gather_object(mine) == [mine, mine], name  # the same weights on both ranks
+
+        with pytest.raises(ValueError, match="run.sync_bn=true needs CUDA devices"):  # SyncBatchNorm: GPUs only
+            setup(load_config(overrides=[*TINY, "data.batch_size=8", SMALL, "run.sync_bn=true"]), info)
+        D.barrier()
+    finally:
+        D.cleanup()
+
+
+@pytest.mark.slow
+def test_every_kind_of_method_trains_through_ddp():
+    """In a 2-process gloo group the loop's step module is ``DistributedDataParallel``: vanilla's
+    gradients equal one process's on both batches; PuzzleMix, AutoMix, Manifold Mixup, RecursiveMix,
+    MoCo v3, MoCo v2, DINO and MAE take 2 steps (``find_unused_parameters`` as the method declares)
+    and keep the same weights on both ranks; ``run.sync_bn`` on the CPU is refused."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_methods_worker, args=(_free_port(),), nprocs=2, join=True)
+
+
+@pytest.mark.parametrize("name", sorted(registry.METHODS))
+def test_methods_declare_the_parameters_a_step_leaves_unused(name):
+    """DDP without ``find_unused_parameters`` needs a gradient for every trainable parameter of the
+    step module at every step; a method that leaves some out (on its first two steps here) must say
+    so with ``ddp_find_unused_parameters``, and only such a method says so."""
+    from mixlab.engine.data import to_device
+    from mixlab.engine.distributed import DistInfo
+    from mixlab.engine.loop import setup, step
+    from mixlab.engine.presets import PRESETS, load_run_config
+
+    params = PRESETS["small_heads"].get(name, {})
+    overrides = ["data.num_per_class=2", "data.test_per_class=1", "data.batch_size=8", "data.num_workers=0",
+                 "run.threads=1", "run.progress=false", f"method.name={name}",
+                 f"method.params={params}".replace("True", "true")]
+    if not registry.METHODS[name].config:  # MAE brings its ViT
+        overrides.append(SMALL)
+    state = setup(load_run_config(None, overrides), DistInfo(0, 1, 0, torch.device("cpu")))
+    trainable = {n: p for n, p in state.step_module.named_parameters() if p.requires_grad}
+    unused = set()
+    batches = iter(state.data.train_loader)
+    for _ in range(2):
+        images, labels = to_device(next(batches), state.info.device, state.data.preprocess)
+        step(state, images, labels)
+        state.step += 1
+        unused |= {n for n, p in trainable.items() if p.grad is None}
+    assert bool(unused) == state.method.ddp_find_unused_parameters, sorted(unused)
+
+
+def test_sync_batchnorm_converts_in_place_of_batchnorm_under_data_parallel():
+    """``run.sync_bn``: every BatchNorm of the model becomes a SyncBatchNorm with the same parameter
+    and buffer tensors, state-dict keys and (outside a process group) outputs, the stage helpers
+    included; in a single process the model is left as it is."""
+    from mixlab.engine.distributed import DistInfo, sync_batchnorm
+    from mixlab.models import forward_until
+
+    torch.manual_seed(0)
+    model = registry.build_model("resnet_small", 10, width=8).eval()
+    plain = {k: v.clone() for k, v in model.state_dict().items()}
+    tensors = {id(t) for t in [*model.parameters(), *model.buffers()]}
+    x = torch.randn(2, 3, 16, 16)
+    logits, hidden = model(x), forward_until(model, x, 2)
+    assert sync_batchnorm(model, DistInfo(0, 1, 0, torch.device("cpu"))) is model  # one process: nothing to do
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    synced = sync_batchnorm(model, DistInfo(0, 2, 0, torch.device("cuda", 0)))
+    kinds = {type(m) for m in synced.modules()}
+    assert nn.SyncBatchNorm in kinds and nn.BatchNorm2d not in kinds
+    assert {id(t) for t in [*synced.parameters(), *synced.buffers()]} == tensors  # the optimizer's tensors
+    assert synced.state_dict().keys() == plain.keys()
+    assert all(torch.equal(v, plain[k]) for k, v in synced.state_dict().items())
+    assert torch.equal(synced(x), logits) and torch.equal(forward_until(synced, x, 2), hidden)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="SyncBatchNorm synchronises GPU batches: needs 2 GPUs")
+def test_sync_bn_gives_the_single_process_batchnorm_maths(tmp_path):
+    """With BatchNorm, 2 GPUs x 8 images follow 1 GPU x 16 only with ``run.sync_bn``: each process
+    then normalises with the statistics of all 16 images."""
+    common = ["method.name=vanilla", "optim.epochs=1", "data.augment=none", "optim.name=sgd", "optim.lr=0.05",
+              SMALL, "run.amp=none", "run.device=cuda"]
+    for sync in ("true", "false"):
+        _mixlab([*common, "data.batch_size=8", f"run.sync_bn={sync}"], tmp_path, "--out", str(tmp_path / sync))
+    train(load_config(overrides=[*TINY, *common, "data.batch_size=16", f"run.out={tmp_path / 'one'}"]))
+    one = load_checkpoint(tmp_path / "one")["model"]
+
+    def diff(run: str) -> float:
+        weights = load_checkpoint(tmp_path / run)["model"]
+        return max((one[k].float() - weights[k].float()).abs().max().item() for k in one if one[k].is_floating_point())
+
+    assert diff("true") < 1e-4 < 1e-2 < diff("false")
 
 
 def test_helpers_are_no_ops_in_one_process(monkeypatch):
@@ -191,12 +366,15 @@ def test_helpers_are_no_ops_in_one_process(monkeypatch):
     t = torch.ones(2)
     assert D.all_reduce_sum(t) is t and torch.equal(t, torch.ones(2))
     assert D.broadcast_object("x") == "x" and D.all_gather_object(1) == [1] and D.is_main_process()
-    p = nn.Parameter(torch.ones(2))
-    p.grad = torch.full((2,), 3.0)
-    D.average_gradients([p])
+    model, method = nn.BatchNorm1d(2), Method()
+    step = D.build_step_module(model, method, info)
+    assert type(step) is D.StepModule and step.averaged == []  # no DDP in one process
+    stat = model.running_mean.clone()
+    D.average_buffers(step)
+    D.average_tensors([model.running_var])
     D.barrier()
     D.cleanup()
-    assert torch.equal(p.grad, torch.full((2,), 3.0))
+    assert torch.equal(model.running_mean, stat) and torch.equal(model.running_var, torch.ones(2))
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "2")
     with pytest.raises(ValueError, match="RANK=2 and WORLD_SIZE=2"):

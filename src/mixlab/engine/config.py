@@ -124,6 +124,8 @@ class RunConfig:
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1"
     amp: str = "auto"  # "auto" (bf16 on GPU), "bf16", "fp16" or "none"; always off on CPU
     channels_last: bool = True  # NHWC model and batches (faster on GPU, and on CPU with oneDNN)
+    compile: bool = False  # torch.compile the training step (the method's training_step with the model inside)
+    sync_bn: bool = False  # SyncBatchNorm under data parallel (GPUs): BatchNorm statistics of the whole batch
     threads: int = 0  # torch CPU threads; 0 = the cores not taken by data.num_workers (at least 1)
     progress: bool = True  # tqdm bar over each epoch's batches
     tensorboard: bool = True  # also log to TensorBoard when it is installed
@@ -396,6 +398,8 @@ def validate_config(cfg: TrainConfig) -> None:
     check_value(r.amp in ("auto", "bf16", "fp16", "none"), "run.amp", "'auto', 'bf16', 'fp16' or 'none'", r.amp)
     check_value(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"), "run.device",
            "'auto', 'cpu', 'cuda' or 'cuda:N'", r.device)
+    for key in ("compile", "sync_bn"):
+        check_value(isinstance(getattr(r, key), bool), f"run.{key}", "true or false", getattr(r, key))
     check_value(isinstance(r.eval_every, int) and not isinstance(r.eval_every, bool) and r.eval_every >= 1,
            "run.eval_every", "an integer >= 1", r.eval_every)
     check_value(isinstance(r.checkpoint_every, int) and not isinstance(r.checkpoint_every, bool)

@@ -9,10 +9,12 @@
 each process on ``cuda:LOCAL_RANK``). Without those variables it returns rank 0 of 1 and
 initialises nothing, so single-process code paths stay exactly as they were.
 
-The trainer synchronises explicitly rather than through ``DistributedDataParallel``: after each
-backward pass :func:`average_gradients` averages every gradient (and the model's floating-point
-buffers, the BatchNorm statistics) across processes in one flattened ``all_reduce`` per dtype. See
-``docs/distributed.md`` for why.
+The training step runs through ``DistributedDataParallel``: :class:`StepModule` holds the model
+and the method, its ``forward`` is ``method.training_step(model, batch, progress)``, and
+:func:`build_step_module` wraps it in DDP (compiled first with ``run.compile``), so the gradients
+are averaged in buckets that overlap the backward pass, whatever the method calls inside its step.
+:func:`average_buffers` averages the BatchNorm statistics after each step; :func:`sync_batchnorm`
+(``run.sync_bn``) normalises with the whole batch instead. See ``docs/distributed.md``.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from mixlab.methods.base import Method, StepOutput
+
 __all__ = ["DistInfo", "init_distributed", "resolve_device", "is_distributed", "get_rank", "get_world_size",
            "is_main_process", "barrier", "all_reduce_sum", "broadcast_object", "all_gather_object", "broadcast_tensors",
-           "average_gradients", "on_main", "weights_fingerprint", "cleanup"]
+           "average_tensors", "on_main", "weights_fingerprint", "cleanup", "StepModule", "build_step_module",
+           "average_buffers", "sync_batchnorm"]
 
 
 @dataclass(frozen=True)
@@ -253,44 +258,96 @@ def broadcast_tensors(tensors: Iterable[Tensor], src: int = 0) -> None:
 
 
 @torch.no_grad()
-def average_gradients(params: Iterable[nn.Parameter], buffers: Iterable[Tensor] = ()) -> None:
-    """Average ``p.grad`` over the processes, and the floating-point ``buffers`` with them.
-
-    What ``DistributedDataParallel`` does after backward, minus the overlap with it: every
-    gradient (and buffer) of one dtype goes into one flat tensor and one ``all_reduce``. A
-    parameter without a gradient on some process counts as a zero gradient there; one without a
-    gradient on every process keeps ``grad = None`` (so the optimizer skips it, as in a single
-    process). Every process must pass the same parameters in the same order (the optimizer's).
-
-    Args:
-        params: the parameters being optimised.
-        buffers: tensors to average in place too (BatchNorm running statistics); non-floating
-            ones (``num_batches_tracked``, equal on every process) are skipped.
-    """
+def average_tensors(tensors: Iterable[Tensor]) -> None:
+    """Replace ``tensors`` (in place) by their mean over the processes, one ``all_reduce`` per dtype."""
     if not is_distributed():
         return
     world_size = dist.get_world_size()
-    params = list(params)
-    buffers = [b for b in buffers if b.is_floating_point()]
-    sends = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params] + buffers
-    present = [float(p.grad is not None) for p in params] + [1.0] * len(buffers)
-    groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
-    for i, t in enumerate(sends):
-        groups.setdefault((t.dtype, t.device), []).append(i)
-    for (dtype, device), idx in groups.items():
-        flags = torch.tensor([present[i] for i in idx], dtype=dtype, device=device)  # who has this gradient
-        flat = torch.cat([sends[i].reshape(-1) for i in idx] + [flags])
+    for group in _buckets(tensors).values():
+        flat = torch.cat([t.reshape(-1) for t in group])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat.div_(world_size)
-        pieces = flat[:-len(idx)].split([sends[i].numel() for i in idx])
-        anyone = flat[-len(idx):].tolist()
-        for i, piece, had in zip(idx, pieces, anyone):
-            piece = piece.view(sends[i].shape)
-            if i >= len(params):
-                buffers[i - len(params)].copy_(piece)
-            elif had == 0:
-                params[i].grad = None  # no process computed it
-            elif params[i].grad is None:
-                params[i].grad = piece.clone()
-            else:
-                params[i].grad.copy_(piece)
+        _unflatten_into(flat.div_(world_size), group)
+
+
+# --------------------------------------------------------------------- the data-parallel step
+class StepModule(nn.Module):
+    """The model and the method as one module whose ``forward`` is the training step.
+
+    ``StepModule(model, method)(batch, progress)`` returns ``method.training_step(model, batch,
+    progress)``. Wrapped in ``DistributedDataParallel`` (as Lightning wraps its ``training_step``),
+    every parameter a step uses is seen by DDP's reducer, whatever the method calls inside:
+    ``model(x)``, ``forward_features`` / ``forward_head``, the stages, a second forward for an input
+    gradient, its own heads. Compiled (``run.compile``), the method's real path is compiled, not
+    only ``model.forward``. Its state dict is the model's under ``model.`` and the method's under
+    ``method.``; the engine saves ``model`` and ``method`` themselves, never this module.
+
+    Attributes:
+        averaged: the model's floating-point buffers that the engine averages across processes
+            after each data-parallel step (the BatchNorm running statistics; those of a
+            ``SyncBatchNorm`` are equal on every process already); empty in a single process.
+    """
+
+    def __init__(self, model: nn.Module, method: Method) -> None:
+        super().__init__()
+        self.model = model
+        self.method = method
+        self.averaged: list[Tensor] = []
+
+    def forward(self, batch: Any, progress: float) -> StepOutput:
+        return self.method.training_step(self.model, batch, progress)
+
+
+def build_step_module(model: nn.Module, method: Method, info: DistInfo, compile: bool = False) -> nn.Module:
+    """The module the loop calls for each step's forward: a :class:`StepModule`, compiled in place
+    with ``compile`` (``nn.Module.compile``: graph breaks allowed, so a method with host logic
+    still runs), wrapped in ``DistributedDataParallel`` under data parallel.
+
+    As PyTorch's guide to where to apply ``torch.compile`` recommends, the inner module is compiled
+    and DDP wraps it (DDP's hooks stay eager). DDP is built with ``forward_sync_buffers=False``:
+    the BatchNorm statistics are averaged after each step instead (:func:`average_buffers`,
+    ``docs/distributed.md``), and a method's per-rank buffers (RecursiveMix's history) stay each
+    rank's own. ``find_unused_parameters`` is the method's ``ddp_find_unused_parameters``: methods
+    that leave some trainable parameter out of a step (the SSL frameworks never use the model's
+    classifier; RecursiveMix's H' has nothing to do on its first step) declare it. Parameters
+    with ``requires_grad=False`` (momentum encoders, teachers) are not DDP's.
+
+    Call it before loading a checkpoint into ``model`` and ``method``: DDP broadcasts rank 0's
+    parameters and buffers when it is built, which would overwrite each rank's own history.
+    """
+    module = StepModule(model, method)
+    if compile:
+        module.compile()
+    if not info.distributed:
+        return module
+    module.averaged = [b for m in model.modules() if not isinstance(m, nn.SyncBatchNorm)
+                       for b in m.buffers(recurse=False) if b.is_floating_point()]
+    on_gpu = info.device.type == "cuda"
+    return nn.parallel.DistributedDataParallel(
+        module, device_ids=[info.device] if on_gpu else None, output_device=info.device if on_gpu else None,
+        forward_sync_buffers=False, find_unused_parameters=method.ddp_find_unused_parameters)
+
+
+def average_buffers(step_module: nn.Module | None) -> None:
+    """After a data-parallel step, the model's BatchNorm running statistics (its floating-point
+    buffers, :attr:`StepModule.averaged`) become their mean over the processes, so the model stays
+    the same on every rank; a no-op for a step module that is not data-parallel (or ``None``)."""
+    if isinstance(step_module, nn.parallel.DistributedDataParallel):
+        average_tensors(step_module.module.averaged)
+
+
+def sync_batchnorm(model: nn.Module, info: DistInfo) -> nn.Module:
+    """``run.sync_bn``: under data parallel, every BatchNorm of ``model`` becomes a ``SyncBatchNorm``
+    that normalises with the mean and variance of the whole batch, all processes together (the
+    maths of one process with the effective batch); same parameters, buffers and state-dict keys,
+    so checkpoints load into a plain model. In a single process ``model`` is returned unchanged.
+
+    Raises:
+        ValueError: data parallel on the CPU: torch's ``SyncBatchNorm`` synchronises GPU batches only.
+    """
+    if not info.distributed:
+        return model
+    if info.device.type != "cuda":
+        raise ValueError(f"run.sync_bn=true needs CUDA devices (torch's SyncBatchNorm synchronises GPU batches "
+                         f"only), got {info.world_size} processes on {info.device.type}; set run.sync_bn=false "
+                         f"(each process then normalises its own batch, docs/distributed.md)")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)

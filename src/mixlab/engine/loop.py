@@ -29,8 +29,9 @@ epoch ends only.
 
 Data parallel (``torchrun``, see ``mixlab.engine.distributed`` and ``docs/distributed.md``): every
 process holds the whole model and a disjoint shard of each epoch's permutation (``data.batch_size``
-is per process); the method gets the plain model, and ``train_step`` averages the gradients
-across processes after backward. The test set is sharded and its sums added up. Rank 0 alone
+is per process); the step runs through ``DistributedDataParallel`` wrapped around the model and
+the method together (``distributed.StepModule``), so the method gets the plain model and DDP
+averages the gradients during backward. The test set is sharded and its sums added up. Rank 0 alone
 writes files and prints; the mixing generators differ per rank (seeded from ``seed`` and ``rank``).
 
 A step does not wait for the device: the batch is copied without blocking, and the loss, the
@@ -59,7 +60,8 @@ from mixlab.engine.checkpoint import (CHECKPOINT_NAME, CheckpointError, check_ep
 from mixlab.engine.config import TrainConfig, config_to_dict, validate_config
 from mixlab.engine.data import RunData, load_datasets, rank_generators, run_data, test_loader, to_device
 from mixlab.engine.distributed import (DistInfo, all_gather_object, all_reduce_sum, barrier, broadcast_tensors,
-                                       cleanup, init_distributed, on_main, weights_fingerprint)
+                                       build_step_module, cleanup, init_distributed, on_main, sync_batchnorm,
+                                       weights_fingerprint)
 from mixlab.engine.optim import LossWatch, build_optimizer, lr_factor, set_lr, train_step
 from mixlab.engine.writer import RunWriter, preview_batch
 from mixlab.evaluation import metrics
@@ -150,6 +152,7 @@ class State:
     num_classes: int
     model: nn.Module
     method: Method
+    step_module: nn.Module  # runs method.training_step(model, ...): DistributedDataParallel / compiled (run.compile)
     generators: dict[str, torch.Generator]  # "method" (mixing), "loader" (worker seeds); saved in checkpoints
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -183,8 +186,9 @@ class State:
 
 
 def setup(cfg: TrainConfig, info: DistInfo, splits: tuple[Any, Any] | None = None) -> State:
-    """Seeds, data, model, method, optimizer, AMP and EMA of a run (in this order, which the RNG
-    streams depend on), every state restored from ``run.resume`` when set; writes nothing.
+    """Seeds, data, model (SyncBatchNorm with ``run.sync_bn``), method, optimizer, AMP, EMA and the
+    step module (DDP, compiled with ``run.compile``) of a run (in this order, which the RNG streams
+    depend on), every state restored from ``run.resume`` when set; writes nothing.
     ``splits``: the (train, test) splits of ``cfg`` (:func:`~mixlab.engine.data.load_datasets`'s),
     built once for many runs on the same data (``benchmarks/gpu.py``); default: built here.
 
@@ -222,6 +226,8 @@ def setup(cfg: TrainConfig, info: DistInfo, splits: tuple[Any, Any] | None = Non
         init_from_checkpoint(model, cfg.model.init)
     if r.channels_last:  # ~1.5x faster on CPU too (oneDNN), measured on resnet_small
         model = model.to(memory_format=torch.channels_last)
+    if r.sync_bn:  # before the method copies the model (momentum encoders normalise like it)
+        model = sync_batchnorm(model, info)
     broadcast_tensors(model.state_dict().values())  # every rank starts from rank 0's initial weights
     method = registry.build_method(cfg.method.name, num_classes, cfg.method.label_smoothing,
                                    **cfg.method.params).to(device)
@@ -238,6 +244,7 @@ def setup(cfg: TrainConfig, info: DistInfo, splits: tuple[Any, Any] | None = Non
         ema = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.model.ema_decay), use_buffers=True)
     state = State(cfg=cfg, info=info, data=data, num_classes=num_classes, model=model, method=method,
+                  step_module=build_step_module(model, method, info, compile=r.compile),  # before restore()
                   generators=generators, optimizer=optimizer, ema=ema,
                   scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
                   autocast=partial(torch.autocast, device.type, dtype=amp_dtype) if amp_dtype else nullcontext,
@@ -394,7 +401,7 @@ def step(state: State, images: Any, labels: Tensor) -> StepOutput:
     set_lr(state.optimizer, lr_factor(state.step, state.steps_per_epoch, cfg.optim))
     out = train_step(state.model, state.method, state.optimizer, (images, labels), state.step / state.total_steps,
                      scaler=state.scaler, clip_grad=cfg.optim.clip_grad, autocast=state.autocast,
-                     distributed=state.info.distributed)
+                     step_module=state.step_module)
     if state.ema is not None:
         state.ema.update_parameters(state.model)
     state.watch.update(out.loss.detach(), state.step)

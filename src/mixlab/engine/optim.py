@@ -5,19 +5,21 @@
     out = train_step(model, method, optimizer, (images, labels), step / total_steps)
 
 The trainer knows nothing about any method: :func:`train_step` calls ``method.training_step`` (the
-loss), steps the optimizer, then ``method.after_optimizer_step`` (see ``mixlab.methods.base``).
+loss; through the DDP-wrapped, possibly compiled step module in the loop), steps the optimizer,
+then ``method.after_optimizer_step`` (see ``mixlab.methods.base``).
 """
 
 from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from functools import partial
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from mixlab.engine.distributed import all_gather_object, all_reduce_sum, average_gradients
+from mixlab.engine.distributed import all_gather_object, all_reduce_sum, average_buffers
 from mixlab.methods.base import Method, StepOutput
 
 __all__ = ["build_optimizer", "lr_factor", "set_lr", "train_step", "LossWatch", "TrainingDivergedError"]
@@ -81,26 +83,31 @@ def train_step(
     scaler: torch.amp.GradScaler | None = None,
     clip_grad: float = 0.0,
     autocast: Callable[[], Any] = nullcontext,
-    distributed: bool = False,
+    step_module: nn.Module | None = None,
 ) -> StepOutput:
     """One optimisation step: the method's loss, backward, clipping, step, the method's update.
 
     Gradients are zeroed *after* ``training_step``, so a method may run its own backward passes
     inside it (PuzzleMix's input gradient) without cleaning up.
 
-    With ``distributed=True`` (data parallel, inside a process group) the gradients of every
-    optimised parameter, and the model's floating-point buffers (BatchNorm statistics, updated by
-    this step's forward), are averaged across processes after backward, before clipping and the
-    step: the methods run the plain model and need not know about it (see ``docs/distributed.md``).
+    Args:
+        step_module: what runs the step's forward, ``step_module(batch, progress)``: the
+            engine's :class:`~mixlab.engine.distributed.StepModule` of ``model`` and ``method``,
+            compiled and/or wrapped in ``DistributedDataParallel``
+            (:func:`~mixlab.engine.distributed.build_step_module`). Under DDP the gradients are
+            averaged across processes during ``backward`` (before clipping and the step; with fp16
+            AMP the scaled ones, so an overflow anywhere makes every process skip the step), and
+            the BatchNorm statistics right after it. Default: ``method.training_step(model, ...)``
+            eagerly, in this process.
     """
     with autocast():
-        out = method.training_step(model, batch, progress)
+        run = step_module if step_module is not None else partial(method.training_step, model)
+        out = run(batch, progress)
     optimizer.zero_grad(set_to_none=True)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     if scaler is not None and scaler.is_enabled():
         scaler.scale(out.loss).backward()
-        if distributed:  # scaled gradients: a non-finite one anywhere makes every process skip the step
-            average_gradients(params, model.buffers())
+        average_buffers(step_module)
         if clip_grad > 0:
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(params, clip_grad)
@@ -108,8 +115,7 @@ def train_step(
         scaler.update()
     else:
         out.loss.backward()
-        if distributed:
-            average_gradients(params, model.buffers())
+        average_buffers(step_module)
         if clip_grad > 0:
             nn.utils.clip_grad_norm_(params, clip_grad)
         optimizer.step()

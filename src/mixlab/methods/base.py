@@ -115,6 +115,11 @@ class Method(nn.Module):
     #: ``mix_preview(images, labels, lam=λ)`` (AutoMix's masks at 0.2, 0.5, 0.8); empty: one mix
     #: of the method's own λ.
     preview_lams: tuple[float, ...] = ()
+    #: some trainable parameter of the model or of the method may get no gradient in a step (the
+    #: SSL frameworks never use the model's classifier; RecursiveMix's H' waits for a history):
+    #: the engine's ``DistributedDataParallel`` then looks for them after each forward
+    #: (``find_unused_parameters``, a walk over the autograd graph), which the other methods skip.
+    ddp_find_unused_parameters: bool = False
 
     def __init__(self, num_classes: int = 0, label_smoothing: float = 0.0) -> None:
         super().__init__()

@@ -114,6 +114,7 @@ class RecursiveMix(Method):
     name = "recursivemix"
     resizable_buffers = ("hist_images", "hist_targets", "hist_probs")
     preview_step = 1  # samples.png: step 0 has no history yet (each image pasted into itself, label 1.00)
+    ddp_find_unused_parameters = True  # H' is unused on a step without history or with an empty box
 
     def __init__(
         self,
@@ -231,9 +232,13 @@ class RecursiveMix(Method):
         area = max(x2 - x1, 0) * max(y2 - y1, 0) / (height * width)
         return torch.full((n,), area, device=device), box, area > 0
 
+    @torch.compiler.disable
     def mix(self, images: Tensor, labels: Tensor) -> MixResult:
         """Eq. 1-2: paste the resized history (or, with ``history=False``, a shuffled copy of the
         batch) into a random box of each image; label weights by the exact pasted area.
+
+        Under ``torch.compile`` (``run.compile``) it runs eagerly: its box is drawn on the host and the
+        pasted size changes at every step, so a compiled ``mix`` would recompile at every step.
 
         Call :meth:`update` after the forward pass, before the next ``mix``. In eval mode, or on
         the first step, the batch is returned un-mixed (``lam`` = 1) and nothing is stored.
@@ -367,7 +372,10 @@ class RecursiveMix(Method):
         loss_ce = self.loss_fn(logits, mixed.targets)
         loss_cl = self.update(features, logits)
         logs = {"loss_ce": loss_ce.detach(), "loss_cl": loss_cl.detach(), "lam": (1 - mixed.lam).mean()}
-        return StepOutput(loss=loss_ce + loss_cl, logits=logits, logs=logs, mixed=mixed if pasted else None)
+        # without a consistency term the loss is loss_ce itself, not loss_ce + 0: compiled (torch 2.14
+        # inductor), the sum folds into loss_ce and comes back detached, as its detached log beside it
+        loss = loss_ce + loss_cl if loss_cl.requires_grad else loss_ce
+        return StepOutput(loss=loss, logits=logits, logs=logs, mixed=mixed if pasted else None)
 
     @torch.no_grad()
     def mix_preview(self, images: Tensor, labels: Tensor) -> MixResult:

@@ -77,6 +77,7 @@ class SelfSupervised(Method, abc.ABC):
     """
 
     self_supervised = True
+    ddp_find_unused_parameters = True  # the model's classifier is not used in pre-training
 
     def __init__(self, image_size: int | None = None) -> None:
         super().__init__(num_classes=0)
