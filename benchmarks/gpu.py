@@ -19,9 +19,9 @@ AMP as ``run.amp=auto`` picks it, the method's optimizer groups) is built on the
   leave allocated: weights, gradients, optimizer and method state) plus the largest rise of
   ``torch.cuda.max_memory_allocated`` above the allocation at a window's start (the peak stats
   are reset before each window): the peak of the run alone, though all runs stay resident;
-* **compiled** (``--compile [NAMES]``): the same with ``method.training_step`` wrapped in
-  ``torch.compile`` (compilation happens in the first warm-up) -- a stand-in for the engine's
-  ``run.compile`` until that option exists.
+* **compiled** (``--compile [NAMES]``): the same with the engine's ``run.compile`` step module (the
+  :class:`~mixlab.engine.distributed.StepModule` that runs ``method.training_step``, compiled with
+  ``nn.Module.compile``; compilation happens in the first warm-up).
 
 Ratios are against ``vanilla`` and ``mixup`` (always measured). Classification methods train
 ``--model`` (default the CIFAR ResNet-18 at 32x32; ``--model timm:resnet50 --image-size 224`` for
@@ -58,7 +58,7 @@ import torch
 from mixlab import registry
 from mixlab.engine.config import TrainConfig, config_to_dict
 from mixlab.engine.data import load_datasets, to_device
-from mixlab.engine.distributed import DistInfo
+from mixlab.engine.distributed import DistInfo, StepModule
 from mixlab.engine.loop import State, setup, step
 from mixlab.engine.presets import pretrain_config, run_config
 
@@ -108,7 +108,7 @@ class Run:
     row: Row
     state: State
     batch: Any
-    variants: dict[str, Any]  # "eager": None (the class's training_step), "compiled": the compiled function
+    variants: dict[str, Any]  # variant ("eager", "compiled") -> the step module the loop's step calls
     warm: set[str] = field(default_factory=set)  # variants past their first warm-up
 
 
@@ -174,8 +174,8 @@ def error_text(e: BaseException) -> str:
 
 def prepare(name: str, args: argparse.Namespace, info: DistInfo, splits: dict[str, Any]) -> Row | Run:
     """The run of ``name`` set up (on the data every method shares), its loader measured, a batch
-    of it on the device; the compiled variant prepared when asked (``torch.compile`` of
-    ``method.training_step``: a stand-in for the engine's ``run.compile``). A :class:`Row` with
+    of it on the device; the compiled variant prepared when asked (a second step module, compiled as
+    ``run.compile`` does). A :class:`Row` with
     the error when it cannot be set up."""
     row = Row(name)
     try:
@@ -196,10 +196,12 @@ def prepare(name: str, args: argparse.Namespace, info: DistInfo, splits: dict[st
         traceback.print_exc()
         row.error = error_text(e)
         return row
-    variants: dict[str, Any] = {"eager": None}
+    variants: dict[str, Any] = {"eager": state.step_module}
     if args.compile is not None and (args.compile == "all" or name in args.compile.split(",")):
         row.compiled = Timing()
-        variants["compiled"] = torch.compile(state.method.training_step, backend=args.compile_backend)
+        compiled = StepModule(state.model, state.method)  # what run.compile builds (one process)
+        compiled.compile(backend=args.compile_backend)
+        variants["compiled"] = compiled
     return Run(row, state, batch, variants)
 
 
@@ -209,10 +211,7 @@ def block(run: Run, variant: str, args: argparse.Namespace) -> None:
     a GPU, ``time.perf_counter`` on the CPU; the window's transient CUDA memory."""
     state, (images, labels), timing = run.state, run.batch, getattr(run.row, variant)
     device = state.info.device
-    if run.variants[variant] is None:
-        state.method.__dict__.pop("training_step", None)  # the class's own
-    else:
-        state.method.training_step = run.variants[variant]
+    state.step_module = run.variants[variant]
     first = variant not in run.warm
     before = allocated(device)
     for _ in range(args.warmup if first else 1):
@@ -362,8 +361,8 @@ def report(rows: list[Row], args: argparse.Namespace, device: torch.device, comm
     lines = [f"# Step cost of every method on {'a' if kind == 'CPU' else 'an'} {kind}: {name}", "",
              f"Command: `{command}`", "", setting]
     if compiled:
-        lines += ["", (f"Compiled: `torch.compile(method.training_step, backend={args.compile_backend!r})`, "
-                       f"compiled during the first warm-up (a stand-in for the engine's `run.compile`).")]
+        lines += ["", (f"Compiled: the engine's `run.compile` step module (`StepModule.compile(backend="
+                       f"{args.compile_backend!r})`), compiled during the first warm-up.")]
     lines += ["", table(rows, compiled, args.workers, device), ""]
     lines += notes(rows, device)
     return "\n".join(lines).rstrip() + "\n"
