@@ -419,6 +419,23 @@ def test_timm_flags_of_pretrain_and_their_errors(tmp_path, capsys):
         _config("train", "--opt", "lamb")
 
 
+def test_download_flag_fetches_only_datasets_that_can(monkeypatch, tmp_path):
+    """`--download` (data.download) reaches the dataset builder of cifar10/cifar100/cub200, whose
+    torchvision-style readers fetch the official md5-checked archive; any other dataset is refused
+    before anything is built."""
+    from mixlab.engine.data import build_split
+
+    cfg = _config("train", "--dataset", "cifar10", "--data-root", str(tmp_path), "--download")
+    assert cfg.data.download is True and _config("train").data.download is False
+    seen = {}
+    monkeypatch.setattr("mixlab.registry.build_dataset",
+                        lambda name, split, root=None, **kw: seen.update(name=name, root=root, **kw))
+    build_split(cfg, "train")
+    assert seen == {"name": "cifar10", "root": str(tmp_path), "download": True}
+    with pytest.raises(ValueError, match=r"data.download must be false for dataset 'synthetic' \(only cifar10"):
+        _config("train", "--download")
+
+
 # ------------------------------------------------------------------ 11. RecursiveMix's samples.png
 @pytest.mark.parametrize("method, step", [("recursivemix", 2), ("cutmix", 1)])
 def test_samples_png_draws_the_methods_preview_step(tmp_path, monkeypatch, method, step):

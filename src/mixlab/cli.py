@@ -33,6 +33,7 @@ _TRAIN_FLAGS = {
     "model": "model.name",
     "dataset": "data.name",
     "data_root": "data.root",
+    "download": "data.download",
     "epochs": "optim.epochs",
     "batch_size": "data.batch_size",
     "lr": "optim.lr",
@@ -118,6 +119,9 @@ def _add_run_flags(p: argparse.ArgumentParser, method: bool) -> None:
                    help="dataset: synthetic, cifar10, cifar100, imagefolder (default synthetic)")
     p.add_argument("--data-root", "--data-dir", dest="data_root", metavar="PATH",
                    help="dataset location: a directory, or a .zip for imagefolder (data.root)")
+    p.add_argument("--download", action="store_true", default=None,
+                   help="cifar10, cifar100, cub200: fetch the official archive into --data-root if it is "
+                        "missing, md5-checked (data.download)")
     p.add_argument("--epochs", type=int, metavar="N", help="number of epochs (>= 1)")
     p.add_argument("-b", "--batch-size", type=int, metavar="N", help="training batch size (>= 2; data.batch_size)")
     p.add_argument("--lr", type=float, metavar="X", help="peak learning rate (> 0) of the main parameter groups")

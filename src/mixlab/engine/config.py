@@ -50,6 +50,9 @@ __all__ = [
     "ALIASES",
 ]
 
+#: the datasets ``data.download`` can fetch (torchvision's md5-checked archives; CUB's own reader)
+DOWNLOADABLE = ("cifar10", "cifar100", "cub200")
+
 #: other trainers' names of config keys (timm's ``train.py`` flags, PyTorch's and Lightning's
 #: argument names), accepted wherever a config key is; see :func:`resolve_key`
 ALIASES: dict[str, str] = {
@@ -74,6 +77,7 @@ ALIASES: dict[str, str] = {
 class DataConfig:
     name: str = "synthetic"  # a key of mixlab.data.DATASETS
     root: str | None = None  # directory or .zip (imagefolder), CIFAR directory
+    download: bool = False  # cifar10, cifar100, cub200: fetch the official archive (md5-checked) into root if missing
     batch_size: int = 128
     eval_batch_size: int = 256
     num_workers: int = 2
@@ -370,6 +374,8 @@ def validate_config(cfg: TrainConfig) -> None:
     check_value(d.num_per_class >= 1, "data.num_per_class", "an integer >= 1", d.num_per_class)
     check_value(d.test_per_class >= 1, "data.test_per_class", "an integer >= 1", d.test_per_class)
     check_value(d.image_size >= 8, "data.image_size", "an integer >= 8", d.image_size)
+    check_value(not d.download or d.name in DOWNLOADABLE, "data.download",
+                f"false for dataset {d.name!r} (only {', '.join(DOWNLOADABLE)} download themselves)", d.download)
     check_value(0.0 <= cfg.model.ema_decay < 1.0, "model.ema_decay", "in [0, 1) (0 disables the EMA)",
                 cfg.model.ema_decay)
     check_value(cfg.model.init is None or bool(str(cfg.model.init).strip()), "model.init",

@@ -141,6 +141,8 @@ def build_split(cfg: TrainConfig, split: str):
     per_class = d.num_per_class if split == "train" else d.test_per_class
     kwargs = {"num_per_class": per_class, "image_size": d.image_size, "seed": cfg.run.seed} \
         if d.name == "synthetic" else {}
+    if d.download:
+        kwargs["download"] = True
     return registry.build_dataset(d.name, split, root=d.root, **kwargs)
 
 
