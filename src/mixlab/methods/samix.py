@@ -13,9 +13,10 @@ could not be read here beyond its abstract; the parts below follow the authors' 
 **Mixer** M_φ (:class:`SAMixBlock`), for the pair (x_i, x_j = x[index[i]]) and λ, from θk's map z:
 
 * adaptive λ encoding (``lam_mul=True, lam_residual=True, lam_mul_k=0.25``): λ is rescaled to
-  ``λ̃ = (4/3 λ³ - 2 λ² + k' λ) / (k' - 2/3)`` with ``k' = k + 1`` (an odd S-curve through 0, 1/2
-  and 1; ``lam_rescale=None`` keeps λ̃ = λ, the ImageNet configs' ``k = -1``), and the maps are
-  scaled: ``z_i ← (1 + λ̃) z_i``, ``z_j ← (2 - λ̃) z_j``;
+  ``λ̃ = (4/3 λ³ - 2 λ² + k' λ) / (k' - 2/3)`` with ``k' = k + 1`` (a cubic through 0, 1/2 and 1,
+  symmetric about 1/2, increasing for k >= 0, steep at the ends and flat near 1/2 for small k;
+  ``lam_rescale=None`` keeps λ̃ = λ, the ImageNet configs' ``k = -1``), and the maps are scaled:
+  ``z_i ← (1 + λ̃) z_i``, ``z_j ← (2 - λ̃) z_j``;
 * query and key from both images (``x_qk_concat=True``): two 1×1 convolutions with bias of
   ``concat(z_i, z_j)`` (2 C_l channels) to ``C_l / 2``; ``P = softmax(q kᵀ / sqrt(C_l / 2))`` row-wise
   (AutoMix's Eq. 6 with separate projections);
