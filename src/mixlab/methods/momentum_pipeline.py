@@ -18,13 +18,17 @@ feature map of a momentum copy θk of the classifier θq:
 * :func:`mix_images`: Eq. 4 for N images, ``x_mix = Σ_n w_n ⊙ x_{sources_n}``; the two-image form
   ``s ⊙ x_i + (1 - s) ⊙ x_j`` is :meth:`MomentumPipeline._mix`.
 * :func:`lam_channels`: the λ embedding by concatenation (AutoMix's ``z_{i,λ} = concat(z_i, λ)``).
-* :meth:`~MomentumPipeline.losses`: the two-image pipeline of Eq. 8 (AutoMix and SAMix). Two
+* :meth:`PairPipeline.losses`: the two-image pipeline of Eq. 8 (AutoMix and SAMix). Two
   draws per step: the classifier's (λ_q, idx_q) and the mixer's (λ_k, idx_k). The classifier is
   trained on the mixer's images for λ_q, detached, with the mixed cross-entropy (plus DecoupleMix's
   regulariser with ``decouple`` > 0) and the clean cross-entropy; the mixer is trained through θk on
-  its images for λ_k with the subclass's :meth:`~MomentumPipeline.generation_loss`. Masks near the
+  its images for λ_k with the subclass's :meth:`PairPipeline.generation_loss`. Masks near the
   ends of the λ range (``lam_margin``) become the constant λ_q for the classifier. AdAutoMix
-  replaces this method with its N-image adversarial version.
+  (:class:`MomentumPipeline` directly) has its own N-image adversarial :meth:`~MomentumPipeline.losses`.
+
+Every parameter of θq and φ receives a gradient on every step and no method runs a backward pass
+of its own (θk, whose parameters do not require gradients, is only differentiated through), so
+:attr:`MomentumPipeline.ddp_find_unused_parameters` is False for the whole family.
 
 Every choice shared by the three methods, and where the papers and the reference code
 (Westlake-AI/openmixup) differ, is told in :mod:`mixlab.methods.automix`'s docstring; the
@@ -158,6 +162,10 @@ class MomentumPipeline(Method, abc.ABC):
     Raises:
         TypeError / ValueError: an argument of the wrong type or outside its range, named.
     """
+
+    #: the DDP wrapper's switch (``find_unused_parameters``): every trainable parameter gets a gradient
+    #: on every step (the module docstring)
+    ddp_find_unused_parameters = False
 
     def __init__(self, num_classes: int, label_smoothing: float = 0.0, *, alpha: float, stage: int | None,
                  momentum: float, momentum_schedule: str, lam_margin: float, pairing: str, clean_loss: bool,
