@@ -16,11 +16,28 @@ import mixlab
 from mixlab import registry
 from mixlab.bench import report
 from mixlab.bench.protocols import load_protocol, protocol_from_dict
-from mixlab.core import MixResult, decouple_term, decoupled_regularizer, mix_targets, soft_cross_entropy, soft_targets
-from mixlab.engine import build_optimizer, load_checkpoint, load_config, train, train_step
-from mixlab.engine.config import OptimConfig
-from mixlab.evaluation import OOD_SETS, auroc, fpr_at_tpr, msp_scores, ood_detection, synthetic_ood
-from mixlab.methods.adautomix import AdAutoMix, AdaptiveMaskGenerator
+from mixlab.core import (
+    MixResult,
+    decouple_term,
+    decoupled_regularizer,
+    mix_targets,
+    soft_cross_entropy,
+    soft_targets,
+)
+from mixlab.engine import (
+    load_checkpoint,
+    load_config,
+    train,
+)
+from mixlab.evaluation import (
+    OOD_SETS,
+    auroc,
+    fpr_at_tpr,
+    msp_scores,
+    ood_detection,
+    synthetic_ood,
+)
+from mixlab.methods.adautomix import AdaptiveMaskGenerator, AdAutoMix
 from mixlab.methods.automix import AutoMix
 from mixlab.methods.base import MixerMethod
 from mixlab.methods.momentum_pipeline import mix_images
@@ -66,7 +83,7 @@ def _grads(loss: torch.Tensor, *groups: list[torch.Tensor]) -> list[list[torch.T
 # ------------------------------------------------------------------------------------ SAMix: the Mixer
 def _samix_reference(block: SAMixBlock, z: torch.Tensor, lam: torch.Tensor, index: torch.Tensor, size) -> torch.Tensor:
     """SAMix's Mixer written out with einsum (the module docstring's equations), BatchNorm in training mode."""
-    b, c, h, w = z.shape
+    b, _, h, w = z.shape
     k1 = block.lam_rescale + 1
     lt = ((4 / 3 * lam ** 3 - 2 * lam ** 2 + k1 * lam) / (k1 - 2 / 3)).view(b, 1, 1, 1)
     z_i, z_j = z * (1 + lt), z[index] * (1 + (1 - lt))
@@ -108,7 +125,7 @@ def test_samix_lambda_rescaling_runs_through_0_half_and_1_steep_at_the_ends():
 
 
 def test_new_samix_mixer_gives_half_masks():
-    model, sam = _setup(SAMix)
+    _, sam = _setup(SAMix)
     x, y = _batch()
     assert (sam.mix_preview(x, y, lam=0.3).mask - 0.5).abs().max() < 0.03
 
@@ -153,7 +170,8 @@ def test_eta_one_is_the_mixup_cross_entropy_and_eta_weighs_the_global_term():
     pa, pb = p[torch.arange(6), a], p[torch.arange(6), b]
     for eta in (0.0, 0.5, 2.0):
         sam.eta = eta
-        by_hand = (-(0.3 * torch.log(pa / (pa + pb)) + 0.7 * torch.log(pb / (pa + pb))) - eta * torch.log(pa + pb)).mean()
+        local = -(0.3 * torch.log(pa / (pa + pb)) + 0.7 * torch.log(pb / (pa + pb)))
+        by_hand = (local - eta * torch.log(pa + pb)).mean()
         assert sam.eta_balanced_loss(logits, targets, index, lam).item() == pytest.approx(by_hand.item(), abs=1e-6)
 
 
@@ -235,9 +253,12 @@ def _ada_by_hand(ada: AdAutoMix, model, x, y, out, state):
     """The classifier's and the generator's terms of one AdAutoMix step, recomputed from its draws."""
     ada.generator.set_state(state)
     lam_q, src_q = ada.draw_mix(8, x.device)
-    lam_k, src_k = ada.draw_mix(8, x.device)
+    _, src_k = ada.draw_mix(8, x.device)
     t = soft_targets(y, K)
-    mixed_t = lambda w, s: torch.einsum("bn,bnk->bk", w, t[s])  # noqa: E731
+
+    def mixed_t(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bn,bnk->bk", w, t[s])
+
     with torch.no_grad():
         clean = soft_cross_entropy(model(x), t)
         mix = soft_cross_entropy(model(out.mixed.images), out.mixed.targets)
@@ -492,7 +513,7 @@ def test_every_trainable_parameter_gets_a_gradient_on_every_step(name):
 
 def test_previews_change_nothing():
     for cls in (SAMix, AdAutoMix):
-        model, method = _setup(cls)
+        _, method = _setup(cls)
         x, y = _batch()
         state = {k: v.clone() for k, v in method.state_dict().items()}
         mixed = method.mix_preview(x, y)
@@ -592,7 +613,8 @@ def test_ood_detection_scores_the_models_max_softmax():
     assert out["msp_in"] == pytest.approx(100 * msp_in.double().mean().item(), abs=1e-4)
     pair = ((noise - m) / s, torch.zeros(45, dtype=torch.int64))
     assert ood_detection(model, (images, labels), pair, mean, std)["auroc"] == pytest.approx(out["auroc"])
-    assert torch.allclose(msp_scores(torch.tensor([[0.0, 0.0], [10.0, 0.0]])).float(), torch.tensor([0.5, 1.0]), atol=1e-4)
+    msp = msp_scores(torch.tensor([[0.0, 0.0], [10.0, 0.0]])).float()
+    assert torch.allclose(msp, torch.tensor([0.5, 1.0]), atol=1e-4)
 
 
 @pytest.mark.parametrize("call, error, message", [
@@ -600,7 +622,8 @@ def test_ood_detection_scores_the_models_max_softmax():
     (lambda: auroc(torch.tensor([1.0]), torch.tensor([[1.0]])), ValueError, "scores_out must be a non-empty 1-D"),
     (lambda: auroc(torch.tensor([1, 2]), torch.tensor([1.0])), TypeError, "scores_in must be floating-point"),
     (lambda: auroc(torch.tensor([math.nan]), torch.tensor([1.0])), ValueError, "scores_in must be finite"),
-    (lambda: fpr_at_tpr(torch.tensor([1.0]), torch.tensor([1.0]), 0.0), ValueError, r"tpr must be a number in \(0, 1\]"),
+    (lambda: fpr_at_tpr(torch.tensor([1.0]), torch.tensor([1.0]), 0.0), ValueError,
+     r"tpr must be a number in \(0, 1\]"),
     (lambda: synthetic_ood("svhn", 3, (3, 4, 4)), ValueError, r"kind must be one of \['gaussian', 'uniform'\]"),
     (lambda: synthetic_ood("uniform", 0, (3, 4, 4)), ValueError, "n must be an int >= 1"),
     (lambda: synthetic_ood("uniform", 2, (4, 4)), ValueError, r"shape must be \(C, H, W\)"),

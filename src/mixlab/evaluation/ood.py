@@ -73,8 +73,8 @@ def auroc(scores_in: Tensor, scores_out: Tensor) -> float:
     """
     s_in, s_out = _scores(scores_in, scores_out)
     n_in, n_out = s_in.numel(), s_out.numel()
-    values, inverse, counts = torch.unique(torch.cat([s_in, s_out]), sorted=True, return_inverse=True,
-                                           return_counts=True)
+    _, inverse, counts = torch.unique(torch.cat([s_in, s_out]), sorted=True, return_inverse=True,
+                                      return_counts=True)
     upper = counts.cumsum(0).double()  # 1-based rank of each distinct value's last occurrence
     mid_rank = upper - (counts.double() - 1) / 2  # the average rank of its ties
     rank_sum_in = mid_rank[inverse[:n_in]].sum()

@@ -70,9 +70,6 @@ Example::
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -83,8 +80,15 @@ from mixlab.core.losses import soft_cross_entropy
 from mixlab.core.pairing import pair_index
 from mixlab.core.result import MixResult
 from mixlab.core.targets import soft_targets
-from mixlab.methods.momentum_pipeline import (UPSAMPLING, MomentumPipeline, PipelineLosses, lam_channels,
-                                              mix_images, preserved_buffers, row_attention)
+from mixlab.methods.momentum_pipeline import (
+    UPSAMPLING,
+    MomentumPipeline,
+    PipelineLosses,
+    lam_channels,
+    mix_images,
+    preserved_buffers,
+    row_attention,
+)
 from mixlab.models.staged import forward_from
 
 __all__ = ["AdAutoMix", "AdaptiveMaskGenerator", "SIMILARITY", "mixed_targets"]
@@ -205,7 +209,8 @@ class AdAutoMix(MomentumPipeline):
         super().__init__(num_classes, label_smoothing, alpha=alpha, stage=stage, momentum=momentum,
                          momentum_schedule=momentum_schedule, lam_margin=lam_margin, pairing=pairing,
                          clean_loss=clean_loss, mix_block_lr_scale=mix_block_lr_scale)
-        for name, value, low in (("num_mix", num_mix, 2), ("adv_interval", adv_interval, 1), ("reduction", reduction, 1)):
+        for name, value, low in (("num_mix", num_mix, 2), ("adv_interval", adv_interval, 1),
+                                 ("reduction", reduction, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         self.num_mix, self.adv_interval, self.reduction = num_mix, adv_interval, reduction
@@ -324,7 +329,8 @@ class AdAutoMix(MomentumPipeline):
         mixed = MixResult(mixed_q, targets_q, fractions_q[:, 0], sources_q[:, 1], targets, mask=weights_q[:, :1])
         logs = {"loss_ce": loss_clean.detach(), "loss_mix": loss_mix.detach(), "loss_mixup": loss_mixup.detach(),
                 "loss_gen": loss_gen.detach(), "loss_sim": loss_sim.detach(), "own_fraction": fractions_k[:, 0].mean()}
-        return PipelineLosses(classification, generation, logits_q, mixed, weights_k, fractions_k[:, 0], sources_k, logs)
+        return PipelineLosses(classification, generation, logits_q, mixed, weights_k, fractions_k[:, 0], sources_k,
+                              logs)
 
     # ------------------------------------------------------------------ pictures
     @torch.no_grad()

@@ -139,8 +139,13 @@ from torch import Tensor, nn
 from mixlab.core.checks import check_bool, check_choice, check_real
 from mixlab.core.losses import soft_cross_entropy
 from mixlab.core.targets import mix_targets
-from mixlab.methods.momentum_pipeline import (MOMENTUM_SCHEDULES, UPSAMPLING, PairPipeline, lam_channels,
-                                              row_attention)
+from mixlab.methods.momentum_pipeline import (
+    MOMENTUM_SCHEDULES,
+    UPSAMPLING,
+    PairPipeline,
+    lam_channels,
+    row_attention,
+)
 
 __all__ = ["AutoMix", "MixBlock", "MOMENTUM_SCHEDULES", "UPSAMPLING", "VALUES"]
 

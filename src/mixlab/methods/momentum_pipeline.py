@@ -56,8 +56,8 @@ from mixlab.core.targets import mix_targets, soft_targets
 from mixlab.methods.base import Method, StepOutput
 from mixlab.models.staged import check_stage, forward_until
 
-__all__ = ["MomentumPipeline", "PairPipeline", "PipelineLosses", "MOMENTUM_SCHEDULES", "UPSAMPLING", "mix_images", "lam_channels",
-           "row_attention", "preserved_buffers"]
+__all__ = ["MomentumPipeline", "PairPipeline", "PipelineLosses", "MOMENTUM_SCHEDULES", "UPSAMPLING", "mix_images",
+           "lam_channels", "row_attention", "preserved_buffers"]
 
 MOMENTUM_SCHEDULES = ("cosine", "constant")
 UPSAMPLING = ("nearest", "bilinear")
