@@ -61,8 +61,9 @@ def decoupled_regularizer(logits: Tensor, classes_a: Tensor, classes_b: Tensor, 
     classes (``a == b``, or λ of 0 or 1) gets 0, as the reference gives such rows the plain loss.
     The paper's text could not be read here beyond its abstract; this follows the code, except two
     artefacts of its batch-wide bookkeeping: it finds the mixed classes by thresholding the label
-    values and orders the two weights by the *first* row's class indices (so a pair whose class b
-    sorts first gets λ and 1 - λ swapped), and it skips the regulariser for the whole batch when
+    values and pairs the two weights with them in the *first* row's class order (when that row's
+    partner class sorts first, every row gets λ and 1 - λ swapped), and it skips the regulariser for
+    the whole batch when
     λ = 1/2 (the two label values are then equal); mixlab reads each sample's own pair (a, b, λ).
 
     Args:
