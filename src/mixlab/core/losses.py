@@ -63,8 +63,8 @@ def decoupled_regularizer(logits: Tensor, classes_a: Tensor, classes_b: Tensor, 
     artefacts of its batch-wide bookkeeping: it finds the mixed classes by thresholding the label
     values and pairs the two weights with them in the *first* row's class order (when that row's
     partner class sorts first, every row gets λ and 1 - λ swapped), and it skips the regulariser for
-    the whole batch when
-    λ = 1/2 (the two label values are then equal); mixlab reads each sample's own pair (a, b, λ).
+    the whole batch when λ = 1/2 (the two label values are then equal); mixlab reads each sample's
+    own pair (a, b, λ).
 
     Args:
         logits: (B, K).
