@@ -17,7 +17,9 @@ so is ``mixlab.RecursiveMix`` (:mod:`mixlab.methods.recursivemix`, torch until i
 ``mixlab.ManifoldMixup`` (:mod:`mixlab.methods.manifold_mixup`, likewise) and ``mixlab.PuzzleMix``
 (:mod:`mixlab.methods.puzzlemix`, torch until its `setup` imports gco-wrapper); so are the ViT methods
 ``mixlab.TransMix``, ``mixlab.MixPro`` and ``mixlab.SMMix`` (:mod:`mixlab.methods.transmix`, ...,
-which import ``mixlab.models``).
+which import ``mixlab.models``), AutoMix's successors ``mixlab.SAMix`` and ``mixlab.AdAutoMix``
+(:mod:`mixlab.methods.samix`, :mod:`mixlab.methods.adautomix`) and ``mixlab.RegMixup``
+(:mod:`mixlab.methods.regmixup`).
 """
 
 from mixlab.core import BinaryCrossEntropy, MixResult, SoftTargetCrossEntropy
@@ -29,9 +31,11 @@ __version__ = "0.1.0"
 _LAZY = {"CropMix": "mixlab.transforms", "CropMixBatch": "mixlab.transforms",
          "RecursiveMix": "mixlab.methods.recursivemix", "AutoMix": "mixlab.methods.automix",
          "ManifoldMixup": "mixlab.methods.manifold_mixup", "PuzzleMix": "mixlab.methods.puzzlemix",
-         "TransMix": "mixlab.methods.transmix", "MixPro": "mixlab.methods.mixpro", "SMMix": "mixlab.methods.smmix"}
+         "TransMix": "mixlab.methods.transmix", "MixPro": "mixlab.methods.mixpro", "SMMix": "mixlab.methods.smmix",
+         "SAMix": "mixlab.methods.samix", "AdAutoMix": "mixlab.methods.adautomix", "RegMixup": "mixlab.methods.regmixup"}
 
 __all__ = [
+    "AdAutoMix",
     "AutoMix",
     "BinaryCrossEntropy",
     "CropMix",
@@ -47,7 +51,9 @@ __all__ = [
     "PuzzleMix",
     "RandomChoice",
     "RecursiveMix",
+    "RegMixup",
     "ResizeMix",
+    "SAMix",
     "SMMix",
     "SaliencyMix",
     "SoftTargetCrossEntropy",

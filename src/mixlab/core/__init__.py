@@ -17,7 +17,8 @@ from mixlab.core.boxes import (
     resize_into_boxes,
 )
 from mixlab.core.lam import sample_lambda
-from mixlab.core.losses import BinaryCrossEntropy, SoftTargetCrossEntropy, mixed_cross_entropy, soft_cross_entropy
+from mixlab.core.losses import (BinaryCrossEntropy, SoftTargetCrossEntropy, decouple_term, decoupled_regularizer,
+                                mixed_cross_entropy, soft_cross_entropy)
 from mixlab.core.pairing import pair_index
 from mixlab.core.result import MixResult
 from mixlab.core.saliency import fine_grained_saliency, saliency_map, spectral_residual_saliency
@@ -30,6 +31,8 @@ __all__ = [
     "box_area_fraction",
     "boxes_to_mask",
     "clipped_boxes",
+    "decouple_term",
+    "decoupled_regularizer",
     "fine_grained_saliency",
     "kept_fraction",
     "mix_targets",

@@ -21,6 +21,7 @@ __all__ = [
     "check_bool",
     "check_probability",
     "check_range",
+    "check_real",
     "check_images",
     "check_labels",
     "check_choice",
@@ -41,6 +42,24 @@ def check_alpha(alpha: float, name: str = "alpha") -> float:
     if not math.isfinite(alpha) or alpha <= 0.0:
         raise ValueError(f"{name} must be a finite number > 0, got {alpha}")
     return alpha
+
+
+def check_real(value: Any, name: str, low: float, high: float, low_open: bool = False,
+               high_open: bool = False) -> float:
+    """A finite real number in the interval from ``low`` to ``high`` (open ends as told), as a float.
+
+    Raises:
+        TypeError: not a real number (bools refused), naming ``name`` and the interval.
+        ValueError: outside the interval or not finite, naming ``name``, the interval and the value.
+    """
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number in {interval}, got {type(value).__name__}")
+    value = float(value)
+    ok = (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+    if not ok or not math.isfinite(value):
+        raise ValueError(f"{name} must be in {interval}, got {value}")
+    return value
 
 
 def check_probability(p: float, name: str = "p") -> float:
