@@ -32,6 +32,8 @@ __all__ = [
     "paste_boxes",
     "resize_into_boxes",
     "resize_paste",
+    "resize_paste_labels",
+    "label_resize_mode",
 ]
 
 
@@ -329,3 +331,40 @@ def resize_paste(
             small = _to_dtype(small, source.dtype)
         return paste_boxes(images, small, boxes, out)
     return paste_boxes(images, resize_into_boxes(source, boxes, h, w, mode=mode), boxes, out)
+
+
+def label_resize_mode(mode: str) -> str:
+    """The nearest-neighbour mode that moves a label map with images resampled by ``mode``: the
+    legacy ``"nearest-legacy"`` for it, ``"nearest"`` (pixel centres, the geometry of bilinear with
+    ``align_corners=False``) for every other mode. Classes are never blended."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"mode must be one of {list(RESIZE_MODES)}, got {mode!r}")
+    return "nearest-legacy" if mode == "nearest-legacy" else "nearest"
+
+
+def resize_paste_labels(
+    maps: Tensor, source: Tensor, boxes: tuple[int, int, int, int] | Tensor, mode: str = "nearest"
+) -> Tensor:
+    """Label maps ``maps`` (B, H, W) with each whole ``source[i]`` (B, h, w) resized into box i by
+    nearest neighbour (ResizeMix's and RecursiveMix's paste, for segmentation targets).
+
+    The same sampling as :func:`resize_paste` in the same ``mode`` (``"nearest"`` or
+    ``"nearest-legacy"``): a label map pasted with an image's nearest mode sits pixel for pixel under
+    the pasted image. Any integer dtype (``F.interpolate`` has no int64 kernel: the map is gathered).
+    Returns a new tensor.
+
+    Args:
+        maps: (B, H, W) the label maps pasted into.
+        source: (B, h, w) the maps to resize into the boxes.
+        boxes: one box ``(x1, y1, x2, y2)`` of Python ints for the batch, or (B, 4) int64 (or (1, 4)).
+        mode: ``"nearest"`` (pixel centres) or ``"nearest-legacy"``; see :func:`label_resize_mode`.
+    """
+    if mode not in ("nearest", "nearest-legacy"):
+        raise ValueError(f"label maps are resized by nearest neighbour: mode must be 'nearest' or "
+                         f"'nearest-legacy', got {mode!r}")
+    b, h, w = maps.shape
+    if isinstance(boxes, tuple):
+        boxes = torch.tensor(boxes).to(maps.device, non_blocking=True).view(1, 4)
+    boxes = boxes.to(maps.device).expand(b, 4)
+    canvas = resize_into_boxes(source.unsqueeze(1), boxes, h, w, mode=mode).squeeze(1)
+    return torch.where(boxes_to_mask(boxes, h, w, device=maps.device).squeeze(1), canvas, maps)

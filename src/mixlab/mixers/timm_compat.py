@@ -48,7 +48,15 @@ import torch
 from torch import Tensor
 
 from mixlab.core.boxes import clipped_box, clipped_boxes, kept_fraction, paste_boxes
-from mixlab.core.checks import check_bool, check_choice, check_images, check_labels, check_probability, reads_values
+from mixlab.core.checks import (
+    check_bool,
+    check_choice,
+    check_images,
+    check_labels,
+    check_probability,
+    is_label_map,
+    reads_values,
+)
 from mixlab.core.random import beta_sample, rand
 from mixlab.core.result import MixResult
 from mixlab.core.targets import mix_targets, soft_targets
@@ -260,6 +268,9 @@ class TimmMixup:
         return lam[row], cut[row], boxes[row]
 
     def _targets(self, target: Tensor, b: int, device) -> Tensor:
+        if is_label_map(target):
+            raise TypeError("TimmMixup mixes class labels, as timm's Mixup; for segmentation label maps (B, H, W) "
+                            "use mixlab.Mixup / CutMix / ResizeMix / FMix / SaliencyMix, which move them with the pixels")
         if self.multi_label:
             check_labels(target, b, self.num_classes)
             if target.ndim != 2:
