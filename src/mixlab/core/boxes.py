@@ -34,6 +34,7 @@ __all__ = [
     "resize_paste",
     "resize_paste_labels",
     "label_resize_mode",
+    "mask_boxes",
 ]
 
 
@@ -368,3 +369,16 @@ def resize_paste_labels(
     boxes = boxes.to(maps.device).expand(b, 4)
     canvas = resize_into_boxes(source.unsqueeze(1), boxes, h, w, mode=mode).squeeze(1)
     return torch.where(boxes_to_mask(boxes, h, w, device=maps.device).squeeze(1), canvas, maps)
+
+
+def mask_boxes(mask: Tensor) -> Tensor:
+    """Bounding boxes (n, 4) int64 ``(x1, y1, x2, y2)``, half-open, of the True pixels of each
+    (n, H, W) mask; ``(0, 0, 0, 0)`` for an empty mask."""
+    n, h, w = mask.shape
+    rows, cols = mask.any(dim=2), mask.any(dim=1)  # (n, H), (n, W)
+    y1 = rows.to(torch.uint8).argmax(dim=1)
+    y2 = h - rows.flip(1).to(torch.uint8).argmax(dim=1)
+    x1 = cols.to(torch.uint8).argmax(dim=1)
+    x2 = w - cols.flip(1).to(torch.uint8).argmax(dim=1)
+    boxes = torch.stack([x1, y1, x2, y2], dim=1).long()
+    return torch.where(rows.any(dim=1, keepdim=True), boxes, torch.zeros_like(boxes))

@@ -19,6 +19,7 @@ __all__ = [
     "IncompatibleModelError",
     "check_alpha",
     "check_bool",
+    "check_nonnegative",
     "check_probability",
     "check_range",
     "check_images",
@@ -44,6 +45,16 @@ def check_alpha(alpha: float, name: str = "alpha") -> float:
     if not math.isfinite(alpha) or alpha <= 0.0:
         raise ValueError(f"{name} must be a finite number > 0, got {alpha}")
     return alpha
+
+
+def check_nonnegative(value: float, name: str) -> float:
+    """A finite real number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number >= 0, got {type(value).__name__}")
+    value = float(value)
+    if not (value >= 0.0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
 
 
 def check_probability(p: float, name: str = "p") -> float:

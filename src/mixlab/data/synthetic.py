@@ -24,6 +24,8 @@ import math
 import torch
 from torch import Tensor
 
+from mixlab.core.boxes import mask_boxes
+
 from .tensor_dataset import ImageTensorDataset
 
 __all__ = ["SyntheticShapes", "SHAPES", "SYNTHETIC_MEAN", "SYNTHETIC_STD", "mask_boxes"]
@@ -72,19 +74,6 @@ def _shape_sdf(cls: int, u: Tensor, v: Tensor) -> Tensor:
         normals = (0.0, math.pi / 3, 2 * math.pi / 3)
         return torch.stack([(u * math.cos(a) + v * math.sin(a)).abs() for a in normals]).amax(0) - 0.82
     raise AssertionError(name)
-
-
-def mask_boxes(mask: Tensor) -> Tensor:
-    """Bounding boxes (n, 4) int64 ``(x1, y1, x2, y2)``, half-open, of the True pixels of each
-    (n, H, W) mask; ``(0, 0, 0, 0)`` for an empty mask."""
-    n, h, w = mask.shape
-    rows, cols = mask.any(dim=2), mask.any(dim=1)  # (n, H), (n, W)
-    y1 = rows.to(torch.uint8).argmax(dim=1)
-    y2 = h - rows.flip(1).to(torch.uint8).argmax(dim=1)
-    x1 = cols.to(torch.uint8).argmax(dim=1)
-    x2 = w - cols.flip(1).to(torch.uint8).argmax(dim=1)
-    boxes = torch.stack([x1, y1, x2, y2], dim=1).long()
-    return torch.where(rows.any(dim=1, keepdim=True), boxes, torch.zeros_like(boxes))
 
 
 def _render(labels: Tensor, size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:

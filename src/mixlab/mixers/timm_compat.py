@@ -42,7 +42,6 @@ What differs, on purpose:
 from __future__ import annotations
 
 import math
-from numbers import Real
 
 import torch
 from torch import Tensor
@@ -53,6 +52,7 @@ from mixlab.core.checks import (
     check_choice,
     check_images,
     check_labels,
+    check_nonnegative,
     check_probability,
     is_label_map,
     reads_values,
@@ -68,15 +68,6 @@ __all__ = ["TimmMixup", "TIMM_MODES"]
 
 #: timm's ``mode`` values
 TIMM_MODES = ("batch", "pair", "elem")
-
-
-def _check_nonnegative(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a real number >= 0, got {type(value).__name__}")
-    value = float(value)
-    if not value >= 0.0 or value == float("inf"):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return value
 
 
 class TimmMixup:
@@ -121,8 +112,8 @@ class TimmMixup:
         generator: torch.Generator | None = None,
         inplace: bool = True,
     ) -> None:
-        self.mixup_alpha = _check_nonnegative(mixup_alpha, "mixup_alpha")
-        self.cutmix_alpha = _check_nonnegative(cutmix_alpha, "cutmix_alpha")
+        self.mixup_alpha = check_nonnegative(mixup_alpha, "mixup_alpha")
+        self.cutmix_alpha = check_nonnegative(cutmix_alpha, "cutmix_alpha")
         if cutmix_minmax is not None:
             if not isinstance(cutmix_minmax, (tuple, list)) or len(cutmix_minmax) != 2:
                 raise TypeError(f"cutmix_minmax must be a pair (min, max) or None, got {cutmix_minmax!r}")
