@@ -335,3 +335,21 @@ def test_recursivemix_training_step_on_a_segmenter():
 
 def test_package_exports():
     assert mixlab.core.losses.mixed_segmentation_loss is mixed_segmentation_loss
+
+
+def test_a_torchvision_segmenter_trains_on_mixed_label_maps():
+    from torchvision.models.segmentation import lraspp_mobilenet_v3_large
+
+    from mixlab.data import SyntheticShapes
+
+    torch.manual_seed(0)
+    shapes = SyntheticShapes("train", num_per_class=1, image_size=32)
+    seg = shapes.segmentation()
+    images = torch.stack([seg[i][0] for i in range(4)]).float() / 255
+    masks = torch.stack([seg[i][1] for i in range(4)])
+    model = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=11).train()
+    for mixer in (Mixup(11), CutMix(11), ResizeMix(11)):
+        r = mixer(images, masks)
+        loss = mixed_segmentation_loss(model(r.images)["out"], r)
+        loss.backward()
+        assert torch.isfinite(loss)

@@ -361,3 +361,24 @@ def test_bad_targets_give_clear_errors():
         Mosaic(center_range=(0.6, 0.4))
     with pytest.raises(ValueError, match="size"):
         MosaicDataset([], size=(0, 4))
+
+
+# ----------------------------------------------------------------------------- a torchvision detector
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_torchvision_detector_trains_on_mixed_targets():
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
+
+    from mixlab.data import SyntheticShapes
+    from mixlab.data.dense import detection_collate
+
+    torch.manual_seed(0)
+    shapes = SyntheticShapes("train", num_per_class=1, image_size=64, objects=4)
+    images, targets = detection_collate([shapes.detection()[i] for i in range(4)])
+    model = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=11,
+                                                  min_size=64, max_size=64).train()
+    for mixer in (Mosaic(generator=gen()), CopyPaste(generator=gen()), DetectionMixup(generator=gen())):
+        r = mixer(images, targets)
+        losses = model([im.float() / 255 for im in r.images], r.targets)
+        loss = sum(losses.values())
+        loss.backward()
+        assert torch.isfinite(loss)

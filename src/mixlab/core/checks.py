@@ -211,6 +211,9 @@ def check_label_maps(
         raise TypeError(f"label maps must hold integer class indices (uint8, int32, int64), got {maps.dtype}")
     check_ignore_index(ignore_index, num_classes)
     if maps.numel() and reads_values(maps, check_values):
+        lo, hi = torch.aminmax(maps)
+        if int(lo) >= 0 and int(hi) < num_classes:  # one pass when no pixel is ignored
+            return
         bad = ((maps < 0) | (maps >= num_classes)) & (maps != ignore_index)
         if bool(bad.any()):
             values = sorted(set(maps[bad].unique()[:8].tolist()))

@@ -177,7 +177,7 @@ class Mixer(ABC):
             keep = mask.squeeze(1) > 0.5
         else:
             return None
-        return select_from_partner(maps, index, keep, pairing=self.pairing)
+        return select_from_partner(maps, index, keep, out=torch.empty_like(maps), pairing=self.pairing)
 
     # ---------------------------------------------------------------- the fixed template
     def sample_lambda(self, batch_size: int, alpha: float, index: Tensor, device, distribution: str = "beta",

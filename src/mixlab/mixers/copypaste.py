@@ -36,6 +36,7 @@ from mixlab.mixers.detection import (
     concat_instances,
     crop_instances,
     hide_instances,
+    mask_bytes,
     resize_image,
     select_instances,
     transform_instances,
@@ -68,8 +69,8 @@ def copy_paste(image: Tensor, target: dict, partner: Tensor, partner_target: dic
     chosen = select_instances(partner_target, selected)
     placed = transform_instances(chosen, (tw / w, th / h), (ox, oy), (h, w), (ox, oy, ox + tw, oy + th))
     pasted = crop_instances(placed, window, max_occlusion, min_size)
-    alpha = pasted["masks"].bool().any(0) if len(pasted["boxes"]) else torch.zeros(h, w, dtype=torch.bool,
-                                                                                    device=image.device)
+    alpha = mask_bytes(pasted["masks"]).amax(0) > 0 if len(pasted["boxes"]) else \
+        torch.zeros(h, w, dtype=torch.bool, device=image.device)
     canvas = torch.zeros_like(image)
     x1, y1, x2, y2 = window
     if x2 > x1 and y2 > y1:

@@ -47,7 +47,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mixlab.core.boxes import (
-    boxes_to_mask,
     clipped_boxes,
     kept_fraction,
     label_resize_mode,
@@ -55,7 +54,6 @@ from mixlab.core.boxes import (
     rand_boxes,
     rand_boxes_inside,
     resize_paste,
-    resize_paste_labels,
 )
 from mixlab.core.checks import check_alpha, check_choice, check_nonnegative, check_probability, check_range
 from mixlab.core.lam import sample_lambda
@@ -86,6 +84,7 @@ __all__ = [
     "place_masks",
     "resize_image",
     "sanitize",
+    "mask_bytes",
 ]
 
 #: per-instance keys of a target dict (indexed with the boxes); every other key describes the image
@@ -336,21 +335,47 @@ def _recount(target: dict, boxes: Tensor, masks: Tensor | None, visible: Tensor,
     if masks is not None:
         out["masks"] = masks
     if "area" in out:
-        area = masks.flatten(1).sum(1) if masks is not None else _box_area(boxes)
+        area = _count(masks) if masks is not None else _box_area(boxes)
         out["area"] = area.to(out["area"].dtype)
     return select_instances(out, keep_visible(boxes, visible, max_occlusion, min_size))
 
 
-def _mask_update(target: dict, boxes: Tensor, seen: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Masks restricted to ``seen`` (H, W) bool; boxes of the masks that lost pixels recomputed
-    from what is left; the visible fraction per instance, of pixels (1 for an empty mask, which is
-    then judged by its box alone)."""
+def mask_bytes(masks: Tensor) -> Tensor:
+    """Bool or integer masks as a 0/1 uint8 view or copy (uint8 reductions are fast; bool ones are not)."""
+    return masks.view(torch.uint8) if masks.dtype == torch.bool else masks.ne(0).view(torch.uint8)
+
+
+def _count(masks: Tensor) -> Tensor:
+    """(N,) int64 pixel count of (N, H, W) masks."""
+    return mask_bytes(masks).flatten(1).sum(1, dtype=torch.int32).long()
+
+
+def _mask_update(target: dict, boxes: Tensor, rect: Sequence[float] | None = None, inside: bool = False,
+                 occluder: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The masks left after an occlusion, the boxes of those that lost pixels recomputed from what
+    is left, and each instance's visible fraction of pixels (1 for an empty mask, which is then
+    judged by its box alone). What stays: inside the integer rectangle ``rect`` (``inside=True``),
+    outside it (``False``), or outside the (H, W) bool ``occluder``. Rectangles touch only their
+    region of the masks."""
     masks = target["masks"]
-    visible_masks = masks & seen.to(masks.dtype) if masks.dtype != torch.bool else masks & seen
-    pixels = masks.flatten(1).count_nonzero(1)
-    left = visible_masks.flatten(1).count_nonzero(1)
-    changed = (left < pixels).view(-1, 1)
-    boxes = torch.where(changed, mask_boxes(visible_masks.bool()).to(boxes.dtype), boxes)
+    pixels = _count(masks)
+    if occluder is not None:
+        visible_masks = masks & ~occluder.to(masks.dtype) if masks.dtype != torch.bool else masks & ~occluder
+    else:
+        h, w = masks.shape[-2:]
+        x1, y1 = max(math.floor(rect[0]), 0), max(math.floor(rect[1]), 0)
+        x2, y2 = min(max(math.ceil(rect[2]), x1), w), min(max(math.ceil(rect[3]), y1), h)
+        if inside:
+            visible_masks = torch.zeros_like(masks)
+            visible_masks[:, y1:y2, x1:x2] = masks[:, y1:y2, x1:x2]
+        else:
+            visible_masks = masks.clone()
+            visible_masks[:, y1:y2, x1:x2] = 0
+    left = _count(visible_masks)
+    changed = (left < pixels).nonzero().squeeze(1)
+    if changed.numel():
+        boxes = boxes.clone()
+        boxes[changed] = mask_boxes(visible_masks[changed].bool()).to(boxes.dtype)
     visible = torch.where(pixels > 0, left.double() / pixels.clamp_min(1).double(), 1.0)
     return boxes, visible_masks, visible
 
@@ -366,10 +391,7 @@ def hide_instances(target: dict, rect: Sequence[float] | None, max_occlusion: fl
     """
     boxes = target["boxes"]
     if "masks" in target:
-        h, w = target["masks"].shape[-2:]
-        if occluder is None:
-            occluder = boxes_to_mask(torch.tensor([rect], dtype=torch.long), h, w, device=boxes.device)[0, 0]
-        boxes, masks, visible = _mask_update(target, boxes, ~occluder)
+        boxes, masks, visible = _mask_update(target, boxes, rect, inside=False, occluder=occluder)
         return _recount(target, boxes, masks, visible, max_occlusion, min_size)
     if rect is None:
         raise ValueError("box-only targets can be occluded by a rectangle only; give instance masks")
@@ -387,10 +409,7 @@ def crop_instances(target: dict, rect: Sequence[float], max_occlusion: float, mi
     clipped = torch.stack([boxes[:, 0].clamp(x1, x2), boxes[:, 1].clamp(y1, y2),
                            boxes[:, 2].clamp(x1, x2), boxes[:, 3].clamp(y1, y2)], dim=1)
     if "masks" in target:
-        h, w = target["masks"].shape[-2:]
-        window = boxes_to_mask(torch.tensor([[math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2)]]),
-                               h, w, device=boxes.device)[0, 0]
-        clipped, masks, visible = _mask_update(target, clipped, window)
+        clipped, masks, visible = _mask_update(target, clipped, rect, inside=True)
         return _recount(target, clipped, masks, visible, max_occlusion, min_size)
     area = _box_area(boxes)
     visible = torch.where(area > 0, _fraction(_box_area(clipped), area), 0.0)
@@ -432,19 +451,22 @@ def resize_image(image: Tensor, size: tuple[int, int], mode: str = "bilinear") -
 
 def place_masks(masks: Tensor, region: Sequence[int], canvas: tuple[int, int], mode: str = "bilinear") -> Tensor:
     """(N, h, w) masks resized by nearest neighbour into the integer ``region`` (x1, y1, x2, y2) of
-    an (H, W) canvas of zeros (:func:`~mixlab.core.boxes.resize_paste_labels`); the part of the
-    region outside the canvas is cut."""
+    an (H, W) canvas of zeros, with the nearest mode that follows the image's resize ``mode``
+    (:func:`~mixlab.core.boxes.label_resize_mode`: pixel centres, or the legacy nearest); the
+    part of the region outside the canvas is cut. Only the region is resampled."""
     n = masks.shape[0]
     hc, wc = canvas
     x1, y1, x2, y2 = (int(v) for v in region)
-    left, top = min(x1, 0), min(y1, 0)  # a canvas that holds the whole region
-    big_w, big_h = max(x2, wc) - left, max(y2, hc) - top
-    blank = masks.new_zeros(n, big_h, big_w)
-    if n == 0 or x2 <= x1 or y2 <= y1:
-        return blank[:, -top:-top + hc, -left:-left + wc]
-    box = torch.tensor([[x1 - left, y1 - top, x2 - left, y2 - top]], device=masks.device).expand(n, 4)
-    placed = resize_paste_labels(blank, masks, box, label_resize_mode(mode))
-    return placed[:, -top:-top + hc, -left:-left + wc]
+    out = masks.new_zeros(n, hc, wc)
+    cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x2, wc), min(y2, hc)
+    if n == 0 or cx2 <= cx1 or cy2 <= cy1:
+        return out
+    torch_mode = "nearest" if label_resize_mode(mode) == "nearest-legacy" else "nearest-exact"
+    small = masks.unsqueeze(1).to(torch.uint8)
+    if (y2 - y1, x2 - x1) != tuple(masks.shape[-2:]):
+        small = F.interpolate(small, size=(y2 - y1, x2 - x1), mode=torch_mode)
+    out[:, cy1:cy2, cx1:cx2] = small[:, 0, cy1 - y1:cy2 - y1, cx1 - x1:cx2 - x1].to(masks.dtype)
+    return out
 
 
 # ----------------------------------------------------------------------------- the mixers
