@@ -78,6 +78,8 @@ def test_cutmix_end_to_end_follows_its_reported_box():
     images = constant_images(4)
     targets = [target([[4 * k, 4 * k, 4 * k + 16, 4 * k + 20]], labels=[k + 1]) for k in range(4)]
     r = DetectionCutMix(generator=gen(3), max_occlusion=1.0)(tv_tensors.Image(images), targets)
+    as_list = DetectionCutMix(generator=gen(3), max_occlusion=1.0)(list(images), targets)
+    assert torch.equal(as_list.mask, r.mask) and torch.allclose(r.mask.mean((1, 2, 3)), r.lam)
     for i in range(4):
         x1, y1, x2, y2 = r.boxes[i].tolist()
         j = int(r.index[i])

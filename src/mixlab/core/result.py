@@ -88,7 +88,7 @@ class MixResult(tuple):
     @property
     def mask(self) -> Tensor | None:
         if self._mask is None and self.boxes is not None:
-            images = self[0]
+            images = self[0] if isinstance(self[0], Tensor) else self[0][0]  # a batch, or a list of images
             h, w = images.shape[-2:]
             dtype = images.dtype if images.is_floating_point() else torch.float32  # uint8 images: a float mask
             inside = boxes_to_mask(self.boxes, h, w, device=images.device, dtype=dtype)
