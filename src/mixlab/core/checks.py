@@ -211,11 +211,15 @@ def check_label_maps(
         raise TypeError(f"label maps must hold integer class indices (uint8, int32, int64), got {maps.dtype}")
     check_ignore_index(ignore_index, num_classes)
     if maps.numel() and reads_values(maps, check_values):
-        lo, hi = torch.aminmax(maps)
-        if int(lo) >= 0 and int(hi) < num_classes:  # one pass when no pixel is ignored
+        lo, hi = (int(v) for v in torch.aminmax(maps))
+        if lo >= 0 and hi < num_classes:  # one pass when no pixel is ignored
             return
-        bad = ((maps < 0) | (maps >= num_classes)) & (maps != ignore_index)
-        if bool(bad.any()):
-            values = sorted(set(maps[bad].unique()[:8].tolist()))
+        if lo >= 0 and hi < 1 << 16:  # one counting pass over the map
+            present = torch.bincount(maps.flatten(), minlength=hi + 1).nonzero().squeeze(1)
+            bad = present[(present >= num_classes) & (present != ignore_index)]
+        else:
+            outside = ((maps < 0) | (maps >= num_classes)) & (maps != ignore_index)
+            bad = maps[outside].unique()
+        if bad.numel():
             raise ValueError(f"label maps must hold class indices in [0, {num_classes}) or ignore_index="
-                             f"{ignore_index}, got the values {values}")
+                             f"{ignore_index}, got the values {bad[:8].tolist()}")

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mixlab.core.boxes import boxes_to_mask
+from mixlab.core.boxes import boxes_to_mask, paste_boxes
 from mixlab.core.checks import (
     check_bool,
     check_choice,
@@ -171,6 +171,10 @@ class Mixer(ABC):
         ``None`` means a global blend (no box, no mask: Mixup): every pixel keeps both labels.
         A mixer that moves pixels otherwise (ResizeMix's resize) overrides this.
         """
+        if "box" in params:  # the batch's one box as Python ints (CutMix): a slice copy, as the pixels
+            x1, y1, x2, y2 = params["box"]
+            patch = partner_of(maps[:, None, y1:y2, x1:x2], index, self.pairing)
+            return paste_boxes(maps.unsqueeze(1), patch, params["box"]).squeeze(1)
         if boxes is not None:
             keep = ~boxes_to_mask(boxes, maps.shape[-2], maps.shape[-1], device=maps.device).squeeze(1)
         elif mask is not None:
