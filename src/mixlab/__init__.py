@@ -7,7 +7,9 @@ The mixing core imports torch alone::
     images, targets = mixer(images, labels)
 
 ``mixlab.TimmMixup`` takes timm's ``Mixup`` arguments and returns what it returns (a one-import
-swap in timm's ``train.py``).
+swap in timm's ``train.py``). Every mixer also takes segmentation label maps (B, H, W) as its
+labels; ``mixlab.DetectionCutMix``, ``DetectionResizeMix``, ``DetectionMixup``, ``Mosaic``,
+``MosaicDataset`` and ``CopyPaste`` mix detection batches (torchvision's target dicts).
 
 Subpackages with heavier dependencies (``mixlab.models``, ``mixlab.data``, ``mixlab.engine``,
 ...) are imported only when used. ``mixlab.CropMix`` and ``mixlab.CropMixBatch`` (per-image and
@@ -23,7 +25,23 @@ which import ``mixlab.models``), AutoMix's successors ``mixlab.SAMix`` and ``mix
 """
 
 from mixlab.core import BinaryCrossEntropy, MixResult, SoftTargetCrossEntropy
-from mixlab.mixers import CutMix, FMix, MixCollate, Mixer, Mixup, RandomChoice, ResizeMix, SaliencyMix, TimmMixup
+from mixlab.mixers import (
+    CopyPaste,
+    CutMix,
+    DetectionCutMix,
+    DetectionMixup,
+    DetectionResizeMix,
+    FMix,
+    MixCollate,
+    Mixer,
+    Mixup,
+    Mosaic,
+    MosaicDataset,
+    RandomChoice,
+    ResizeMix,
+    SaliencyMix,
+    TimmMixup,
+)
 
 __version__ = "0.1.0"
 
@@ -38,9 +56,13 @@ __all__ = [
     "AdAutoMix",
     "AutoMix",
     "BinaryCrossEntropy",
+    "CopyPaste",
     "CropMix",
     "CropMixBatch",
     "CutMix",
+    "DetectionCutMix",
+    "DetectionMixup",
+    "DetectionResizeMix",
     "FMix",
     "MixCollate",
     "MixResult",
@@ -48,6 +70,8 @@ __all__ = [
     "ManifoldMixup",
     "Mixer",
     "Mixup",
+    "Mosaic",
+    "MosaicDataset",
     "PuzzleMix",
     "RandomChoice",
     "RecursiveMix",

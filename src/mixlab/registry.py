@@ -528,9 +528,11 @@ def build_model(name: str, num_classes: int, **kwargs: Any):
         raise _bad_model_kwargs(name, match[1], *model_arguments(name), detail=str(e)) from None
 
 
-def build_dataset(name: str, split: str, root: str | None = None, **kwargs: Any):
-    """``mixlab.data.build_dataset`` with a clear error for unknown names."""
+def build_dataset(name: str, split: str, root: str | None = None, task: str = "classification", **kwargs: Any):
+    """``mixlab.data.build_dataset`` with a clear error for unknown names (``task`` as there;
+    the dense tasks' names are checked by it, against their own registry)."""
     from mixlab import data
 
-    check_names(dataset=name)
-    return data.build_dataset(name, split, root=root, **kwargs)
+    if task == "classification":
+        check_names(dataset=name)
+    return data.build_dataset(name, split, root=root, task=task, **kwargs)

@@ -1,8 +1,9 @@
-"""Losses for soft targets, and DecoupleMix's regulariser for any mixed batch with a pair structure."""
+"""Losses for soft targets, DecoupleMix's regulariser for any mixed batch with a pair structure,
+and the segmentation loss of a mixed batch of label maps."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,8 @@ if TYPE_CHECKING:
     from mixlab.core.result import MixResult
 
 __all__ = ["SoftTargetCrossEntropy", "BinaryCrossEntropy", "soft_cross_entropy", "mixed_cross_entropy",
-           "decoupled_regularizer", "decouple_term"]
+           "decoupled_regularizer", "decouple_term",
+           "mixed_segmentation_loss"]
 
 
 def soft_cross_entropy(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
@@ -94,6 +96,63 @@ def decouple_term(logits: Tensor, mixed: MixResult) -> Tensor:
     is added, the loss is the plain one bit for bit)."""
     targets_a, targets_b, lam = mixed.pairs()
     return decoupled_regularizer(logits, targets_a.argmax(dim=1), targets_b.argmax(dim=1), lam).mean()
+
+
+def mixed_segmentation_loss(
+    logits: Tensor, result: Any, ignore_index: int = 255, label_smoothing: float = 0.0, reduction: str = "mean"
+) -> Tensor:
+    """Cross-entropy of per-pixel logits against a mixed batch of label maps.
+
+    With ``(y_a, y_b, λ) = result.pairs()`` (:class:`~mixlab.core.result.MixResult`), per pixel p of
+    sample i::
+
+        ℓ_ip = λ_i·CE(z_ip, y_a[i, p]) + (1 - λ_i)·CE(z_ip, y_b[i, p])
+
+    where a term whose label is ``ignore_index`` is left out, and the mean is the weighted mean
+    ``Σ ℓ / Σ (λ_i·[y_a ≠ ignore] + (1 - λ_i)·[y_b ≠ ignore])``. Box and mask mixers (CutMix,
+    ResizeMix, FMix, SaliencyMix) give ``y_a = y_b`` = the exact mixed map: this is then exactly
+    ``F.cross_entropy(logits, targets, ignore_index=...)``. Mixup gives the two source maps and its
+    λ: the two cross-entropies mixed pixel by pixel. Equal to the soft cross-entropy against
+    :func:`~mixlab.core.targets.dense_soft_targets`, normalised by the targets' total weight.
+
+    Args:
+        logits: (B, K, H, W) scores (any float dtype; computed in float32).
+        result: a mixer's result on label maps, or any object with ``pairs()`` returning
+            ``(y_a, y_b, lam)``: (B, H, W) integer maps and (B,) weights.
+        ignore_index: the label of pixels without a class (default 255, VOC's).
+        label_smoothing: ε, as ``F.cross_entropy``'s.
+        reduction: ``"mean"`` (default, the weighted mean above), ``"sum"`` or ``"none"`` (the
+            (B, H, W) map ℓ, 0 where both labels are ignored).
+
+    Raises:
+        ValueError: logits not (B, K, H, W) matching the maps, or an unknown reduction.
+    """
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    y_a, y_b, lam = result.pairs()
+    if logits.ndim != 4 or logits.shape[:1] + logits.shape[2:] != y_a.shape:
+        raise ValueError(f"logits must be (B, K, H, W) over the label maps' (B, H, W) = {tuple(y_a.shape)}, "
+                         f"got {tuple(logits.shape)}")
+    z = logits.float()
+    one_map = y_b is y_a  # box and mask mixers: one exact map
+    y_a, y_b = y_a.as_subclass(Tensor), y_b.as_subclass(Tensor)
+
+    def ce(y: Tensor) -> Tensor:
+        return F.cross_entropy(z, y.long(), ignore_index=ignore_index, reduction="none",
+                               label_smoothing=label_smoothing)
+
+    valid_a = (y_a != ignore_index).float()
+    if one_map:  # the plain cross-entropy
+        loss, weight = ce(y_a), valid_a
+    else:
+        w = lam.to(device=z.device, dtype=torch.float32).view(-1, 1, 1)
+        loss = w * ce(y_a) + (1.0 - w) * ce(y_b)
+        weight = w * valid_a + (1.0 - w) * (y_b != ignore_index).float()
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / weight.sum().clamp_min(torch.finfo(torch.float32).tiny)
 
 
 class SoftTargetCrossEntropy(nn.Module):
