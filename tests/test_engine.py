@@ -213,6 +213,22 @@ def test_soft_label_text_and_plots(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 0 and (tmp_path / "samples.png").stat().st_size > 0
 
 
+def test_curves_are_plotted_after_the_first_and_last_epoch_and_in_between_at_most_every_30_s(tmp_path,
+                                                                                              monkeypatch):
+    """matplotlib costs about a tenth of a short epoch: a run of short epochs plots its curves after
+    epoch 1, then only when ``RunWriter.PLOT_EVERY_S`` has passed, and after its last epoch."""
+    import mixlab.engine.writer as writer
+
+    plotted = []
+    monkeypatch.setattr(writer, "plot_curves", lambda history, path: plotted.append(len(history)))
+    train(_tiny(tmp_path, "a", "optim.epochs=4"))
+    assert plotted == [1, 4]
+    plotted.clear()
+    monkeypatch.setattr(writer.RunWriter, "PLOT_EVERY_S", 0.0)
+    train(_tiny(tmp_path, "b", "optim.epochs=3"))
+    assert plotted == [1, 2, 3]
+
+
 def test_train_step_clips_gradients():
     from mixlab.engine import train_step
 

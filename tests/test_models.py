@@ -202,3 +202,37 @@ def test_wide_resnet_depth_check() -> None:
 
     with pytest.raises(ValueError, match="6n"):
         wide_resnet(depth=27, widen_factor=2)
+
+
+def test_fused_for_inference_folds_batchnorm_into_convolutions_and_keeps_the_outputs():
+    """The evaluation copy has no BatchNorm left, gives the model's eval outputs up to float
+    rounding, and leaves the model itself untouched; training-mode or untraceable models come back
+    as they are."""
+    from mixlab.models import fused_for_inference
+
+    torch.manual_seed(0)
+    model = create_model("resnet_small", num_classes=10)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # statistics a trained model would have
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(4, 3, 32, 32)
+    assert fused_for_inference(model) is model  # training mode: BatchNorm uses the batch
+    model.eval()
+    fused = fused_for_inference(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), atol=1e-4, rtol=1e-4)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    class DataDependent(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) if x.sum() > 0 else x
+
+    odd = DataDependent().eval()
+    assert fused_for_inference(odd) is odd

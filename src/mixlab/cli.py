@@ -18,7 +18,7 @@ import argparse
 import inspect
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import mixlab
 
@@ -220,6 +220,21 @@ def _report_train(metrics: dict[str, Any], cfg: Any, corruption_images: int | No
 
 
 # --------------------------------------------------------------------------------------- pretrain
+class LazyChoices:
+    """Argument choices listed by ``names()`` when argparse first reads them (an invalid value, a
+    ``--help``), not when the parser is built: naming the self-supervised frameworks imports every
+    method's module (torch._dynamo, timm), which a plain ``mixlab train`` does not need."""
+
+    def __init__(self, names: Callable[[], Sequence[str]]) -> None:
+        self.names = names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.names()
+
+
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pretrain",
@@ -250,8 +265,8 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     )
     from mixlab.registry import self_supervised_methods
 
-    p.add_argument("--framework", choices=self_supervised_methods(),
-                   help="the self-supervised framework (default mocov3)")
+    p.add_argument("--framework", choices=LazyChoices(self_supervised_methods), metavar="NAME",
+                   help="the self-supervised framework: %(choices)s (default mocov3)")
     p.add_argument("--sdmp", action="store_true", default=None,
                    help="mocov3, dino: mix with SDMP (method.params.sdmp=true)")
     views = p.add_mutually_exclusive_group()

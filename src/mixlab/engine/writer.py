@@ -18,9 +18,11 @@ writing one) are deleted when a run starts or resumes there.
 from __future__ import annotations
 
 import csv
+import math
 import io
 import json
 import tempfile
+import time
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -167,12 +169,15 @@ class RunWriter:
             writable.
     """
 
+    PLOT_EVERY_S = 30.0
+
     def __init__(self, cfg: TrainConfig, info: DistInfo, resumed: str | None = None) -> None:
         self.cfg, self.main = cfg, info.is_main
         self.created: list[Path] = []  # the directories this run made, deepest first
         self.kept = False  # a checkpoint was written: the directories stay
         self.tensorboard = None
         self.first = True  # the next checkpoint is this process's first (config.yaml follows it)
+        self.plotted_at = -math.inf  # time.monotonic() of the last curves.png
 
         def prepare() -> str:
             r = cfg.run
@@ -223,7 +228,9 @@ class RunWriter:
         self.kept = True
 
     def write_epoch(self, state, row: dict[str, Any], checkpoint: dict[str, Any] | None) -> None:
-        """After an epoch (rank 0): :meth:`write_checkpoint`, the metrics, curves, ``samples.png``
+        """After an epoch (rank 0): :meth:`write_checkpoint`, the metrics, curves (after the first
+        and the last epoch, in between at most every :attr:`PLOT_EVERY_S` seconds: a plot costs about a
+        tenth of an epoch of the default run), ``samples.png``
         (once), the method's figures, TensorBoard and the console line. ``checkpoint`` is the dict
         to save (``None`` on the other ranks)."""
         if not self.main:
@@ -233,7 +240,10 @@ class RunWriter:
         if self.tensorboard is None and cfg.run.tensorboard:
             self.tensorboard = _tensorboard(run_dir)
         write_metrics(run_dir, state.history)
-        plot_curves(state.history, run_dir / "curves.png")
+        now = time.monotonic()
+        if row["epoch"] >= state.end_epoch or now - self.plotted_at >= self.PLOT_EVERY_S:
+            plot_curves(state.history, run_dir / "curves.png")
+            self.plotted_at = now
         data = state.data
         if state.samples is not None:
             at = state.preview_at

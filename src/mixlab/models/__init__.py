@@ -19,12 +19,14 @@ from typing import Callable
 from torch import nn
 
 from .cifar_resnet import CifarResNet, preactresnet18, resnet18, resnet34, resnet_small
+from .inference import fused_for_inference
 from .staged import StagedModel, StagedNet, check_num_classes, forward_from, forward_until, has_stages
 from .timm_models import StagedTimmModel, TimmModel, timm_model
 from .vit import ViT, vit_tiny_patch4
 from .wide_resnet import WideResNet, wide_resnet, wrn28_2, wrn28_10
 
 __all__ = [
+    "fused_for_inference",
     "MODELS",
     "create_model",
     "count_parameters",

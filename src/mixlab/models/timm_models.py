@@ -5,7 +5,7 @@
 ``get_classifier`` are timm's own. Nothing is downloaded unless ``pretrained=True`` is passed.
 
 The staged protocol (:mod:`mixlab.models.staged`) is provided only for families whose
-``forward_features`` is a plain chain of named submodules, listed in ``_LAYOUTS``: ResNet (and
+``forward_features`` is a plain chain of named submodules, listed in :func:`layouts`: ResNet (and
 ResNeXt, SE-ResNet, ResNet-D, ...), ConvNeXt, RegNet, ByobNet (RepVGG, GENet, ...),
 EfficientNet and MobileNetV3. There the stem is the family's stem modules, and the stages are
 timm's ``feature_info`` levels after the stem (4 for ResNet: layer1..layer4); modules after the
@@ -18,30 +18,36 @@ Other models (timm ViTs, Swin, ...) are :class:`TimmModel` only: ``has_stages`` 
 from __future__ import annotations
 
 import difflib
+import functools
 
-import timm
-from timm.models.byobnet import ByobNet
-from timm.models.convnext import ConvNeXt
-from timm.models.efficientnet import EfficientNet
-from timm.models.mobilenetv3 import MobileNetV3
-from timm.models.regnet import RegNet
-from timm.models.resnet import ResNet
 from torch import Tensor, nn
 
 from .staged import check_num_classes
 
-__all__ = ["TimmModel", "StagedTimmModel", "timm_model"]
+__all__ = ["TimmModel", "StagedTimmModel", "timm_model", "layouts"]
 
-# family -> (stem modules, body modules in forward_features order ("x.*" = children of x),
-#            modules after the body); forward_features(x) == final(body(stem(x))).
-_LAYOUTS: dict[type, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
-    ResNet: (("conv1", "bn1", "act1", "maxpool"), ("layer1", "layer2", "layer3", "layer4"), ()),
-    ConvNeXt: (("stem",), ("stages.*",), ("norm_pre",)),
-    RegNet: (("stem",), ("s1", "s2", "s3", "s4"), ("final_conv",)),
-    ByobNet: (("stem",), ("stages.*",), ("final_conv",)),
-    EfficientNet: (("conv_stem", "bn1"), ("blocks.*",), ("conv_head", "bn2")),
-    MobileNetV3: (("conv_stem", "bn1"), ("blocks.*",), ()),
-}
+
+@functools.cache
+def layouts() -> dict[type, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]:
+    """family -> (stem modules, body modules in forward_features order ("x.*" = children of x),
+    modules after the body); forward_features(x) == final(body(stem(x))). timm is imported here,
+    on first use, not with :mod:`mixlab.models` (it imports torchvision's detection ops and
+    torch._dynamo: seconds that a run of mixlab's own models does not need)."""
+    from timm.models.byobnet import ByobNet
+    from timm.models.convnext import ConvNeXt
+    from timm.models.efficientnet import EfficientNet
+    from timm.models.mobilenetv3 import MobileNetV3
+    from timm.models.regnet import RegNet
+    from timm.models.resnet import ResNet
+
+    return {
+        ResNet: (("conv1", "bn1", "act1", "maxpool"), ("layer1", "layer2", "layer3", "layer4"), ()),
+        ConvNeXt: (("stem",), ("stages.*",), ("norm_pre",)),
+        RegNet: (("stem",), ("s1", "s2", "s3", "s4"), ("final_conv",)),
+        ByobNet: (("stem",), ("stages.*",), ("final_conv",)),
+        EfficientNet: (("conv_stem", "bn1"), ("blocks.*",), ("conv_head", "bn2")),
+        MobileNetV3: (("conv_stem", "bn1"), ("blocks.*",), ()),
+    }
 
 
 class TimmModel(nn.Module):
@@ -74,7 +80,7 @@ class TimmModel(nn.Module):
 
 
 class StagedTimmModel(TimmModel):
-    """A timm model of a family in ``_LAYOUTS``, runnable stage by stage (see module docstring)."""
+    """A timm model of a family in :func:`layouts`, runnable stage by stage (see module docstring)."""
 
     def __init__(self, model: nn.Module, name: str = "") -> None:
         super().__init__(model, name)
@@ -102,7 +108,7 @@ def _stage_plan(model: nn.Module) -> tuple[list[str], list[list[str]], list[int]
     The body + final modules are cut after each ``feature_info`` level; modules after the last
     level join the last stage, whose channels are then ``model.num_features``.
     """
-    layout = next((v for cls, v in _LAYOUTS.items() if isinstance(model, cls)), None)
+    layout = next((v for cls, v in layouts().items() if isinstance(model, cls)), None)
     if layout is None or not hasattr(model, "feature_info"):
         return None
     stem, body, final = layout
@@ -137,6 +143,8 @@ def timm_model(name: str, num_classes: int, pretrained: bool = False, **kwargs) 
     :class:`TimmModel`. Raises ``ValueError`` for an unknown timm name or ``num_classes < 1``.
     """
     check_num_classes(num_classes)
+    import timm
+
     if not timm.is_model(name):
         near = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f"; did you mean {', '.join(near)}?" if near else ""

@@ -21,8 +21,6 @@ reused; the wrapper only re-arranges them to satisfy the staged protocol
 
 from __future__ import annotations
 
-from timm.layers import resample_abs_pos_embed
-from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from .staged import StagedNet, check_num_classes
@@ -86,6 +84,8 @@ class ViT(StagedNet):
             raise ValueError(f"ViT: {clash} are fixed by the staged wrapper ({_FIXED})")
         if not 1 <= num_stages <= depth:
             raise ValueError(f"ViT: need 1 <= num_stages <= depth, got {num_stages} and {depth}")
+        from timm.models.vision_transformer import VisionTransformer  # timm on first use (see models.timm_models)
+
         vit = VisionTransformer(
             img_size=img_size, patch_size=patch_size, num_classes=num_classes, embed_dim=embed_dim,
             depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, drop_rate=drop_rate,
@@ -112,6 +112,8 @@ class ViT(StagedNet):
         return {"pos_embed"}
 
     def forward_stem(self, x: Tensor) -> Tensor:
+        from timm.layers import resample_abs_pos_embed
+
         x = self.patch_embed(x)  # (B, h, w, C)
         _, h, w, c = x.shape
         pos = resample_abs_pos_embed(
