@@ -254,21 +254,25 @@ class SAMixSSL(MoCoV2):
         return partner + mask.to(x_q.dtype) * (x_q - partner)
 
     # ------------------------------------------------------------------ the step
-    def training_step(self, model: nn.Module, batch: Any, progress: float) -> StepOutput:
-        views = self.unpack(batch)
-        if len(views) != 2:
-            raise ValueError(f"SAMix SSL takes two views per image (query, key), got {len(views)}")
-        x_q, x_k = views
+    def losses(self, model: nn.Module, x_q: Tensor, x_k: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The four terms of the step's loss, with their graphs, and detached statistics.
+
+        Returns:
+            ``({"loss_moco", "loss_mix", "loss_mixer", "loss_mask"}, {"contrast_acc", "lam",
+            "mask_gap"})``: MoCo's InfoNCE and the backbone's mixup InfoNCE (gradients to θq and
+            g_q), the Mixer's loss and its mask loss (gradients to φ only, unweighted).
+        """
         if x_q.shape != x_k.shape:
             raise ValueError(f"the query and key views must have one shape, got {tuple(x_q.shape)} and "
                              f"{tuple(x_k.shape)}")
         block = self._mixer()
         b, size, device = x_q.shape[0], x_q.shape[-2:], x_q.device
         k_q, k_k, z_q, z_k, every_key = self.encode_views(x_q, x_k)
+        if self.training:
+            self._new_keys = every_key  # enqueued after the optimiser step
 
         # MoCo v2: the query view against its key and the queue (θq, g_q)
-        q = self.query(model, x_q)
-        loss_moco, logits = self.contrastive(q, k_k)
+        loss_moco, logits = self.contrastive(self.query(model, x_q), k_k)
 
         # the backbone on the Mixer's mix, detached and mean-adjusted (θq, g_q)
         lam_b, index_b = self.draw(b, device)
@@ -286,16 +290,23 @@ class SAMixSSL(MoCoV2):
         loss_mixer = mixup_infonce(m, k_k, k_q[index_m], lam_m, self.queue, self.temperature)
         if self.eta is not None:
             loss_mixer = two_instance_loss(m, k_k, k_q[index_m], lam_m, self.temperature) + self.eta * loss_mixer
-        loss_mask = mask_loss(mask_m, lam_m, self.mask_margin)
 
-        loss = loss_moco + loss_mix + loss_mixer + (self.mask_loss * loss_mask if self.mask_loss > 0 else 0.0)
-        if self.training:
-            self._new_keys = every_key
-        accuracy = (logits.detach().argmax(dim=1) == 0).float().mean() * 100
-        gap = (mask_m.detach().float().mean(dim=(1, 2, 3)) - lam_m).abs().mean()  # |mean s − λ_m|
-        logs = {"contrast_acc": accuracy, "loss_moco": loss_moco.detach(), "loss_mix": loss_mix.detach(),
-                "loss_mixer": loss_mixer.detach(), "loss_mask": loss_mask.detach(), "lam": lam_b.mean(),
-                "mask_gap": gap}
+        terms = {"loss_moco": loss_moco, "loss_mix": loss_mix, "loss_mixer": loss_mixer,
+                 "loss_mask": mask_loss(mask_m, lam_m, self.mask_margin)}
+        stats = {"contrast_acc": (logits.detach().argmax(dim=1) == 0).float().mean() * 100, "lam": lam_b.mean(),
+                 "mask_gap": (mask_m.detach().float().mean(dim=(1, 2, 3)) - lam_m).abs().mean()}  # |mean s − λ_m|
+        return terms, stats
+
+    def training_step(self, model: nn.Module, batch: Any, progress: float) -> StepOutput:
+        """``L_MoCo + ℓ_NCE(backbone) + ℓ_mixer + mask_loss · L_mask`` (:meth:`losses`)."""
+        views = self.unpack(batch)
+        if len(views) != 2:
+            raise ValueError(f"SAMix SSL takes two views per image (query, key), got {len(views)}")
+        terms, stats = self.losses(model, *views)
+        loss = terms["loss_moco"] + terms["loss_mix"] + terms["loss_mixer"]
+        if self.mask_loss > 0:
+            loss = loss + self.mask_loss * terms["loss_mask"]
+        logs = {**stats, **{name: term.detach() for name, term in terms.items()}}
         return StepOutput(loss=loss, logs=logs)  # samples.png: mix_preview, with the batch's class labels
 
     # ------------------------------------------------------------------ preview
