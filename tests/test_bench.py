@@ -193,7 +193,9 @@ def test_shipped_protocols_are_valid() -> None:
     assert mae.base.data.train_per_class == 500 and mae.eval.finetune.fractions == (1.0,)  # 10 % of CIFAR-10
     assert mae.config("mae@cropmix", 0).method.params == {"input": "cropmix", "cropmix_mix": "mixup"}
     mocov2 = load_protocol("cifar10-mocov2-quick")
-    assert [mocov2.config(m, 0).method.params["views"] for m in mocov2.methods] == ["standard", "scalemix", "cropmix"]
+    assert [mocov2.config(m, 0).method.params.get("views") for m in mocov2.methods] == ["standard", "scalemix",
+                                                                                          "cropmix", None]
+    assert mocov2.config("samix-ssl", 0).method.name == "samix-ssl"  # SAMix's SSL variant on the same MoCo v2
     assert mocov2.eval.finetune.fractions == (0.01, 0.1) and mocov2.eval.finetune.head_lr_scale == 20
 
 

@@ -215,6 +215,7 @@ DDP_METHODS = {
     "puzzlemix": [SMALL], "automix": [SMALL], "manifold-mixup": [SMALL], "recursivemix": [SMALL],
     "mocov3": [SMALL, "method.params={dim: 16, mlp_dim: 32}"],
     "mocov2": [SMALL, "method.params={dim: 16, hidden_dim: 32, queue_size: 48}"],
+    "samix-ssl": [SMALL, "method.params={dim: 16, hidden_dim: 32, queue_size: 48}"],
     "dino": [SMALL, "method.params={out_dim: 64, hidden_dim: 32, bottleneck_dim: 16}"],
     "mae": [*VIT, "method.params={decoder_dim: 16, decoder_depth: 1, decoder_heads: 2}"],
 }
@@ -278,7 +279,7 @@ def _methods_worker(rank: int, port: int) -> None:
 def test_every_kind_of_method_trains_through_ddp():
     """In a 2-process gloo group the loop's step module is ``DistributedDataParallel``: vanilla's
     gradients equal one process's on both batches; PuzzleMix, AutoMix, Manifold Mixup, RecursiveMix,
-    MoCo v3, MoCo v2, DINO and MAE take 2 steps (``find_unused_parameters`` as the method declares)
+    MoCo v3, MoCo v2, SAMix SSL, DINO and MAE take 2 steps (``find_unused_parameters`` as the method declares)
     and keep the same weights on both ranks; ``run.sync_bn`` on the CPU is refused."""
     import torch.multiprocessing as mp
 

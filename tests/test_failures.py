@@ -343,7 +343,7 @@ def test_is_self_supervised_is_the_methods_class_attribute():
         assert type(method) is registry.method_class(name), name
         assert registry.is_self_supervised(name) == registry.is_self_supervised(method) \
             == type(method).self_supervised, name
-    assert registry.self_supervised_methods() == ("mocov3", "mocov2", "dino", "mae")
+    assert registry.self_supervised_methods() == ("mocov3", "mocov2", "samix-ssl", "dino", "mae")
     assert Method.self_supervised is False and Method.preview_lams == ()
 
 

@@ -258,6 +258,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                "  mixlab pretrain --framework dino --sdmp --set method.params.num_mixed_local=3\n"
                "  mixlab pretrain --framework mocov3 --sdmp --set 'method.params.ops=[mixup]'   # Table 8\n"
                "  mixlab pretrain --framework mocov2 --cropmix        # CropMix paper, §5 (--scalemix: its baseline)\n"
+               "  mixlab pretrain --framework samix-ssl               # SAMix's Mixer on MoCo v2 (mixup InfoNCE)\n"
                "  mixlab pretrain --framework mae --cropmix           # CropMix paper, §6: Mixup of N in {2,3,4} crops\n"
                "  mixlab pretrain --framework mae --cropmix cutmix    # CropMix paper, §6: CutMix of 2 crops\n"
                "  mixlab pretrain --dataset imagefolder --data-root /path/to/cifar10-jpeg.zip --model resnet18\n"

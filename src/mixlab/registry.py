@@ -188,6 +188,12 @@ def _mocov2(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> M
     return MoCoV2(**_as_tuples(hparams))  # self-supervised: no classes, no label smoothing
 
 
+def _samix_ssl(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
+    from mixlab.ssl.samix import SAMixSSL
+
+    return SAMixSSL(**_as_tuples(hparams))  # self-supervised: no classes, no label smoothing
+
+
 def _dino(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
     from mixlab.ssl.dino import DINO
 
@@ -347,6 +353,15 @@ METHODS: dict[str, MethodSpec] = {
                          "self-supervised: one-directional InfoNCE against a momentum encoder and a queue of "
                          "negatives (views: cropmix | scalemix mixes the query)",
                          ("scale", "shuffle_bn", "bn_splits", "image_size"), method_class="mixlab.ssl.mocov2:MoCoV2"),
+    "samix-ssl": MethodSpec(_samix_ssl, "Li et al. 2021, Boosting Discriminative Visual Representation Learning "
+                            "with Scenario-Agnostic Mixup (SAMix), self-supervised (openmixup's MoCoSAMix)",
+                            {"dim": 128, "hidden_dim": 2048, "queue_size": 4096, "temperature": 0.2,
+                             "momentum": 0.999, "alpha": 2.0, "stage": None},
+                            "self-supervised: MoCo v2 plus the mixup InfoNCE of SAMix's mixes of one image's query "
+                            "view and another's key view; the Mixer learns through the key encoder",
+                            ("eta", "mask_loss", "mask_margin", "mask_adjust", "lam_rescale", "upsampling", "reduction",
+                             "mix_block_lr_scale", "scale", "shuffle_bn", "bn_splits", "image_size"),
+                            method_class="mixlab.ssl.samix:SAMixSSL"),
     "dino": MethodSpec(_dino, "Caron et al. 2021, Emerging Properties in Self-Supervised Vision Transformers "
                        "(DINO); SDMP: " + _SDMP_PAPER,
                        {"out_dim": 65536, "num_local": 6, "teacher_temp": 0.07, "momentum": 0.996},

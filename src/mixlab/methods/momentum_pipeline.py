@@ -57,7 +57,7 @@ from mixlab.methods.base import Method, StepOutput
 from mixlab.models.staged import check_stage, forward_until
 
 __all__ = ["MomentumPipeline", "PairPipeline", "PipelineLosses", "MOMENTUM_SCHEDULES", "UPSAMPLING", "mix_images",
-           "lam_channels", "row_attention", "preserved_buffers"]
+           "lam_channels", "row_attention", "preserved_buffers", "resolve_stage"]
 
 MOMENTUM_SCHEDULES = ("cosine", "constant")
 UPSAMPLING = ("nearest", "bilinear")
@@ -90,6 +90,21 @@ def lam_channels(maps: list[Tensor], lams: list[Tensor]) -> list[Tensor]:
         lam_map = lam.to(device=z.device, dtype=z.dtype).view(b, 1, 1, 1).expand(b, 1, h, w)
         out.append(torch.cat([z, lam_map], dim=1))
     return out
+
+
+def resolve_stage(model: nn.Module, stage: int | None, caller: str) -> int:
+    """The feature stage l of ``model`` a mixer reads: ``stage``, or S - 1 for ``None`` (at least 1).
+
+    Raises:
+        TypeError: the model does not implement the staged protocol (``mixlab.models.staged``).
+        ValueError: ``stage`` larger than the model's number of stages S.
+    """
+    check_stage(model, 0, caller)  # the protocol itself
+    n = model.num_stages
+    resolved = stage if stage is not None else max(n - 1, 1)
+    if resolved > n:
+        raise ValueError(f"stage must be in 1..{n} for {type(model).__name__} ({n} stages), got {resolved}")
+    return resolved
 
 
 def row_attention(q: Tensor, k: Tensor) -> Tensor:
@@ -211,12 +226,7 @@ class MomentumPipeline(Method, abc.ABC):
             ValueError: ``stage`` larger than the model's number of stages.
         """
         super().setup(model, generator)
-        check_stage(model, 0, type(self).__name__)  # the protocol itself
-        n = model.num_stages
-        stage = self.stage if self.stage is not None else max(n - 1, 1)
-        if stage > n:
-            raise ValueError(f"stage must be in 1..{n} for {type(model).__name__} ({n} stages), got {stage}")
-        self.feature_stage = stage
+        stage = self.feature_stage = resolve_stage(model, self.stage, type(self).__name__)
         device = next(model.parameters()).device
         block = self.build_mix_block(model.stage_channels[stage - 1])
         block.reset_parameters(generator)

@@ -50,13 +50,10 @@ Mixer in the model's optimizer group, two random derangements per step) are Auto
 Not implemented: ``mask_adjust`` (0 in the configs), ``value_neck`` dropout (0 on CIFAR; 0.1 on
 ImageNet: it would draw from the global RNG), several upsampling modes at random.
 
-**SSL**: SAMix's self-supervised variant (``MoCoSAMix``, ``openmixup/models/selfsup/moco_samix.py``)
-is not in mixlab. It is not a classification method with an extra head: it is MoCo v2 whose key
-encoder doubles as the Mixer's θk, with a mixup InfoNCE objective over the mixed queries and keys
-(and a clustering variant with pseudo labels), its own λ-adjustment of the backbone's masks and a
-DDP-aware shuffle of the mixing partners. In mixlab it would be a new :mod:`mixlab.ssl` framework
-(a :class:`~mixlab.ssl.mocov2.MoCoV2` subclass owning a :class:`SAMixBlock`), not an option of this
-class; its objective needs the paper's SSL section, which was not readable here.
+**SSL**: SAMix's self-supervised variant (openmixup's ``MoCoSAMix``) is
+:class:`mixlab.ssl.samix.SAMixSSL` (``mixlab pretrain --framework samix-ssl``): MoCo v2 whose key
+encoder is the Mixer's θk, this :class:`SAMixBlock` mixing one image's query view with another's key
+view, the mixup InfoNCE for the backbone and the Mixer, and :func:`mask_loss`.
 
 Example::
 
@@ -78,7 +75,7 @@ from mixlab.core.losses import soft_cross_entropy
 from mixlab.core.targets import mix_targets
 from mixlab.methods.momentum_pipeline import UPSAMPLING, PairPipeline, row_attention
 
-__all__ = ["SAMix", "SAMixBlock", "rescale_lam", "pair_global_loss"]
+__all__ = ["SAMix", "SAMixBlock", "rescale_lam", "pair_global_loss", "mask_loss"]
 
 
 def rescale_lam(lam: Tensor, k: float | None) -> Tensor:
@@ -87,6 +84,16 @@ def rescale_lam(lam: Tensor, k: float | None) -> Tensor:
         return lam
     k1 = k + 1.0
     return (4.0 / 3.0 * lam ** 3 - 2.0 * lam ** 2 + k1 * lam) / (k1 - 2.0 / 3.0)
+
+
+def mask_loss(mask: Tensor, lam: Tensor, margin: float) -> Tensor:
+    """SAMix's L1 + variance mask loss of s_j = 1 - ``mask`` (``mask``: s_i, (B, 1, H, W)) for the
+    batch's λ (B,): ``max(|1 - mean(s_j) - mean(λ)| - margin, 0) - 2 Var(s_j)``, the mean and
+    variance over every pixel of the batch. A float32 scalar."""
+    s_j = 1 - mask.float()
+    mean = s_j.mean()
+    l1 = (torch.abs(1 - mean - lam.float().mean()) - margin).clamp_min(0.0)
+    return l1 - 2 * ((s_j - mean) ** 2).mean()
 
 
 def pair_global_loss(logits: Tensor, classes_a: Tensor, classes_b: Tensor) -> Tensor:
@@ -143,14 +150,20 @@ class SAMixBlock(nn.Module):
                     m.reset_parameters()
 
     def forward(self, features: Tensor, lam: Tensor, index: Tensor, size: tuple[int, int]) -> Tensor:
-        if features.ndim != 4 or features.shape[1] != self.in_channels:
-            raise ValueError(f"the SAMix Mixer needs a (B, {self.in_channels}, h, w) feature map, got shape "
-                             f"{tuple(features.shape)}")
-        b, _, h, w = features.shape
-        with torch.autocast(features.device.type, enabled=False):
-            z = features.float()
-            lam_t = rescale_lam(lam.to(device=z.device, dtype=z.dtype), self.lam_rescale).view(b, 1, 1, 1)
-            z_i, z_j = z * (1 + lam_t), z[index] * (2 - lam_t)  # adaptive λ encoding, residual form
+        return self.mask(features, features[index], lam, size)
+
+    def mask(self, first: Tensor, second: Tensor, lam: Tensor, size: tuple[int, int]) -> Tensor:
+        """s_i (B, 1, H, W) for the pairs of maps (``first`` z_i, ``second`` z_j), both (B, C_l, h, w):
+        :meth:`forward` with the partner's map given (SAMix's SSL pairs the query view of image i with
+        the key view of another image: :class:`mixlab.ssl.samix.SAMixSSL`)."""
+        for name, z in (("first", first), ("second", second)):
+            if z.ndim != 4 or z.shape[1] != self.in_channels or z.shape != first.shape:
+                raise ValueError(f"the SAMix Mixer needs two (B, {self.in_channels}, h, w) feature maps of one shape, "
+                                 f"got {name} of shape {tuple(z.shape)} (first: {tuple(first.shape)})")
+        b, _, h, w = first.shape
+        with torch.autocast(first.device.type, enabled=False):
+            lam_t = rescale_lam(lam.to(device=first.device, dtype=torch.float32), self.lam_rescale).view(b, 1, 1, 1)
+            z_i, z_j = first.float() * (1 + lam_t), second.float() * (2 - lam_t)  # adaptive λ encoding, residual
             pair = torch.cat([z_i, z_j], dim=1)  # (B, 2 C_l, h, w): query and key see both images
             p = row_attention(self.query(pair).flatten(2), self.key(pair).flatten(2))  # (B, hw, hw)
             v = self.value(z_j).flatten(2).transpose(1, 2)  # (B, hw, 1), non-linear value of x_j
@@ -218,10 +231,7 @@ class SAMix(PairPipeline):
 
     def mask_term(self, mask: Tensor, lam: Tensor) -> Tensor:
         """The L1 + variance mask loss of s_j = 1 - ``mask`` for the batch's λ (without its weight)."""
-        s_j = 1 - mask.float()
-        mean = s_j.mean()
-        l1 = (torch.abs(1 - mean - lam.float().mean()) - self.mask_margin).clamp_min(0.0)
-        return l1 - 2 * ((s_j - mean) ** 2).mean()
+        return mask_loss(mask, lam, self.mask_margin)
 
     def eta_balanced_loss(self, logits: Tensor, targets: Tensor, index: Tensor, lam: Tensor) -> Tensor:
         """``ℓ_η = ℓ_MCE - (1 - η) ℓ_global`` (batch mean), ℓ_MCE on the λ-mixed ``targets``."""

@@ -216,30 +216,36 @@ class MoCoV2(SelfSupervised):
         return F.normalize(projector(embed(encoder, images)), dim=1)
 
     @torch.no_grad()
-    def keys(self, images: Tensor) -> tuple[Tensor, Tensor]:
+    def keys(self, images: Tensor, encode: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """k₊ = g_k(f_k(x_k)) / ‖·‖ with shuffle-BN (module docstring), no gradient.
+
+        Args:
+            images: (B, C, H, W) key views.
+            encode: what the key encoder computes per (sub-)batch, rows (n, d) in the images' order
+                (default: the keys, d = dim); SAMix's SSL variant adds θk's feature maps as columns.
 
         Returns:
             ``(keys of this process's images (B, dim), keys of every process's images in rank
             order (world·B, dim))``; the same tensor twice in one process.
         """
+        encode = self._encode_key if encode is None else encode
         b = images.shape[0]
         if _distributed():
             if not self.shuffle_bn:
-                own = self._encode_key(images)
+                own = encode(images)
                 return own, gather_batch(own)[0]
             everyone, offset = gather_batch(images)  # (world·B, C, H, W), rank r's rows at r·B
             perm = randperm(everyone.shape[0], self.generator, device=images.device)
             torch.distributed.broadcast(perm, src=0)  # one permutation for every process
-            share = self._encode_key(everyone[perm[offset:offset + b]])
+            share = encode(everyone[perm[offset:offset + b]])
             every_key = gather_batch(share)[0][perm.argsort()]  # back in the original order
             return every_key[offset:offset + b], every_key
         splits = min(self.bn_splits, b // 2) if self.shuffle_bn else 1
         if splits <= 1:
-            k = self._encode_key(images)
+            k = encode(images)
             return k, k
         perm = randperm(b, self.generator, device=images.device)
-        k = torch.cat([self._encode_key(part) for part in images[perm].tensor_split(splits)])[perm.argsort()]
+        k = torch.cat([encode(part) for part in images[perm].tensor_split(splits)])[perm.argsort()]
         return k, k
 
     def contrastive(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
