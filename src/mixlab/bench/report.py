@@ -24,7 +24,7 @@ from mixlab import registry
 from mixlab.bench.protocols import CLAIM_METRICS, method_name
 from mixlab.evaluation.corruptions import CORRUPTIONS
 
-__all__ = ["COLUMNS", "finetune_key", "read_rows", "collect_rows", "read_history", "mean_std", "pooled_std", "summarize", "compare_to_baseline", "check_claim",
+__all__ = ["COLUMNS", "finetune_key", "reference_column", "read_rows", "collect_rows", "read_history", "mean_std", "pooled_std", "summarize", "compare_to_baseline", "check_claim",
            "write_csv", "write_markdown"]
 
 # results.csv columns: (name, meaning)
@@ -244,6 +244,17 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
             writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
 
 
+def reference_column(protocol: Any, methods: Sequence[str]) -> tuple[str, list[str], str] | None:
+    """The protocol's published top-1 (``protocol.references``, see :mod:`mixlab.bench.protocols`)
+    as a results.md column: ``(header, one cell per method, a sentence naming the source)``, with
+    "—" for a method the source does not tabulate; None when the protocol has no references."""
+    ref = getattr(protocol, "references", None)
+    if ref is None:
+        return None
+    cells = [f"{ref.top1[m]:.2f}" if m in ref.top1 else "—" for m in methods]
+    return f"{ref.name} top-1 %", cells, f"{ref.name} top-1 %: the published numbers, from {ref.source}."
+
+
 def _duration(seconds: float) -> str:
     h, rest = divmod(round(seconds), 3600)
     return f"{h} h {rest // 60:02d} min" if h else f"{rest // 60} min {rest % 60:02d} s"
@@ -263,12 +274,19 @@ def write_markdown(rows: Sequence[dict[str, Any]], path: str | Path, *, protocol
         baseline = rows[0]["method"]  # a protocol without vanilla: its first method
     summary = summarize(rows, baseline)
     header = ["method", "seeds"] + [label for _, label in table] + [f"time vs {baseline}"]
+    reference = reference_column(protocol, [s["method"] for s in summary])  # beside the top-1 column
+    if reference:
+        header.insert(3, reference[0])
     lines = [f"# Benchmark `{protocol.name}`", "", protocol.description, "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for s in summary:
+    for i, s in enumerate(summary):
         ratio = f"{s['time_ratio']:.2f}x" if not math.isnan(s["time_ratio"]) else "–"
         cells = [s["method"], str(s["n"])] + [_pm(*s[k], digits=1 if k == "epoch_time_s" else 2) for k, _ in table]
+        if reference:
+            cells.insert(3, reference[1][i])
         lines.append("| " + " | ".join(cells + [ratio]) + " |")
+    if reference:
+        lines += ["", reference[2]]
     spread = pooled_std([[r["top1"] for r in rows if r["method"] == s["method"]] for s in summary])
     spread_text = (f"{spread:.2f} points (pooled over the methods with 2+ seeds)" if not math.isnan(spread)
                    else "unknown (one seed per method)")
