@@ -1,5 +1,6 @@
 """Tiny-ImageNet-200 reader: the release's layout (train/<wnid>/images, val/images labelled by
-val_annotations.txt), from the extracted folder or the zip in place, and the md5-checked download.
+val_annotations.txt), from the extracted folder or the zip in place, and the md5-checked download;
+two training steps of every method of the tiny-imagenet-openmixup protocol on the fake release.
 
 The fixture is a tiny release in the real layout: 3 WordNet ids, 2 training and 2 validation
 JPEGs each (64x64 flat colours, one grayscale), boxes files and an unlabelled test folder.
@@ -8,6 +9,7 @@ JPEGs each (64x64 flat colours, one grayscale), boxes files and an unlabelled te
 from __future__ import annotations
 
 import hashlib
+import math
 import zipfile
 from pathlib import Path
 
@@ -15,9 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
+from mixlab.bench.protocols import load_protocol
 from mixlab.data import build_dataset, load_tiny_imagenet
 from mixlab.data import tiny_imagenet as tiny_module
 from mixlab.engine.config import load_config, validate_config
+from mixlab.engine.loop import train
 
 WNIDS = ("n03", "n01", "n02")  # wnids.txt order; the classes are the sorted ids
 SHADE = {"n01": 30, "n02": 120, "n03": 210}  # each class a flat grey level, so a label can be read off its image
@@ -133,3 +137,21 @@ def test_config_accepts_tiny_imagenet_download_and_its_augmentations():
     with pytest.raises(ValueError, match="data.augment must be one of 'crop-flip', 'crop-flip-reflect', 'rrc-flip', "
                                          "'none'"):
         validate_config(load_config(overrides=["data.augment=rrc"]))
+
+
+@pytest.fixture(scope="module")
+def tiny_zip(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    return _zip(fake_tiny_imagenet(root), root / "tiny-imagenet-200.zip")
+
+
+@pytest.mark.parametrize("method", list(load_protocol("tiny-imagenet-openmixup").methods))
+def test_tiny_imagenet_protocol_trains_two_steps_on_a_fake_release(method, tmp_path, tiny_zip, one_thread):
+    """The protocol's config of each method (ResNet-18 at 64x64, RandomResizedCrop, its hyper-parameters)
+    on the fake release read from its zip: 6 training images, two batches of 3."""
+    cfg = load_protocol("tiny-imagenet-openmixup").config(method, 0)
+    assert cfg.data.download  # the zip is at data.root: nothing is fetched
+    cfg.data.root, cfg.data.batch_size, cfg.data.num_workers, cfg.optim.epochs = str(tiny_zip), 3, 0, 1
+    cfg.run.device, cfg.run.amp, cfg.run.threads, cfg.run.out = "cpu", "none", 1, str(tmp_path / method)
+    row = train(cfg)
+    assert row["step"] == 2 and math.isfinite(row["train_loss"]) and 0 <= row["test_acc1"] <= 100
