@@ -141,10 +141,10 @@ def test_tensor_dataset_view_and_subset():
 
 
 def test_build_dataset_registry():
-    assert set(DATASETS) == {"synthetic", "cifar10", "cifar100", "imagefolder", "cub200"}
+    assert set(DATASETS) == {"synthetic", "cifar10", "cifar100", "imagefolder", "cub200", "tiny-imagenet"}
     ds = build_dataset("Synthetic", "test", num_per_class=2)
     assert len(ds) == 20
-    valid = r"valid names: cifar10, cifar100, cub200, imagefolder, synthetic; did you mean 'cifar10'"
+    valid = r"valid names: cifar10, cifar100, cub200, imagefolder, synthetic, tiny-imagenet; did you mean 'cifar10'"
     with pytest.raises(ValueError, match=valid):
         build_dataset("cifar-10", "train")
     with pytest.raises(ValueError, match="root is required"):
