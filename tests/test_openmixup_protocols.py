@@ -197,15 +197,16 @@ def test_override_and_reference_errors(key, value, message):
     assert "protocol 'mine'" in str(info.value)
 
 
-def test_extends_merges_base_sections_and_replaces_the_other_keys(tmp_path):
+def test_extends_merges_base_sections_and_replaces_the_other_keys(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path.parent)
     parent = tmp_path / "parent.yaml"
     parent.write_text("description: parent\nbase: {optim: {name: sgd, lr: 0.05, epochs: 2}, "
                       "data: {name: synthetic, batch_size: 10}}\nmethods: {vanilla: {}, mixup: {}}\nseeds: [0, 1]\n"
                       "references: {name: paper, source: Table 1, top1: {vanilla: 50.0}}\n")
     child = tmp_path / "child.yaml"
-    child.write_text(f"extends: {parent}\ndescription: child\nbase: {{optim: {{epochs: 7}}}}\n"
+    child.write_text(f"extends: parent.yaml\ndescription: child\nbase: {{optim: {{epochs: 7}}}}\n"  # from its folder
                      f"references: {{name: paper, source: Table 2, top1: {{mixup: 60.0}}}}\n")
-    p = load_protocol(child)
+    p = load_protocol(child.relative_to(tmp_path.parent))
     assert (p.name, p.description, p.base.optim.epochs, p.base.optim.lr, p.base.data.batch_size) == (
         "child", "child", 7, 0.05, 10)
     assert list(p.methods) == ["vanilla", "mixup"] and p.seeds == (0, 1) and p.references.top1 == {"mixup": 60.0}
@@ -254,3 +255,18 @@ def test_cifar100_protocol_trains_two_steps_on_synthetic_images(method, tmp_path
     row = train(cfg)
     assert row["step"] == 2 and math.isfinite(row["train_loss"])
     assert cfg.model.name == "resnet18" and cfg.data.augment == "crop-flip-reflect"
+
+
+def test_a_downloading_protocol_may_name_a_data_folder_that_does_not_exist_yet(tmp_path, monkeypatch):
+    """The first run downloads into data.root; planning (--dry-run) writes nothing there. A protocol
+    that does not download still needs its data in place."""
+    from mixlab.bench.runner import plan
+
+    monkeypatch.chdir(tmp_path)
+    runs = plan(load_protocol("tiny-imagenet-openmixup"), tmp_path / "bench", methods=["mixup"], seeds=[0])
+    assert runs[0].config.data.root == str(tmp_path / "data" / "tiny-imagenet") and runs[0].status == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither the data folder nor the bench directory
+    d = _tiny_dict()
+    d["base"]["data"] = {"name": "cifar100", "root": "data/cifar100"}
+    with pytest.raises(FileNotFoundError, match="cifar100 data not found at data/cifar100"):
+        plan(protocol_from_dict(d, "mine"), tmp_path / "bench")

@@ -177,18 +177,19 @@ def load_protocol(name_or_path: str | Path) -> Protocol:
         ValueError: unknown name (the shipped ones are listed), unparsable YAML, an ``extends``
             chain that loops or an invalid protocol.
     """
-    name, data = _read(name_or_path)
-    return protocol_from_dict(_extended(data, name, (name,)), name)
+    name, data, folder = _read(name_or_path)
+    return protocol_from_dict(_extended(data, name, folder, (name,)), name)
 
 
-def _read(name_or_path: str | Path) -> tuple[str, Any]:
-    """``(name, parsed YAML)`` of a shipped protocol or a protocol file."""
+def _read(name_or_path: str | Path) -> tuple[str, Any, Path | None]:
+    """``(name, parsed YAML, the file's folder or None for a shipped protocol)``."""
     packaged = _packaged()
     text: str
+    folder = None
     if str(name_or_path) in packaged:
         name, text = str(name_or_path), packaged[str(name_or_path)].read_text()
     elif Path(name_or_path).suffix in (".yaml", ".yml") and Path(name_or_path).is_file():
-        name, text = Path(name_or_path).stem, Path(name_or_path).read_text()
+        name, text, folder = Path(name_or_path).stem, Path(name_or_path).read_text(), Path(name_or_path).parent
     elif Path(name_or_path).suffix in (".yaml", ".yml"):
         raise ValueError(f"protocol file {name_or_path} not found (shipped protocols: {', '.join(sorted(packaged))})")
     else:
@@ -197,22 +198,26 @@ def _read(name_or_path: str | Path) -> tuple[str, Any]:
         raise ValueError(f"unknown protocol {str(name_or_path)!r}{hint}; available: {', '.join(sorted(packaged))} "
                          f"(or the path of a protocol .yaml file)")
     try:
-        return name, yaml.safe_load(text)
+        return name, yaml.safe_load(text), folder
     except yaml.YAMLError as e:
         raise ValueError(f"protocol {name!r}: cannot parse the YAML: {e}") from None
 
 
-def _extended(data: Any, name: str, chain: tuple[str, ...]) -> Any:
+def _extended(data: Any, name: str, folder: Path | None, chain: tuple[str, ...]) -> Any:
     """``data`` on top of the protocol it ``extends`` (recursively): its keys replace the parent's,
-    except ``base``, whose sections are merged key by key."""
+    except ``base``, whose sections are merged key by key. A relative .yaml path is taken from the
+    extending file's ``folder``."""
     if not isinstance(data, dict) or "extends" not in data:
         return data
     parent_name = data["extends"]
     if not isinstance(parent_name, str) or not parent_name:
         raise ValueError(f"protocol {name!r}: extends must be a protocol name or .yaml path, got {parent_name!r}")
+    if folder is not None and Path(parent_name).suffix in (".yaml", ".yml") and not Path(parent_name).is_absolute():
+        parent_name = str(folder / parent_name)
     if parent_name in chain:
         raise ValueError(f"protocol {name!r}: extends loops: {' -> '.join((*chain, parent_name))}")
-    parent = _extended(_read(parent_name)[1], parent_name, (*chain, parent_name))
+    _, parent_data, parent_folder = _read(parent_name)
+    parent = _extended(parent_data, parent_name, parent_folder, (*chain, parent_name))
     if not isinstance(parent, dict):
         raise ValueError(f"protocol {name!r}: extends {parent_name!r}, which is not a mapping")
     merged = {**parent, **{k: v for k, v in data.items() if k not in ("extends", "base")}}
@@ -256,7 +261,8 @@ def protocol_from_dict(data: Any, name: str = "protocol") -> Protocol:
     Raises:
         ValueError: a missing or unknown top-level key, a base config key the runner sets or that
             TrainConfig does not know, an unknown method or method hyper-parameter, bad seeds or
-            eval settings; the message names the protocol and the key.
+            eval settings, overrides of labels the protocol lacks or of keys a label may not set,
+            malformed references; the message names the protocol and the key.
     """
     def fail(msg: str) -> ValueError:
         return ValueError(f"protocol {name!r}: {msg}")
