@@ -10,7 +10,6 @@ The smoke runs train every method of cifar100-openmixup for two steps on synthet
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -204,8 +203,8 @@ def test_extends_merges_base_sections_and_replaces_the_other_keys(tmp_path, monk
                       "data: {name: synthetic, batch_size: 10}}\nmethods: {vanilla: {}, mixup: {}}\nseeds: [0, 1]\n"
                       "references: {name: paper, source: Table 1, top1: {vanilla: 50.0}}\n")
     child = tmp_path / "child.yaml"
-    child.write_text(f"extends: parent.yaml\ndescription: child\nbase: {{optim: {{epochs: 7}}}}\n"  # from its folder
-                     f"references: {{name: paper, source: Table 2, top1: {{mixup: 60.0}}}}\n")
+    child.write_text("extends: parent.yaml\ndescription: child\nbase: {optim: {epochs: 7}}\n"  # from its folder
+                     "references: {name: paper, source: Table 2, top1: {mixup: 60.0}}\n")
     p = load_protocol(child.relative_to(tmp_path.parent))
     assert (p.name, p.description, p.base.optim.epochs, p.base.optim.lr, p.base.data.batch_size) == (
         "child", "child", 7, 0.05, 10)

@@ -43,7 +43,8 @@ def fake_tiny_imagenet(root: Path) -> Path:
     (folder / "words.txt").write_text("".join(f"{w}\tthing {w}\n" for w in (*WNIDS, "n99")))
     for w in WNIDS:
         for k in range(2):
-            _jpeg(folder / "train" / w / "images" / f"{w}_{k}.JPEG", SHADE[w], channels=1 if (w, k) == ("n02", 1) else 3)
+            channels = 1 if (w, k) == ("n02", 1) else 3  # one grayscale JPEG
+            _jpeg(folder / "train" / w / "images" / f"{w}_{k}.JPEG", SHADE[w], channels)
         (folder / "train" / w / f"{w}_boxes.txt").write_text(f"{w}_0.JPEG\t0\t0\t10\t10\n")
     for name, w in VAL.items():
         _jpeg(folder / "val" / "images" / name, SHADE[w])
@@ -68,7 +69,7 @@ def _label_of_shade(images: torch.Tensor) -> list[int]:
 def test_reads_the_release_layout_from_the_folder_and_from_the_zip(tmp_path):
     folder = fake_tiny_imagenet(tmp_path / "extracted")
     archive = _zip(folder, tmp_path / "tiny-imagenet-200.zip")
-    train, test = load_tiny_imagenet(tmp_path / "extracted", "train"), load_tiny_imagenet(tmp_path / "extracted", "test")
+    train, test = (load_tiny_imagenet(tmp_path / "extracted", split) for split in ("train", "test"))
     assert train.classes == ["n01", "n02", "n03"] and test.classes == train.classes
     assert train.images.shape == (6, 3, 64, 64) and train.images.dtype == torch.uint8 and not train.is_lazy
     assert train.labels.tolist() == [0, 0, 1, 1, 2, 2] == _label_of_shade(train.images)
@@ -130,10 +131,24 @@ def test_download_checks_the_md5_and_reads_the_zip_in_place(tmp_path, monkeypatc
     assert len(load_tiny_imagenet(tmp_path / "good", "train", download=True)) == 6
 
 
-def test_config_accepts_tiny_imagenet_download_and_its_augmentations():
-    cfg = load_config(overrides=["data.name=tiny-imagenet", "data.root=/data/tiny", "data.download=true",
-                                 "data.augment=rrc-flip"])
+def test_download_flag_reaches_the_reader(tmp_path, monkeypatch, local_http):
+    """``mixlab train --dataset tiny-imagenet --data-root DIR --download`` fetches the md5-checked
+    zip into DIR (here from a local server) and trains on it."""
+    from mixlab.cli import build_parser, config_from_args
+
+    www, url = local_http
+    archive = _zip(fake_tiny_imagenet(tmp_path / "source"), www / "tiny-imagenet-200.zip")
+    monkeypatch.setattr(tiny_module, "TINY_IMAGENET_URL", f"{url}/tiny-imagenet-200.zip")
+    monkeypatch.setattr(tiny_module, "TINY_IMAGENET_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    args = build_parser().parse_args(["train", "--dataset", "tiny-imagenet", "--data-root", str(tmp_path / "data"),
+                                      "--download", "--model", "resnet_small", "--epochs", "1", "-b", "3",
+                                      "--output", str(tmp_path / "run"), "--set", "run.device=cpu",
+                                      "--set", "run.threads=1",
+                                      "--set", "data.num_workers=0", "--set", "data.augment=rrc-flip"])
+    cfg = config_from_args(args)
     validate_config(cfg)
+    assert (cfg.data.name, cfg.data.download, cfg.data.augment) == ("tiny-imagenet", True, "rrc-flip")
+    assert train(cfg)["step"] == 2 and (tmp_path / "data" / "tiny-imagenet-200.zip").is_file()
     with pytest.raises(ValueError, match="data.augment must be one of 'crop-flip', 'crop-flip-reflect', 'rrc-flip', "
                                          "'none'"):
         validate_config(load_config(overrides=["data.augment=rrc"]))

@@ -586,7 +586,8 @@ _DATASET_NOTES = {
     "imagefolder": ("any <split>/<class>/<image> tree, decoded once and cached",
                     "a directory or .zip of <split>/<class>/<image>"),
     "tiny-imagenet": ("Tiny-ImageNet-200, 100 000 train / 10 000 labelled val (the test split) 64x64 images, "
-                      "200 classes", "tiny-imagenet-200.zip, the folder holding it, or the extracted tiny-imagenet-200"),
+                      "200 classes",
+                      "tiny-imagenet-200.zip, the folder holding it, or the extracted tiny-imagenet-200"),
 }
 
 

@@ -24,8 +24,8 @@ from mixlab import registry
 from mixlab.bench.protocols import CLAIM_METRICS, method_name
 from mixlab.evaluation.corruptions import CORRUPTIONS
 
-__all__ = ["COLUMNS", "finetune_key", "reference_column", "read_rows", "collect_rows", "read_history", "mean_std", "pooled_std", "summarize", "compare_to_baseline", "check_claim",
-           "write_csv", "write_markdown"]
+__all__ = ["COLUMNS", "finetune_key", "read_rows", "collect_rows", "read_history", "mean_std", "pooled_std", "summarize", "compare_to_baseline", "check_claim",
+           "write_csv", "write_markdown", "reference_column"]
 
 # results.csv columns: (name, meaning)
 COLUMNS = {

@@ -95,7 +95,8 @@ def _val_labels(src: SourceTree, prefix: str, index: dict[str, int]) -> tuple[li
                              f"got {line!r}")
         rel = f"{prefix}val/images/{parts[0]}"
         if rel not in present:
-            raise ValueError(f"{src.name(annotations)}, line {n}: {parts[0]} is not in {src.name(prefix + 'val/images/')}")
+            folder = src.name(prefix + "val/images/")
+            raise ValueError(f"{src.name(annotations)}, line {n}: {parts[0]} is not in {folder}")
         labelled[rel] = index[parts[1]]
     files = sorted(labelled)
     return files, [labelled[f] for f in files]
@@ -146,7 +147,7 @@ def load_tiny_imagenet(root: str | os.PathLike, split: str = "train", download: 
         if prefix is None:
             raise FileNotFoundError(f"{src.root} has no wnids.txt (at its top or under {TINY_IMAGENET_FOLDER}/): "
                                     f"not a Tiny-ImageNet-200 release")
-        wnids = sorted({w.strip() for w in src.read(prefix + "wnids.txt").numpy().tobytes().decode().split() if w.strip()})
+        wnids = sorted(set(src.read(prefix + "wnids.txt").numpy().tobytes().decode().split()))
         index = {w: i for i, w in enumerate(wnids)}
         reader = _train_labels if _SPLITS[split] == "train" else _val_labels
         files, labels = reader(src, prefix, index)
