@@ -10,6 +10,7 @@ The smoke runs train every method of cifar100-openmixup for two steps on synthet
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -220,27 +221,43 @@ def test_extends_merges_base_sections_and_replaces_the_other_keys(tmp_path, monk
 
 
 # ------------------------------------------------------------------------------ the report's column
+def _fake_run(run_dir: Path, accuracies: list[float]) -> str:
+    """A run directory whose metrics.csv has these test top-1 values, one per epoch."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.csv").write_text("epoch,test_acc1\n" + "".join(f"{e},{a}\n" for e, a in
+                                                                       enumerate(accuracies, 1)))
+    return str(run_dir)
+
+
 def test_reference_column_beside_top1_on_a_fake_results_table(tmp_path):
+    """openmixup's statistic (the median test top-1 of a run's last 10 epochs) and its published
+    number beside mixlab's last-epoch top-1; "—" for a method the table lacks."""
     protocol = load_protocol("cifar100-openmixup")
+    # 12 epochs: the last 10 are 3..12; their median is the mean of the 5th and 6th smallest
+    curve = [10.0, 90.0] + [70.0, 71.0, 72.0, 73.0, 74.0, 75.0, 76.0, 77.0, 78.0, 79.0]  # median 74.5
     rows = [{"method": m, "seed": s, "top1": v + s, "ece": 2.0, "fgsm_top1": 10.0, "corruption_top1": 40.0,
-             "epoch_time_s": 5.0, "wall_time_s": 100.0, "corruption_images": 1000}
+             "epoch_time_s": 5.0, "wall_time_s": 100.0, "corruption_images": 1000,
+             "run_dir": _fake_run(tmp_path / "runs" / f"{m}-s{s}", [a + v - 76.0 + s for a in curve])}
             for m, v in (("vanilla", 76.0), ("mixup", 78.0), ("regmixup", 79.0)) for s in range(3)]
+    rows[-1]["run_dir"] = str(tmp_path / "elsewhere")  # a merged row: its run directory is not here
     md = report.write_markdown(rows, tmp_path / "results.md", protocol=protocol, commands=["mixlab bench x"],
                                machines=["1 GPU"], wall_clock_s=60)
     lines = md.splitlines()
     header = next(line for line in lines if line.startswith("| method |"))
-    assert header.startswith("| method | seeds | top-1 % (last epoch) | openmixup top-1 % | ECE % |")
-    assert "| vanilla | 3 | 77.00 ± 1.00 | 76.42 | 2.00 ± 0.00 |" in md
-    assert "| mixup | 3 | 79.00 ± 1.00 | 78.52 |" in md
-    assert "| regmixup | 3 | 80.00 ± 1.00 | — |" in md  # a method openmixup does not tabulate
+    assert header.startswith("| method | seeds | top-1 % (last epoch) | median top-1 %, last 10 epochs | "
+                             "openmixup top-1 % | ECE % |")
+    assert "| vanilla | 3 | 77.00 ± 1.00 | 75.50 ± 1.00 | 76.42 | 2.00 ± 0.00 |" in md
+    assert "| mixup | 3 | 79.00 ± 1.00 | 77.50 ± 1.00 | 78.52 |" in md
+    assert "| regmixup | 3 | 80.00 ± 1.00 | 78.00 ± 0.71 | — |" in md  # two runs found; openmixup lacks it
     assert all(line.count("|") == header.count("|") for line in lines if line.startswith("| "))
     assert f"openmixup top-1 %: the published numbers, from Westlake-AI/openmixup docs/en/mixup_benchmarks/" \
            f"Mixup_cifar.md (commit {COMMIT})" in md
-    assert report.reference_column(protocol, ["samix", "x"])[1] == ["81.21", "—"]
+    headers, cells, _ = report.reference_column(protocol, ["samix", "x"])
+    assert headers[1] == "openmixup top-1 %" and cells == [["–", "81.21"], ["–", "—"]]
     plain = report.write_markdown(rows, tmp_path / "plain.md", protocol=load_protocol("smoke"), commands=[],
                                   machines=[], wall_clock_s=1)
-    assert "top-1 % |" in plain and "openmixup" not in plain and report.reference_column(load_protocol("smoke"), []) \
-        is None
+    assert "top-1 % (last epoch) | ECE % |" in plain and "openmixup" not in plain and "median" not in plain
+    assert report.reference_column(load_protocol("smoke"), []) is None
 
 
 # ------------------------------------------------------------------------------ two-step smoke runs
