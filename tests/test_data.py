@@ -3,12 +3,9 @@ pickles, sampling and recipes."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import pickle
 import tarfile
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -144,10 +141,10 @@ def test_tensor_dataset_view_and_subset():
 
 
 def test_build_dataset_registry():
-    assert set(DATASETS) == {"synthetic", "cifar10", "cifar100", "imagefolder", "cub200"}
+    assert set(DATASETS) == {"synthetic", "cifar10", "cifar100", "imagefolder", "cub200", "tiny-imagenet"}
     ds = build_dataset("Synthetic", "test", num_per_class=2)
     assert len(ds) == 20
-    valid = r"valid names: cifar10, cifar100, cub200, imagefolder, synthetic; did you mean 'cifar10'"
+    valid = r"valid names: cifar10, cifar100, cub200, imagefolder, synthetic, tiny-imagenet; did you mean 'cifar10'"
     with pytest.raises(ValueError, match=valid):
         build_dataset("cifar-10", "train")
     with pytest.raises(ValueError, match="root is required"):
@@ -426,25 +423,6 @@ def test_cub_reader_errors(tmp_path):
     (folder / "bounding_boxes.txt").write_text("1 2.0 3.0 10.0 5.0\n")
     with pytest.raises(ValueError, match="bounding_boxes.txt"):
         load_cub(tmp_path, "train")
-
-
-@pytest.fixture
-def local_http(tmp_path):
-    """An HTTP server on localhost serving ``tmp_path / "www"`` (no network beyond this machine)."""
-    www = tmp_path / "www"
-    www.mkdir()
-    handler = functools.partial(_QuietHandler, directory=str(www))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield www, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
 
 
 def test_cub_download_checks_the_md5(tmp_path, monkeypatch, local_http):

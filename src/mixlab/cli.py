@@ -116,12 +116,12 @@ def _add_run_flags(p: argparse.ArgumentParser, method: bool) -> None:
                    help="model: resnet18, resnet34, preactresnet18, resnet_small, wrn28_2, wrn28_10, "
                         "vit_tiny_patch4 or timm:<name> (default resnet_small)")
     p.add_argument("--dataset", metavar="NAME",
-                   help="dataset: synthetic, cifar10, cifar100, imagefolder (default synthetic)")
+                   help="dataset: synthetic, cifar10, cifar100, imagefolder, cub200, tiny-imagenet (default synthetic)")
     p.add_argument("--data-root", "--data-dir", dest="data_root", metavar="PATH",
                    help="dataset location: a directory, or a .zip for imagefolder (data.root)")
     p.add_argument("--download", action="store_true", default=None,
-                   help="cifar10, cifar100, cub200: fetch the official archive into --data-root if it is "
-                        "missing, md5-checked (data.download)")
+                   help="cifar10, cifar100, cub200, tiny-imagenet: fetch the official archive into --data-root if "
+                        "it is missing, md5-checked (data.download)")
     p.add_argument("--epochs", type=int, metavar="N", help="number of epochs (>= 1)")
     p.add_argument("-b", "--batch-size", type=int, metavar="N", help="training batch size (>= 2; data.batch_size)")
     p.add_argument("--lr", type=float, metavar="X", help="peak learning rate (> 0) of the main parameter groups")
@@ -601,6 +601,9 @@ _DATASET_NOTES = {
                  "the folder holding cifar-100-python"),
     "imagefolder": ("any <split>/<class>/<image> tree, decoded once and cached",
                     "a directory or .zip of <split>/<class>/<image>"),
+    "tiny-imagenet": ("Tiny-ImageNet-200, 100 000 train / 10 000 labelled val (the test split) 64x64 images, "
+                      "200 classes",
+                      "tiny-imagenet-200.zip, the folder holding it, or the extracted tiny-imagenet-200"),
 }
 
 

@@ -65,7 +65,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                "  results.csv   one row per run: last-epoch top-1 (and best_top1, labelled\n"
                "                best), top-5, NLL, ECE, RMS, FGSM, corruption top-1, s/epoch,\n"
                "                images/s, wall time\n"
-               "  results.md    one row per method, mean ± std over seeds; the seed-to-seed\n"
+               "  results.md    one row per method, mean ± std over seeds (beside the published\n"
+               "                top-1 when the protocol has references); the seed-to-seed\n"
                "                spread; which methods differ from vanilla by more than 2x the\n"
                "                pooled seed std; command, machine, wall-clock time\n"
                "  accuracy.png  last-epoch top-1 per method with std error bars\n"
@@ -77,6 +78,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                "  mixlab bench cifar10-quick --methods vanilla,mixup --seeds 0\n"
                "  mixlab bench cifar10-quick --jobs 2 --data-root /data/cifar10-jpeg.zip\n"
                "  mixlab bench cifar10-full --out bench/full     # on a GPU\n"
+               "  mixlab bench cifar100-openmixup                # beside openmixup's CIFAR-100 table\n"
                "  mixlab bench my-protocol.yaml                  # a protocol file of your own\n"
                "  mixlab bench cifar10-quick --methods puzzlemix --jobs 2 \\\n"
                "      --merge docs/results/cifar10-quick/results.csv   # new rows next to the committed ones",

@@ -19,6 +19,17 @@ A protocol is a YAML file shipped in ``mixlab/bench/protocols/`` (or any file gi
     claims:                # optional: the papers' claims the results check (method vs baseline, top-1)
       - {method: mixup, baseline: vanilla, claim: "Mixup beats ERM (Zhang et al. 2018, Table 1)"}
       - {method: regmixup, baseline: mixup, metric: ece, claim: "..."}   # another results column (lower ECE wins)
+    overrides:             # optional: config keys one method label sets differently from base
+      automix: {optim.min_lr: 0.05}
+    references:            # optional: published top-1 per method label, a column of results.md beside mixlab's
+      name: openmixup      # the column is "<name> top-1 %"
+      source: "docs/en/mixup_benchmarks/Mixup_cifar.md of Westlake-AI/openmixup at commit ..."
+      top1: {vanilla: 76.42, mixup: 78.52}
+    extends: cifar100-openmixup   # optional: start from another protocol (a shipped name or a path): this
+                                  # file's keys replace its keys, except base, merged section by section
+
+A protocol that ``extends`` another one says only what differs (e.g. the epochs and the published
+numbers of another budget).
 
     >>> protocol = load_protocol("cifar10-quick")
     >>> cfg = protocol.config("mixup", seed=0)      # the TrainConfig of one run
@@ -36,12 +47,13 @@ from typing import Any, Callable
 import yaml
 
 from mixlab import registry
-from mixlab.engine.config import TrainConfig, config_from_dict, validate_config
+from mixlab.engine.config import TrainConfig, config_from_dict, resolve_key, set_value, validate_config
 
-__all__ = ["Protocol", "Claim", "CLAIM_METRICS", "EvalSettings", "FinetuneSettings", "list_protocols", "load_protocol",
-           "protocol_from_dict", "method_name"]
+__all__ = ["Protocol", "Claim", "CLAIM_METRICS", "EvalSettings", "FinetuneSettings", "References", "list_protocols",
+           "load_protocol", "protocol_from_dict", "method_name"]
 
-_KEYS = ("description", "base", "methods", "seeds", "eval", "claims")
+_KEYS = ("description", "base", "methods", "seeds", "eval", "claims", "overrides", "references")
+_REFERENCE_KEYS = ("name", "source", "top1")
 _CLAIM_KEYS = ("method", "baseline", "claim")  # and optionally "metric"
 #: the results.csv columns a claim may compare, and which way is better on each
 CLAIM_METRICS = {"top1": "higher", "top5": "higher", "fgsm_top1": "higher", "corruption_top1": "higher",
@@ -100,6 +112,16 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class References:
+    """Published top-1 % of some of the protocol's method labels (``top1``), from ``source`` (a
+    document and version anyone can open), shown by the report as the column "<name> top-1 %"."""
+
+    name: str
+    source: str
+    top1: dict[str, float]
+
+
+@dataclass(frozen=True)
 class Protocol:
     """A validated protocol; :meth:`config` gives the TrainConfig of one (method, seed) run."""
 
@@ -110,9 +132,11 @@ class Protocol:
     seeds: tuple[int, ...]
     eval: EvalSettings = field(default_factory=EvalSettings)
     claims: tuple[Claim, ...] = ()
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # method label -> {dotted key: value}
+    references: References | None = None
 
     def config(self, method: str, seed: int) -> TrainConfig:
-        """``base`` with ``method.name``, ``method.params`` and ``run.seed`` set.
+        """``base`` with the label's ``overrides``, ``method.name``, ``method.params`` and ``run.seed`` set.
 
         Raises:
             ValueError: ``method`` is not one of the protocol's methods (they are listed).
@@ -120,6 +144,8 @@ class Protocol:
         if method not in self.methods:
             raise ValueError(f"protocol {self.name!r} has no method {method!r}; its methods: {', '.join(self.methods)}")
         cfg = copy.deepcopy(self.base)
+        for key, value in self.overrides.get(method, {}).items():
+            set_value(cfg, key, copy.deepcopy(value))
         cfg.method.name, cfg.method.params = method_name(method), copy.deepcopy(self.methods[method])
         cfg.run.seed = seed
         return cfg
@@ -148,14 +174,22 @@ def load_protocol(name_or_path: str | Path) -> Protocol:
     """A shipped protocol by name (``"cifar10-quick"``), or a protocol YAML file by path.
 
     Raises:
-        ValueError: unknown name (the shipped ones are listed), unparsable YAML or an invalid protocol.
+        ValueError: unknown name (the shipped ones are listed), unparsable YAML, an ``extends``
+            chain that loops or an invalid protocol.
     """
+    name, data, folder = _read(name_or_path)
+    return protocol_from_dict(_extended(data, name, folder, (name,)), name)
+
+
+def _read(name_or_path: str | Path) -> tuple[str, Any, Path | None]:
+    """``(name, parsed YAML, the file's folder or None for a shipped protocol)``."""
     packaged = _packaged()
     text: str
+    folder = None
     if str(name_or_path) in packaged:
         name, text = str(name_or_path), packaged[str(name_or_path)].read_text()
     elif Path(name_or_path).suffix in (".yaml", ".yml") and Path(name_or_path).is_file():
-        name, text = Path(name_or_path).stem, Path(name_or_path).read_text()
+        name, text, folder = Path(name_or_path).stem, Path(name_or_path).read_text(), Path(name_or_path).parent
     elif Path(name_or_path).suffix in (".yaml", ".yml"):
         raise ValueError(f"protocol file {name_or_path} not found (shipped protocols: {', '.join(sorted(packaged))})")
     else:
@@ -164,10 +198,36 @@ def load_protocol(name_or_path: str | Path) -> Protocol:
         raise ValueError(f"unknown protocol {str(name_or_path)!r}{hint}; available: {', '.join(sorted(packaged))} "
                          f"(or the path of a protocol .yaml file)")
     try:
-        data = yaml.safe_load(text)
+        return name, yaml.safe_load(text), folder
     except yaml.YAMLError as e:
         raise ValueError(f"protocol {name!r}: cannot parse the YAML: {e}") from None
-    return protocol_from_dict(data, name)
+
+
+def _extended(data: Any, name: str, folder: Path | None, chain: tuple[str, ...]) -> Any:
+    """``data`` on top of the protocol it ``extends`` (recursively): its keys replace the parent's,
+    except ``base``, whose sections are merged key by key. A relative .yaml path is taken from the
+    extending file's ``folder``."""
+    if not isinstance(data, dict) or "extends" not in data:
+        return data
+    parent_name = data["extends"]
+    if not isinstance(parent_name, str) or not parent_name:
+        raise ValueError(f"protocol {name!r}: extends must be a protocol name or .yaml path, got {parent_name!r}")
+    if folder is not None and Path(parent_name).suffix in (".yaml", ".yml") and not Path(parent_name).is_absolute():
+        parent_name = str(folder / parent_name)
+    if parent_name in chain:
+        raise ValueError(f"protocol {name!r}: extends loops: {' -> '.join((*chain, parent_name))}")
+    _, parent_data, parent_folder = _read(parent_name)
+    parent = _extended(parent_data, parent_name, parent_folder, (*chain, parent_name))
+    if not isinstance(parent, dict):
+        raise ValueError(f"protocol {name!r}: extends {parent_name!r}, which is not a mapping")
+    merged = {**parent, **{k: v for k, v in data.items() if k not in ("extends", "base")}}
+    base, own = copy.deepcopy(parent.get("base") or {}), data.get("base") or {}
+    if not isinstance(base, dict) or not isinstance(own, dict):
+        raise ValueError(f"protocol {name!r}: base must be a mapping of config sections, got {own!r}")
+    for section, values in own.items():
+        base[section] = ({**base[section], **values} if isinstance(base.get(section), dict) and isinstance(values, dict)
+                         else values)
+    return {**merged, "base": base}
 
 
 def _finetune_settings(d: Any, fail: Callable[[str], ValueError]) -> FinetuneSettings:
@@ -201,7 +261,8 @@ def protocol_from_dict(data: Any, name: str = "protocol") -> Protocol:
     Raises:
         ValueError: a missing or unknown top-level key, a base config key the runner sets or that
             TrainConfig does not know, an unknown method or method hyper-parameter, bad seeds or
-            eval settings; the message names the protocol and the key.
+            eval settings, overrides of labels the protocol lacks or of keys a label may not set,
+            malformed references; the message names the protocol and the key.
     """
     def fail(msg: str) -> ValueError:
         return ValueError(f"protocol {name!r}: {msg}")
@@ -276,8 +337,57 @@ def protocol_from_dict(data: Any, name: str = "protocol") -> Protocol:
         for key in ("method", "baseline"):
             if c[key] not in methods:
                 raise fail(f"claim {c['claim']!r}: {key} {c[key]!r} is not one of the protocol's methods")
+    overrides = _overrides(data.get("overrides") or {}, base, methods, fail)
+    references = _references(data["references"], methods, fail) if data.get("references") is not None else None
     description = data.get("description") or ""
     if not isinstance(description, str):
         raise fail(f"description must be a string, got {description!r}")
     return Protocol(name=name, description=" ".join(description.split()), base=base, methods=methods,
-                    seeds=tuple(seeds), eval=EvalSettings(**ev), claims=tuple(Claim(**c) for c in claims))
+                    seeds=tuple(seeds), eval=EvalSettings(**ev), claims=tuple(Claim(**c) for c in claims),
+                    overrides=overrides, references=references)
+
+
+def _overrides(d: Any, base: TrainConfig, methods: dict[str, dict[str, Any]],
+               fail: Callable[[str], ValueError]) -> dict[str, dict[str, Any]]:
+    """``overrides`` checked: each label is one of ``methods``, each key a config key the runner
+    does not set (aliases resolved), each value valid in the label's config."""
+    if not isinstance(d, dict) or not all(isinstance(v, dict) for v in d.values()):
+        raise fail(f"overrides must map method labels to {{config key: value}} mappings "
+                   f"(e.g. {{automix: {{optim.min_lr: 0.05}}}}), got {d!r}")
+    out = {}
+    for label, values in d.items():
+        if label not in methods:
+            raise fail(f"overrides: {label!r} is not one of the protocol's methods ({', '.join(methods)})")
+        keys = {k: resolve_key(str(k)) for k in values}
+        bad = [k for k, key in keys.items() if key is None or key in _RUNNER_KEYS or key.startswith("method.")]
+        if bad:
+            raise fail(f"overrides of {label!r}: {', '.join(map(repr, bad))} is not a config key a method label may "
+                       f"set (data/model/optim/run keys such as optim.min_lr; not the method or what the runner sets)")
+        cfg = copy.deepcopy(base)
+        try:
+            for k, value in values.items():
+                set_value(cfg, keys[k], value)
+            validate_config(cfg)
+        except ValueError as e:
+            raise fail(f"overrides of {label!r}: {e}") from None
+        out[str(label)] = {keys[k]: v for k, v in values.items()}
+    return out
+
+
+def _references(d: Any, methods: dict[str, dict[str, Any]], fail: Callable[[str], ValueError]) -> References:
+    """``references`` checked: a name, a source and a top-1 % in [0, 100] per method label."""
+    if not isinstance(d, dict) or sorted(d) != sorted(_REFERENCE_KEYS):
+        raise fail(f"references must be a mapping with keys {', '.join(_REFERENCE_KEYS)}, got {d!r}")
+    for key in ("name", "source"):
+        if not isinstance(d[key], str) or not d[key].strip():
+            raise fail(f"references.{key} must be a non-empty string, got {d[key]!r}")
+    top1 = d["top1"]
+    if not isinstance(top1, dict) or not top1:
+        raise fail(f"references.top1 must map method labels to published top-1 %, got {top1!r}")
+    for label, value in top1.items():
+        if label not in methods:
+            raise fail(f"references.top1: {label!r} is not one of the protocol's methods ({', '.join(methods)})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+            raise fail(f"references.top1.{label} must be a top-1 % in [0, 100], got {value!r}")
+    return References(name=d["name"].strip(), source=" ".join(d["source"].split()),
+                      top1={str(k): float(v) for k, v in top1.items()})

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,7 +26,7 @@ from mixlab.bench.protocols import CLAIM_METRICS, method_name
 from mixlab.evaluation.corruptions import CORRUPTIONS
 
 __all__ = ["COLUMNS", "finetune_key", "read_rows", "collect_rows", "read_history", "mean_std", "pooled_std", "summarize", "compare_to_baseline", "check_claim",
-           "write_csv", "write_markdown"]
+           "write_csv", "write_markdown", "reference_column"]
 
 # results.csv columns: (name, meaning)
 COLUMNS = {
@@ -244,6 +245,38 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
             writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
 
 
+def reference_column(protocol: Any, methods: Sequence[str], rows: Sequence[dict[str, Any]] = ()
+                     ) -> tuple[list[str], list[list[str]], str] | None:
+    """The protocol's published top-1 (``protocol.references``, see :mod:`mixlab.bench.protocols`)
+    as results.md columns beside mixlab's top-1: ``(headers, one row of cells per method, a
+    sentence naming the source)``; None when the protocol has no references. The columns are
+    mixlab's median test top-1 over the last 10 epochs (each run's metrics.csv; mean ± std over
+    seeds), the statistic such tables report, then the published number ("—" where the source
+    has none)."""
+    ref = getattr(protocol, "references", None)
+    if ref is None:
+        return None
+    cells = []
+    for m in methods:
+        medians = []
+        for r in rows:
+            if r["method"] != m:
+                continue
+            try:
+                history = read_history(r["run_dir"])
+            except (OSError, KeyError, TypeError):  # a merged row whose run directory is elsewhere
+                continue
+            last = max((h["epoch"] for h in history), default=0)
+            tested = [h.get("test_acc1", math.nan) for h in history if h["epoch"] > last - 10]
+            tested = [t for t in tested if not math.isnan(t)]  # run.eval_every may skip epochs
+            if tested:
+                medians.append(statistics.median(tested))
+        cells.append([_pm(*mean_std(medians)) if medians else "–", f"{ref.top1[m]:.2f}" if m in ref.top1 else "—"])
+    return (["median top-1 %, last 10 epochs", f"{ref.name} top-1 %"], cells,
+            f"{ref.name} top-1 %: the published numbers, from {ref.source}. Median top-1, last 10 epochs: the median "
+            f"of each run's test top-1 over its last 10 epochs, mean ± std over seeds.")
+
+
 def _duration(seconds: float) -> str:
     h, rest = divmod(round(seconds), 3600)
     return f"{h} h {rest // 60:02d} min" if h else f"{rest // 60} min {rest % 60:02d} s"
@@ -263,12 +296,19 @@ def write_markdown(rows: Sequence[dict[str, Any]], path: str | Path, *, protocol
         baseline = rows[0]["method"]  # a protocol without vanilla: its first method
     summary = summarize(rows, baseline)
     header = ["method", "seeds"] + [label for _, label in table] + [f"time vs {baseline}"]
+    reference = reference_column(protocol, [s["method"] for s in summary], rows)  # beside the top-1 column
+    if reference:
+        header[3:3] = reference[0]
     lines = [f"# Benchmark `{protocol.name}`", "", protocol.description, "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for s in summary:
+    for i, s in enumerate(summary):
         ratio = f"{s['time_ratio']:.2f}x" if not math.isnan(s["time_ratio"]) else "–"
         cells = [s["method"], str(s["n"])] + [_pm(*s[k], digits=1 if k == "epoch_time_s" else 2) for k, _ in table]
+        if reference:
+            cells[3:3] = reference[1][i]
         lines.append("| " + " | ".join(cells + [ratio]) + " |")
+    if reference:
+        lines += ["", reference[2]]
     spread = pooled_std([[r["top1"] for r in rows if r["method"] == s["method"]] for s in summary])
     spread_text = (f"{spread:.2f} points (pooled over the methods with 2+ seeds)" if not math.isnan(spread)
                    else "unknown (one seed per method)")

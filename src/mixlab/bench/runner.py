@@ -181,7 +181,8 @@ def _evaluated(path: Path, epoch: int, settings: EvalSettings) -> bool:
 
 def _data_root(protocol: Protocol, data_root: str | os.PathLike | None) -> str | None:
     """The protocol's (or ``data_root``'s) dataset location, made absolute from the current
-    directory, or None for the synthetic dataset.
+    directory, or None for the synthetic dataset. A protocol with ``data.download`` may name a
+    folder that does not exist yet: its first run downloads the dataset there.
 
     Raises:
         FileNotFoundError: the location does not exist (the message says how to give it).
@@ -193,7 +194,7 @@ def _data_root(protocol: Protocol, data_root: str | os.PathLike | None) -> str |
     if root is None:
         raise FileNotFoundError(f"protocol {protocol.name!r} needs the {d.name} data: pass --data-root PATH")
     path = Path(root).expanduser().resolve()
-    if not path.exists():
+    if not path.exists() and not d.download:
         hint = ("check --data-root" if data_root is not None else
                 "the protocol's data.root is relative to the directory you run from: run from there, or pass "
                 "--data-root PATH")

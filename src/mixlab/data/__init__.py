@@ -14,6 +14,8 @@ cifar10        :func:`load_cifar10`: ``root`` holds ``cifar-10-batches-py`` (``d
 cifar100       :func:`load_cifar100`: ``root`` holds ``cifar-100-python``
 imagefolder    :class:`ImageFolder`: ``root`` is a directory or ``.zip`` of ``<split>/<class>/<img>``
 cub200         :func:`load_cub`: ``root`` holds ``CUB_200_2011`` (``download=True``), with boxes
+tiny-imagenet  :func:`load_tiny_imagenet`: ``root`` is (or holds) ``tiny-imagenet-200.zip`` or the
+               extracted ``tiny-imagenet-200`` (``download=True``); ``"test"`` is the val split
 =============  ==============================================================================
 
 Dense targets (``build_dataset(name, split, root, task=...)``; items in torchvision's v2 formats,
@@ -43,13 +45,14 @@ from .recipes import cifar_train_transform, denormalize, eval_transform, normali
 from .sampling import class_balanced_subset, eval_loader, seed_worker
 from .synthetic import SHAPES, SYNTHETIC_MEAN, SYNTHETIC_STD, SyntheticShapes
 from .tensor_dataset import EncodedImages, ImageTensorDataset
+from .tiny_imagenet import TINY_IMAGENET_MEAN, TINY_IMAGENET_STD, load_tiny_imagenet
 
 __all__ = [
     "DATASETS", "DENSE_DATASETS", "TASKS", "build_dataset",
     "ImageTensorDataset", "EncodedImages", "ImageFolder", "SyntheticShapes", "SHAPES",
-    "load_cifar", "load_cifar10", "load_cifar100", "load_cub", "cache_dir",
+    "load_cifar", "load_cifar10", "load_cifar100", "load_cub", "load_tiny_imagenet", "cache_dir",
     "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "SYNTHETIC_MEAN", "SYNTHETIC_STD",
-    "CUB_MEAN", "CUB_STD",
+    "CUB_MEAN", "CUB_STD", "TINY_IMAGENET_MEAN", "TINY_IMAGENET_STD",
     "cifar_train_transform", "eval_transform", "to_float_normalized", "denormalize", "normalize_on_device",
     "class_balanced_subset", "seed_worker", "eval_loader",
 ]
@@ -82,12 +85,18 @@ def _cub200(split: str, root=None, **kwargs) -> ImageTensorDataset:
     return load_cub(_need_root("cub200", root, "the folder holding CUB_200_2011"), split, **kwargs)
 
 
+def _tiny_imagenet(split: str, root=None, **kwargs) -> ImageTensorDataset:
+    return load_tiny_imagenet(_need_root("tiny-imagenet", root, "tiny-imagenet-200.zip or the folder holding it or "
+                                         "tiny-imagenet-200/"), split, **kwargs)
+
+
 DATASETS: dict[str, Callable[..., ImageTensorDataset]] = {
     "synthetic": _synthetic,
     "cifar10": _cifar10,
     "cifar100": _cifar100,
     "imagefolder": _imagefolder,
     "cub200": _cub200,
+    "tiny-imagenet": _tiny_imagenet,
 }
 
 #: what ``build_dataset(..., task=)`` builds

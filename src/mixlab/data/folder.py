@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .tensor_dataset import EncodedImages, ImageTensorDataset, decode_batch, quiet_decoders
 
-__all__ = ["ImageFolder", "IMAGE_EXTENSIONS", "cache_dir"]
+__all__ = ["ImageFolder", "IMAGE_EXTENSIONS", "SourceTree", "cache_dir", "decode_images"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 _LAYOUT = "<root>/<split>/<class>/<image> (the <split> folder at the top level or under one top directory)"
@@ -47,8 +47,13 @@ def _is_hidden(rel: str) -> bool:
     return any(part.startswith(".") or part == "__MACOSX" for part in rel.split("/"))
 
 
-class _Source:
-    """Uniform access to a directory or a zip archive: relative posix paths and their bytes."""
+class SourceTree:
+    """Uniform access to a directory or a zip archive (read in place, never extracted): ``files``
+    and ``dirs`` as relative posix paths, ``read(rel)`` their bytes, ``name(rel)`` for messages.
+
+    Raises:
+        ValueError: ``root`` is a file but not a readable zip archive.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -96,14 +101,14 @@ class _Source:
             self._zip.close()
 
 
-def _top_level(src: _Source) -> list[str]:
+def _top_level(src: SourceTree) -> list[str]:
     """Visible top-level entries (folders end in '/'), for error messages."""
     tops = {d + "/" for d in src.dirs if "/" not in d} | {f for f in src.files if "/" not in f}
     tops = sorted(t for t in tops if not _is_hidden(t.rstrip("/")))
     return tops[:12] + (["..."] if len(tops) > 12 else [])
 
 
-def _resolve_split(src: _Source, split: str) -> str:
+def _resolve_split(src: SourceTree, split: str) -> str:
     """The prefix ``'<split>/'`` or ``'<top>/<split>/'`` under which the split's class folders are."""
     if split in src.dirs:
         return split + "/"
@@ -119,7 +124,7 @@ def _resolve_split(src: _Source, split: str) -> str:
     )
 
 
-def _list_split(src: _Source, split: str) -> tuple[str, list[str], list[str], list[int]]:
+def _list_split(src: SourceTree, split: str) -> tuple[str, list[str], list[str], list[int]]:
     prefix = _resolve_split(src, split)
     classes = sorted(d[len(prefix):] for d in src.dirs if d.startswith(prefix) and "/" not in d[len(prefix):]
                      and not _is_hidden(d[len(prefix):]))
@@ -145,8 +150,13 @@ def _list_split(src: _Source, split: str) -> tuple[str, list[str], list[str], li
     return prefix, classes, files, labels
 
 
-def _decode_all(src: _Source, files: list[str]) -> Tensor | EncodedImages:
-    """Stack if all images share one size (checked on an evenly spaced probe first), else keep bytes."""
+def decode_images(src: SourceTree, files: list[str]) -> Tensor | EncodedImages:
+    """The ``files`` of ``src`` decoded to RGB and stacked into ``uint8 (N, 3, H, W)`` if all share
+    one size (checked on an evenly spaced probe first), else kept encoded (:class:`EncodedImages`).
+
+    Raises:
+        ValueError: an image cannot be decoded (the message names the file).
+    """
     names = [src.name(f) for f in files]
     data = [src.read(f) for f in files]
     n = len(data)
@@ -204,14 +214,14 @@ class ImageFolder(ImageTensorDataset):
             cache_file = cache_dir() / f"imagefolder-{root.stem}-{split}-{_digest(key)}.pt"
             blob = _load_cache(cache_file)
         if blob is None:
-            src = _Source(root)
+            src = SourceTree(root)
             try:
                 _, classes, files, labels = _list_split(src, split)
                 if cache and not src.is_zip:
                     cache_file = cache_dir() / f"imagefolder-{root.name}-{split}-{src.fingerprint(split, files)}.pt"
                     blob = _load_cache(cache_file)
                 if blob is None:
-                    images = _decode_all(src, files)
+                    images = decode_images(src, files)
                     blob = {"images": images, "labels": torch.tensor(labels, dtype=torch.int64),
                             "classes": classes, "files": files}
                     if cache and isinstance(images, Tensor):

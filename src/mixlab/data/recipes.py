@@ -45,19 +45,23 @@ def eval_transform(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
 
 
 def cifar_train_transform(mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                          size: int = 32, padding: int = 4, normalize: bool = True) -> v2.Compose:
+                          size: int = 32, padding: int = 4, normalize: bool = True,
+                          padding_mode: str = "constant") -> v2.Compose:
     """The standard CIFAR augmentation: ``RandomCrop(size, padding)`` + ``RandomHorizontalFlip``,
     then ``ToDtype(float32, scale=True)`` + ``Normalize``.
 
     Args:
         mean, std: per-channel statistics in [0, 1] units (required when ``normalize``).
-        size, padding: crop size and zero padding.
+        size, padding: crop size and padding.
         normalize: False keeps ``uint8`` output, for :func:`normalize_on_device`.
+        padding_mode: ``"constant"`` (zeros, default) or ``"reflect"`` (openmixup's CIFAR pipeline).
 
     Raises:
-        ValueError: ``normalize`` without ``mean``/``std``, or invalid statistics.
+        ValueError: ``normalize`` without ``mean``/``std``, invalid statistics or ``padding_mode``.
     """
-    geometric = [v2.RandomCrop(size, padding=padding), v2.RandomHorizontalFlip()]
+    if padding_mode not in ("constant", "reflect"):
+        raise ValueError(f"padding_mode must be 'constant' or 'reflect', got {padding_mode!r}")
+    geometric = [v2.RandomCrop(size, padding=padding, padding_mode=padding_mode), v2.RandomHorizontalFlip()]
     if not normalize:
         return v2.Compose(geometric)
     if mean is None or std is None:

@@ -50,8 +50,15 @@ __all__ = [
     "ALIASES",
 ]
 
-#: the datasets ``data.download`` can fetch (torchvision's md5-checked archives; CUB's own reader)
-DOWNLOADABLE = ("cifar10", "cifar100", "cub200")
+#: the datasets ``data.download`` can fetch (torchvision's md5-checked archives; CUB's and Tiny-ImageNet's readers)
+DOWNLOADABLE = ("cifar10", "cifar100", "cub200", "tiny-imagenet")
+
+#: ``data.augment``, the default training augmentation of same-size images (images of mixed sizes
+#: always get RandomResizedCrop + flip, or a resize and centre crop with "none"):
+#: "crop-flip" random crop with zero padding of 1/8 of the side + horizontal flip; "crop-flip-reflect"
+#: the same with reflected padding (openmixup's CIFAR pipeline); "rrc-flip" RandomResizedCrop (scale
+#: 0.08-1, bicubic) to the image's own size + flip (openmixup's Tiny-ImageNet pipeline); "none" nothing
+AUGMENTS = ("crop-flip", "crop-flip-reflect", "rrc-flip", "none")
 
 #: other trainers' names of config keys (timm's ``train.py`` flags, PyTorch's and Lightning's
 #: argument names), accepted wherever a config key is; see :func:`resolve_key`
@@ -77,11 +84,11 @@ ALIASES: dict[str, str] = {
 class DataConfig:
     name: str = "synthetic"  # a key of mixlab.data.DATASETS
     root: str | None = None  # directory or .zip (imagefolder), CIFAR directory
-    download: bool = False  # cifar10, cifar100, cub200: fetch the official archive (md5-checked) into root if missing
+    download: bool = False  # DOWNLOADABLE datasets: fetch the official archive (md5-checked) into root if missing
     batch_size: int = 128
     eval_batch_size: int = 256
     num_workers: int = 2
-    augment: str = "crop-flip"  # "crop-flip" (random crop with padding + h-flip) or "none"
+    augment: str = "crop-flip"  # one of AUGMENTS: "crop-flip" (random crop, zero padding, + h-flip), "none", ...
     train_per_class: int | None = None  # class-balanced subset of the train split
     num_per_class: int = 400  # synthetic only: train images per class
     test_per_class: int = 100  # synthetic only: test images per class
@@ -368,7 +375,7 @@ def validate_config(cfg: TrainConfig) -> None:
     check_value(d.batch_size >= 2, "data.batch_size", "an integer >= 2 (mixing pairs images)", d.batch_size)
     check_value(d.eval_batch_size >= 1, "data.eval_batch_size", "an integer >= 1", d.eval_batch_size)
     check_value(d.num_workers >= 0, "data.num_workers", "an integer >= 0", d.num_workers)
-    check_value(d.augment in ("crop-flip", "none"), "data.augment", "'crop-flip' or 'none'", d.augment)
+    check_value(d.augment in AUGMENTS, "data.augment", "one of " + ", ".join(map(repr, AUGMENTS)), d.augment)
     check_value(d.train_per_class is None or d.train_per_class >= 1, "data.train_per_class", "null or an integer >= 1",
            d.train_per_class)
     check_value(d.num_per_class >= 1, "data.num_per_class", "an integer >= 1", d.num_per_class)

@@ -207,19 +207,26 @@ def datasets(cfg: TrainConfig, world_size: int = 1):
 # ------------------------------------------------------------------------------ transforms, normalisation
 def default_transforms(train_set, cfg: TrainConfig) -> tuple[Callable | None, Callable | None]:
     """Default per-image (train, test) transforms on uint8 CHW images, uint8 out (normalised on
-    the device). Images of mixed sizes (a lazy folder) are cropped to ``data.image_size``."""
+    the device), as ``data.augment`` says (:data:`mixlab.engine.config.AUGMENTS`). Images of mixed
+    sizes (a lazy folder) are cropped to ``data.image_size``."""
     from torchvision.transforms import v2
 
     from mixlab.data import cifar_train_transform
 
-    flip = cfg.data.augment == "crop-flip"
+    augment = cfg.data.augment
+    flip = augment != "none"
     if train_set.is_lazy:
         size = cfg.data.image_size
         train = v2.RandomResizedCrop(size) if flip else v2.Compose([v2.Resize(size), v2.CenterCrop(size)])
         return (v2.Compose([train, v2.RandomHorizontalFlip()]) if flip else train,
                 v2.Compose([v2.Resize(round(size * 8 / 7)), v2.CenterCrop(size)]))
     size = train_set.images.shape[-1]
-    return (cifar_train_transform(size=size, padding=max(1, size // 8), normalize=False) if flip else None), None
+    if augment == "rrc-flip":  # the image's own size: the test images are used as they are
+        crop = v2.RandomResizedCrop(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+        return v2.Compose([crop, v2.RandomHorizontalFlip()]), None
+    padding_mode = "reflect" if augment == "crop-flip-reflect" else "constant"
+    return (cifar_train_transform(size=size, padding=max(1, size // 8), normalize=False, padding_mode=padding_mode)
+            if flip else None), None
 
 
 def normalizer(mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool) -> Callable[[Tensor], Tensor]:
