@@ -42,9 +42,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mixlab.core.random import generator_device
+from mixlab.transforms.cropmix import ATTEMPTS
 
 __all__ = [
-    "ATTEMPTS",
     "GRAY_WEIGHTS",
     "sample_crop_boxes",
     "axis_taps",
@@ -66,7 +66,6 @@ __all__ = [
     "gaussian_blur",
 ]
 
-ATTEMPTS = 10  # RandomResizedCrop's tries before its centre-crop fallback
 #: ITU-R 601 luma weights of torchvision's ``rgb_to_grayscale`` (R, G, B)
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 _RESIZE_MODES = ("nearest", "bilinear", "bicubic")
