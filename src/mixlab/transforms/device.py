@@ -183,7 +183,8 @@ class KeepSize:
 
 class ResizedCrop:
     """``RandomResizedCrop(size, scale, ratio, interpolation, antialias)``: params ``{"boxes": (B, 4)}``
-    ``(top, left, h, w)`` (:func:`~mixlab.transforms.batched.sample_crop_boxes`)."""
+    ``(top, left, h, w)`` (:func:`~mixlab.transforms.batched.sample_crop_boxes`). Bicubic crops are
+    clamped to [0, 1], as the per-image path's uint8 resize clamps its overshoot."""
 
     def __init__(self, size: Sequence[int], scale: Sequence[float], ratio: Sequence[float],
                  interpolation: str = "bilinear", antialias: bool = True) -> None:
@@ -198,8 +199,9 @@ class ResizedCrop:
         return {"boxes": sample_crop_boxes(lo, hi, height, width, self.ratio, g)}
 
     def apply(self, images: Tensor, params: dict[str, Any]) -> Tensor:
-        return resized_crops(images, params["boxes"].unsqueeze(1), self.size, self.interpolation,
-                             self.antialias)[:, 0]
+        out = resized_crops(images, params["boxes"].unsqueeze(1), self.size, self.interpolation,
+                            self.antialias)[:, 0]
+        return out.clamp_(0.0, 1.0) if self.interpolation == "bicubic" else out
 
     def __repr__(self) -> str:
         return (f"ResizedCrop(size={self.size}, scale={self.scale}, ratio=({self.ratio[0]:.4g}, {self.ratio[1]:.4g}), "
