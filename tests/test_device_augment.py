@@ -366,3 +366,33 @@ def test_batched_pipeline_runs_on_a_padded_batch_with_each_image_size():
     out = pipe.apply(x, params)
     torch.testing.assert_close(out[0], torch.full((3, 16, 16), 200 / 255), atol=1e-6, rtol=0)
     assert isinstance(pipe, BatchedPipeline)
+
+
+def test_jpeg_batches_decode_as_pil_does(tmp_path):
+    """``decode_jpeg`` on a batch (the device path's decoder; on the GPU nvJPEG) against PIL: both
+    libjpeg decoders, equal up to a grey level or two of rounding in the IDCT and chroma upsampling."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from mixlab.data.tensor_dataset import decode_rgb_batch
+    from mixlab.engine.data import pad_images
+
+    g = torch.Generator().manual_seed(0)
+    datas, names, refs = [], [], []
+    for i, (h, w) in enumerate(((24, 32), (40, 16), (17, 23))):
+        arr = torch.randint(0, 256, (h // 4 + 1, w // 4 + 1, 3), dtype=torch.uint8, generator=g)
+        img = Image.fromarray(arr.numpy()).resize((w, h), Image.BILINEAR)  # smooth content
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        datas.append(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8))
+        names.append(f"{i}.jpg")
+        refs.append(torch.from_numpy(np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")).copy())
+                    .permute(2, 0, 1))
+    decoded = decode_rgb_batch(datas, names, torch.device("cpu"))
+    for out, ref in zip(decoded, refs):
+        assert out.shape == ref.shape and (out.int() - ref.int()).abs().max() <= 2
+    padded, sizes = pad_images(decoded)
+    assert padded.shape == (3, 3, 40, 32) and sizes.tolist() == [[24, 32], [40, 16], [17, 23]]
+    assert torch.equal(padded[1, :, :40, :16], decoded[1]) and padded[1, :, :, 16:].eq(0).all()

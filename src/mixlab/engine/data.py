@@ -14,8 +14,9 @@ on the number of loader workers and a resumed run continues bit for bit; the mix
 generators of each process come from :func:`rank_generators`.
 
 Augmentation on the device (``data.device_augment``; ``docs/guide/device-augment.md``): the loader
-only collates the uint8 images (zero-padded to the batch's largest, with each image's size, for a
-lazily decoded folder: :func:`pad_collate`) and the method's batched twin of its transform
+only collates the uint8 images (a lazily decoded folder: decoded in the workers and zero-padded to
+the batch's largest, with each image's size, :func:`pad_collate`; on CUDA, or without workers, its
+encoded bytes, decoded in batches in the main process, on the GPU with nvJPEG, :class:`EncodedItems`) and the method's batched twin of its transform
 (``Method.device_transform``) runs on the whole batch on the training device, drawing from the
 process's ``augment`` generator, which checkpoints save (:func:`device_augmenter`).
 """
@@ -36,7 +37,8 @@ from mixlab.engine.distributed import DistInfo, on_main
 
 __all__ = ["mix_seed", "rank_generators", "EpochSampler", "SeededItems", "build_split", "train_split", "datasets",
            "align_test_split", "default_transforms", "normalizer", "to_device", "test_loader", "figure_images",
-           "RunData", "run_data", "load_datasets", "wants_device_augment", "device_augmenter", "pad_collate"]
+           "RunData", "run_data", "load_datasets", "wants_device_augment", "device_augmenter", "pad_images", "pad_collate", "EncodedItems",
+           "encoded_collate"]
 
 
 # ------------------------------------------------------------------------------ seeds
@@ -276,17 +278,43 @@ def device_augmenter(pipeline: Callable, generator: torch.Generator, mean: tuple
     return augment
 
 
-def pad_collate(items: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor, Tensor]:
-    """Collate uint8 (C, H_i, W_i) images of several sizes: ``(images, sizes, labels)`` with the
-    images zero-padded at the bottom and right to the largest (B, C, H, W), ``sizes`` (B, 2)
-    int64 each image's (H_i, W_i)."""
-    images = [torch.as_tensor(img) for img, _ in items]
+def pad_images(images: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """uint8 (C, H_i, W_i) images of several sizes as one batch on their device: ``(images,
+    sizes)``, the images zero-padded at the bottom and right to the largest (B, C, H, W),
+    ``sizes`` (B, 2) int64 (on the CPU) each image's (H_i, W_i)."""
     sizes = torch.tensor([img.shape[-2:] for img in images], dtype=torch.int64)
     h, w = (int(v) for v in sizes.amax(dim=0))
-    out = torch.zeros(len(images), images[0].shape[0], h, w, dtype=torch.uint8)
+    out = torch.zeros(len(images), images[0].shape[0], h, w, dtype=torch.uint8, device=images[0].device)
     for i, img in enumerate(images):
         out[i, :, :img.shape[-2], :img.shape[-1]] = img
-    return out, sizes, torch.tensor([label for _, label in items], dtype=torch.int64)
+    return out, sizes
+
+
+def pad_collate(items: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor, Tensor]:
+    """Collate decoded uint8 (C, H_i, W_i) images of several sizes: ``(images, sizes, labels)``
+    (:func:`pad_images`)."""
+    images, sizes = pad_images([torch.as_tensor(img) for img, _ in items])
+    return images, sizes, torch.tensor([label for _, label in items], dtype=torch.int64)
+
+
+class EncodedItems(Dataset):
+    """A lazily decoded dataset's items as ``(encoded bytes, label, path)``, decoded later in batches
+    (:func:`~mixlab.data.tensor_dataset.decode_rgb_batch`, on the GPU with nvJPEG)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, str]:
+        images = self.dataset.images
+        return images.data[i], int(self.dataset.labels[i]), images.names[i]
+
+
+def encoded_collate(items: list[tuple[Tensor, int, str]]) -> tuple[list[Tensor], Tensor, list[str]]:
+    """``(list of encoded bytes, labels, paths)``: a batch of :class:`EncodedItems`."""
+    return [d for d, _, _ in items], torch.tensor([y for _, y, _ in items], dtype=torch.int64), [n for *_, n in items]
 
 
 def to_device(batch: Any, device: torch.device, preprocess: Callable[[Tensor], Tensor]) -> Any:
@@ -388,18 +416,28 @@ def run_data(cfg: TrainConfig, info: DistInfo, train_set, test_set, method, load
                                          method.train_transform(train_transform, image_size=image_size))
     figures = preprocess(figure_images(plain_train, info.device)) if info.is_main else None
     sampler = EpochSampler(len(train_set), seed=mix_seed(r.seed, 0, 3), rank=info.rank, world_size=info.world_size)
-    padded = augment is not None and train_set.is_lazy  # images of several sizes: padded, with their sizes
-    train_loader = DataLoader(SeededItems(train_set, seed=mix_seed(r.seed, 0, 4)), batch_size=d.batch_size,
+    # images of several sizes: padded, with their sizes; decoded in the loader's workers, or in batches in the
+    # main process (on the GPU with CUDA; on the CPU without workers)
+    lazy = augment is not None and train_set.is_lazy
+    encoded = lazy and (on_gpu or d.num_workers == 0)
+    items = EncodedItems(train_set) if encoded else train_set
+    train_loader = DataLoader(SeededItems(items, seed=mix_seed(r.seed, 0, 4)), batch_size=d.batch_size,
                               sampler=sampler, drop_last=True, num_workers=d.num_workers,
-                              persistent_workers=d.num_workers > 0, pin_memory=on_gpu,
+                              persistent_workers=d.num_workers > 0, pin_memory=on_gpu and not encoded,
                               worker_init_fn=seed_worker, generator=loader_generator,
-                              collate_fn=pad_collate if padded else None)
+                              collate_fn=encoded_collate if encoded else pad_collate if lazy else None)
     device = info.device
 
     def train_inputs(batch: Any) -> tuple[Any, Tensor]:
         if augment is None:
             return to_device(tuple(batch), device, preprocess)
-        if padded:
+        if encoded:
+            from mixlab.data.tensor_dataset import decode_rgb_batch
+
+            datas, labels, names = batch
+            images, sizes = pad_images(decode_rgb_batch(datas, names, device))
+            return augment(images, sizes), labels.to(device, non_blocking=True)
+        if lazy:
             images, sizes, labels = batch
             return augment(images.to(device, non_blocking=True), sizes), labels.to(device, non_blocking=True)
         images, labels = batch

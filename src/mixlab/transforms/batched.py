@@ -378,11 +378,23 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     return hsv_to_rgb(torch.cat([h, hsv[:, 1:]], dim=1))
 
 
-_JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+def _blend_step(x: Tensor, op: Tensor, factor: Tensor) -> Tensor:
+    """One position of the jitter order for samples whose operation there is brightness (0),
+    contrast (1) or saturation (2): all three are ``clamp(f·x + (1 − f)·m, 0, 1)`` with m = 0,
+    the mean luma or the luma image, so one pass serves the mix of them."""
+    gray = rgb_to_grayscale(x)
+    mean = gray.mean(dim=(-3, -2, -1), keepdim=True)
+    op = op.to(x.device).view(-1, 1, 1, 1)
+    target = torch.where(op == 2, gray, torch.where(op == 1, mean, torch.zeros_like(mean)))
+    return _blend(x, target, _per_sample(factor, x))
 
 
 def color_jitter(x: Tensor, order: Tensor, factors: Tensor) -> Tensor:
     """``v2.ColorJitter`` with per-sample factors and order, for float images in [0, 1].
+
+    At each of the 4 positions of the order, the samples whose operation is brightness, contrast
+    or saturation take one blend pass together (:func:`_blend_step`) and those whose operation is
+    the hue take the HSV round trip.
 
     Args:
         x: (B, C, H, W) float, C = 1 or 3 (saturation and hue leave one channel unchanged, as torchvision).
@@ -391,7 +403,7 @@ def color_jitter(x: Tensor, order: Tensor, factors: Tensor) -> Tensor:
         factors: (B, 4) brightness, contrast, saturation factors and the hue shift.
 
     Returns:
-        a new tensor; each position of the order computes each operation on its samples only.
+        a new tensor.
 
     Raises:
         ValueError: not 1 or 3 channels.
@@ -400,8 +412,11 @@ def color_jitter(x: Tensor, order: Tensor, factors: Tensor) -> Tensor:
         raise ValueError(f"colour jitter needs 1 or 3 channels, got {x.shape[1]}")
     out = x.clone()
     for pos in range(4):
-        for fn_id, op in enumerate(_JITTER_OPS):
-            out = apply_to(out, order[:, pos] == fn_id, op, factors[:, fn_id], inplace=True)
+        op = order[:, pos]
+        hue = op == 3
+        factor = factors.gather(1, op.clamp(max=2).view(-1, 1).to(factors.device)).squeeze(1)
+        out = apply_to(out, ~hue, _blend_step, op, factor, inplace=True)
+        out = apply_to(out, hue, adjust_hue, factors[:, 3], inplace=True)
     return out
 
 
