@@ -14,11 +14,12 @@ on the number of loader workers and a resumed run continues bit for bit; the mix
 generators of each process come from :func:`rank_generators`.
 
 Augmentation on the device (``data.device_augment``; ``docs/guide/device-augment.md``): the loader
-only collates the uint8 images (a lazily decoded folder: decoded in the workers and zero-padded to
-the batch's largest, with each image's size, :func:`pad_collate`; on CUDA, or without workers, its
-encoded bytes, decoded in batches in the main process, on the GPU with nvJPEG, :class:`EncodedItems`) and the method's batched twin of its transform
+only collates the uint8 images and the method's batched twin of its transform
 (``Method.device_transform``) runs on the whole batch on the training device, drawing from the
-process's ``augment`` generator, which checkpoints save (:func:`device_augmenter`).
+process's ``augment`` generator, which checkpoints save (:func:`device_augmenter`). A lazily decoded
+folder's images are decoded in the workers and zero-padded to the batch's largest, with each image's
+size (:func:`pad_collate`); on CUDA, or without workers, the loader passes the encoded bytes and the
+main process decodes each batch (on the GPU with nvJPEG; :class:`EncodedItems`).
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from mixlab.engine.distributed import DistInfo, on_main
 
 __all__ = ["mix_seed", "rank_generators", "EpochSampler", "SeededItems", "build_split", "train_split", "datasets",
            "align_test_split", "default_transforms", "normalizer", "to_device", "test_loader", "figure_images",
-           "RunData", "run_data", "load_datasets", "wants_device_augment", "device_augmenter", "pad_images", "pad_collate", "EncodedItems",
-           "encoded_collate"]
+           "RunData", "run_data", "load_datasets", "wants_device_augment", "device_augmenter", "pad_images",
+           "pad_collate", "EncodedItems", "encoded_collate"]
 
 
 # ------------------------------------------------------------------------------ seeds

@@ -44,8 +44,15 @@ from torch import Tensor
 
 from mixlab.core.boxes import boxes_to_mask, rand_boxes
 from mixlab.core.random import generator_device
-from mixlab.transforms.batched import (apply_to, color_jitter, gaussian_blur, grayscale, resized_crops,
-                                       sample_crop_boxes, solarize)
+from mixlab.transforms.batched import (
+    apply_to,
+    color_jitter,
+    gaussian_blur,
+    grayscale,
+    resized_crops,
+    sample_crop_boxes,
+    solarize,
+)
 
 __all__ = ["UnsupportedTransform", "Flip", "Jitter", "Grayscale", "Blur", "Solarize", "KeepSize", "ResizedCrop",
            "PaddedCrop", "CropMixCrop", "MixedQueryCrop", "BatchedPipeline", "BatchedViews", "batched_pipeline",
