@@ -10,8 +10,9 @@ DINO's 2 global + 6 local crops) at 32² (from 32² images) and 224² (from 256�
 * batched: the pipeline's batched twin (:func:`mixlab.transforms.device.batched_pipeline`) on
   uint8 batches gathered from the same images, in the main process with ``--threads`` torch
   threads (default 1: one core against the loader's two; on a machine loaded by other processes
-  2 threads were 10x slower than 1, OpenMP threads waiting for each other), on the CPU and, with ``--device cuda``, on the GPU (then also the share of a ResNet-50
-  training step at 224², batch 128, that the batched augmentation of a batch takes);
+  2 threads were 10x slower than 1, OpenMP threads waiting for each other), on the CPU and,
+  with ``--device cuda``, on the GPU (then also the share of a ResNet-50 training step at 224²,
+  batch 128, that the batched augmentation of a batch takes);
 
 plus the colour-jitter kernel alone: torchvision's ``v2.functional`` ops, one call per image
 (they take one factor per call), against :func:`mixlab.transforms.batched.color_jitter` with

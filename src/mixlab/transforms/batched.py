@@ -320,26 +320,28 @@ def rgb_to_grayscale(x: Tensor) -> Tensor:
 
 def rgb_to_hsv(rgb: Tensor) -> Tensor:
     """RGB (..., 3, H, W) in [0, 1] to HSV, H, S, V in [0, 1] (H in turns; grey pixels get H = S = 0),
-    as ``skimage.color.rgb2hsv`` and torchvision's ``_rgb_to_hsv`` (same ties: red, then green)."""
+    as ``skimage.color.rgb2hsv`` and torchvision's ``_rgb_to_hsv`` (same ties: red, then green).
+
+    H = ((G − B), 2Δ + (B − R) or 4Δ + (R − G)) / Δ / 6 mod 1 by the largest channel, Δ = max − min
+    (a grey pixel's numerator is 0, so H = 0 with Δ read as 1); S = Δ / V (0 where V = 0)."""
     r, g, b = rgb.unbind(dim=-3)
-    v = rgb.amax(dim=-3)
-    delta = v - rgb.amin(dim=-3)
-    grey = delta == 0
-    safe = torch.where(grey, torch.ones_like(delta), delta)
-    hue = torch.where(r == v, (g - b) / safe, torch.where(g == v, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
-    hue = torch.where(grey, torch.zeros_like(hue), torch.remainder(hue / 6.0, 1.0))
-    sat = torch.where(grey, torch.zeros_like(delta), delta / torch.where(v == 0, torch.ones_like(v), v))
+    low, v = torch.aminmax(rgb, dim=-3)
+    delta = v - low
+    hue = torch.where(r == v, g - b,
+                      torch.where(g == v, (b - r).add_(delta, alpha=2.0), (r - g).add_(delta, alpha=4.0)))
+    hue = hue.div_(torch.where(delta == 0, torch.ones_like(delta), delta)).div_(6.0).remainder_(1.0)
+    sat = delta.div_(torch.where(v == 0, torch.ones_like(v), v))
     return torch.stack((hue, sat, v), dim=-3)
 
 
 def hsv_to_rgb(hsv: Tensor) -> Tensor:
     """Inverse of :func:`rgb_to_hsv`: channel n of (R, G, B) is ``V − V·S·clamp(min(k, 4 − k), 0, 1)``
     with ``k = (n' + 6H) mod 6``, n' = 5, 3, 1."""
-    h, s, v = hsv.unbind(dim=-3)
+    h, s, v = hsv.unsqueeze(-3).unbind(dim=-4)  # (..., 1, H, W) each
     n = torch.tensor([5.0, 3.0, 1.0], dtype=hsv.dtype, device=hsv.device).view(3, 1, 1)
-    k = torch.remainder(n + 6.0 * h.unsqueeze(-3), 6.0)
-    ramp = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
-    return v.unsqueeze(-3) * (1.0 - s.unsqueeze(-3) * ramp)
+    k = torch.remainder(n + 6.0 * h, 6.0)
+    ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return ramp.mul_(s).neg_().add_(1.0).mul_(v)
 
 
 def _per_sample(f: Tensor, x: Tensor) -> Tensor:
