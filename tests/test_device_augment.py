@@ -28,6 +28,7 @@ from mixlab.engine.config import TrainConfig, validate_config
 from mixlab.engine.data import pad_collate, wants_device_augment
 from mixlab.engine.show import show_method
 from mixlab.engine.writer import RunWriter
+from mixlab.ssl.mae import MAE
 from mixlab.ssl.mocov2 import MoCoV2
 from mixlab.transforms import CropMix, MixedQuery, MultiCrop, TwoViews, byol_view
 from mixlab.transforms.device import (
@@ -102,6 +103,8 @@ def test_each_training_pipeline_compiles_to_its_batched_twin():
     assert [tuple(v.shape) for v in out] == [(4, 3, 32, 32)] * 2 + [(4, 3, 16, 16)] * 6
     query = batched_pipeline(MoCoV2(views="cropmix").views(32)).views[0]
     assert isinstance(query.geometry, MixedQueryCrop) and query.geometry.base_scale == pytest.approx((0.2, 0.6))
+    mae = batched_pipeline(MAE(input="cropmix").views(32))
+    assert isinstance(mae.views[0].geometry, CropMixCrop) and [type(o) for o in mae.views[0].ops] == [Flip]
 
 
 @pytest.mark.parametrize("transform, name", [
@@ -291,6 +294,16 @@ def test_device_path_resumes_bit_for_bit_from_a_mid_epoch_checkpoint(tmp_path, m
     a, b = load_checkpoint(Path(straight["run_dir"])), load_checkpoint(tmp_path / "cut")
     for key in ("epoch", "step", "model", "optimizer", "method", "rng"):
         _equal(a[key], b[key], key)
+
+
+@pytest.mark.parametrize("method, params", [
+    ("dino", "method.params={out_dim: 32, hidden_dim: 16, bottleneck_dim: 8}"),
+    ("mocov2", "method.params={views: cropmix, queue_size: 64, dim: 16, hidden_dim: 16}"),
+    ("rrc", "method.params={scale: [0.25, 1.0]}"),
+])
+def test_more_pipelines_train_on_the_device_path(tmp_path, method, params):
+    out = _run(tmp_path, method, f"method.name={method}", params, "optim.epochs=1")
+    assert math.isfinite(out["train_loss"])
 
 
 def test_the_loader_yields_uint8_and_the_device_draws_from_the_augment_generator(tmp_path, monkeypatch):
