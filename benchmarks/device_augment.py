@@ -16,7 +16,7 @@ DINO's 2 global + 6 local crops) at 32² (from 32² images) and 224² (from 256�
 
 plus the colour-jitter kernel alone: torchvision's ``v2.functional`` ops, one call per image
 (they take one factor per call), against :func:`mixlab.transforms.batched.color_jitter` with
-per-sample factors on a (64, 3, 224, 224) float batch.
+per-sample factors on a (64, 3, 224, 224) float batch; and JPEG decoding of 64 images three ways.
 
     python benchmarks/device_augment.py                       # CPU, about 5 minutes on 2 cores
     python benchmarks/device_augment.py --device cuda --batches 10
@@ -137,6 +137,38 @@ def jitter_kernels(device: torch.device, batch: int = 64) -> tuple[float, float]
     return times[0], times[1]
 
 
+def jpeg_decoding(count: int = 64) -> str:
+    """ms to decode ``count`` 320x256 JPEGs: ``decode_jpeg`` on the batch (the device path's decoder
+    without workers; nvJPEG on a GPU), ``decode_image`` per item (the workers'), PIL per item."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from mixlab.data.tensor_dataset import decode_rgb, decode_rgb_batch
+
+    g = torch.Generator().manual_seed(0)
+    datas = []
+    for _ in range(count):
+        small = torch.randint(0, 256, (40, 40, 3), dtype=torch.uint8, generator=g).numpy()
+        buf = io.BytesIO()
+        Image.fromarray(small).resize((320, 256), Image.BILINEAR).save(buf, format="JPEG", quality=90)
+        datas.append(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8))
+    names = [f"{i}.jpg" for i in range(count)]
+    runs = {"decode_jpeg on the batch": lambda: decode_rgb_batch(datas, names),
+            "decode_image per item": lambda: [decode_rgb(d, n) for d, n in zip(datas, names)],
+            "PIL per item": lambda: [np.asarray(Image.open(io.BytesIO(d.numpy().tobytes())).convert("RGB"))
+                                     for d in datas]}
+    out = []
+    for name, fn in runs.items():
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(3):
+            fn()
+        out.append(f"{name} {(time.perf_counter() - t0) / 3 * 1e3:.0f} ms")
+    return f"{count} JPEGs of 320x256, CPU: " + ", ".join(out)
+
+
 def resnet50_step_ms(device: torch.device, batch: int = 128) -> float:
     import torchvision
 
@@ -195,6 +227,7 @@ def main() -> None:
     tv, ours = jitter_kernels(torch.device("cpu"), args.batch)
     print(f"\ncolour jitter, ({args.batch}, 3, 224, 224) float, CPU: torchvision v2.functional per image "
           f"{tv:.1f} ms, batched per-sample kernel {ours:.1f} ms ({tv / ours:.2f}x)")
+    print(jpeg_decoding())
     if gpu:
         tv, ours = jitter_kernels(device, args.batch)
         print(f"colour jitter on {device}: per image {tv:.1f} ms, batched {ours:.1f} ms ({tv / ours:.2f}x)")
