@@ -300,9 +300,11 @@ def test_device_path_resumes_bit_for_bit_from_a_mid_epoch_checkpoint(tmp_path, m
     ("dino", "method.params={out_dim: 32, hidden_dim: 16, bottleneck_dim: 8}"),
     ("mocov2", "method.params={views: cropmix, queue_size: 64, dim: 16, hidden_dim: 16}"),
     ("rrc", "method.params={scale: [0.25, 1.0]}"),
+    ("mae", "method.params={input: cropmix, decoder_dim: 16, decoder_depth: 1, decoder_heads: 2}"),
 ])
 def test_more_pipelines_train_on_the_device_path(tmp_path, method, params):
-    out = _run(tmp_path, method, f"method.name={method}", params, "optim.epochs=1")
+    vit = ["model.name=vit_tiny_patch4", "model.kwargs={depth: 1, embed_dim: 32, num_heads: 2, num_stages: 1}"]
+    out = _run(tmp_path, method, f"method.name={method}", params, "optim.epochs=1", *(vit if method == "mae" else []))
     assert math.isfinite(out["train_loss"])
 
 
