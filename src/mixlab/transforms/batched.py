@@ -247,13 +247,13 @@ def resized_crops(images: Tensor, boxes: Tensor, size: tuple[int, int], interpol
     dtype = images.dtype if images.is_floating_point() else torch.float32
     gain = 1.0 / 255.0 if images.dtype == torch.uint8 else 1.0
     if interpolation == "nearest":  # F.interpolate's src = floor(dst · in/out), exactly
-        top, left, ch, cw = boxes.to(device=dev, dtype=torch.long).unbind(-1)  # (B, N) each
+        top, left, ch, cw = boxes.to(device=dev, dtype=torch.long, non_blocking=True).unbind(-1)  # (B, N) each
         ys = torch.arange(oh, device=dev, dtype=torch.float32)
         xs = torch.arange(ow, device=dev, dtype=torch.float32)
         rows = top.unsqueeze(-1) + (ys * (ch.unsqueeze(-1).float() / oh)).long().minimum(ch.unsqueeze(-1) - 1)
         cols = left.unsqueeze(-1) + (xs * (cw.unsqueeze(-1).float() / ow)).long().minimum(cw.unsqueeze(-1) - 1)
         if flip is not None:
-            cols = torch.where(flip.to(dev).unsqueeze(-1), cols.flip(-1), cols)
+            cols = torch.where(flip.to(dev, non_blocking=True).unsqueeze(-1), cols.flip(-1), cols)
         src = images.unsqueeze(1).expand(b, n, c, height, width)
         picked = src.gather(3, rows.view(b, n, 1, oh, 1).expand(b, n, c, oh, width))
         out = picked.gather(4, cols.view(b, n, 1, 1, ow).expand(b, n, c, oh, ow))
@@ -296,8 +296,8 @@ def apply_to(x: Tensor, flags: Tensor | None, fn: Callable[..., Tensor], *args: 
         return x
     if idx.numel() == x.shape[0]:
         return fn(x, *args)
-    subset_args = [a[idx.to(a.device)] if isinstance(a, Tensor) and a.ndim > 0 and a.shape[0] == x.shape[0] else a
-                   for a in args]
+    per_sample = [isinstance(a, Tensor) and a.ndim > 0 and a.shape[0] == x.shape[0] for a in args]
+    subset_args = [a[idx.to(a.device, non_blocking=True)] if own else a for a, own in zip(args, per_sample)]
     rows = idx.to(x.device, non_blocking=True)
     out = fn(x.index_select(0, rows), *subset_args)
     return x.index_copy_(0, rows, out) if inplace else x.index_copy(0, rows, out)
@@ -306,7 +306,7 @@ def apply_to(x: Tensor, flags: Tensor | None, fn: Callable[..., Tensor], *args: 
 def permute_channels(x: Tensor, perm: Tensor) -> Tensor:
     """``x[b, perm[b]]`` for each sample: (B, C, H, W) and (B, C) int64 permutations."""
     b, c, h, w = x.shape
-    return x.gather(1, perm.to(x.device).view(b, c, 1, 1).expand(b, c, h, w))
+    return x.gather(1, perm.to(x.device, non_blocking=True).view(b, c, 1, 1).expand(b, c, h, w))
 
 
 # ------------------------------------------------------------------------------ colour
@@ -345,7 +345,7 @@ def hsv_to_rgb(hsv: Tensor) -> Tensor:
 
 
 def _per_sample(f: Tensor, x: Tensor) -> Tensor:
-    return f.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+    return f.to(device=x.device, dtype=x.dtype, non_blocking=True).view(-1, 1, 1, 1)
 
 
 def _blend(a: Tensor, b: Tensor, f: Tensor) -> Tensor:
@@ -386,7 +386,7 @@ def _blend_step(x: Tensor, op: Tensor, factor: Tensor) -> Tensor:
     the mean luma or the luma image, so one pass serves the mix of them."""
     gray = rgb_to_grayscale(x)
     mean = gray.mean(dim=(-3, -2, -1), keepdim=True)
-    op = op.to(x.device).view(-1, 1, 1, 1)
+    op = op.to(x.device, non_blocking=True).view(-1, 1, 1, 1)
     target = torch.where(op == 2, gray, torch.where(op == 1, mean, torch.zeros_like(mean)))
     return _blend(x, target, _per_sample(factor, x))
 
@@ -456,7 +456,8 @@ def separable_filter(x: Tensor, kx: Tensor, ky: Tensor, padding_mode: str = "ref
         as two grouped 1-D convolutions.
     """
     b, c, h, w = x.shape
-    kx, ky = kx.to(device=x.device, dtype=x.dtype), ky.to(device=x.device, dtype=x.dtype)
+    kx = kx.to(device=x.device, dtype=x.dtype, non_blocking=True)
+    ky = ky.to(device=x.device, dtype=x.dtype, non_blocking=True)
     nx, ny = kx.shape[-1], ky.shape[-1]
     padded = F.pad(x, (nx // 2, nx // 2, ny // 2, ny // 2), mode=padding_mode)
     per_sample = kx.ndim == 2 or ky.ndim == 2

@@ -88,17 +88,18 @@ def mixup_matrices(params: dict[str, Any], b: int, c: int, device: torch.device,
         device, dtype: of the result.
     """
     eye = torch.eye(c, device=device, dtype=dtype)
-    order = params["order"].to(device)
+    order = params["order"].to(device, non_blocking=True)
     n = order.shape[1]
     rows = torch.arange(b, device=device)
-    lam_all = params["lam"].to(device=device, dtype=dtype)
-    active = params["active"].to(device)
+    lam_all = params["lam"].to(device=device, dtype=dtype, non_blocking=True)
+    active = params["active"].to(device, non_blocking=True)
     aug = params["aug"] if params["aug"] and "perm" in params["aug"] else None
     a = torch.zeros(b, n, c, c, device=device, dtype=dtype)
     a[rows, order[:, 0]] = eye
     for t in range(1, n):
         lam = lam_all[:, t - 1].view(b, 1, 1)
-        p = eye[aug["perm"][:, t - 1].to(device)] if aug is not None else eye.expand(b, c, c)  # P x = x[perm]
+        perm = None if aug is None else aug["perm"][:, t - 1].to(device, non_blocking=True)
+        p = eye[perm] if perm is not None else eye.expand(b, c, c)  # P x = x[perm]
         second_weaker = lam > 0.5
         w1 = torch.where(second_weaker, lam * eye, lam * p)  # the running result's weight
         w2 = torch.where(second_weaker, (1.0 - lam) * p, (1.0 - lam) * eye)  # the next view's
@@ -107,7 +108,7 @@ def mixup_matrices(params: dict[str, Any], b: int, c: int, device: torch.device,
         a[rows, order[:, t]] = torch.where(act, w2, 0.0)  # that view's entry was still zero
     after = params["after"]
     if after and "perm" in after:
-        a = torch.matmul(eye[after["perm"].to(device)].unsqueeze(1), a)
+        a = torch.matmul(eye[after["perm"].to(device, non_blocking=True)].unsqueeze(1), a)
     return a
 
 
@@ -276,9 +277,9 @@ class CropMixBatch:
         """The general path: N_max - 1 vectorised mixing steps, then the "after" augmentation."""
         b, dev = views.shape[0], views.device
         rows = torch.arange(b, device=dev)
-        order = params["order"].to(dev)
-        active = params["active"].to(dev)
-        lam_all = params["lam"].to(device=dev, dtype=views.dtype)
+        order = params["order"].to(dev, non_blocking=True)
+        active = params["active"].to(dev, non_blocking=True)
+        lam_all = params["lam"].to(device=dev, dtype=views.dtype, non_blocking=True)
         aug = params["aug"]
         out = views[rows, order[:, 0]]  # (B, C, h, w)
         for t in range(1, order.shape[1]):
@@ -292,7 +293,7 @@ class CropMixBatch:
                 w = torch.where(second_weaker, lam, 1.0 - lam)  # weight of the strong operand
                 mixed = strong * w + weak * (1.0 - w)
             else:
-                from_second = params["patch_from_second"][:, t - 1].to(dev).view(b, 1, 1, 1)
+                from_second = params["patch_from_second"][:, t - 1].to(dev, non_blocking=True).view(b, 1, 1, 1)
                 base = torch.where(from_second, out, nxt)
                 source = augment_batch(torch.where(from_second, nxt, out), step_aug)
                 inside = boxes_to_mask(params["boxes"][:, t - 1], out.shape[-2], out.shape[-1], device=dev)

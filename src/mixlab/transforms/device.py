@@ -238,7 +238,7 @@ class PaddedCrop:
         b, c = images.shape[:2]
         h, w = self.size
         padded = F.pad(images, self.padding)  # zero fill
-        corner = params["corner"].to(images.device)
+        corner = params["corner"].to(images.device, non_blocking=True)
         rows = corner[:, :1] + torch.arange(h, device=images.device)  # (B, h)
         cols = corner[:, 1:] + torch.arange(w, device=images.device)
         out = padded.gather(2, rows.view(b, 1, h, 1).expand(b, c, h, padded.shape[-1]))
