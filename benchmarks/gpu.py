@@ -57,7 +57,7 @@ import torch
 
 from mixlab import registry
 from mixlab.engine.config import TrainConfig, config_to_dict
-from mixlab.engine.data import load_datasets, to_device
+from mixlab.engine.data import load_datasets
 from mixlab.engine.distributed import DistInfo, StepModule
 from mixlab.engine.loop import State, setup, step
 from mixlab.engine.presets import pretrain_config, run_config
@@ -188,7 +188,7 @@ def prepare(name: str, args: argparse.Namespace, info: DistInfo, splits: dict[st
         row.model, row.batch = cfg.model.name, cfg.data.batch_size
         row.amp = str(state.amp_dtype).removeprefix("torch.") if state.amp_dtype is not None else ""
         row.loader, first = loader_rate(state, args.loader_batches, max(1, args.workers))
-        batch = to_device(first, info.device, state.data.preprocess)
+        batch = state.data.train_inputs(first)  # on the device path (data.device_augment), augmented there
         row.resident = allocated(info.device) - before
         row.inputs = describe_inputs(batch)
         state.step = state.total_steps // 2  # mid-schedule: progress 0.5 for every step timed

@@ -63,14 +63,19 @@ def decode_rgb(data: Tensor, name: str) -> Tensor:
         return _decode_one(data, name)
 
 
-def decode_rgb_batch(datas: Sequence[Tensor], names: Sequence[str]) -> list[Tensor]:
+def decode_rgb_batch(datas: Sequence[Tensor], names: Sequence[str],
+                     device: torch.device | str | None = None) -> list[Tensor]:
     """Decode many encoded images: JPEGs in one ``decode_jpeg`` call, the others one by one.
+
+    Args:
+        device: where the images go; a CUDA device decodes the JPEGs there (nvJPEG, one batched
+            call), the other formats on the CPU and are copied. Default: the CPU.
 
     Raises:
         ValueError: an image cannot be decoded (the message names its path).
     """
     with quiet_decoders():
-        return decode_batch(datas, names)
+        return decode_batch(datas, names, device)
 
 
 def _decode_one(data: Tensor, name: str) -> Tensor:
@@ -93,7 +98,8 @@ def _decode_one(data: Tensor, name: str) -> Tensor:
             raise ValueError(f"cannot decode image {name}: {tv_err} / PIL: {pil_err}") from None
 
 
-def decode_batch(datas: Sequence[Tensor], names: Sequence[str]) -> list[Tensor]:
+def decode_batch(datas: Sequence[Tensor], names: Sequence[str], device: torch.device | str | None = None
+                 ) -> list[Tensor]:
     """:func:`decode_rgb_batch` without silencing the decoders' warnings: for callers that hold
     :func:`quiet_decoders` around many calls (its warning filters are process-global)."""
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -102,12 +108,15 @@ def decode_batch(datas: Sequence[Tensor], names: Sequence[str]) -> list[Tensor]:
     jpeg_idx = [i for i, d in enumerate(datas) if _is_jpeg(d)]
     if jpeg_idx:
         try:
-            decoded = decode_jpeg([datas[i] for i in jpeg_idx], mode=ImageReadMode.RGB)
+            on = torch.device(device) if device is not None else torch.device("cpu")
+            decoded = decode_jpeg([datas[i] for i in jpeg_idx], mode=ImageReadMode.RGB,
+                                  device=on if on.type == "cuda" else "cpu")
             for i, img in zip(jpeg_idx, decoded):
                 out[i] = img
         except Exception:  # the batch call gives no partial result: find the culprit one by one
             pass
-    return [img if img is not None else _decode_one(datas[i], names[i]) for i, img in enumerate(out)]
+    return [img.to(device) if device is not None else img for img in
+            (img if img is not None else _decode_one(datas[i], names[i]) for i, img in enumerate(out))]
 
 
 class EncodedImages(Sequence):

@@ -93,6 +93,9 @@ class DataConfig:
     num_per_class: int = 400  # synthetic only: train images per class
     test_per_class: int = 100  # synthetic only: test images per class
     image_size: int = 32  # synthetic: rendered size; folders of mixed-size images: crop size
+    # the method's augmentation batched on the training device (the loader only decodes and collates
+    # uint8 images); null = true on CUDA when the method's transform has a batched twin, false on CPU
+    device_augment: bool | None = None
 
 
 @dataclass
@@ -381,6 +384,8 @@ def validate_config(cfg: TrainConfig) -> None:
     check_value(d.num_per_class >= 1, "data.num_per_class", "an integer >= 1", d.num_per_class)
     check_value(d.test_per_class >= 1, "data.test_per_class", "an integer >= 1", d.test_per_class)
     check_value(d.image_size >= 8, "data.image_size", "an integer >= 8", d.image_size)
+    check_value(d.device_augment is None or isinstance(d.device_augment, bool), "data.device_augment",
+                "true, false or null (auto: true on CUDA)", d.device_augment)
     check_value(not d.download or d.name in DOWNLOADABLE, "data.download",
                 f"false for dataset {d.name!r} (only {', '.join(DOWNLOADABLE)} download themselves)", d.download)
     check_value(0.0 <= cfg.model.ema_decay < 1.0, "model.ema_decay", "in [0, 1) (0 disables the EMA)",

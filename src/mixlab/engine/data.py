@@ -12,6 +12,14 @@ Randomness: the data order is a function of ``(seed, epoch)`` (:class:`EpochSamp
 image's augmentation of ``(seed, epoch, index)`` (:class:`SeededItems`), so a run does not depend
 on the number of loader workers and a resumed run continues bit for bit; the mixing and loader
 generators of each process come from :func:`rank_generators`.
+
+Augmentation on the device (``data.device_augment``; ``docs/guide/device-augment.md``): the loader
+only collates the uint8 images and the method's batched twin of its transform
+(``Method.device_transform``) runs on the whole batch on the training device, drawing from the
+process's ``augment`` generator, which checkpoints save (:func:`device_augmenter`). A lazily decoded
+folder's images are decoded in the workers and zero-padded to the batch's largest, with each image's
+size (:func:`pad_collate`); on CUDA, or without workers, the loader passes the encoded bytes and the
+main process decodes each batch (on the GPU with nvJPEG; :class:`EncodedItems`).
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ from mixlab.engine.distributed import DistInfo, on_main
 
 __all__ = ["mix_seed", "rank_generators", "EpochSampler", "SeededItems", "build_split", "train_split", "datasets",
            "align_test_split", "default_transforms", "normalizer", "to_device", "test_loader", "figure_images",
-           "RunData", "run_data", "load_datasets"]
+           "RunData", "run_data", "load_datasets", "wants_device_augment", "device_augmenter", "pad_images",
+           "pad_collate", "EncodedItems", "encoded_collate"]
 
 
 # ------------------------------------------------------------------------------ seeds
@@ -42,13 +51,17 @@ def mix_seed(*parts: int) -> int:
     return h
 
 
-def rank_generators(seed: int, rank: int) -> dict[str, torch.Generator]:
-    """The engine's generators of one process: ``method`` (mixing: boxes, λ, pairings) and
-    ``loader`` (worker seeds), seeded from ``(seed, rank)`` so that data-parallel ranks mix
-    their batches differently. (The data order and each image's augmentation are seeded from
-    ``seed`` alone: ranks share the permutation and own disjoint images of it.)"""
-    return {"method": torch.Generator().manual_seed(mix_seed(seed, rank, 1)),
+def rank_generators(seed: int, rank: int, augment: bool = False) -> dict[str, torch.Generator]:
+    """The engine's generators of one process: ``method`` (mixing: boxes, λ, pairings),
+    ``loader`` (worker seeds) and, with ``augment``, ``augment`` (the batched augmentation on the
+    device), seeded from ``(seed, rank)`` so that data-parallel ranks mix their batches
+    differently. (The data order and each image's per-image augmentation are seeded from ``seed``
+    alone: ranks share the permutation and own disjoint images of it.)"""
+    gens = {"method": torch.Generator().manual_seed(mix_seed(seed, rank, 1)),
             "loader": torch.Generator().manual_seed(mix_seed(seed, rank, 2))}
+    if augment:
+        gens["augment"] = torch.Generator().manual_seed(mix_seed(seed, rank, 5))
+    return gens
 
 
 class EpochSampler(Sampler):
@@ -244,6 +257,74 @@ def normalizer(mean: tuple[float, ...], std: tuple[float, ...], channels_last: b
     return preprocess
 
 
+def wants_device_augment(cfg: TrainConfig, device: torch.device) -> bool:
+    """``data.device_augment``, ``null`` resolved: true on CUDA, false elsewhere."""
+    return cfg.data.device_augment if cfg.data.device_augment is not None else device.type == "cuda"
+
+
+def device_augmenter(pipeline: Callable, generator: torch.Generator, mean: tuple[float, ...],
+                     std: tuple[float, ...], channels_last: bool) -> Callable[..., Any]:
+    """``augment(images, sizes=None)``: a uint8 (B, C, H, W) batch on the device through the
+    batched ``pipeline`` (:func:`mixlab.transforms.device.batched_pipeline`'s, drawing from
+    ``generator``), each view normalised as :func:`normalizer` does: a tensor, or a list of views.
+    ``sizes`` (B, 2): each image's (H, W) in a zero-padded batch (:func:`pad_collate`)."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    stats: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    def normalise(x: Tensor) -> Tensor:  # float [0, 1] -> (x - mean) / std
+        if x.device not in stats:
+            m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+            inv = 1.0 / torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+            stats[x.device] = (inv.to(x.device), (-m * inv).to(x.device))
+        scale, shift = stats[x.device]
+        return torch.addcmul(shift, x, scale).contiguous(memory_format=memory_format)
+
+    def augment(images: Tensor, sizes: Tensor | None = None) -> Any:
+        out = pipeline(images, generator, sizes)
+        return [normalise(v) for v in out] if isinstance(out, list) else normalise(out)
+
+    return augment
+
+
+def pad_images(images: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """uint8 (C, H_i, W_i) images of several sizes as one batch on their device: ``(images,
+    sizes)``, the images zero-padded at the bottom and right to the largest (B, C, H, W),
+    ``sizes`` (B, 2) int64 (on the CPU) each image's (H_i, W_i)."""
+    sizes = torch.tensor([img.shape[-2:] for img in images], dtype=torch.int64)
+    h, w = (int(v) for v in sizes.amax(dim=0))
+    out = torch.zeros(len(images), images[0].shape[0], h, w, dtype=torch.uint8, device=images[0].device)
+    for i, img in enumerate(images):
+        out[i, :, :img.shape[-2], :img.shape[-1]] = img
+    return out, sizes
+
+
+def pad_collate(items: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor, Tensor]:
+    """Collate decoded uint8 (C, H_i, W_i) images of several sizes: ``(images, sizes, labels)``
+    (:func:`pad_images`)."""
+    images, sizes = pad_images([torch.as_tensor(img) for img, _ in items])
+    return images, sizes, torch.tensor([label for _, label in items], dtype=torch.int64)
+
+
+class EncodedItems(Dataset):
+    """A lazily decoded dataset's items as ``(encoded bytes, label, path)``, decoded later in batches
+    (:func:`~mixlab.data.tensor_dataset.decode_rgb_batch`, on the GPU with nvJPEG)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, str]:
+        images = self.dataset.images
+        return images.data[i], int(self.dataset.labels[i]), images.names[i]
+
+
+def encoded_collate(items: list[tuple[Tensor, int, str]]) -> tuple[list[Tensor], Tensor, list[str]]:
+    """``(list of encoded bytes, labels, paths)``: a batch of :class:`EncodedItems`."""
+    return [d for d, _, _ in items], torch.tensor([y for _, y, _ in items], dtype=torch.int64), [n for *_, n in items]
+
+
 def to_device(batch: Any, device: torch.device, preprocess: Callable[[Tensor], Tensor]) -> Any:
     """Move a (nested) batch to the device without waiting for the copy; 4-D image tensors go
     through ``preprocess``."""
@@ -285,6 +366,9 @@ class RunData:
         train_loader: ``(images, labels)`` batches of ``data.batch_size``, last incomplete one dropped.
         test_loader: this process's shard of the test set (:func:`test_loader`).
         preprocess: uint8 batch on the device -> normalised float (:func:`normalizer`).
+        train_inputs: a loader batch -> ``(images, labels)`` on the device, normalised (and
+            augmented there on the device path): what the training step gets.
+        device_augment: the batched augmenter when the augmentation runs on the device, else ``None``.
         figure_images: a few un-augmented training images, normalised, on the device (rank 0; the
             images of ``Method.epoch_figures``), else ``None``.
     """
@@ -296,34 +380,81 @@ class RunData:
     train_loader: DataLoader
     test_loader: Any
     preprocess: Callable[[Tensor], Tensor]
+    train_inputs: Callable[[Any], tuple[Any, Tensor]]
+    device_augment: Callable[..., Any] | None
     figure_images: Tensor | None
 
 
-def run_data(cfg: TrainConfig, info: DistInfo, train_set, test_set, method, loader_generator: torch.Generator
-             ) -> RunData:
+def run_data(cfg: TrainConfig, info: DistInfo, train_set, test_set, method, loader_generator: torch.Generator,
+             augment_generator: torch.Generator | None = None) -> RunData:
     """The loaders of a run of ``method`` on ``(train_set, test_set)`` (from :func:`datasets`):
     the method's training transform on the default one, the same permutation and per-image
-    augmentation seeds on every rank (rank 0's of a single process), each rank its own positions."""
+    augmentation seeds on every rank (rank 0's of a single process), each rank its own positions.
+
+    With ``augment_generator`` (the device path, :func:`wants_device_augment`) the loader yields
+    uint8 images and the method's batched transform (``method.device_transform``) runs in
+    ``train_inputs``, drawing from it; a transform with no batched twin keeps the per-image path
+    (with a note) when ``data.device_augment`` is null.
+
+    Raises:
+        ValueError: ``data.device_augment`` is true and the method's transform has no batched twin.
+    """
     from mixlab.data import seed_worker
+    from mixlab.transforms.device import UnsupportedTransform
 
     d, r = cfg.data, cfg.run
     on_gpu = info.device.type == "cuda"
     train_transform, test_transform = default_transforms(train_set, cfg)
     image_size = d.image_size if train_set.is_lazy else train_set.images.shape[-1]
     plain_train = train_set.with_transform(test_transform)  # the kNN memory bank and the figures' images
-    train_set = train_set.with_transform(method.train_transform(train_transform, image_size=image_size))
     test_set = test_set.with_transform(test_transform)
     preprocess = normalizer(train_set.mean, train_set.std, r.channels_last)
+    augment = None
+    if augment_generator is not None:
+        try:
+            pipeline = method.device_transform(train_transform, image_size=image_size)
+            augment = device_augmenter(pipeline, augment_generator, train_set.mean, train_set.std, r.channels_last)
+        except UnsupportedTransform as err:
+            if d.device_augment:
+                raise ValueError(f"data.device_augment is true but method {cfg.method.name!r}'s training transform "
+                                 f"has no batched twin: {err}; set data.device_augment=false") from None
+            if info.is_main:
+                print(f"mixlab: note: augmentation stays per image in the loader ({err})", flush=True)
+    train_set = train_set.with_transform(None if augment is not None else
+                                         method.train_transform(train_transform, image_size=image_size))
     figures = preprocess(figure_images(plain_train, info.device)) if info.is_main else None
     sampler = EpochSampler(len(train_set), seed=mix_seed(r.seed, 0, 3), rank=info.rank, world_size=info.world_size)
-    train_loader = DataLoader(SeededItems(train_set, seed=mix_seed(r.seed, 0, 4)), batch_size=d.batch_size,
+    # images of several sizes: padded, with their sizes; decoded in the loader's workers, or in batches in the
+    # main process (on the GPU with CUDA; on the CPU without workers)
+    lazy = augment is not None and train_set.is_lazy
+    encoded = lazy and (on_gpu or d.num_workers == 0)
+    items = EncodedItems(train_set) if encoded else train_set
+    train_loader = DataLoader(SeededItems(items, seed=mix_seed(r.seed, 0, 4)), batch_size=d.batch_size,
                               sampler=sampler, drop_last=True, num_workers=d.num_workers,
-                              persistent_workers=d.num_workers > 0, pin_memory=on_gpu,
-                              worker_init_fn=seed_worker, generator=loader_generator)
+                              persistent_workers=d.num_workers > 0, pin_memory=on_gpu and not encoded,
+                              worker_init_fn=seed_worker, generator=loader_generator,
+                              collate_fn=encoded_collate if encoded else pad_collate if lazy else None)
+    device = info.device
+
+    def train_inputs(batch: Any) -> tuple[Any, Tensor]:
+        if augment is None:
+            return to_device(tuple(batch), device, preprocess)
+        if encoded:
+            from mixlab.data.tensor_dataset import decode_rgb_batch
+
+            datas, labels, names = batch
+            images, sizes = pad_images(decode_rgb_batch(datas, names, device))
+            return augment(images, sizes), labels.to(device, non_blocking=True)
+        if lazy:
+            images, sizes, labels = batch
+            return augment(images.to(device, non_blocking=True), sizes), labels.to(device, non_blocking=True)
+        images, labels = batch
+        return augment(images.to(device, non_blocking=True)), labels.to(device, non_blocking=True)
+
     return RunData(train_set=train_set, test_set=test_set,
                    monitor_set=plain_train if registry.is_self_supervised(method) else None, sampler=sampler,
                    train_loader=train_loader, test_loader=test_loader(test_set, cfg, info, on_gpu),
-                   preprocess=preprocess, figure_images=figures)
+                   preprocess=preprocess, train_inputs=train_inputs, device_augment=augment, figure_images=figures)
 
 
 def load_datasets(cfg: TrainConfig, info: DistInfo):

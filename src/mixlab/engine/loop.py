@@ -15,9 +15,10 @@ pipeline is :mod:`mixlab.engine.data`, the optimizer and the step :mod:`mixlab.e
 run directory :mod:`mixlab.engine.writer`.
 
 Randomness: the global RNGs are seeded once from ``seed + rank``; the engine owns one
-``torch.Generator`` per purpose (data order, the method's mixing, the loader), and each image's
-augmentation is seeded from ``(seed, epoch, index)``, so a run does not depend on the number of
-workers, and a resumed run continues bit for bit on the CPU.
+``torch.Generator`` per purpose (data order, the method's mixing, the loader, the augmentation on
+the device with ``data.device_augment``), and each image's per-image augmentation is seeded from
+``(seed, epoch, index)``, so a run does not depend on the number of workers, and a resumed run
+continues bit for bit on the CPU.
 
 Checkpoints: after every epoch, and with ``run.checkpoint_every: N`` also every N optimizer steps
 inside an epoch (an ImageNet epoch takes hours). A mid-epoch checkpoint holds the epoch's position
@@ -58,7 +59,7 @@ from mixlab.engine.checkpoint import (CHECKPOINT_NAME, CheckpointError, check_ep
                                       check_resumable, init_from_checkpoint, load_checkpoint, load_state, rng_state,
                                       set_rng_state)
 from mixlab.engine.config import TrainConfig, config_to_dict, validate_config
-from mixlab.engine.data import RunData, load_datasets, rank_generators, run_data, test_loader, to_device
+from mixlab.engine.data import RunData, load_datasets, rank_generators, run_data, test_loader, wants_device_augment
 from mixlab.engine.distributed import (DistInfo, all_gather_object, all_reduce_sum, barrier, broadcast_tensors,
                                        build_step_module, cleanup, init_distributed, on_main, sync_batchnorm,
                                        weights_fingerprint)
@@ -153,7 +154,7 @@ class State:
     model: nn.Module
     method: Method
     step_module: nn.Module  # runs method.training_step(model, ...): DistributedDataParallel / compiled (run.compile)
-    generators: dict[str, torch.Generator]  # "method" (mixing), "loader" (worker seeds); saved in checkpoints
+    generators: dict[str, torch.Generator]  # "method" (mixing), "loader" (worker seeds), "augment" (device path)
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     ema: torch.optim.swa_utils.AveragedModel | None
@@ -231,10 +232,10 @@ def setup(cfg: TrainConfig, info: DistInfo, splits: tuple[Any, Any] | None = Non
     broadcast_tensors(model.state_dict().values())  # every rank starts from rank 0's initial weights
     method = registry.build_method(cfg.method.name, num_classes, cfg.method.label_smoothing,
                                    **cfg.method.params).to(device)
-    generators = rank_generators(r.seed, info.rank)
+    generators = rank_generators(r.seed, info.rank, augment=wants_device_augment(cfg, device))
     method.setup(model, generators["method"])
     broadcast_tensors(method.state_dict().values())
-    data = run_data(cfg, info, train_set, test_set, method, generators["loader"])
+    data = run_data(cfg, info, train_set, test_set, method, generators["loader"], generators.get("augment"))
 
     optimizer = build_optimizer(model, method, o)
     amp = {"auto": "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "none"}.get(r.amp, r.amp)
@@ -446,8 +447,8 @@ def train_one_epoch(state: State, epoch: int, save: Callable[[], None] | None = 
     every = cfg.run.checkpoint_every if save is not None else 0
     bar = tqdm(batches, total=state.steps_per_epoch, initial=done, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
                disable=not (cfg.run.progress and info.is_main), leave=False, dynamic_ncols=True)
-    for images, labels in bar:
-        images, labels = to_device((images, labels), info.device, data.preprocess)  # images (B, C, H, W) float
+    for batch in bar:
+        images, labels = data.train_inputs(batch)  # images (B, C, H, W) float, or a list of views; on the device
         out = step(state, images, labels)
         meter.update(out, labels)
         if state.step == state.preview_at and info.is_main:  # a multi-view batch (self-supervised): its first view

@@ -43,6 +43,9 @@ These are the CIFAR values; ImageNet-C (``make_imagenet_c.py``, 224 px) uses dif
 spatter and elastic transform are outside this set (12 of the 19), so a mean over :data:`CORRUPTIONS` is not the
 15-corruption CIFAR-10-C number.
 
+The HSV conversions and the separable Gaussian filter are the batched augmentation kernels'
+(:mod:`mixlab.transforms.batched`): one implementation for training and evaluation.
+
 Differences common to all corruptions: the reference works on one uint8 PIL image at a time, in
 float64 via NumPy/skimage/OpenCV, and stores ``np.uint8(result)`` (truncation, so its float-valued
 corruptions come out on average ~0.5/255 darker); here a float batch is corrupted in its own precision
@@ -62,6 +65,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from mixlab.transforms.batched import gaussian_kernels, hsv_to_rgb, rgb_to_hsv, separable_filter
 
 __all__ = [
     "CORRUPTIONS",
@@ -194,14 +199,10 @@ def speckle_noise(images: Tensor, severity: int = 1, generator: torch.Generator 
 # Blur
 
 
-def _gaussian_kernel1d(sigma: float, radius: int, dtype: torch.dtype, device: torch.device | None = None) -> Tensor:
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
-    weights = torch.exp(-0.5 * offsets.square() / sigma**2)
-    return (weights / weights.sum()).to(dtype)
-
-
 def _filter2d(x: Tensor, kernel: Tensor, padding_mode: str) -> Tensor:
-    """Correlate every channel of (N, C, H, W) with a centred odd (kh, kw) kernel, borders padded."""
+    """Correlate every channel of (N, C, H, W) with a centred odd (kh, kw) kernel, borders padded
+    (the defocus disk, which is not separable; separable filters use
+    :func:`~mixlab.transforms.batched.separable_filter`)."""
     kh, kw = kernel.shape
     c = x.shape[1]
     padded = F.pad(x, (kw // 2, kw // 2, kh // 2, kh // 2), mode=padding_mode)
@@ -218,9 +219,9 @@ def gaussian_blur(images: Tensor, severity: int = 1, generator: torch.Generator 
     it up to float rounding. ``generator`` is unused (deterministic corruption).
     """
     x, sigma = _start(images, severity, "gaussian_blur")
-    k = _gaussian_kernel1d(sigma, int(4.0 * sigma + 0.5), x.dtype, x.device)
-    x = _filter2d(x, k[None, :], "replicate")
-    return _finish(_filter2d(x, k[:, None], "replicate"), images)
+    sigmas = torch.tensor([sigma], dtype=torch.float64, device=x.device)
+    k = gaussian_kernels(sigmas, 2 * int(4.0 * sigma + 0.5) + 1, x.dtype)[0]
+    return _finish(separable_filter(x, k, k, "replicate"), images)
 
 
 def disk_kernel(radius: float, alias_blur: float, dtype: torch.dtype = torch.float32,
@@ -241,9 +242,9 @@ def disk_kernel(radius: float, alias_blur: float, dtype: torch.dtype = torch.flo
     yy, xx = torch.meshgrid(offsets, offsets, indexing="ij")
     disk = (xx.square() + yy.square() <= radius**2).to(torch.float64)
     disk = disk / disk.sum()
-    g = _gaussian_kernel1d(alias_blur, ksize // 2, torch.float64)  # cv2.getGaussianKernel(ksize, sigma)
-    disk = _filter2d(disk[None, None], g[None, :], "reflect")
-    disk = _filter2d(disk, g[:, None], "reflect")[0, 0]
+    sigmas = torch.tensor([alias_blur], dtype=torch.float64)
+    g = gaussian_kernels(sigmas, ksize, torch.float64)[0]  # cv2.getGaussianKernel(ksize, sigma)
+    disk = separable_filter(disk[None, None], g, g, "reflect")[0, 0]
     centre = disk.shape[0] // 2
     nonzero = (disk != 0).any(dim=0).nonzero()
     half = int((nonzero[:, 0] - centre).abs().max())
@@ -334,30 +335,6 @@ def zoom_blur(images: Tensor, severity: int = 1, generator: torch.Generator | No
 
 # ----------------------------------------------------------------------------------------------
 # Colour and contrast
-
-
-def rgb_to_hsv(rgb: Tensor) -> Tensor:
-    """RGB (..., 3, H, W) in [0, 1] to HSV with H, S, V in [0, 1], as ``skimage.color.rgb2hsv``
-    (grey pixels get hue 0 and saturation 0)."""
-    r, g, b = rgb.unbind(dim=-3)
-    v, _ = rgb.max(dim=-3)
-    delta = v - rgb.min(dim=-3).values
-    grey = delta == 0
-    safe = torch.where(grey, torch.ones_like(delta), delta)
-    hue = torch.where(r == v, (g - b) / safe, torch.where(g == v, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
-    hue = torch.where(grey, torch.zeros_like(hue), torch.remainder(hue / 6.0, 1.0))
-    sat = torch.where(grey, torch.zeros_like(delta), delta / torch.where(v == 0, torch.ones_like(v), v))
-    return torch.stack((hue, sat, v), dim=-3)
-
-
-def hsv_to_rgb(hsv: Tensor) -> Tensor:
-    """Inverse of :func:`rgb_to_hsv` (``skimage.color.hsv2rgb``): channel n of (R, G, B) is
-    ``V - V·S·clamp(min(k, 4 - k), 0, 1)`` with ``k = (n' + 6H) mod 6``, n' = 5, 3, 1."""
-    h, s, v = hsv.unbind(dim=-3)
-    n = torch.tensor([5.0, 3.0, 1.0], dtype=hsv.dtype, device=hsv.device).view(3, 1, 1)
-    k = torch.remainder(n + 6.0 * h.unsqueeze(-3), 6.0)
-    ramp = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
-    return v.unsqueeze(-3) * (1.0 - s.unsqueeze(-3) * ramp)
 
 
 def contrast(images: Tensor, severity: int = 1, generator: torch.Generator | None = None) -> Tensor:

@@ -22,7 +22,7 @@ kind                          what it uses
 ============================  =================================================================
 stateless batch mixer         :class:`MixerMethod`: mix the batch, soft-target cross-entropy
 per-image dataset transform   ``train_transform()`` returns the transform (CropMix); the step is
-                              vanilla or a mixer's
+                              vanilla or a mixer's; ``device_transform()`` its batched twin
 stateful (RecursiveMix)       buffers for the history; ``model.forward_features`` and
                               ``model.forward_head``; an extra head in ``param_groups``
 extra modules + EMA (AutoMix) ``param_groups`` with its own lr; a momentum copy updated in
@@ -156,6 +156,20 @@ class Method(nn.Module):
         """Per-image training transform; per-image methods (CropMix) and self-supervised methods
         (their multi-view transform, at ``image_size``, the training images' side) replace ``default``."""
         return default
+
+    def device_transform(self, default: Callable | None, image_size: int | None = None) -> Callable:
+        """The batched twin of :meth:`train_transform` (``data.device_augment``): the same
+        operations on a whole uint8 batch on the training device, each image with its own
+        parameters, float [0, 1] out (a list of views for a multi-view transform); see
+        :func:`mixlab.transforms.device.batched_pipeline`, which builds it from the per-image
+        transform, so the two never disagree on what the augmentation is.
+
+        Raises:
+            mixlab.transforms.device.UnsupportedTransform: an operation with no batched twin.
+        """
+        from mixlab.transforms.device import batched_pipeline
+
+        return batched_pipeline(self.train_transform(default, image_size))
 
     def training_step(self, model: nn.Module, batch: Any, progress: float) -> StepOutput:
         """One training step's loss. ``batch`` is ``(images, labels)`` for classification."""

@@ -299,7 +299,7 @@ class MoCoV2(SelfSupervised):
         """The mixed queries of a batch (``samples.png``, ``mixlab show``); ``None`` for standard views.
 
         Per image, the base and patch crops of :meth:`query_scales` (torchvision's sampler, resized
-        bilinearly without antialiasing: :func:`~mixlab.transforms.cropmix_batch.resized_crops`) and
+        bilinearly without antialiasing: :func:`~mixlab.transforms.batched.resized_crops`) and
         the CutMix box of the patch, drawn from the method's generator. Only the geometry: the
         per-view colour augmentation, blur and flips of training are left out (the preview works on
         normalised batches). The partner is the image itself (``index`` is the identity), λ is
@@ -308,7 +308,7 @@ class MoCoV2(SelfSupervised):
         scales = self.query_scales()
         if scales is None:
             return None
-        from mixlab.transforms.cropmix_batch import resized_crops, sample_crop_boxes
+        from mixlab.transforms.batched import resized_crops, sample_crop_boxes
 
         b, _, h, w = images.shape
         lo = torch.tensor([scales[0][0], scales[1][0]], dtype=torch.float64).repeat(b)

@@ -4,6 +4,9 @@
   mixed into one image; a v2 ``Transform`` for the DataLoader. :func:`rrc` is its RandomResizedCrop
   baseline with the same argument names; :func:`scale_ranges` the §3.2 sub-range split.
 * :class:`CropMixBatch` / :func:`cropmix_batch`: the same operation on a batch on its device.
+* ``batched.py``: batched augmentation kernels with per-sample parameters (crops and resampling,
+  colour jitter, grayscale, blur, solarisation); ``device.py``: :func:`~mixlab.transforms.device.batched_pipeline`
+  compiles a per-image pipeline (and the multi-view wrappers) into its batched twin (``data.device_augment``).
 * :class:`TwoViews` / :class:`MultiCrop` (``views.py``): BYOL's two asymmetric views and DINO's
   multi-crop for self-supervised learning; :func:`mocov2_view` (MoCo v2's augmentation) and
   :class:`MixedQuery` (CropMix's / ScaleMix's CutMix'ed contrastive query); :class:`OneView`
