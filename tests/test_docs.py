@@ -51,14 +51,28 @@ def test_docstring_roles_render_as_plain_code() -> None:
 
 
 # ------------------------------------------------------------------------------------ method pages
-def _method_pages() -> str:
-    return "\n".join(p.read_text() for p in sorted((DOCS / "methods").glob("*.md")))
+def _method_pages(folders: tuple[str, ...] = ("methods",)) -> str:
+    return "\n".join(p.read_text() for folder in folders for p in sorted((DOCS / folder).glob("*.md")))
 
 
-def test_every_registered_method_is_named_on_a_method_page() -> None:
-    pages = _method_pages()
+def test_every_registered_method_is_named_on_a_method_or_guide_page() -> None:
+    pages = _method_pages(("methods", "guide"))
     missing = [name for name in registry.METHODS if name != "vanilla" and f"`{name}`" not in pages]
     assert missing == []
+
+
+def test_every_method_page_has_a_defaults_table_generated_from_the_registry() -> None:
+    hooks = _hooks()
+    for page in sorted((DOCS / "methods").glob("*.md")):
+        markers = hooks.METHODS_MARKER.findall(page.read_text())
+        assert markers, f"{page.name} has no <!-- mixlab-methods: ... --> table"
+        for names in markers:
+            table = hooks.method_table(names.split())  # raises on a name that is not registered
+            for name in names.split():
+                defaults = ", ".join(f"`{k}={v}`" for k, v in registry.METHODS[name].defaults.items()) or "none"
+                assert f"{name}` | {registry.METHODS[name].description} |" in table and defaults in table
+    with pytest.raises(ValueError, match="unknown method.*cutmixx"):
+        hooks.method_table(["cutmix", "cutmixx"])
 
 
 def test_the_gallery_pictures_the_method_pages_show_exist_and_are_small() -> None:
@@ -102,13 +116,12 @@ def test_gallery_refuses_unknown_names_before_writing_anything(tmp_path: Path) -
     assert not out.exists()
 
 
-def test_gallery_covers_every_batch_transforming_method() -> None:
+def test_gallery_covers_every_registered_method_but_vanilla() -> None:
     names = gallery_methods()
-    assert "vanilla" not in names
-    supervised = [m for m in registry.METHODS if m != "vanilla" and not registry.is_self_supervised(m)]
-    assert names[:len(supervised)] == supervised
-    assert {method for method, _ in MIXED_VIEWS.values()} == {
-        m for m in registry.METHODS if registry.is_self_supervised(m)}
+    drawn = {MIXED_VIEWS.get(name, (name, ()))[0] for name in names}
+    assert drawn == set(registry.METHODS) - {"vanilla"}
+    assert len(names) == len(set(names))
+    assert all(registry.is_self_supervised(method) for method, _ in MIXED_VIEWS.values())
 
 
 # ------------------------------------------------------------------------------------ the site

@@ -3,6 +3,9 @@
 * ``<!-- mixlab-cli-reference -->`` in a page is replaced by every ``mixlab`` subcommand's ``--help``,
   generated from the argparse parsers of :func:`mixlab.cli.build_parser`, so the CLI reference
   cannot go stale (:func:`cli_reference`).
+* ``<!-- mixlab-methods: NAME NAME ... -->`` is replaced by a table of those registered methods:
+  the command, what it does, the paper, the defaults (``mixlab.registry.METHODS``, what ``mixlab
+  list methods`` prints), so a method page's defaults are the code's (:func:`method_table`).
 * Sphinx roles left in docstrings (``:class:`~mixlab.x.Y```) render as plain code.
 * Pages under ``guide/`` that the nav does not list are added to its "Guides" section, so a new
   guide page appears without editing mkdocs.yml.
@@ -15,6 +18,7 @@ import os
 import re
 
 MARKER = "<!-- mixlab-cli-reference -->"
+METHODS_MARKER = re.compile(r"<!-- mixlab-methods: ([^>]*?) -->")
 _ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|obj):(<code>[^<]*</code>)")
 
 
@@ -36,10 +40,30 @@ def cli_reference() -> str:
     return "\n".join(parts)
 
 
+def method_table(names: list[str]) -> str:
+    """Markdown table of the registered methods ``names``: command, description, paper, defaults.
+
+    Raises:
+        ValueError: a name that is not registered (the page names a method that does not exist).
+    """
+    from mixlab.registry import METHODS, is_self_supervised
+
+    unknown = [name for name in names if name not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) in a mixlab-methods marker: {', '.join(unknown)}")
+    rows = ["| command | what it does | paper | defaults (`--set method.params.NAME=VALUE`) |", "|---|---|---|---|"]
+    for name in names:
+        spec = METHODS[name]
+        command = f"mixlab pretrain --framework {name}" if is_self_supervised(name) else f"mixlab train --method {name}"
+        defaults = ", ".join(f"`{k}={v}`" for k, v in spec.defaults.items()) or "none"
+        rows.append(f"| `{command}` | {spec.description} | {spec.paper} | {defaults} |")
+    return "\n".join(rows)
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
     if MARKER in markdown:
         markdown = markdown.replace(MARKER, cli_reference())
-    return markdown
+    return METHODS_MARKER.sub(lambda m: method_table(m.group(1).split()), markdown)
 
 
 def on_page_content(html: str, page, config, files) -> str:

@@ -42,10 +42,11 @@ class GalleryEntry:
 
 
 def gallery_methods() -> list[str]:
-    """The gallery's names in order: every registered classification method that transforms a batch
-    (``vanilla`` does not), then the self-supervised methods' mixed views (:data:`MIXED_VIEWS`)."""
-    return [name for name in registry.METHODS if name != "vanilla" and not registry.is_self_supervised(name)
-            ] + list(MIXED_VIEWS)
+    """The gallery's names in order: every registered method (``vanilla`` does not mix), the
+    self-supervised ones whose default views do not mix replaced by their mixed views
+    (:data:`MIXED_VIEWS`, at the end)."""
+    drawn_as_views = {method for method, _ in MIXED_VIEWS.values()}
+    return [name for name in registry.METHODS if name != "vanilla" and name not in drawn_as_views] + list(MIXED_VIEWS)
 
 
 def build_gallery(out: str | Path, methods: Sequence[str] | None = None, *, n: int = 8, seed: int = 0,
