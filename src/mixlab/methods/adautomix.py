@@ -51,7 +51,7 @@ def mixed_targets(targets: Tensor, sources: Tensor, fractions: Tensor) -> Tensor
 
 
 class AdaptiveMaskGenerator(nn.Module):
-    """AdAutoMix's generator M_φ (the module docstring has its equations).
+    """AdAutoMix's generator M_φ (docs/methods/adautomix.md has its equations).
 
     Args:
         in_channels: channels C_l of θk's feature map at stage l.
@@ -117,7 +117,7 @@ class AdaptiveMaskGenerator(nn.Module):
 
 
 class AdAutoMix(MomentumPipeline):
-    """AdAutoMix (the module docstring has its objective and every choice made).
+    """AdAutoMix (docs/methods/adautomix.md has its objective and every choice made).
 
     Args:
         num_classes: K.
@@ -226,7 +226,7 @@ class AdAutoMix(MomentumPipeline):
 
     # ------------------------------------------------------------------ the step's losses
     def losses(self, model: nn.Module, images: Tensor, labels: Tensor, progress: float) -> PipelineLosses:
-        """The classifier's and the generator's losses for one batch (the module docstring's equations).
+        """The classifier's and the generator's losses for one batch (the equations of docs/methods/adautomix.md).
 
         Args:
             model: the classifier f_θq.

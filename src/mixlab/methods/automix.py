@@ -120,7 +120,7 @@ class MixBlock(nn.Module):
 
 
 class AutoMix(PairPipeline):
-    """AutoMix (the module docstring has the equations and every choice made; the momentum
+    """AutoMix (docs/methods/automix.md has the equations and every choice made; the momentum
     pipeline it runs is :class:`~mixlab.methods.momentum_pipeline.PairPipeline`).
 
     Args:

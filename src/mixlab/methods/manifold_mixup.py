@@ -56,7 +56,7 @@ def mix_hidden(hidden: Tensor, index: Tensor, lam: Tensor) -> Tensor:
 
 
 class ManifoldMixup(Method):
-    """Manifold Mixup (the module docstring has the equations and every choice made).
+    """Manifold Mixup (docs/methods/manifold-mixup.md has the equations and every choice made).
 
     Args:
         num_classes: K.

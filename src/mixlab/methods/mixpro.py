@@ -61,14 +61,14 @@ def progressive_factor(logits: Tensor, area_targets: Tensor) -> Tensor:
 
 
 class MixPro(Method):
-    """MixPro (module docstring): MaskMix + progressive attention labels, or DeiT's Mixup/CutMix.
+    """MixPro (docs/methods/mixpro.md): MaskMix + progressive attention labels, or DeiT's Mixup/CutMix.
 
     Args:
         num_classes: K.
         label_smoothing: ε, applied to the one-hot targets before mixing.
         alpha: α of MaskMix's Beta(α, α) (default 1.0, the paper's).
         mask_patch_size: s, the mask cell side in pixels, a multiple of the model's patch size;
-            ``None`` (default): a 4 × 4 grid (module docstring).
+            ``None`` (default): a 4 × 4 grid (docs/methods/mixpro.md).
         maskmix_prob: probability of MaskMix for a batch (default 0.5, the official configs').
         mixup_alpha, cutmix_alpha, cutmix_prob: DeiT's switch for the other batches (0.8, 1.0, 0.5);
             ``mixup_alpha=0`` makes them all CutMix.

@@ -213,7 +213,7 @@ def label_prior(lam: Tensor, n_labels: int, eps: float = 1e-8) -> Tensor:
 def puzzle_energy(images: Tensor, saliency: Tensor, index: Tensor, lam: Tensor, block_num: int, *,
                   n_labels: int = 3, beta: float = 1.2, gamma: float = 0.5, eta: float = 0.2,
                   neigh_size: int = 4, pixel_std: float | tuple[float, ...] = CIFAR10_PIXEL_STD) -> GridEnergy:
-    """The labelling energy of Eq. 3-4 for each image i mixed with ``index[i]`` (module docstring, 3).
+    """The labelling energy of Eq. 3-4 for each image i mixed with ``index[i]`` (docs/methods/puzzlemix.md, step 3).
 
     Args:
         images: (B, C, H, W) normalised batch.
@@ -275,7 +275,7 @@ def _gco():
 
 def solve_graph_cut(energy: GridEnergy) -> Tensor:
     """α-β-swap graph cuts (gco-wrapper) of each image's energy; (B, n, n) int64 labels on the
-    energy's device. Costs become integers at a resolution of 10⁻⁶ (module docstring)."""
+    energy's device. Costs become integers at a resolution of 10⁻⁶ (docs/methods/puzzlemix.md)."""
     import numpy as np
 
     gco = _gco()
@@ -415,7 +415,7 @@ class PuzzleMixParts(NamedTuple):
 
 
 class PuzzleMix(Method):
-    """PuzzleMix (the module docstring has the equations and every choice made).
+    """PuzzleMix (docs/methods/puzzlemix.md has the equations and every choice made).
 
     Args:
         num_classes: K.
@@ -518,7 +518,7 @@ class PuzzleMix(Method):
 
     @torch.no_grad()
     def mix(self, images: Tensor, labels: Tensor, saliency: Tensor) -> PuzzleMixParts:
-        """Steps 2-5 of the module docstring: draw, cut, transport, mix and label.
+        """Steps 2-5 of docs/methods/puzzlemix.md: draw, cut, transport, mix and label.
 
         Args:
             images: (B, C, H, W) float batch (normalised, on the training device).

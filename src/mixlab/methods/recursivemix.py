@@ -45,7 +45,7 @@ INTERPOLATIONS = ("nearest", "bilinear")
 
 
 class RecursiveMix(Method):
-    """RecursiveMix (the module docstring has the equations and every choice made).
+    """RecursiveMix (docs/methods/recursivemix.md has the equations and every choice made).
 
     Args:
         num_classes: K.
@@ -212,7 +212,7 @@ class RecursiveMix(Method):
             :class:`~mixlab.core.result.MixResult`: ``lam[i]`` is the current image's weight
             (1 − pasted fraction), ``boxes`` the pasted regions, ``partner_targets`` the
             historical labels (``index`` is then the identity). Label maps: ``targets`` and
-            ``partner_targets`` are the exact mixed maps (the module docstring).
+            ``partner_targets`` are the exact mixed maps (docs/methods/recursivemix.md).
 
         Raises:
             RuntimeError: the previous ``mix`` was not followed by :meth:`update`.

@@ -77,7 +77,7 @@ def paste_windows(images: Tensor, index: Tensor, target: Tensor, source: Tensor,
 
 
 class SMMix(Method):
-    """SMMix (module docstring): max-min attention region mixing, fine-grained labels, consistency.
+    """SMMix (docs/methods/smmix.md): max-min attention region mixing, fine-grained labels, consistency.
 
     Args:
         num_classes: K.

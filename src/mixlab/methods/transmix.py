@@ -63,7 +63,7 @@ def attention_lambda(attn: Tensor, own: Tensor) -> Tensor:
 
 
 class TransMix(Method):
-    """TransMix (module docstring): CutMix (or Mixup, DeiT's switch) with attention-weighted labels.
+    """TransMix (docs/methods/transmix.md): CutMix (or Mixup, DeiT's switch) with attention-weighted labels.
 
     Args:
         num_classes: K.

@@ -49,7 +49,7 @@ def _distributed() -> bool:
 
 class MoCoV2(SelfSupervised):
     """MoCo v2 pre-training of the model's backbone (improved head, queue of negatives), with
-    CropMix or ScaleMix query views as options. The module docstring gives the equations.
+    CropMix or ScaleMix query views as options. docs/methods/mocov2.md gives the equations.
 
     Args:
         dim: output width of the projector, the keys' width (128).
@@ -150,7 +150,7 @@ class MoCoV2(SelfSupervised):
 
     @torch.no_grad()
     def keys(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """k₊ = g_k(f_k(x_k)) / ‖·‖ with shuffle-BN (module docstring), no gradient.
+        """k₊ = g_k(f_k(x_k)) / ‖·‖ with shuffle-BN (docs/methods/mocov2.md), no gradient.
 
         Returns:
             ``(keys of this process's images (B, dim), keys of every process's images in rank

@@ -421,7 +421,7 @@ def rrc(
 
 class CropMix(v2.Transform):
     """CropMix (Han et al. 2022, §3.2): N random-resized crops of one image at distinct scales,
-    mixed in sequence into one image of ``size``. The module docstring gives the equations and
+    mixed in sequence into one image of ``size``. docs/methods/cropmix.md gives the equations and
     the deviations from the official code (its N = 2 sub-range bug, N drawn once per run, ...).
 
     A ``torchvision.transforms.v2`` transform: one image in (a C×H×W or ...×C×H×W ``uint8`` or
