@@ -50,6 +50,18 @@ def test_docstring_roles_render_as_plain_code() -> None:
         "see <code>~mixlab.core.result.MixResult</code> and <code>pair_index</code>")
 
 
+# ------------------------------------------------------------------------------------ the README
+def test_the_readme_is_a_front_page_whose_links_exist() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) < 200
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
+    local = [link for link in links if not re.match(r"[a-z]+://", link)]
+    assert len(local) >= 20  # it links into the site: guides, method pages, results
+    assert [link for link in local if not (ROOT / link).exists()] == []
+    for page in ("docs/methods/automix.md", "docs/guide/own-loop.md", "docs/results/index.md"):
+        assert page in local
+
+
 # ------------------------------------------------------------------------------------ method pages
 def _method_pages(folders: tuple[str, ...] = ("methods",)) -> str:
     return "\n".join(p.read_text() for folder in folders for p in sorted((DOCS / folder).glob("*.md")))
