@@ -102,7 +102,8 @@ def _index(entries: Sequence[GalleryEntry], n: int, seed: int, overrides: Sequen
     flags = "".join(f" --set {o}" for o in overrides)
     lines = ["# Gallery", "",
              f"Every method on the same {n} synthetic images (seed {seed}), each with its paper defaults and a "
-             "freshly initialised model, drawn by `mixlab show`. Rows: the inputs, their partners, the mask "
+             "freshly initialised model, drawn by `mixlab show`; the self-supervised methods with the setting that "
+             "mixes their views (`mocov3+sdmp`: MoCo v3 with `sdmp=true`). Rows: the inputs, their partners, the mask "
              "(per-pixel weight of the own image, black 0 to white 1; a flat tile at λ for global mixes such as "
              "Mixup), the mixed images with their top-2 label weights and λ. Regenerate with",
              "", "```bash", f"mixlab gallery --out docs/gallery --n {n} --seed {seed}{flags}", "```", ""]
