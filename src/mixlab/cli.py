@@ -703,6 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  mixlab train --method mixup --epochs 30\n"
                "  mixlab eval runs/<run dir>            # eval.json: clean, calibration, FGSM, corruptions\n"
                "  mixlab show --method fmix             # runs/show/fmix.png: inputs, partners, masks, mixed\n"
+               "  mixlab gallery --out docs/gallery     # every method on the same batch (the docs' gallery)\n"
                "  mixlab list methods\n\n"
                "`mixlab COMMAND --help` describes each command.")
     parser.add_argument("--version", action="version", version=f"mixlab {mixlab.__version__}")
