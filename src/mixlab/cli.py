@@ -589,6 +589,43 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------- gallery
+def _add_gallery(sub: argparse._SubParsersAction) -> None:
+    from mixlab.engine.gallery import MIXED_VIEWS
+
+    p = sub.add_parser(
+        "gallery",
+        help="draw every method on the same batch (PNGs and an index page)",
+        formatter_class=_Formatter,
+        description="Draw every mixing method on the same batch of synthetic images, as `mixlab show` does for "
+                    "one (inputs, partners, masks, mixed images with their label weights), one PNG per method "
+                    "plus index.md listing them: the documentation site's gallery. The self-supervised methods "
+                    f"are drawn with their mixed views: {', '.join(MIXED_VIEWS)}.",
+        epilog="examples:\n"
+               "  mixlab gallery --out docs/gallery\n"
+               "  mixlab gallery --out /tmp/gallery --methods mixup,cutmix --n 4",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write <method>.png and index.md into")
+    p.add_argument("--methods", metavar="A,B,...", help="comma-separated names (default: every method)")
+    p.add_argument("--n", type=_positive, default=8, metavar="N", help="images in the batch, 2 to 32 (default 8)")
+    p.add_argument("--seed", type=_non_negative, default=0, metavar="N",
+                   help="seed of the images drawn and of the mixing (default 0)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override given to every method (data.image_size=64); repeatable")
+    p.set_defaults(func=_gallery)
+
+
+def _gallery(args: argparse.Namespace) -> int:
+    from mixlab.engine.gallery import build_gallery
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    entries = build_gallery(args.out, methods, n=args.n, seed=args.seed, overrides=args.overrides)
+    for entry in entries:
+        print(f"{entry.name}: {entry.what}; wrote {entry.path}")
+    print(f"index {os.path.join(args.out, 'index.md')}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- list
 _LISTS = ("methods", "models", "datasets")
 
@@ -685,6 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  mixlab train --method mixup --epochs 30\n"
                "  mixlab eval runs/<run dir>            # eval.json: clean, calibration, FGSM, corruptions\n"
                "  mixlab show --method fmix             # runs/show/fmix.png: inputs, partners, masks, mixed\n"
+               "  mixlab gallery --out docs/gallery     # every method on the same batch (the docs' gallery)\n"
                "  mixlab list methods\n\n"
                "`mixlab COMMAND --help` describes each command.")
     parser.add_argument("--version", action="version", version=f"mixlab {mixlab.__version__}")
@@ -695,6 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_probe(sub)
     _add_finetune(sub)
     _add_show(sub)
+    _add_gallery(sub)
     _add_list(sub)
     from mixlab.bench import command as bench_command
 

@@ -225,7 +225,7 @@ _CROPMIX_OPTIONS = ("ratio", "interpolation", "multi_scale", "antialias", "size"
 # MAE's recipe (He et al. 2022, Appendix A.1; CropMix Appendix B.3): its ViT, AdamW with β2 = 0.95, weight
 # decay 0.05 (the config's warm-up and cosine schedule stay). lr: MAE's base lr 1.5e-4 per 256 images is
 # for 200-1600 epochs at batch 4096; short CPU runs need more: 1.5e-3 (10 epochs at batch 64: held-out
-# masked-patch loss 0.687 against 0.859 at 3e-4, README)
+# masked-patch loss 0.687 against 0.859 at 3e-4: docs/methods/mae.md)
 _MAE_CONFIG = {"model": {"name": "vit_tiny_patch4"},
                "optim": {"name": "adamw", "lr": 1.5e-3, "betas": [0.9, 0.95], "weight_decay": 0.05}}
 

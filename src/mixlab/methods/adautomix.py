@@ -1,65 +1,13 @@
 """AdAutoMix: an adversarial generator that mixes N images, trained through AutoMix's momentum pipeline.
 
-Qin, Jin, Jiang, El-Yacoubi & Gao, "Adversarial AutoMixup" (ICLR 2024, arXiv:2312.11954). The paper's
-text could not be read here beyond its abstract: a generator of hard mixed samples and the target
-classifier are optimised alternately and adversarially, the generator mixes more than two images,
-and an EMA teacher with a cosine similarity keeps the mixed samples' meaning. The rest follows the
-authors' code (JinXins/Adversarial-AutoMixup, identical in Westlake-AI/openmixup:
-``openmixup/models/classifiers/adautomix.py``: ``AdAutoMix``; ``openmixup/models/heads/adaptive_mask.py``:
-``AdaptiveMask``; the CIFAR config ``configs/classification/cifar100/adautomix/basic/r18_l2_a1_bili_mlr5e_2.py``).
-The momentum pipeline (θk and its stage-l features, Eq. 12's update, the optimizer group, the
-mixing) is :class:`~mixlab.methods.momentum_pipeline.MomentumPipeline`.
+Qin, Jin, Jiang, El-Yacoubi & Gao, "Adversarial AutoMixup" (ICLR 2024, arXiv:2312.11954). A
+generator mixes N = 3 images with per-pixel softmax weights (labels by each image's exact pixel
+fraction); it is trained every other step *against* the momentum classifier (−β·its mixed loss,
+β = 0.3) with a cosine term that keeps the mixed sample close to its sources; the classifier also
+sees a plain N-image Mixup. The rest follows the authors' code (JinXins/Adversarial-AutoMixup).
 
-**Generator** M_φ (:class:`AdaptiveMaskGenerator`). Per step, N images per output: output i mixes
-``x_i`` with ``x_{π_1(i)}, ..., x_{π_{N-1}(i)}``, N - 1 random partner derangements (``sources``,
-(B, N), column 0 the image itself). From θk's stage-l maps f_n of the N sources (optionally with a
-λ_n channel, ``lam_concat``): ``q_n = W_q f_n``, ``k_n = W_k f_n`` (1×1 convolutions to C_l / 2, with
-bias), ``v_n = W_v f_n`` (to 1 channel); each image attends to the others,
-``A_n = softmax(Σ_{m≠n} q_nᵀ k_m / sqrt(C_l / 2))`` row-wise (``co_caculate_attention``), its logit
-map is ``A_n v_n``, upsampled to the image (``"bilinear"``, the CIFAR config), and the per-pixel
-weights are the softmax over the N images: ``w_n ≥ 0, Σ_n w_n = 1`` at every pixel. The mixed image
-is ``x_mix = Σ_n w_n ⊙ x_{sources_n}`` (:func:`~mixlab.methods.momentum_pipeline.mix_images`), and its
-label is ``Σ_n ρ_n y_{sources_n}`` with ``ρ_n = mean_hw w_n``, the exact pixel fraction of each image
-(the reference labels with the drawn λ, which its masks need not match; its generator here does
-not see λ, ``lam_concat=False``). Weights init N(0, 0.01²), zero biases: uniform 1/N masks at first.
-
-**Draws**: for N > 2, λ_1..λ_N ~ Beta(α, α) (one set per batch) normalised to sum to 1; for N = 2,
-(λ, 1 - λ) with λ ~ Beta(α, α) (both as the code); two independent draws of λ and sources per step,
-the classifier's and the generator's.
-
-**Classifier** θq (gradients to θq only): the generator's images for the classifier's draw,
-detached, with their mixed cross-entropy; plus the clean cross-entropy, and for N > 2 the code's
-re-weighting with a plain N-image Mixup of the same sources with weights λ:
-``ℓ_MCE(x_mix) + (1 - r) ℓ_CE(x) + r ℓ_MCE(Σ_n λ_n x_n)``, ``r = mixup_weight = 0.5``
-(``mixup_radio``); for N = 2, ``ℓ_MCE(x_mix) + ℓ_CE(x)``. The classifier's masks become the
-constant λ when some λ_n <= ``lam_margin`` (0.03; for N = 2, λ <= m or λ >= 1 - m as AutoMix; the
-code's N > 2 condition ``lam_margin < 1 - λ_1`` holds almost always, so that its classifier nearly
-always sees plain Mixup weights: not reproduced).
-
-**Generator's objective**, through θk (stop-gradient on θk; gradients to φ only), on the
-generator's images for its draw, with ``ℓ_k`` their mixed cross-entropy under θk:
-
-* every ``adv_interval``-th step (2: every other step, the code's counter), the adversarial one:
-  ``-β ℓ_k + (1 - β) ℓ_cos``, β = 0.3 (``beta_radio``): the generator makes the EMA teacher's loss
-  large, while ``ℓ_cos = 1 - Σ_n ρ_n cos(θk(x_mix), θk(x_{sources_n}))`` (logits' cosine similarity)
-  keeps the mixed sample close to what θk sees in its sources;
-* the other steps: ``+ℓ_k``, as AutoMix (the code minimises the mixed loss there).
-
-The code adds ``+(1 - β) Σ_n λ_n cos(...)`` to the minimised loss, which pushes the mixed sample's
-prediction *away* from its sources'; the paper introduces the term to prevent the collapse of the
-images' meaning, so mixlab minimises ``1 - Σ ρ_n cos``, which draws them together
-(``similarity="code"`` reproduces the code's sign, with ρ in place of λ). θk's logits on the clean
-sources come from one pass of θk over the clean batch (the stage-l features continued to the head),
-not N passes as in the code: the same images, so the same BatchNorm statistics.
-
-The step counter of the alternation is a buffer (``adv_steps``, in the checkpoint) with a host
-copy, both advanced in :meth:`AdAutoMix.after_optimizer_step`, so a resumed run alternates as an
-uninterrupted one and no step reads the device.
-
-Not implemented (off in the reference's configs): ``is_random`` (a random N per step),
-``switch_off``, ``head_one_mix``, ``mask_adjust``; θq's and θk's second linear heads (mixlab's
-model has one classifier, as in :mod:`mixlab.methods.automix`). DecoupleMix's ``decouple`` option is
-refused: an N-image label has no pair structure.
+Which facts come from the code, where mixlab departs from it, and what is not implemented:
+docs/methods/adautomix.md.
 
 Example::
 
@@ -103,7 +51,7 @@ def mixed_targets(targets: Tensor, sources: Tensor, fractions: Tensor) -> Tensor
 
 
 class AdaptiveMaskGenerator(nn.Module):
-    """AdAutoMix's generator M_φ (the module docstring has its equations).
+    """AdAutoMix's generator M_φ (docs/methods/adautomix.md has its equations).
 
     Args:
         in_channels: channels C_l of θk's feature map at stage l.
@@ -169,7 +117,7 @@ class AdaptiveMaskGenerator(nn.Module):
 
 
 class AdAutoMix(MomentumPipeline):
-    """AdAutoMix (the module docstring has its objective and every choice made).
+    """AdAutoMix (docs/methods/adautomix.md has its objective and every choice made).
 
     Args:
         num_classes: K.
@@ -278,7 +226,7 @@ class AdAutoMix(MomentumPipeline):
 
     # ------------------------------------------------------------------ the step's losses
     def losses(self, model: nn.Module, images: Tensor, labels: Tensor, progress: float) -> PipelineLosses:
-        """The classifier's and the generator's losses for one batch (the module docstring's equations).
+        """The classifier's and the generator's losses for one batch (the equations of docs/methods/adautomix.md).
 
         Args:
             model: the classifier f_θq.

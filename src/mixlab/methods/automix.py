@@ -1,120 +1,16 @@
 """AutoMix: a learned Mix Block trained through a momentum pipeline.
 
 Liu, Li, Wu, Liu, Chen, Wu & Li 2022, "AutoMix: Unveiling the Power of Mixup for Stronger
-Classifiers" (ECCV 2022, arXiv:2103.13027). The paper is the specification (§3.1-3.2, Eq. 4-12,
-appendix A.3-A.4); facts it leaves out come from the authors' code in Westlake-AI/openmixup
-(``openmixup/models/classifiers/automix.py``: ``AutoMixup``; ``openmixup/models/heads/pmix_block.py``:
-``PixelMixBlock``; ``openmixup/core/hooks/momentum_hook.py``: ``CosineScheduleHook``; the CIFAR
-configs ``configs/classification/cifar100/automix/basic/r18_l2_a2_near_L1_01_mlr5e_2.py`` and
-its ResNeXt / WRN siblings).
+Classifiers" (ECCV 2022, arXiv:2103.13027), §3.1-3.2, Eq. 4-12; facts the paper leaves out come
+from the authors' code (Westlake-AI/openmixup). The Mix Block (:class:`MixBlock`, Eq. 4-6) turns a
+cross-attention between the momentum encoder's stage-l features of a pair, with λ embedded by
+concatenation, into a pixel mask s_i (s_j = 1 - s_i). Each step (Eq. 8) trains the classifier on
+the detached Mix Block images (mixup cross-entropy, Eq. 2) plus the clean cross-entropy, and the
+Mix Block through the momentum encoder's mixup cross-entropy plus ℓ_λ (Eq. 7); then the momentum
+update θk ← m θk + (1 - m) θq (Eq. 12) with a cosine m from 0.999 to 1. The deployed model is θq.
 
-**Mix Block** M_φ (:class:`MixBlock`, Eq. 4-6). From the momentum encoder's feature map z at stage
-l, for a pair (x_i, x_j = x[index[i]]) and a ratio λ:
-
-* λ embedding: ``z_{i,λ} = concat(z_i, λ)`` and ``z_{j,1-λ} = concat(z_j, 1 - λ)``, one constant
-  channel each.
-* Eq. 6: ``P = softmax((W_P z_{i,λ})ᵀ (W_P z_{j,1-λ}) / C)``, row-normalised over the positions
-  of z_j, with one shared 1×1 convolution W_P (query and key) to ``C_l / 2`` channels and
-  ``C = sqrt(C_l / 2)``, the square root of the projection width (the code's ``use_scale``).
-* Eq. 5: ``s_i = U(σ(P · W_Z z_{i,λ}))``: the value W_Z is a 1×1 convolution to one channel; the
-  sigmoid mask at feature resolution is upsampled to the image (``"nearest"``, as the reference's
-  CIFAR configs; ``"bilinear"`` selectable). ``s_j = 1 - s_i``.
-* Eq. 4: ``x_mix = s_i ⊙ x_i + (1 - s_i) ⊙ x_j``; its label is ``λ y_i + (1 - λ) y_j`` with the
-  drawn λ (Eq. 2), not the mask's mean: ``MixResult.lam`` is that label weight here.
-
-**Momentum pipeline** (Eq. 8, 10-12; Fig. 5, 11; Algorithm 1). Each step draws two ratios
-``λ_q, λ_k ~ Beta(α, α)`` (one per batch each) and two partner permutations, computes the
-momentum encoder f_θk's stage-l features of the clean batch once (no gradient), and from them
-two masks:
-
-* classification (θq): the classifier (the model being trained) sees the Mix Block's images for
-  ``λ_q``, *detached* (no gradient reaches φ), with the mixup cross-entropy of Eq. 2, plus the
-  one-hot cross-entropy on the clean images (ℓ_CE of Eq. 8): ``ℓ_CE + ℓ_MCE^cls``.
-* generation (φ): the momentum encoder classifies the Mix Block's images for ``λ_k``; their
-  mixup cross-entropy back-propagates *through* f_θk (whose parameters have
-  ``requires_grad=False``: stop-gradient) into the mask and φ, plus ℓ_λ (Eq. 7):
-  ``ℓ_λ = γ max(|λ - mean_hw s_i| - ε, 0)`` per sample, averaged over the batch, with γ = 0.1
-  decaying linearly to 0 over training and ε = 0.1: ``ℓ_MCE^gen + ℓ_λ``.
-* The trainer back-propagates the sum (Eq. 8) and steps θq and φ; then (Eq. 12, in
-  :meth:`AutoMix.after_optimizer_step`) ``θk ← m θk + (1 - m) θq`` over the parameters, with
-  ``m = 1 - (1 - m_0)(cos(π t) + 1) / 2`` rising from m_0 = 0.999 to 1 over the training
-  fraction t. θk starts as a copy of θq (built in :meth:`AutoMix.setup`).
-
-The pipeline (θk, its stage-l features, the momentum schedule, the mixing of images by a mask,
-the λ embedding, the two draws, the classifier's losses) is
-:class:`mixlab.methods.momentum_pipeline.PairPipeline`, which SAMix (:mod:`mixlab.methods.samix`)
-shares; AdAutoMix (:mod:`mixlab.methods.adautomix`) shares its base. ``decouple=η`` adds
-DecoupleMix's regulariser to the classifier's ℓ_MCE^cls (:func:`mixlab.core.losses.decouple_term`).
-
-The deployed model is θq alone; the Mix Block and the momentum copy are submodules of the method,
-so they are in its ``state_dict`` (the checkpoint) and never in the model's.
-
-Facts taken from the reference code where the paper is silent:
-
-* The value, query/key projections are plain 1×1 convolutions with a bias, no normalisation or
-  activation (``att_norm_cfg=None``), initialised N(0, 0.01²) with zero biases, so a new Mix Block
-  produces masks of 0.5 everywhere. The attention and the mask are computed in float32 (the
-  code forces fp32 there; here autocast is switched off inside the Mix Block).
-* θk runs in training mode, like the code's ``backbone_k``: its BatchNorm layers use batch
-  statistics and keep their own running statistics; the momentum update moves parameters only.
-* Classifier masks near the ends of the λ range are replaced by the plain Mixup weight λ_q
-  (``lam_margin = 0.08``: when λ_q <= 0.08 or λ_q >= 0.92), as the reference's configs do (CIFAR,
-  Tiny-ImageNet, ImageNet); the Mix Block's own training is unchanged.
-* The Mix Block is optimised with the model's optimizer, learning rate and schedule and weight
-  decay on all of its parameters: the reference's CIFAR ResNet configs put it in the single SGD
-  group (lr 0.1, momentum 0.9, weight decay 1e-4, cosine). ``mix_block_lr_scale`` changes the ratio
-  (the WRN config drops the Mix Block's SGD momentum; the Tiny-ImageNet / ImageNet configs give it
-  its own lr and a cosine to 1e-3). The CIFAR configs end the cosine at ``min_lr = 0.05`` (half the
-  base lr) for the model and the Mix Block alike; here ``optim.min_lr`` sets it for the run.
-
-Where the paper and the reference differ, this follows the paper:
-
-* λ embedding on (``lam_concat=True``); the reference's CIFAR configs switch it off (its masks
-  then cannot depend on λ; its ImageNet configs switch it on). Fig. 9 ablates it.
-* Eq. 5 takes the value from z_{i,λ} and gives s_i; the code takes it from z_{j,1-λ}, gives s_j
-  and sets ``s_i = 1 - s_j`` (the paper mentions this symmetric form after Eq. 6).
-  ``value="partner"`` computes the code's form.
-* Eq. 5 upsamples the sigmoid mask; the code applies the sigmoid after upsampling (the same for
-  ``"nearest"``, the default).
-* ℓ_λ is computed per sample (Eq. 7's s_i); the code compares λ with the mean over the whole
-  batch. γ decays linearly to 0 as the paper says; the reference's CIFAR configs keep it at 0.1
-  (its ImageNet configs decay it with a cosine).
-* m rises from 0.999 to 1 by a cosine over the whole run; the code's CIFAR hook holds 0.999 for
-  the first 10 % of the iterations, then follows the cosine (of the iteration count) to 0.999999.
-* f_θq is one network with one classifier for both of its losses; the code gives θq (and θk) two
-  linear heads, one for the mixup loss and one for the one-hot loss, and evaluates θk's one-hot
-  head. Appendix A.3 also says the paper uses encoder k for inference; mixlab deploys θq (the
-  model being trained), as the issue asks (``model.ema_decay`` gives an EMA model to compare).
-
-Choices where both are silent:
-
-* Partners: two independent random derangements per step (:func:`mixlab.core.pair_index` with
-  ``"random"``: no image is paired with itself); the code draws plain ``randperm`` (self-pairs
-  possible, its ``mix_shuffle_no_repeat`` option avoids them).
-* Stage: ``stage=None`` takes the second-to-last stage, l = S - 1: the paper's l = 3 on mixlab's
-  4-stage ResNets and ViT, the stage the reference's WRN-28-8 config uses on the 3-stage WRN.
-  The masks are upsampled to any image size with ``F.interpolate(size=...)`` (the code assumes a
-  power-of-two factor).
-* The two classifier passes (clean and mixed) are separate forward passes, as in the code (so
-  BatchNorm statistics are never shared between clean and mixed images); the momentum encoder's
-  feature pass stops at stage l (the code runs the whole backbone and keeps stage l).
-
-Not implemented (off in the reference's defaults): ``mask_adjust`` (rescales the classifier's mask
-mean to λ with some probability), ``pre_one_loss`` / ``pre_mix_loss`` (an extra head on the Mix
-Block's input), ``switch_off`` (skip Mix Block updates at random), ``head_one_mix``, ``frozen``
-(a fixed Mix Block), ``mask_up_override``, and ``debug`` / ``save`` (they only save pictures of
-the value map and attention: ``mixlab show --method automix --checkpoint RUN`` draws the masks).
-
-Ablation switches (paper Fig. 9 and Table 10): ``lam_concat=False`` (no λ embedding),
-``gamma=0`` (no ℓ_λ), ``momentum=0, momentum_schedule="constant"`` ("MP (m = 0)": θk is a copy
-of θq after every step), ``clean_loss=False`` (no ℓ_CE, Table 10's "+MP" row).
-
-Notes: m_0 = 0.999 averages θq over ~1000 steps, a small lag in the paper's CIFAR runs (400 000
-steps) but most of a short run (the ``cifar10-quick`` protocol has 1 500), where θk, which trains
-φ, stays close to its random initialisation for a long time. The N(0, 0.01²) init makes the
-attention P nearly uniform at first, so early masks are constant over each image (Mixup-like)
-until W_P grows. A step costs three network passes with backward (θq clean and mixed, θk on the
-Mix Block's images, down to the input only) plus θk's partial forward: about 3× vanilla on a CPU.
+The defaults and their source, the facts taken from the reference code, every place mixlab departs
+from it, and the ablation switches: docs/methods/automix.md.
 
 Usage in any training loop (the trainer does the same)::
 
@@ -224,7 +120,7 @@ class MixBlock(nn.Module):
 
 
 class AutoMix(PairPipeline):
-    """AutoMix (the module docstring has the equations and every choice made; the momentum
+    """AutoMix (docs/methods/automix.md has the equations and every choice made; the momentum
     pipeline it runs is :class:`~mixlab.methods.momentum_pipeline.PairPipeline`).
 
     Args:

@@ -1,70 +1,14 @@
 """Manifold Mixup: Mixup of hidden states at a randomly chosen stage.
 
 Verma, Lamb, Beckham, Najafi, Mitliagkas, Lopez-Paz & Bengio 2019, "Manifold Mixup: Better
-Representations by Interpolating Hidden States" (ICML 2019, arXiv:1806.05236). The paper is the
-specification (§2, Eq. 1-2); facts it leaves out come from the authors' code
-(github.com/vikasverma1077/manifold_mixup, ``supervised/models/preresnet.py`` and
-``supervised/utils.py``), which the PuzzleMix code (snu-mllab/PuzzleMix) and the AutoMix tables
-(OpenMixup, ``manifoldmix=dict(layer=(0, 3))``) reuse.
+Representations by Interpolating Hidden States" (ICML 2019, arXiv:1806.05236), §2, Eq. 1-2. Each
+step draws a stage k from ``stages`` (default {0, 1, 2}), λ ~ Beta(α, α) (α = 2) and a partner,
+runs the model to stage k on the clean batch, continues from ``λ h_i + (1 − λ) h_j`` and trains
+against ``λ y_i + (1 − λ) y_j``. The model must expose its stages (``forward_stem``, ``stages``,
+``num_stages``, ``forward_head``: every mixlab model, or :class:`mixlab.models.StagedNet`).
 
-Each step (Eq. 1-2), for a network f = f_k ∘ g_k split after stage k:
-
-* draw a stage k uniformly from the set S (default {0, 1, 2}: the input, the output of the first
-  stage, the output of the second: the paper's CIFAR choice for PreAct ResNets, and the code's
-  ``layer_mix = randint(0, 2)``); k = 0 is input Mixup;
-* draw λ ~ Beta(α, α) (α = 2, the paper's and the AutoMix tables' CIFAR value) and a partner
-  index j = index[i];
-* run the model to stage k on the clean batch, h = g_k(x), mix the hidden states
-  ``h̃_i = λ h_i + (1 − λ) h_j`` and continue from there, ``logits = f_k(h̃)``;
-* the loss is the cross-entropy against the targets mixed with the same λ and partner,
-  ``λ y_i + (1 − λ) y_j``.
-
-Gradients flow through both h_i and h_j into the stages before k (the code does not detach).
-
-Choices where the paper and the code are silent or differ (documented so they can be argued with):
-
-* Stage indices are :mod:`mixlab.models.staged`'s: 0 is the input image, k >= 1 the output of the
-  k-th stage (the stem folded into stage 1), exactly the code's "after ``conv1`` + ``layer1``" for
-  k = 1 on PreAct ResNets. Any stage 0..S of the model may be listed (S: the final feature map).
-* The loss is the soft-target cross-entropy of every mixlab method; the code trains with a binary
-  cross-entropy on the softmax (``BCELoss(softmax(z), y_mix)``), which the paper does not mention.
-* Partners: a random derangement per step (:func:`mixlab.core.pair_index` ``"random"``, no image
-  mixed with itself); the code draws ``np.random.permutation`` (self-pairs possible). One λ per
-  batch as the code (``granularity="elem"`` draws one per image).
-* Draw order from the method's generator: the stage, the partner index, then λ.
-* Only steps that draw stage 0 return their mixed batch (``StepOutput.mixed``, for
-  ``samples.png``); the trainer's running train accuracy then compares with the mixed targets'
-  argmax, on hidden-stage steps with the labels.
-* The whole batch takes one forward pass: BatchNorm layers before stage k see the clean batch, the
-  ones after it the mixed hidden states, as in the code.
-
-What a model needs: the staged protocol of :mod:`mixlab.models.staged` (``forward_stem``,
-``stages`` as an ``nn.ModuleList``, ``num_stages``, ``forward_head``), which every mixlab model and
-``timm:<name>`` ResNet-like model has. A model without it gets a ``TypeError`` from :meth:`setup`,
-before training. Your own model plugs in by exposing those four members::
-
-    class MyNet(nn.Module):
-        def __init__(self, num_classes=10):
-            super().__init__()
-            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
-            self.stages = nn.ModuleList([block(16, 32), block(32, 64), block(64, 128)])
-            self.num_stages = len(self.stages)
-            self.fc = nn.Linear(128, num_classes)
-
-        def forward_stem(self, x):                      # (B, 3, H, W) -> (B, 16, H, W)
-            return self.stem(x)
-
-        def forward_head(self, features, pre_logits=False):
-            pooled = features.mean(dim=(2, 3))
-            return pooled if pre_logits else self.fc(pooled)
-
-        def forward(self, x):
-            h = self.forward_stem(x)
-            for stage in self.stages:
-                h = stage(h)
-            return self.forward_head(h)
-
-(or subclass :class:`mixlab.models.StagedNet`, which provides all but the stem and the stages).
+The defaults and their source, the choices where the paper and the code differ, and a ten-line
+model of your own: docs/methods/manifold-mixup.md.
 
 Usage in any training loop (the trainer does the same)::
 
@@ -112,7 +56,7 @@ def mix_hidden(hidden: Tensor, index: Tensor, lam: Tensor) -> Tensor:
 
 
 class ManifoldMixup(Method):
-    """Manifold Mixup (the module docstring has the equations and every choice made).
+    """Manifold Mixup (docs/methods/manifold-mixup.md has the equations and every choice made).
 
     Args:
         num_classes: K.

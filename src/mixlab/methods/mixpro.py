@@ -1,52 +1,13 @@
 """MixPro: MaskMix and Progressive Attention Labeling for vision transformers.
 
 Zhao, Huang, Hu, Zhang & Liu, "MixPro: Data Augmentation with MaskMix and Progressive Attention
-Labeling for Vision Transformer", ICLR 2023 (arXiv:2304.12043); official code
-github.com/fistyee/MixPro (``utils.MaskMix`` and ``main.train_one_epoch``). MixPro answers two
-weaknesses the paper finds in TransMix (:mod:`mixlab.methods.transmix`): a CutMix box cuts patches
-in two, and early in training the attention that labels the mix is unreliable. (Equations are
-numbered within this docstring.)
+Labeling for Vision Transformer", ICLR 2023 (arXiv:2304.12043); official code fistyee/MixPro. On
+MaskMix batches a random grid of patch-aligned cells of the partner replaces the image's (labels
+by the exact area); the label weight is the attention label blended with the area label by the
+progressive factor, the cosine similarity of the model's prediction and the area label.
 
-1. **MaskMix (image space).** The image is tiled by a grid of s×s-pixel mask cells, s a multiple
-   of the model's patch size p, so every patch comes from one image only. One λ ~ Beta(α, α) per
-   batch; each image keeps ⌈λ·T⌉ of its T cells, drawn uniformly at random per image, and takes
-   the others from its partner::
-
-       x̃ = M ⊙ x_A + (1 − M) ⊙ x_B,       λ_area = mean(M)                    (1)
-
-   ``λ_area`` is the exact kept pixel fraction: ⌈λ·T⌉ / T when the cells tile the image, smaller
-   cells at the right and bottom borders otherwise (the code crops its mask the same way but
-   labels by the cell count).
-2. **The attention label.** As TransMix's Eq. (1), from the class token's attention ``A`` of the
-   last block in the same forward pass: ``λ_attn = (A · M↓) / (A · 1)``; ``M↓`` is exact here (each
-   patch lies in one cell).
-3. **Progressive attention labeling (label space).** The two are blended by the progressive factor
-   α_i, which grows as the model learns to predict the mixed labels::
-
-       λ = α λ_attn + (1 − α) λ_area,      α_i = cos(softmax(z_i), ỹ_area,i)       (2)
-       ỹ = λ y_A + (1 − λ) y_B
-
-   ``z_i`` are the logits of the mixed image and ``ỹ_area`` its area label (smoothed). This is the
-   official code's factor (``torch.cosine_similarity(mix_targets, softmax(outputs))``), per sample
-   and stateless (``factor="similarity"``, the default). The code lets the gradient flow through α
-   into the logits; α is detached here (as in openmixup's version): it weighs the labels, it is not a
-   loss term. ``factor="accuracy"`` replaces α_i by the model's running training accuracy (an
-   exponential average of the top-1 agreement of its predictions with the mixed labels over past
-   batches, ``accuracy_momentum``), kept in the buffer ``train_accuracy`` so checkpoints hold it.
-4. **The switch.** As the official configs: a batch is MaskMix'ed with probability
-   ``maskmix_prob`` (0.5), otherwise mixed by DeiT's Mixup/CutMix switch with area labels.
-
-Choices where paper and code leave room:
-
-* The attention-labelled loss is the soft-target cross-entropy with label smoothing like every other
-  batch; the official code uses un-smoothed hard-label cross-entropies
-  ``λ·CE(z, y_A) + (1 − λ)·CE(z, y_B)`` on MaskMix batches only.
-* ``mask_patch_size=None`` (default) takes the paper's DeiT setting of a 4 × 4 grid of cells: s is
-  the multiple of p nearest to H/4 (56-pixel cells of 224-pixel images in the paper with p = 14;
-  64 for p = 16 as openmixup; 8 for CIFAR's 32 pixels with p = 4).
-* Models without a class token read the attention each patch receives, averaged over the patch
-  queries (``query="auto"``, :mod:`mixlab.models.attention`). The partner of image i is image i − 1
-  (the code draws a random permutation: the same law for a shuffled loader, no self-pairs).
+The equations, the defaults and their source and the deviations from the official code:
+docs/methods/mixpro.md.
 
 Example:
     >>> method = MixPro(num_classes=10, label_smoothing=0.1)
@@ -100,14 +61,14 @@ def progressive_factor(logits: Tensor, area_targets: Tensor) -> Tensor:
 
 
 class MixPro(Method):
-    """MixPro (module docstring): MaskMix + progressive attention labels, or DeiT's Mixup/CutMix.
+    """MixPro (docs/methods/mixpro.md): MaskMix + progressive attention labels, or DeiT's Mixup/CutMix.
 
     Args:
         num_classes: K.
         label_smoothing: ε, applied to the one-hot targets before mixing.
         alpha: α of MaskMix's Beta(α, α) (default 1.0, the paper's).
         mask_patch_size: s, the mask cell side in pixels, a multiple of the model's patch size;
-            ``None`` (default): a 4 × 4 grid (module docstring).
+            ``None`` (default): a 4 × 4 grid (docs/methods/mixpro.md).
         maskmix_prob: probability of MaskMix for a batch (default 0.5, the official configs').
         mixup_alpha, cutmix_alpha, cutmix_prob: DeiT's switch for the other batches (0.8, 1.0, 0.5);
             ``mixup_alpha=0`` makes them all CutMix.

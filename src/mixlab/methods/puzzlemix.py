@@ -1,97 +1,15 @@
 """PuzzleMix: saliency-guided block masks by graph cut, and an optimal-transport move of the blocks.
 
 Kim, Choo & Song 2020, "Puzzle Mix: Exploiting Saliency and Local Statistics for Optimal Mixup"
-(ICML 2020, arXiv:2009.06962). The paper is the specification (§3-4, Eq. 1-6, Algorithms 1-2);
-facts it leaves out come from the authors' code (github.com/snu-mllab/PuzzleMix, ``main.py`` and
-``mixup.py``: ``mixup_graph``, ``graphcut_multi``, ``neigh_penalty``, ``mask_transport``; its
-saliency, ``sqrt(mean_c grad²)``, is this one up to the factor √C that the per-image normalisation
-removes), and the defaults are its CIFAR command (README: ``--mixup_alpha 1.0 --graph True
---n_labels 3 --eta 0.2 --beta 1.2 --gamma 0.5 --neigh_size 4 --transport True --t_size 4
---t_eps 0.8``; the OpenMixup CIFAR config the AutoMix tables use has the same values, α = 1).
+(ICML 2020, arXiv:2009.06962), §3-4, Eq. 1-6, Algorithms 1-2; the defaults are the authors' CIFAR
+command (snu-mllab/PuzzleMix). One step: the saliency ‖∇_x ℓ‖₂ from one extra forward and
+input-only backward (:func:`input_saliency`); λ ~ Beta(α, α) and n × n blocks; a graph cut labels
+each block own / half / partner (:func:`puzzle_energy`, Eq. 3-4, solved by gco-wrapper); the
+transport moves each image's salient blocks to where the mask shows it (Eq. 5-6); the label is the
+mask's exact area.
 
-One step, for a batch x with labels y:
-
-1. **Saliency** (§3, "saliency"): one extra forward and backward pass of the model being trained,
-   in eval mode (as the code), on the clean batch: ``s(x) = ‖∇_x ℓ(f(x), y)‖₂`` over the colour
-   channels, per pixel (:func:`input_saliency`; ``torch.autograd.grad``, so no parameter gradient
-   is touched).
-2. **Draws** (from the method's generator, in this order): the mixing ratio λ ~ Beta(α, α), one per
-   batch; the number of blocks per side n, uniform over ``block_nums`` (the code's
-   ``2 ** randint(1, 5)``: {2, 4, 8, 16} on 32×32 images); the partner index j = index[i].
-3. **Mask** (Eq. 3-4, Algorithm 1): each image is cut into n × n blocks; each block gets a label
-   z ∈ {0, 1/(m−1), ..., 1}, the weight of the own image (m = ``n_labels`` = 3: own, half-half,
-   partner). The labelling minimises, per image (:func:`puzzle_energy`):
-
-   * the **saliency lost**, Σ_p z_p s_j(p) + (1 − z_p) s_i(p), with s the saliency averaged over
-     each block and normalised to sum 1 per image;
-   * the **label prior** (the code's binomial form): −η log P(z_p), P(1 − l/(m−1)) =
-     C(m−1, l) λ^{m−1−l} (1 − λ)^l, divided by n²;
-   * the **label smoothness** β' (z_p − z_q)² over 4-neighbour blocks, β' = β / n / 16 (the code's
-     normalisation), plus the **data local smoothness**: γ β' times the mean absolute colour
-     difference across the boundary of two neighbour blocks (pooled over ``neigh_size`` pixels)
-     for the sources they show, split (exactly, for two labels) into a unary part and a symmetric
-     pairwise part as the code does.
-
-   The minimiser is found by α-β-swap graph cuts (Boykov et al. 2001), as the code.
-4. **Transport** (Eq. 5-6, Algorithm 2): the blocks of each source image (at ``t_size`` pixels,
-   finer than the mask's when the mask's blocks are larger) are moved so that salient blocks land
-   where the mask shows that image: a plan minimising Σ_k [t_eps·C(k, π(k)) − s(k)·1(z_{π(k)} > 0)]
-   with C the squared distance between block positions (normalised by (grid side − 1)²),
-   computed by the paper's iterative algorithm (:func:`transport_plan`), vectorised over the
-   batch. The partner moves its blocks the same way for the mask 1 − z.
-5. **Mix and label**: ``x̃ = z ⊙ Π_i(x_i) + (1 − z) ⊙ Π_j(x_j)`` and ``ỹ = λ̃ y_i + (1 − λ̃) y_j``
-   with λ̃ = mean(z), the *exact* fraction of x̃ that comes from x_i (the transport permutes blocks,
-   so it moves no mass between the sources).
-
-**Graph cut: gco-wrapper, measured against a torch solver.** The cut runs in gco-wrapper (PyPI,
-the C++ GCO library of Boykov, Veksler and Kolmogorov; the reference's own solver), one call per
-image, on the CPU. It was measured against a batched min-sum belief propagation written in torch
-(``benchmarks/puzzlemix_graphcut.py``; numbers in ``docs/benchmarks/step-cost-cpu.md``): on this
-project's 2-core CPU, for a batch of 64, gco takes 20-40 ms at every block count; BP is faster up
-to 8 × 8 blocks but needs tens of iterations over (B, n, n, m, m) tensors at 16 × 16 (121-483 ms)
-and still ends above gco's energy on 11-28 of the 64 images there; over the drawn block counts
-gco costs ~26 ms a batch, BP ~72 ms. gco also gives the reference's α-β-swap minimum (exact for
-two labels). gco is imported on first use only (``import mixlab`` stays torch-only); :meth:`setup`
-fails early with the install command when it is missing (``pip install gco-wrapper``, in the
-``puzzlemix`` and ``test`` extras). Importing gco sets ``numpy.int`` / ``numpy.float`` to the
-Python types when numpy lacks them (its own compatibility shim).
-
-Choices where the paper and the code differ or are silent (documented so they can be argued with):
-
-* Transport: the code's iteration (each source block picks its cheapest destination; each
-  destination keeps the cheapest of the blocks that picked it; losers pay +1 on that destination
-  and pick again, ``n_iter`` = the transport grid's side) keeps only the last round's winners, so
-  blocks can be lost (their destinations stay zero, black) — and a destination picked at a
-  cost > 0 is never kept (at 0, only by the tie-break of ``min``), because the code's ``min`` over
-  the plan-masked column compares with the zeros of the blocks that did not pick it. Here every
-  destination keeps its cheapest chooser (ties: the lowest block index), and after the last round
-  the blocks without a destination fill the destinations without a block in raster order, so the
-  plan is always a **permutation**:
-  no block is lost or duplicated (tested), and λ̃ stays exact.
-* Graph-cut costs are integers at a resolution of 10⁻⁶ (unaries, and edge weights per unit of
-  (l − l')²); the code scales by 1000 n² and truncates, with a float label-distance matrix that
-  makes gco rescale the already-integer unaries by 10⁵, which overflows int32 at 16 × 16 blocks
-  once a block's cost passes ~0.084. Edge weights are clamped at 0 (only reachable with γ > 1).
-* The data smoothness term compares pixels in [0, 1] units, as the code (it un-normalises with the
-  dataset's mean and std); mixlab methods see normalised images, so the differences are
-  multiplied by ``pixel_std`` (default: CIFAR-10's std; the mean cancels in a difference).
-* Partners: a random derangement (:func:`mixlab.core.pair_index` ``"random"``); the code draws
-  ``np.random.permutation`` (self-pairs possible).
-* The loss is the soft-target cross-entropy of every mixlab method; the code trains with
-  ``BCELoss(softmax(z), ỹ)``.
-* The code's label prior and saliency assume square images; here the image may be H × W with
-  both divisible by every n (blocks of (H/n) × (W/n) pixels), and the transport cost normalises
-  by (max side of the grid − 1)².
-
-Not implemented: the adversarial perturbation of the code's ``--adv_p`` (Table 2-3's "+ adv"
-rows; off in the CIFAR command this follows) and its multi-process graph cut (``--mp``).
-``clean_weight > 0`` adds the code's ``--clean_lam`` regulariser: the saliency pass then runs in
-train mode and its cross-entropy on the clean images, times ``clean_weight``, joins the loss (the
-code weighs it ``2 clean_lam / K`` against its class-averaged BCE; the CIFAR command leaves it 0).
-
-Cost: one extra forward and input-only backward for the saliency, B graph cuts (0.3-0.6 ms
-each here) and the transport (dense (2B, N, N) costs, N up to 256 blocks of 2×2 pixels at
-n = 16); ``benchmarks/step_cost.py`` reports the step time against vanilla.
+The defaults and their source, the deviations from the official code and why the graph cut runs
+in gco-wrapper: docs/methods/puzzlemix.md.
 
 Usage in any training loop (the trainer does the same in :meth:`PuzzleMix.training_step`)::
 
@@ -295,7 +213,7 @@ def label_prior(lam: Tensor, n_labels: int, eps: float = 1e-8) -> Tensor:
 def puzzle_energy(images: Tensor, saliency: Tensor, index: Tensor, lam: Tensor, block_num: int, *,
                   n_labels: int = 3, beta: float = 1.2, gamma: float = 0.5, eta: float = 0.2,
                   neigh_size: int = 4, pixel_std: float | tuple[float, ...] = CIFAR10_PIXEL_STD) -> GridEnergy:
-    """The labelling energy of Eq. 3-4 for each image i mixed with ``index[i]`` (module docstring, 3).
+    """The labelling energy of Eq. 3-4 for each image i mixed with ``index[i]`` (docs/methods/puzzlemix.md, step 3).
 
     Args:
         images: (B, C, H, W) normalised batch.
@@ -357,7 +275,7 @@ def _gco():
 
 def solve_graph_cut(energy: GridEnergy) -> Tensor:
     """α-β-swap graph cuts (gco-wrapper) of each image's energy; (B, n, n) int64 labels on the
-    energy's device. Costs become integers at a resolution of 10⁻⁶ (module docstring)."""
+    energy's device. Costs become integers at a resolution of 10⁻⁶ (docs/methods/puzzlemix.md)."""
     import numpy as np
 
     gco = _gco()
@@ -497,7 +415,7 @@ class PuzzleMixParts(NamedTuple):
 
 
 class PuzzleMix(Method):
-    """PuzzleMix (the module docstring has the equations and every choice made).
+    """PuzzleMix (docs/methods/puzzlemix.md has the equations and every choice made).
 
     Args:
         num_classes: K.
@@ -600,7 +518,7 @@ class PuzzleMix(Method):
 
     @torch.no_grad()
     def mix(self, images: Tensor, labels: Tensor, saliency: Tensor) -> PuzzleMixParts:
-        """Steps 2-5 of the module docstring: draw, cut, transport, mix and label.
+        """Steps 2-5 of docs/methods/puzzlemix.md: draw, cut, transport, mix and label.
 
         Args:
             images: (B, C, H, W) float batch (normalised, on the training device).

@@ -1,65 +1,13 @@
 """RecursiveMix: mixed learning with history.
 
-Yang, Li, Hu, Wang & Yang 2022, "RecursiveMix: Mixed Learning with History" (arXiv:2203.06844).
-The paper is the specification (§3.1, Eq. 1-5); facts it leaves out come from the authors' code
-(github.com/implus/RecursiveMix-pytorch, ``utils.recursive_mix`` and ``main.train``).
+Yang, Li, Hu, Wang & Yang 2022, "RecursiveMix: Mixed Learning with History" (arXiv:2203.06844),
+§3.1, Eq. 1-5. Each step pastes the previous step's *mixed* batch, resized, into a box of area
+λ ~ U[0, α] of the current images (Eq. 1-2), fuses the labels by the exact pasted area, and adds
+``ω·λ·KL(p^h ‖ softmax(H′(RoIAlign(features, box))))`` with a separate training-only head H′
+(Eq. 3-5). The history (images, soft labels, predictions) is kept in buffers, saved in checkpoints.
 
-Each training step t keeps the previous step's *mixed* batch as the history ``(x^h, y^h, p^h)``:
-
-* Eq. 2: the historical area fraction λ ~ U[0, α] (α = 0.5); a box of side √λ·W × √λ·H with a
-  uniform centre, clipped to the image (:func:`mixlab.core.boxes.rand_box`, CutMix's box). One
-  box for the whole batch, as the paper and the code do; ``per_sample_boxes=True`` draws one λ
-  and one box per sample.
-* Eq. 1: ``x̃ = M ⊙ ResizeFill(x^h, M) + (1 − M) ⊙ x``: the whole historical image i is resized
-  into the box of current image i (nearest by default; bilinear selectable, Table 4b, with
-  ``align_corners=True`` as the authors' ``F.interpolate`` call), and
-  ``ỹ = λ y^h + (1 − λ) y`` with λ the *exact* pasted-area fraction after clipping (the code's
-  ``lam``; the drawn λ is only the target). Then ``x^h ← x̃, y^h ← ỹ``.
-* Eq. 3-5: ``p^h = softmax(H(GAP(F(x̃^{t-1}))))``, the previous step's prediction, detached; this
-  step's RoI prediction ``p_roi = softmax(H′(RoIAlign(F(x̃^t), B)))`` with a 1×1 aligned RoIAlign
-  (``torchvision.ops.roi_align``, ``aligned=True``, adaptive sampling) of the final feature map
-  over the box; ``L = CE(x̃, ỹ) + ω·λ·KL(p^h ‖ p_roi)``. H′ is a separate linear head (unshared by
-  default, Table 4a), which exists only in training: the deployed model is unchanged. When the
-  box rounds to nothing (λ < (2/H)², about 0.8 % of CIFAR steps) the RoI branch is skipped, as the
-  code's ``if lam < 1.0`` does: H′ gets no gradient (``grad is None``), so momentum and weight
-  decay leave it alone. The decision is taken on the host from the host-drawn box, without reading
-  a device tensor.
-
-Choices where the paper is silent (documented so they can be argued with):
-
-* The consistency term is the KL divergence the paper writes; the authors' code uses the soft
-  cross-entropy ``CE(p_roi, p^h)``, which differs by the entropy of p^h (a constant: the same
-  gradients). With per-sample boxes the weight is each sample's λ_i; the term is averaged over
-  the samples that have a history.
-* ``"nearest"`` samples at pixel centres (``F.interpolate``'s ``"nearest-exact"``), which keeps
-  the resized history centred; the code's legacy ``"nearest"`` shifts it by up to half a pixel.
-  ``"bilinear"`` follows the code (``align_corners=True``: the history's corner pixels land on the
-  box's corner pixels).
-* The history is a copy: the first step's batch is cloned, so a loop that refills its input
-  buffer in place does not rewrite it.
-* Half precision (``model.half()``, bf16): H′ takes the model's dtype; RoIAlign runs in float32
-  for float16/bfloat16 feature maps (torchvision's own autocast policy; its CPU kernels have no
-  bf16), then H′ reads the pooled features in its dtype.
-* With ``per_sample_boxes=True`` the RoI branch runs whenever a box is non-empty; samples whose
-  box is empty weigh λ_i = 0.
-* The box is in (x, y) = (column, row) order for both the paste and the RoI, scaled to the
-  feature map per axis (the code's first release swapped H and W of the RoI, wrong for
-  non-square boxes; here a test checks that the RoI covers exactly the pasted pixels).
-* The history is reset at every epoch start, as the code does (``reset_each_epoch=False`` keeps
-  it). The first step (no history) is plain training. A batch smaller than the history uses its
-  first B historical samples (the code's ``old_x[:bs]``); a batch larger than the history (after
-  a short last batch, with the history kept) mixes only its first rows, the rest train plainly.
-* Table 2's ablations: ``history=False, omega=0`` is "RS" (the resize-paste with a partner from
-  the current batch, CutMix's pairing, instead of the history); ``omega=0`` is "RS + HIS"; the
-  default is "RS + HIS + CL".
-* Segmentation label maps ((B, H, W) class indices, a ``tv_tensors.Mask`` or a plain tensor) are
-  pasted with the images: the historical map is resized into the same box by nearest neighbour
-  (:func:`mixlab.core.boxes.resize_paste_labels`; pixel centres, exactly under the pixels in the
-  ``"nearest"`` mode, never blending classes), the history keeps the mixed maps, and the step's
-  loss is :func:`~mixlab.core.losses.mixed_segmentation_loss` (the exact map's cross-entropy) on
-  ``model(images)`` (a tensor (B, K, H, W), or torchvision's ``{"out": ...}``). The consistency
-  term compares class predictions of the pasted region, which a segmenter does not make: label
-  maps need ``omega=0`` (Table 2's "RS + HIS").
+The defaults and their source and the deviations from the official code
+(implus/RecursiveMix-pytorch): docs/methods/recursivemix.md.
 
 Usage in any training loop (the trainer does the same in :meth:`RecursiveMix.training_step`)::
 
@@ -97,7 +45,7 @@ INTERPOLATIONS = ("nearest", "bilinear")
 
 
 class RecursiveMix(Method):
-    """RecursiveMix (the module docstring has the equations and every choice made).
+    """RecursiveMix (docs/methods/recursivemix.md has the equations and every choice made).
 
     Args:
         num_classes: K.
@@ -264,7 +212,7 @@ class RecursiveMix(Method):
             :class:`~mixlab.core.result.MixResult`: ``lam[i]`` is the current image's weight
             (1 − pasted fraction), ``boxes`` the pasted regions, ``partner_targets`` the
             historical labels (``index`` is then the identity). Label maps: ``targets`` and
-            ``partner_targets`` are the exact mixed maps (the module docstring).
+            ``partner_targets`` are the exact mixed maps (docs/methods/recursivemix.md).
 
         Raises:
             RuntimeError: the previous ``mix`` was not followed by :meth:`update`.

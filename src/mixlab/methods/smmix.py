@@ -1,49 +1,13 @@
 """SMMix: self-motivated image mixing for vision transformers.
 
 Chen, Lin, Lin, Zhang, Chao & Ji, "SMMix: Self-Motivated Image Mixing for Vision Transformers",
-ICCV 2023 (arXiv:2212.12977); official code github.com/ChenMnZ/SMMix (``smmix.py``, ``deit.py``,
-``engine.py``). The model under training motivates both the mixed image and its labels (equations
-are numbered within this docstring):
+ICCV 2023 (arXiv:2212.12977); official code ChenMnZ/SMMix. One more forward pass without gradient
+scores every patch; the partner's most attended k×k window replaces the image's least attended
+one; a token head classifies the pasted and the kept tokens, and the prediction is pulled towards
+the mix of the un-mixed predictions.
 
-1. **Self-motivation.** The un-mixed batch goes through the model once more, in eval mode and
-   without gradient, for its predictions ``z`` and the attention score of every patch: the attention
-   each patch token receives in the last block, averaged over the patch queries and the heads
-   (the code's ``attn[:, :, 1:, 1:].mean((1, 2))``; :mod:`mixlab.models.attention`, ``query="mean"``).
-2. **Max-min attention region mixing.** One region side k (in patches) is drawn per batch,
-   uniformly among the integers in [⌊r_min·S⌋, ⌊r_max·S⌋] (S the side of the patch grid,
-   r_min = 0.25, r_max = 0.75). Summing the scores over every k×k window of patches (stride 1),
-   image i's *least* attended window receives, patch by patch, its partner's *most* attended window::
-
-       x̃_i = x_i with window argmin_W Σ_W a_i  ←  window argmax_W Σ_W a_partner     (1)
-       λ = 1 − k² / N,    ỹ = λ y_i + (1 − λ) y_partner                              (2)
-
-   (N patches; λ is the exact kept pixel fraction, both windows being patch-aligned).
-3. **Fine-grained label assignment.** The mixed image's output tokens are pooled over the pasted
-   window (→ y_partner) and over the rest (→ y_i); a token head h_tok (a linear layer besides the
-   model's head, used only in training) classifies both::
-
-       L_fine = ½ [CE(h_tok(mean_{j∉W} t_j), y_i) + CE(h_tok(mean_{j∈W} t_j), y_partner)]  (3)
-
-4. **Feature consistency.** The mixed image's prediction is pulled towards the mix of the un-mixed
-   images' predictions from step 1, mixed as the labels::
-
-       L_con = KL(softmax(λ z_i + (1 − λ) z_partner) ‖ softmax(z̃_i))                  (4)
-
-   The paper names it a feature-consistency constraint; the official code applies it to the head's
-   outputs as written here (``KLDivLoss(log_softmax(outputs), softmax(mixed logits))``).
-5. ``L = CE(z̃, ỹ) + L_fine + L_con`` (weights 1, the code's). As in the code, SMMix replaces CutMix
-   in DeiT's switch: each batch is SMMix'ed with probability ``smmix_prob`` (0.5) and mixed by
-   Mixup (α = 0.8, area labels, cross-entropy only) otherwise.
-
-Choices where paper and code leave room:
-
-* The token head is separate from the classifier (the code's ``token_head``, which notes that
-  sharing it "does not affect performance"; ``share_head=True`` shares it); it is built in
-  :meth:`SMMix.setup` with timm's initialisation (truncated normal, std 0.02) and trained with the
-  model's learning rate and schedule. The deployed model is unchanged.
-* Grids that are not square draw k from the shorter side. The partner of image i is image i − 1
-  (the code flips the batch: the same law for a shuffled loader, and no self-pair on odd batches).
-* The step-1 pass restores the model's training mode afterwards (the code sets ``train()``).
+The equations, the defaults and their source and the deviations from the official code:
+docs/methods/smmix.md.
 
 Example:
     >>> method = SMMix(num_classes=10, label_smoothing=0.1)
@@ -113,7 +77,7 @@ def paste_windows(images: Tensor, index: Tensor, target: Tensor, source: Tensor,
 
 
 class SMMix(Method):
-    """SMMix (module docstring): max-min attention region mixing, fine-grained labels, consistency.
+    """SMMix (docs/methods/smmix.md): max-min attention region mixing, fine-grained labels, consistency.
 
     Args:
         num_classes: K.

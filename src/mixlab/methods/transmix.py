@@ -1,46 +1,13 @@
 """TransMix: attend to mix for vision transformers.
 
 Chen, Sun, He, Torr, Yuille & Bai, "TransMix: Attend to Mix for Vision Transformers", CVPR 2022
-(arXiv:2111.09833); official code github.com/Beckschen/TransMix (``transmix.py``, its
-``vision_transformer.py`` and ``train.py``). The method, in the order of the paper (equations are
-numbered within this docstring):
+(arXiv:2111.09833); official code Beckschen/TransMix. DeiT's Mixup/CutMix switch; on CutMix batches
+the label weight of each image is the share of the class token's attention (last block, averaged
+over the heads, recorded in the same forward pass) that falls on its patches:
+``λ = (1 − w) λ_attn + w λ_area`` with ``λ_attn = (A · M↓) / (A · 1)`` (w = ``area_weight``).
 
-1. **CutMix on the input.** A box of the partner ``x_B`` is pasted into ``x_A``:
-   ``x̃ = M ⊙ x_A + (1 − M) ⊙ x_B`` with ``M`` the (H, W) mask of the pixels kept from ``x_A``
-   (mixlab's :class:`~mixlab.CutMix`, λ ~ Beta(α, α), the exact kept fraction ``λ_area``).
-2. **The attention map of the last block, in the same forward pass.** ``A = softmax(q_cls kᵀ / √d)``
-   of the last transformer block, the class token's row over the p patch tokens, averaged over the
-   heads (:class:`mixlab.models.attention.AttentionRecorder`, recorded alongside the fused kernel:
-   no extra pass, no extra parameter).
-3. **Label weights from the attention.** The mask is brought to the patch grid, ``M↓`` (p values),
-   and the weight of ``y_A`` is the share of the attention that falls on ``x_A``'s patches::
-
-       λ_attn = (A · M↓) / (A · 1)                                           (1)
-       ỹ = λ y_A + (1 − λ) y_B,     λ = (1 − w) λ_attn + w λ_area             (2)
-
-   The paper writes λ = λ_attn (w = 0, the default here); the official code averages the two
-   (``lam = (lam0 + lam1) / 2``: ``area_weight=0.5``), and so does openmixup (its ``ratio=0.5``).
-   The label is computed without gradient (the map is detached, as the code's ``attn.detach()``).
-4. **DeiT's switch.** TransMix runs inside DeiT's recipe: each batch is mixed by CutMix with
-   probability ``cutmix_prob`` and by Mixup (α = 0.8) otherwise; only the CutMix batches are
-   re-labelled (the official ``Mixup_transmix``). The official DeiT-S config lists
-   ``mixup-switch-prob: 0.8`` but with a dash, which timm's YAML loader does not map to the
-   ``mixup_switch_prob`` flag: its runs used timm's default 0.5, the default here. ``mixup_alpha=0``
-   gives CutMix + TransMix on every batch.
-
-Choices where paper and code leave room (documented so they can be argued with):
-
-* ``M↓`` (``mask_downsample``): ``"area"`` (default) is the fraction of each patch's pixels kept
-  from ``x_A`` (a 1×1 average over each p×p patch), so (1) is the attention-weighted kept area and,
-  with uniform attention, λ_attn equals CutMix's exact λ_area whatever the box. The paper and the
-  code downsample by nearest neighbour (``nn.Upsample(size=√p)``: a patch counts as kept when its
-  top-left pixel is), which rounds every box edge inside a patch: ``"nearest"`` reproduces it.
-* Models without a class token (mixlab's GAP ``vit_tiny_patch4``): ``A`` is the attention each patch
-  receives, averaged over the patch queries (``query="mean"``; the GAP logits read every token
-  alike); ``query="auto"`` picks ``"cls"`` when the model classifies from a class token.
-* Pairing and λ follow mixlab's CutMix and Mixup defaults (one λ and one box per batch as timm's
-  ``mode='batch'``; the partner of image i is image i − 1 instead of the flipped batch: the same law
-  for a shuffled loader, and no self-pair on odd batches).
+The equations, the defaults and their source and the deviations from the official code:
+docs/methods/transmix.md.
 
 Example:
     >>> model = create_model("vit_tiny_patch4", 10)
@@ -96,7 +63,7 @@ def attention_lambda(attn: Tensor, own: Tensor) -> Tensor:
 
 
 class TransMix(Method):
-    """TransMix (module docstring): CutMix (or Mixup, DeiT's switch) with attention-weighted labels.
+    """TransMix (docs/methods/transmix.md): CutMix (or Mixup, DeiT's switch) with attention-weighted labels.
 
     Args:
         num_classes: K.

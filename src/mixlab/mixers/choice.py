@@ -200,7 +200,7 @@ class MixCollate:
     """A ``collate_fn`` that collates a batch and mixes it in the DataLoader worker.
 
     Mixing in the workers overlaps with the training step on the CPU; mixing on the device after
-    the transfer is usually faster on a GPU (see the README). In a worker, leave the mixer's
+    the transfer is usually faster on a GPU (docs/guide/own-loop.md). In a worker, leave the mixer's
     generator as ``None``: torch seeds each worker's global RNG differently, whereas one
     generator object would be copied into every worker and repeat the same draws. uint8 batches
     work (a prefetcher pipeline that normalises on the device): box and mask mixers copy pixels,

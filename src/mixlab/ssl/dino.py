@@ -1,50 +1,13 @@
 """DINO (Caron et al. 2021, "Emerging Properties in Self-Supervised Vision Transformers"), with
 SDMP (Ren et al. 2022, §3.3 case 2, Eq. 6-9) as an option.
 
-Self-distillation without labels. Multi-crop gives 2 global views and n local views of each image.
-The student is the backbone f_s followed by a head h_s (an MLP, an L2-normalised bottleneck and a
-weight-normalised linear layer to K outputs, :class:`DINOHead`); the teacher is a momentum copy of
-both, ``θ_t ← m θ_t + (1 − m) θ_s`` with m rising from m_0 to 1 by a cosine. The teacher sees only
-the global views; its outputs are centred and sharpened, the student's only sharpened::
+Self-distillation without labels: a student (backbone + :class:`DINOHead`) matches a momentum
+teacher's centred and sharpened outputs on 2 global and n local crops (Eq. 6:
+``H(P_t(x_i), P_s(x_v))`` over pairs of a global view and another view). SDMP replaces the last
+``num_mixed_local`` local crops by their intra-batch mixes and adds the source and intra-batch
+teachers' losses (Eq. 7-8, :mod:`mixlab.ssl.sdmp`).
 
-    P_t(x) = softmax((g_t(x) − c) / T_t)        P_s(x) = softmax(g_s(x) / T_s)
-    L_DINO = mean over pairs (global i, view v ≠ i) of  mean_b H(P_t(x_i), P_s(x_v))   (Eq. 6)
-
-with ``H(p, q) = −Σ_k p_k log q_k``. After the loss, the centre follows the teacher's raw outputs
-on the global views, ``c ← 0.9 c + 0.1 · mean_batch g_t(x)`` (the mean over every process).
-
-SDMP: the last ``num_mixed_local`` local crops are replaced by their intra-batch mixes
-``x^m_i = mix(x_i, x_{n−1−i}, λ_i)`` (:class:`~mixlab.ssl.sdmp.SDMPMixing`: one draw per step, the
-same operation, λ and relative boxes for every mixed crop). The same draw mixes the two global
-views for the teacher (the boxes scaled up; the weights below use the local crops' λ, from which
-the global views' can differ by the rounding of the scaled boxes). With ``P_t(x')`` the teacher on
-the clean global views and ``P_t(x'^m)`` on the mixed ones, each (mixed crop, global view) pair
-adds::
-
-    L^s = H(W_s(λ) @ P_t(x'),   P_s(x^m))      the source teacher        (Eq. 7)
-    L^m = H(W_m(λ) @ P_t(x'^m), P_s(x^m))      the intra-batch teacher   (Eq. 8)
-    L   = L_DINO + L^m + L^s                                               (Eq. 9)
-
-where L_DINO covers the clean pairs only (the mixed crops replace local crops, so the student
-costs nothing more) and L^s, L^m are averaged over their pairs like L_DINO. The teacher runs on
-the mixed global views in a pass of their own, so its outputs on the clean ones (BatchNorm
-statistics included) are plain DINO's, and only those move the centre. Outside training mode
-(``method.eval()``) nothing is mixed and the centre stays. W_s and W_m are
-:func:`~mixlab.ssl.sdmp.source_weights` and :func:`~mixlab.ssl.sdmp.intra_weights`; with λ = 1
-both are the identity, the mixes are the crops, and L^s = L^m = the DINO loss of those crops
-against the global views.
-
-Defaults, and where they come from: head 3 layers, hidden 2048, bottleneck 256, K = 65536, GELU,
-no BatchNorm, last layer weight-normalised with its magnitude fixed at 1 (DINO's ViT setting; small
-runs pass a much smaller ``out_dim``); T_s = 0.1; T_t warms up linearly from 0.04 to 0.07 over the
-first 10 % of training (DINO's recommended 0.04 → 0.07 over 30 of 300 epochs; its code's own
-defaults are 0.04 → 0.04); centre momentum 0.9; m_0 = 0.996; the last layer frozen for the first
-1 % of training (DINO's 1 epoch of 100); 6 local crops, scales (0.4, 1) and (0.05, 0.4), local side
-half the global one. SDMP: ``num_mixed_local = num_local // 2`` (Table 10's best: 4 of 8 mixed),
-the operation uniform over {Mixup, CutMix, ResizeMix}, λ ~ Beta(1, 1) per sample.
-
-The training recipe DINO pairs with this loss (AdamW, weight decay 0.04 → 0.4, gradient clipping
-at 3) is the trainer's configuration, not the method's.
+The equations in full, the defaults and where they come from: docs/methods/dino.md.
 """
 
 from __future__ import annotations

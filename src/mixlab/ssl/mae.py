@@ -1,62 +1,12 @@
 """MAE (He et al. 2022, "Masked Autoencoders Are Scalable Vision Learners"), with CropMix
 (Han et al. 2022, §6 and Appendix B.3) as an option for the pre-training input.
 
-An image is cut into L non-overlapping p×p patches; a random subset of them is removed per image
-(75 %); the encoder, the user's ViT, sees only the visible 25 % (with their position embeddings);
-a light decoder sees the encoded visible tokens plus a shared, learnt mask token at every removed
-position (with the decoder's own position embedding) and predicts every patch's pixels. With
-``patchify(x)_j ∈ R^{p²C}`` the pixels of patch j and ``m_j = 1`` for removed patches (MAE §3)::
+75 % of the patches of each image are removed; the ViT's own patch embedding, blocks and norm run
+on the visible tokens; a light decoder predicts every patch; the loss is the MSE of per-patch
+normalised pixels over the removed patches. The input is RandomResizedCrop + flip or CropMix (a
+Mixup of N ∈ {2, 3, 4} crops, or CutMix of 2).
 
-    t_j = (patchify(x)_j − μ_j) / sqrt(σ²_j + 1e-6)      normalised pixels, μ_j, σ²_j over patch j
-    L   = Σ_b Σ_j m_bj · mean_k (ŷ_bjk − t_bjk)²  /  Σ_b Σ_j m_bj                      (MSE, removed only)
-
-Masking (the authors' ``random_masking``): noise ~ U[0, 1) per patch; ``argsort`` of the noise is a
-random order of the patches per image; the first ``K = int(L · (1 − mask_ratio))`` are kept;
-``argsort`` of that order (``ids_restore``) puts the decoder's tokens back in place. Everything is
-a ``gather`` with these indices: no per-image loop. The noise comes from the method's generator.
-
-The encoder is the model the user fine-tunes afterwards, so MAE trains *its* weights (patch
-embedding, position embedding, blocks, final norm) and owns only the decoder (decoder embedding,
-mask token, position embedding, blocks, norm, prediction). Models: mixlab's ``vit_tiny_patch4``
-(:class:`~mixlab.models.vit.ViT`: no class token; its stem is patch + position embedding, its
-stages the blocks then the final norm) and any timm ``VisionTransformer`` (bare or as
-``create_model("timm:...")``), whose prefix tokens (class, registers) always stay visible and pass
-through the decoder, as the class token does in the authors' code. Anything else: ``TypeError``.
-
-Input (``input=``): ``"rrc"`` is MAE's own augmentation, RandomResizedCrop of scale (0.2, 1)
-(bicubic) + horizontal flip. ``"cropmix"`` is CropMix at the same scale (Appendix B.3: "the same
-crop scale, (0.2, 1.0), is applied to both RRC and CropMix") followed by the same flip, with no
-intermediate augmentation (§3.2: "masked image modeling does not require any intermediate
-augmentations"): ``cropmix_mix="mixup"`` (the default, Table 4's "+CropMix" and Table 9's better
-choice on 10 % of ImageNet) draws N from {2, 3, 4} per image and λ ~ Beta(0.4/N, 0.4/N);
-``cropmix_mix="cutmix"`` (Table 9's better choice on all of ImageNet) uses N = 2 and λ ~ U(0, 1)
-(the official README's two commands: ``--number 234 --operation 0 --mix_ratio 0.4`` and
-``--number 2 --operation 1``). The flip after mixing is the normal augmentation of Table 5f's
-"after" column (the official ``post_aug``), not an intermediate one.
-
-Choices where the papers are silent, and where paper and code differ:
-
-* Decoder: 2 blocks of width 128, 4 heads (head width 32 as MAE's 512/16), MLP ratio 4. MAE's
-  Table 1(a, b) shows fine-tuning insensitive to the decoder (84.8-84.9 % for depth 1-8, 84.9 %
-  at width 128 as at 512); its linear probe prefers a deeper, wider one (8 × 512), which here would
-  cost ~30× the encoder's FLOPs (64 tokens of width 512 against vit_tiny_patch4's 16 visible tokens
-  of width 192); 2 × 128 costs about half of the encoder's. The CropMix paper uses MAE's default
-  (8 × 512) on ViT-B; ``decoder_depth`` / ``decoder_dim`` / ``decoder_heads`` restore it.
-* Decoder position embedding: fixed 2-D sin-cos (the authors' code: not learnt, and it works for
-  any token grid, non-square included: the first half of the channels encodes the column, the
-  second the row, each as [sin(pos·ω_k), cos(pos·ω_k)], ω_k = 10000^(−k/(D/4))). The *encoder's*
-  position embedding is the model's own, learnt (timm's init), because it is part of the model
-  that is fine-tuned; MAE fixes it to sin-cos. Likewise the encoder keeps timm's weight init
-  (MAE re-initialises with Xavier); the decoder uses MAE's init (Xavier-uniform linear layers,
-  zero biases, mask token N(0, 0.02²)).
-* The variance of the normalised-pixel target is the unbiased one (``torch.var``), as the code.
-* Interpolation of the crops: bicubic for RRC and for every CropMix crop (MAE's transform); the
-  official CropMix MAE code crops bicubic for N = 3, 4 but bilinear for N = 2. It also draws N
-  from {2, 3, 4} once per run (a bug: it overwrites its own setting); here N is drawn per image.
-* Reconstructions for ``reconstructions.png`` (:meth:`MAE.epoch_figures`): predicted patches of a
-  norm-pix model are mapped back to pixels with each true patch's own mean and variance (the
-  statistics the target removed); the figure uses a fixed mask (its own seeded generator), so the
-  epochs are comparable and training's random stream is untouched.
+The defaults and their source and the deviations from the official code: docs/methods/mae.md.
 
 Example:
     >>> from mixlab.models import vit_tiny_patch4

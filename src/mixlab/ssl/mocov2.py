@@ -1,79 +1,12 @@
-"""MoCo v2 (He et al. 2020, "Momentum Contrast for Unsupervised Visual Representation Learning";
-Chen, Fan, Girshick, He 2020, "Improved Baselines with Momentum Contrastive Learning"), in the
-improved version the CropMix paper trains (Han et al. 2022, §5.1 and Appendix B.2, after Wang et
-al. 2022, Asym-Siam), with CropMix or ScaleMix query views.
+"""MoCo v2 (He et al. 2020; Chen, Fan, Girshick, He 2020, "Improved Baselines with Momentum Contrastive
+Learning"), in the improved version the CropMix paper trains (Han et al. 2022, §5.1, Appendix B.2),
+with the CropMix or ScaleMix query as an option.
 
-Views (:meth:`MoCoV2.views`), a query x_q and a key x_k of each image:
+A query encoder (backbone, an extra FC + BatchNorm, MoCo v2's 2-layer MLP) against a momentum key
+encoder and a queue of negatives, one-directional InfoNCE at τ = 0.2, shuffle-BN. The query view is
+a MoCo v2 view, or two crops at distinct scales CutMix'ed (CropMix; ScaleMix: the same scales).
 
-* ``"standard"``: two independent MoCo v2 views (:func:`~mixlab.transforms.views.mocov2_view`:
-  crop scale (0.2, 1), colour jitter, grayscale, blur, flip).
-* ``"cropmix"`` (§5, Appendix B.2.1): the key is standard; the query is a
-  :class:`~mixlab.transforms.views.MixedQuery`: N = 2 crops from §3.2's even split of the crop-scale
-  range (0.2, 1), i.e. (0.2, 0.6) and (0.6, 1.0), each with its own full MoCo v2 augmentation, then
-  CutMix with λ ~ U(0, 1): a box of area ≈ 1 − λ from the large-scale view is pasted into the
-  small-scale view.
-* ``"scalemix"`` (§5: "a special case of CropMix, where the setting is N = 2, mixing in a CutMix
-  manner, but two views are obtained via same-scale cropping"; Wang et al. 2022): the same with
-  both query crops from the whole range (0.2, 1).
-
-Model. The query encoder is the backbone f_q followed by the improved projector g_q, "a fully
-connected layer (2048 dimension, with BatchNorm) before the projection head (2-layer MLP)" (§5.1)::
-
-    g(h) = W3 · ReLU(W2 · ReLU(BN(W1 · h)))        W1: D → 2048, W2: 2048 → 2048, W3: 2048 → 128
-
-The key encoder f_k, g_k is a momentum copy of both. With q = g_q(f_q(x_q)) / ‖·‖ and
-k₊ = g_k(f_k(x_k)) / ‖·‖ (no gradient), and the queue {k_1 … k_K} of the keys of earlier batches,
-the loss is MoCo's InfoNCE (He et al. 2020, Eq. 1), one-directional (only x_q is a query)::
-
-    L_q = −log  exp(q·k₊ / τ) / ( exp(q·k₊ / τ) + Σ_{i=1..K} exp(q·k_i / τ) )
-
-i.e. the cross-entropy of the logits [q·k₊, q·k_1, …, q·k_K] / τ with the label 0. After the
-optimiser step the key encoder follows the query encoder, ``θ_k ← m θ_k + (1 − m) θ_q`` (Eq. 2)
-with m constant (MoCo v2 has no momentum schedule, unlike MoCo v3's cosine), and the batch's keys,
-those of every data-parallel process, enter the queue while the oldest leave it (the queue and its
-pointer are buffers: checkpoints hold them, and resuming continues exactly).
-
-Shuffling BN (He et al. 2020, §3.3): BatchNorm statistics shared by a query and its own key let
-the model cheat the pretext task, so the keys are encoded from a shuffled batch. Under
-data-parallel training the key images of every process are gathered, permuted with one
-permutation (rank 0's, broadcast), each process encodes its share and the keys are put back in
-order, as MoCo does across its GPUs. In one process there is nothing to shuffle across: with
-``bn_splits`` > 1 the key batch is permuted and encoded in ``bn_splits`` sub-batches (default 4,
-the paper's 4 GPUs, B.2.1), so each key's BatchNorm statistics come from a random quarter of the
-batch. MoCo's own CIFAR-10 demo simulates its GPUs the same way (SplitBatchNorm) but in both
-encoders; here only the key encoder, the method's own copy, is split: the query encoder is the
-user's model and keeps whole-batch statistics. ``shuffle_bn=False`` encodes the keys as one batch.
-
-Defaults and where they come from: τ = 0.2, m = 0.999 (MoCo v2, kept by Asym-Siam and CropMix);
-output 128 and hidden 2048 (§5.1; the Asym-Siam code sizes the hidden layers by the backbone's
-width, which is 2048 for its ResNet-50); queue K = 4096, where MoCo's ImageNet queue holds 65 536
-keys (5 % of its 1.28 M images): on CIFAR's 50 000 images a queue that size would always hold
-each image's own earlier key as a negative, and the MoCo authors' CIFAR-10 demo found K saturated
-at 4096. The optimiser (SGD, lr 0.03 per 256 images, momentum 0.9, weight decay 1e-4, cosine,
-B.2.1) is the trainer's configuration.
-
-Where the official code (JunlinHan/CropMix ``contrastive/``, built on facebookresearch/asym-siam
-and facebookresearch/moco) and this file differ:
-
-* the queue takes any batch size: keys go to positions (ptr + i) mod K and a batch larger than K
-  keeps its last K keys (the code asserts K % batch == 0);
-* the momentum update and the enqueue run in :meth:`after_optimizer_step`; the code runs the update
-  at the start of the next forward and the enqueue at the end of the same one: every loss sees the
-  same encoders and queue either way;
-* shuffle-BN in one process, as described above (the code supports DDP only);
-* the CutMix box: the code indexes ``view[:, x1:x2, y1:y2]``, a transposed box that only matters
-  for non-square images; here x indexes columns. Side ⌊√(1 − λ)·side⌋, uniform centre, clipped, as
-  the code; the patch goes from the large-scale view into the small-scale one, as the code (§3.2's
-  general recipe picks the order at random);
-* views are augmented as ``uint8`` and mixed before the engine normalises them (the code
-  normalises first; the patch is a pixel copy, so the result is the same);
-* 32 px views: Gaussian blur with a 3-pixel kernel, σ ~ U(0.1, 2) (the code: PIL's radius-σ blur on
-  224 px images);
-* the queue starts as random unit vectors, as the code, drawn from the method's generator.
-
-The paper's Table 8 (mixing operations for contrastive learning) lists the numbers of Table 3's
-CropMix row under "+ Mixup", while its text says Mixup "performs poorly" there and Figure 2 and the
-official code use CutMix: the table's row labels look swapped; CutMix is used here.
+The defaults and their source and the deviations from the official code: docs/methods/mocov2.md.
 """
 
 from __future__ import annotations
@@ -116,7 +49,7 @@ def _distributed() -> bool:
 
 class MoCoV2(SelfSupervised):
     """MoCo v2 pre-training of the model's backbone (improved head, queue of negatives), with
-    CropMix or ScaleMix query views as options. The module docstring gives the equations.
+    CropMix or ScaleMix query views as options. docs/methods/mocov2.md gives the equations.
 
     Args:
         dim: output width of the projector, the keys' width (128).
@@ -217,7 +150,7 @@ class MoCoV2(SelfSupervised):
 
     @torch.no_grad()
     def keys(self, images: Tensor, encode: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
-        """k₊ = g_k(f_k(x_k)) / ‖·‖ with shuffle-BN (module docstring), no gradient.
+        """k₊ = g_k(f_k(x_k)) / ‖·‖ with shuffle-BN (docs/methods/mocov2.md), no gradient.
 
         Args:
             images: (B, C, H, W) key views.

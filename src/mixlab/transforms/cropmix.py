@@ -1,59 +1,12 @@
 """CropMix: several random-resized crops of one image at distinct scales, mixed into one image.
 
 Han, Petersson, Li & Reid 2022, "CropMix: Sampling a Rich Input Distribution via Multi-Scale
-Cropping" (arXiv:2205.15955). The paper is the specification; the sections are cited below.
+Cropping" (arXiv:2205.15955). The scale range is split into N even, non-overlapping sub-ranges
+(§3.2, :func:`scale_ranges`); crop k is a RandomResizedCrop in sub-range k; the crops are mixed in
+sequence by Mixup (λ ~ Beta(0.4/N, 0.4/N)) or CutMix, with a channel permutation of the weaker
+operand before each step. The label is unchanged.
 
-Per image (§3.2):
-
-1. **Cropping.** The crop-scale range ``scale = (s0, s1)`` is split evenly into N non-overlapping
-   sub-ranges, ``(s0 + k·(s1-s0)/N, s0 + (k+1)·(s1-s0)/N)`` for k = 0..N-1 (N = 3 of (0.01, 1.0)
-   gives (0.01, 0.34), (0.34, 0.67), (0.67, 1.0)); crop k is a RandomResizedCrop (RRC) whose area
-   fraction is drawn from sub-range k and whose aspect ratio is log-uniform in ``ratio``
-   (torchvision's RRC sampler, its 10 attempts and its centre-crop fallback, computed in Python
-   from one ``torch.rand`` call: 12x cheaper than 2 ``RandomResizedCrop.make_params``), resized to
-   ``size``.
-2. **Mixing.** The N views are shuffled; the first two are mixed, then the result is mixed with
-   the third, and so on: N-1 mixing steps in all. Appendix A:
-
-   * Mixup: ``Z = λ·X + (1-λ)·Y`` with λ ~ Beta(α/N, α/N) (Appendix C.2's parameterisation; the
-     main text writes "α = 0.4/N"), α = 0.4 by default;
-   * CutMix: ``Z = M ⊙ X + (1-M) ⊙ Y`` with λ ~ Beta(1, 1) = U(0, 1): a box of side √(1-λ) of each
-     image side, uniform centre, clipped (as CutMix), is pasted from one operand into the other; a
-     second fair coin decides which operand is the base and which supplies the patch.
-3. **Intermediate augmentations** (§3.2, Table 5f): before every mixing step the *weaker* operand
-   is augmented: for Mixup the one with the smaller weight (the second when λ > 0.5, else the
-   first), for CutMix the one that supplies the patch. The classification default is a random
-   permutation of the colour channels; ``placement="after"`` applies the augmentations once to the
-   final image instead, ``"both"`` does both.
-
-N = 1 is plain RRC: ``CropMix(size, num_crops=1, inter_aug=())`` has the distribution of
-``v2.RandomResizedCrop(size)`` (not its exact draws: the RNG is consumed differently). The paper's settings: CIFAR (§4.1)
-``scale=(0.01, 1), num_crops=2, mix="mixup", inter_aug=("permute",)``; ImageNet (§4.2) the same
-with ``num_crops=(2, 3, 4)`` (drawn per image); contrastive learning (§5) ``mix="cutmix"``, crop
-scale (0.2, 1) and heavy intermediate augmentation; MAE (§6) ``inter_aug=()``.
-
-Deviations from the official code (github.com/JunlinHan/CropMix, ``classification/*/cropmix.py``),
-where it disagrees with the paper the paper is followed:
-
-* N = 2 sub-ranges: as first released (May 2022), the N = 2 branch of *every* variant (the root,
-  ``classification/{cifar10,cifar100,imagenet}`` and ``mae`` ``cropmix.py``) gave the crops
-  ``(s0, (1-s0)/N)`` and ``((1-s0)/N, 1)`` instead of ``(s0, s0 + (1-s0)/N)`` and
-  ``(s0 + (1-s0)/N, 1)``. Upstream fixed it in all of them in 2022: the root file on 2022-08-26
-  (commit 8527cc5), the other four on 2022-10-09 (cacbda8, fb25d6c, 03ada5d, 5de308a); the
-  contrastive code hard-codes the correct (0.2, 0.6), (0.6, 1.0) from the start. Runs with the
-  code of the paper's release used the old split; here, as in the current official code, every
-  N uses §3.2's split;
-* choosing N from {2, 3, 4} overwrites ``self.number`` on the first call, so N is drawn once and
-  then fixed for the whole run (per worker); here N is drawn independently for every image;
-* its CutMix box indexes ``view[:, x1:x2, y1:y2]`` (x as the row index), a transposed box that
-  only matters for non-square images; here x indexes columns;
-* it does not shuffle the views when N = 2 (which changes nothing in distribution), draws from
-  Python's ``random`` and NumPy's global RNGs, and mixes in place; here all randomness comes from
-  the global torch RNG, so ``torch.manual_seed`` and each DataLoader worker's seed reproduce it;
-* only the channel permutation exists there; "hflip", "vflip", "colorjitter" and the "after" /
-  "both" placements follow the paper's Table 5f ablation. Flips are random (p = 0.5), like
-  ``RandomHorizontalFlip``; a permutation is uniform over all C! orders (identity included), as
-  ``random.shuffle`` in the official code.
+The defaults and their source and the deviations from the official code: docs/methods/cropmix.md.
 """
 
 from __future__ import annotations
@@ -115,7 +68,7 @@ def scale_ranges(scale: tuple[float, float], n: int, multi_scale: bool = True) -
         ``[(s0 + k·d, s0 + (k+1)·d) for k in range(n)]`` with d = (s1 - s0) / N; the last upper
         bound is exactly ``s1``.
 
-    Example:
+    Examples:
         >>> [tuple(round(v, 2) for v in r) for r in scale_ranges((0.01, 1.0), 3)]
         [(0.01, 0.34), (0.34, 0.67), (0.67, 1.0)]
     """
@@ -468,7 +421,7 @@ def rrc(
 
 class CropMix(v2.Transform):
     """CropMix (Han et al. 2022, §3.2): N random-resized crops of one image at distinct scales,
-    mixed in sequence into one image of ``size``. The module docstring gives the equations and
+    mixed in sequence into one image of ``size``. docs/methods/cropmix.md gives the equations and
     the deviations from the official code (its N = 2 sub-range bug, N drawn once per run, ...).
 
     A ``torchvision.transforms.v2`` transform: one image in (a C×H×W or ...×C×H×W ``uint8`` or
@@ -513,7 +466,7 @@ class CropMix(v2.Transform):
             (0, 1] or min > max, N < 1, an unknown ``mix`` / ``interpolation`` / ``inter_aug`` /
             ``placement``, α <= 0.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torchvision.transforms import v2
         >>> from mixlab.transforms import CropMix
