@@ -120,8 +120,9 @@ class CropMixBatch:
 
     Args:
         size: output ``(h, w)`` or int; ``None`` (default) keeps the input size.
-        scale, ratio, num_crops, mix, alpha, interpolation, inter_aug, placement, multi_scale,
-            antialias: as :class:`~mixlab.transforms.CropMix` (same defaults, same checks).
+        scale: as :class:`~mixlab.transforms.CropMix` (same defaults, same checks), as are
+            ``ratio``, ``num_crops``, ``mix``, ``alpha``, ``interpolation``, ``inter_aug``,
+            ``placement``, ``multi_scale`` and ``antialias``.
         generator: ``torch.Generator`` for all randomness (default: the global torch RNG);
             :meth:`make_params` also takes one per call.
 
