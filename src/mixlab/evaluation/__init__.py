@@ -11,7 +11,8 @@
 * :mod:`~mixlab.evaluation.features`: a backbone's pooled features;
 * :mod:`~mixlab.evaluation.knn`: weighted kNN classification of features (the SSL monitor);
 * :mod:`~mixlab.evaluation.cam`: class activation maps (CAM, Grad-CAM) and the run-comparison figure;
-* :mod:`~mixlab.evaluation.wsol`: weakly supervised object localization, MaxBoxAccV2;
+* :mod:`~mixlab.evaluation.wsol`: weakly supervised object localization, MaxBoxAccV2 (and of a model
+  over a dataset with boxes, ``localization_accuracy``);
 * :mod:`~mixlab.evaluation.effective_classes`: the effective class number of a method's targets.
 
 It may use :mod:`mixlab.models`, :mod:`mixlab.data`, the methods and the core, never the engine;
@@ -28,7 +29,8 @@ from mixlab.evaluation.knn import knn_accuracy, knn_monitor, knn_predict
 from mixlab.evaluation.metrics import accuracy, evaluate
 from mixlab.evaluation.robustness import (clean_metrics, corruption_accuracy, evaluate_all, fgsm_accuracy,
                                           format_table, predict)
-from mixlab.evaluation.wsol import IOU_THRESHOLDS, MaxBoxAccV2, box_iou_inclusive, component_boxes, scoremap_boxes
+from mixlab.evaluation.wsol import (IOU_THRESHOLDS, MaxBoxAccV2, box_iou_inclusive, component_boxes,
+                                    localization_accuracy, scoremap_boxes)
 
 __all__ = [
     "CAMOutput",
@@ -54,6 +56,7 @@ __all__ = [
     "knn_accuracy",
     "knn_monitor",
     "knn_predict",
+    "localization_accuracy",
     "measure_effective_classes",
     "plot_cams",
     "predict",

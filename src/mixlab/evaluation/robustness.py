@@ -406,12 +406,16 @@ def _format_epsilon(epsilon: float) -> str:
 
 def format_table(results: dict[str, Any]) -> str:
     """A compact text table of :func:`evaluate_all`'s results: clean top-1/top-5/NLL/ECE/RMS, FGSM,
-    mCA, then one line per corruption with its accuracy at each severity and the mean.
+    the localization (``results["wsol"]``, :func:`~mixlab.evaluation.wsol.localization_accuracy`) and
+    the effective class number (``results["effective_classes"]``) when present, mCA, then one line
+    per corruption with its accuracy at each severity and the mean.
 
     Example output::
 
         clean   top-1 95.12%  top-5 99.81%  NLL 0.1812  ECE 2.31%  RMS 3.10%  (n=10000)
         FGSM    top-1 23.45%  (eps=8/255)
+        WSOL    MaxBoxAccV2 61.02%  (IoU 30/50/70: 90.10 / 65.30 / 27.67; cam of the true class, n=1000)
+        classes 4.51 effective classes per training target (weight > 0.0001, first 100 steps, 12800 images)
         mCA     75.40%  (12 corruptions x 5 severities, n=10000, clean top-1 on them 95.12%)
         corruption           s1     s2     s3     s4     s5   mean
         gaussian_noise    90.12  85.40  ...
@@ -424,6 +428,16 @@ def format_table(results: dict[str, Any]) -> str:
     fgsm = results.get("fgsm")
     if fgsm:
         lines.append(f"FGSM    top-1 {fgsm['top1']:.2f}%  (eps={_format_epsilon(fgsm['epsilon'])})")
+    wsol = results.get("wsol")
+    if wsol:
+        deltas = [k.partition("@")[2] for k in wsol if k.startswith("maxboxacc@")]
+        lines.append(f"WSOL    MaxBoxAccV2 {wsol['maxboxacc']:.2f}%  (IoU " + "/".join(deltas) + ": "
+                     + " / ".join(f"{wsol['maxboxacc@' + d]:.2f}" for d in deltas)
+                     + f"; {wsol['cam']} of the true class, n={wsol['n']})")
+    effective = results.get("effective_classes")
+    if effective:
+        lines.append(f"classes {effective['mean']:.2f} effective classes per training target (weight > "
+                     f"{effective['threshold']:g}, first {effective['steps']} steps, {effective['images']} images)")
     corr = results.get("corruptions")
     if corr:
         sevs = corr["severities"]
