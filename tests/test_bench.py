@@ -165,7 +165,8 @@ def test_shipped_protocols_are_valid() -> None:
     for p in (quick, full):
         assert list(p.methods) == ["vanilla", "mixup", "cutmix", "resizemix", "fmix", "saliencymix", "mixup-cutmix",
                                    "rrc", "rrc@0.01", "cropmix", "recursivemix", "recursivemix@rs",
-                                   "recursivemix@rs+his", "automix", "manifold-mixup", "puzzlemix"]
+                                   "recursivemix@rs+his", "automix", "samix", "adautomix", "regmixup",
+                                   "mixup+decouple", "cutmix+decouple", "manifold-mixup", "puzzlemix"]
         assert p.methods["mixup"] == {"alpha": 1.0} and p.methods["cutmix"] == {"alpha": 1.0}
         assert p.methods["automix"]["alpha"] == 2.0  # the paper's α; stage: the second-to-last (l = 3)
         assert p.methods["manifold-mixup"] == {"alpha": 2.0, "stages": [0, 1, 2]}  # the AutoMix tables' α

@@ -26,7 +26,8 @@ from typing import Any, Callable
 from mixlab.methods.base import Method, MixerMethod, Vanilla
 from mixlab.mixers import CutMix, FMix, Mixup, RandomChoice, ResizeMix, SaliencyMix
 
-__all__ = ["MethodSpec", "METHODS", "method_class", "is_self_supervised", "self_supervised_methods", "build_method",
+__all__ = ["MethodSpec", "METHODS", "method_class", "is_self_supervised", "self_supervised_methods", "decouple_methods",
+           "build_method",
            "build_model", "build_dataset", "check_names", "model_names", "model_arguments", "dataset_names"]
 
 
@@ -56,14 +57,15 @@ class MethodSpec:
     method_class: str = "mixlab.methods.base:Method"
 
 
-_MIXER_OPTIONS = ("p", "pairing", "granularity")  # common to every mixlab.mixers.Mixer
+# common to every mixlab.mixers.Mixer; `decouple` is DecoupleMix's loss option (MixerMethod's)
+_MIXER_OPTIONS = ("p", "pairing", "granularity", "decouple")
 
 
 def _mixer(cls: type) -> Callable[..., Method]:
     """Constructor of a :class:`MixerMethod` around the stateless mixer ``cls``."""
 
-    def build(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
-        return MixerMethod(cls(num_classes=num_classes, label_smoothing=label_smoothing, **hparams))
+    def build(num_classes: int, label_smoothing: float = 0.0, decouple: float = 0.0, **hparams: Any) -> Method:
+        return MixerMethod(cls(num_classes=num_classes, label_smoothing=label_smoothing, **hparams), decouple=decouple)
 
     return build
 
@@ -74,11 +76,11 @@ def _vanilla(num_classes: int, label_smoothing: float = 0.0) -> Method:
 
 def _mixup_cutmix(
     num_classes: int, label_smoothing: float = 0.0, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0,
-    cutmix_prob: float = 0.5,
+    cutmix_prob: float = 0.5, decouple: float = 0.0,
 ) -> Method:
     mixers = [Mixup(num_classes, alpha=mixup_alpha, label_smoothing=label_smoothing),
               CutMix(num_classes, alpha=cutmix_alpha, label_smoothing=label_smoothing)]
-    method = MixerMethod(RandomChoice(mixers, probabilities=[1.0 - cutmix_prob, cutmix_prob]))
+    method = MixerMethod(RandomChoice(mixers, probabilities=[1.0 - cutmix_prob, cutmix_prob]), decouple=decouple)
     method.name = "mixup-cutmix"
     return method
 
@@ -108,6 +110,24 @@ def _automix(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> 
     from mixlab.methods.automix import AutoMix
 
     return AutoMix(num_classes, label_smoothing, **hparams)
+
+
+def _samix(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
+    from mixlab.methods.samix import SAMix
+
+    return SAMix(num_classes, label_smoothing, **hparams)
+
+
+def _adautomix(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
+    from mixlab.methods.adautomix import AdAutoMix
+
+    return AdAutoMix(num_classes, label_smoothing, **hparams)
+
+
+def _regmixup(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
+    from mixlab.methods.regmixup import RegMixup
+
+    return RegMixup(num_classes, label_smoothing, **hparams)
 
 
 def _rrc(num_classes: int, label_smoothing: float = 0.0, **hparams: Any) -> Method:
@@ -187,6 +207,9 @@ _DEIT_SWITCH = {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "cutmix_prob": 0.5}  # 
 _SDMP_OPTIONS = ("sdmp", "ops", "per_sample", "static_source", "static_intra", "mix_alpha", "image_size")
 _SDMP_PAPER = "Ren et al. 2022, A Simple Data Mixing Prior for Improving Self-Supervised Learning (SDMP)"
 
+_DECOUPLE_PAPER = "Liu et al. 2023, Harnessing Hard Mixed Samples with Decoupled Regularizer (DecoupleMix)"
+_DECOUPLE = 0.1  # DecoupleMix's η in the reference's default configs (mixup, CIFAR-100 and ImageNet)
+
 _CROPMIX_PAPER = "Han et al. 2022, CropMix: Sampling a Rich Input Distribution via Multi-Scale Cropping"
 # the CIFAR setting of §4.1: N = 2 crops of (0.01, 1), Mixup with λ ~ Beta(0.4/N, 0.4/N), channel permutation
 _CROPMIX_DEFAULTS = {"scale": (0.01, 1.0), "num_crops": 2, "alpha": 0.4, "inter_aug": ("permute",),
@@ -224,7 +247,21 @@ METHODS: dict[str, MethodSpec] = {
                               method_class="mixlab.methods.base:MixerMethod"),
     "mixup-cutmix": MethodSpec(_mixup_cutmix, "Touvron et al. 2021, DeiT (training recipe)",
                                {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "cutmix_prob": 0.5},
-                               "Mixup or CutMix, chosen per batch", method_class="mixlab.methods.base:MixerMethod"),
+                               "Mixup or CutMix, chosen per batch", ("decouple",),
+                               method_class="mixlab.methods.base:MixerMethod"),
+    "mixup+decouple": MethodSpec(_mixer(Mixup), _DECOUPLE_PAPER + "; Zhang et al. 2018, mixup",
+                                 {"alpha": 1.0, "decouple": _DECOUPLE},
+                                 "Mixup with DecoupleMix's regulariser (decoupled softmax of each mixed class)",
+                                 _MIXER_OPTIONS, method_class="mixlab.methods.base:MixerMethod"),
+    "cutmix+decouple": MethodSpec(_mixer(CutMix), _DECOUPLE_PAPER + "; Yun et al. 2019, CutMix",
+                                  {"alpha": 1.0, "decouple": _DECOUPLE},
+                                  "CutMix with DecoupleMix's regulariser (decoupled softmax of each mixed class)",
+                                  _MIXER_OPTIONS, method_class="mixlab.methods.base:MixerMethod"),
+    "regmixup": MethodSpec(_regmixup, "Pinto et al. 2022, Using Mixup as a Regularizer Can Surprisingly Improve "
+                           "Accuracy and Out Distribution Robustness (RegMixup)", {"alpha": 20.0, "eta": 1.0},
+                           "clean cross-entropy + eta x the cross-entropy of a Mixup with lambda near 1/2 (large "
+                           "alpha), in one pass", ("pairing", "decouple"),
+                           method_class="mixlab.methods.regmixup:RegMixup"),
     "cropmix": MethodSpec(_cropmix("mixup"), _CROPMIX_PAPER, _CROPMIX_DEFAULTS,
                           "loader mixes N crops of distinct scales of each image (Mixup); labels unchanged",
                           _CROPMIX_OPTIONS, method_class="mixlab.methods.cropmix:CropMixMethod"),
@@ -249,8 +286,22 @@ METHODS: dict[str, MethodSpec] = {
                           "masks from a learned Mix Block on a momentum encoder's stage-l features (stage None: "
                           "the second-to-last, l = 3 on 4-stage ResNets)",
                           ("momentum", "momentum_schedule", "gamma", "epsilon", "lam_margin", "lam_concat", "value",
-                           "upsampling", "reduction", "pairing", "clean_loss", "mix_block_lr_scale"),
+                           "upsampling", "reduction", "pairing", "clean_loss", "mix_block_lr_scale", "decouple"),
                           method_class="mixlab.methods.automix:AutoMix"),
+    "samix": MethodSpec(_samix, "Li et al. 2021, Boosting Discriminative Visual Representation Learning with "
+                        "Scenario-Agnostic Mixup (SAMix)", {"alpha": 2.0, "stage": None, "eta": 0.5},
+                        "AutoMix's momentum pipeline with SAMix's Mixer (adaptive lambda encoding, non-linear value) "
+                        "trained by the eta-balanced mixup loss and an L1 + variance mask loss",
+                        ("momentum", "momentum_schedule", "mask_loss", "mask_margin", "lam_margin", "lam_rescale",
+                         "upsampling", "reduction", "pairing", "clean_loss", "mix_block_lr_scale", "decouple"),
+                        method_class="mixlab.methods.samix:SAMix"),
+    "adautomix": MethodSpec(_adautomix, "Qin et al. 2024, Adversarial AutoMixup (AdAutoMix)",
+                            {"alpha": 1.0, "num_mix": 3, "beta": 0.3, "mixup_weight": 0.5, "stage": None},
+                            "a generator mixes num_mix images per sample (per-pixel softmax weights, labels by pixel "
+                            "fraction), trained adversarially against the momentum classifier every other step",
+                            ("momentum", "momentum_schedule", "adv_interval", "similarity", "lam_margin", "lam_concat",
+                             "upsampling", "reduction", "pairing", "clean_loss", "mix_block_lr_scale"),
+                            method_class="mixlab.methods.adautomix:AdAutoMix"),
     "manifold-mixup": MethodSpec(_manifold_mixup, "Verma et al. 2019, Manifold Mixup: Better Representations by "
                                  "Interpolating Hidden States", {"alpha": 2.0, "stages": (0, 1, 2)},
                                  "Mixup of the hidden states at a stage drawn from `stages` (0 = the input), "
@@ -351,6 +402,12 @@ def is_self_supervised(method: str | Method) -> bool:
     return bool(cls.self_supervised)
 
 
+def decouple_methods() -> tuple[str, ...]:
+    """The methods that take DecoupleMix's loss option ``decouple=η`` (``method.params.decouple``),
+    in registry order: those whose mixed targets are pairs with a label weight."""
+    return tuple(name for name, spec in METHODS.items() if "decouple" in spec.defaults or "decouple" in spec.options)
+
+
 def self_supervised_methods() -> tuple[str, ...]:
     """The names of the self-supervised methods (``mixlab pretrain --framework``), in registry order."""
     return tuple(name for name in METHODS if is_self_supervised(name))
@@ -371,6 +428,9 @@ def check_names(method: str | None = None, method_params: dict | None = None, mo
         spec = METHODS[method]
         valid = list(spec.defaults) + list(spec.options)
         for key in method_params or {}:
+            if key == "decouple" and key not in valid:
+                raise ValueError(f"method {method!r} does not take decouple (DecoupleMix's loss option); the methods "
+                                 f"that take it: {', '.join(decouple_methods())}")
             if key not in valid:
                 raise ValueError(f"method {method!r} has no hyper-parameter {key!r}; "
                                  f"valid: {', '.join(valid) or 'none'}")
@@ -468,9 +528,11 @@ def build_model(name: str, num_classes: int, **kwargs: Any):
         raise _bad_model_kwargs(name, match[1], *model_arguments(name), detail=str(e)) from None
 
 
-def build_dataset(name: str, split: str, root: str | None = None, **kwargs: Any):
-    """``mixlab.data.build_dataset`` with a clear error for unknown names."""
+def build_dataset(name: str, split: str, root: str | None = None, task: str = "classification", **kwargs: Any):
+    """``mixlab.data.build_dataset`` with a clear error for unknown names (``task`` as there;
+    the dense tasks' names are checked by it, against their own registry)."""
     from mixlab import data
 
-    check_names(dataset=name)
-    return data.build_dataset(name, split, root=root, **kwargs)
+    if task == "classification":
+        check_names(dataset=name)
+    return data.build_dataset(name, split, root=root, task=task, **kwargs)

@@ -18,6 +18,7 @@ A protocol is a YAML file shipped in ``mixlab/bench/protocols/`` (or any file gi
     #              head_lr_scale: 1.0, method: vanilla, batch_size: 128}     (mixlab finetune's arguments)
     claims:                # optional: the papers' claims the results check (method vs baseline, top-1)
       - {method: mixup, baseline: vanilla, claim: "Mixup beats ERM (Zhang et al. 2018, Table 1)"}
+      - {method: regmixup, baseline: mixup, metric: ece, claim: "..."}   # another results column (lower ECE wins)
 
     >>> protocol = load_protocol("cifar10-quick")
     >>> cfg = protocol.config("mixup", seed=0)      # the TrainConfig of one run
@@ -37,10 +38,14 @@ import yaml
 from mixlab import registry
 from mixlab.engine.config import TrainConfig, config_from_dict, validate_config
 
-__all__ = ["Protocol", "Claim", "EvalSettings", "FinetuneSettings", "list_protocols", "load_protocol", "protocol_from_dict", "method_name"]
+__all__ = ["Protocol", "Claim", "CLAIM_METRICS", "EvalSettings", "FinetuneSettings", "list_protocols", "load_protocol",
+           "protocol_from_dict", "method_name"]
 
 _KEYS = ("description", "base", "methods", "seeds", "eval", "claims")
-_CLAIM_KEYS = ("method", "baseline", "claim")
+_CLAIM_KEYS = ("method", "baseline", "claim")  # and optionally "metric"
+#: the results.csv columns a claim may compare, and which way is better on each
+CLAIM_METRICS = {"top1": "higher", "top5": "higher", "fgsm_top1": "higher", "corruption_top1": "higher",
+                 "knn_top1": "higher", "ece": "lower", "rms": "lower", "nll": "lower"}
 _EVAL_KEYS = ("max_corruption_images", "fgsm", "corruptions", "probe_epochs", "finetune")
 # set per run by the runner, so a protocol must leave them alone
 _RUNNER_KEYS = ("method.name", "method.params", "run.seed", "run.out", "run.resume", "run.stop_epoch")
@@ -85,11 +90,13 @@ class EvalSettings:
 
 @dataclass(frozen=True)
 class Claim:
-    """A paper's claim that ``method`` beats ``baseline`` (both labels of the protocol's methods)."""
+    """A paper's claim that ``method`` beats ``baseline`` (both labels of the protocol's methods) on
+    ``metric``, a column of :data:`CLAIM_METRICS` (default top-1; "beats" is "lower" for ECE)."""
 
     method: str
     baseline: str
     claim: str
+    metric: str = "top1"
 
 
 @dataclass(frozen=True)
@@ -260,8 +267,12 @@ def protocol_from_dict(data: Any, name: str = "protocol") -> Protocol:
     if not isinstance(claims, list):
         raise fail(f"claims must be a list of {{method, baseline, claim}} mappings, got {claims!r}")
     for c in claims:
-        if not isinstance(c, dict) or sorted(c) != sorted(_CLAIM_KEYS) or not all(isinstance(v, str) for v in c.values()):
-            raise fail(f"each claim must be a mapping with string keys {', '.join(_CLAIM_KEYS)}, got {c!r}")
+        if (not isinstance(c, dict) or sorted(set(c) - {"metric"}) != sorted(_CLAIM_KEYS)
+                or not all(isinstance(v, str) for v in c.values())):
+            raise fail(f"each claim must be a mapping with string keys {', '.join(_CLAIM_KEYS)} (and optionally "
+                       f"metric), got {c!r}")
+        if c.get("metric", "top1") not in CLAIM_METRICS:
+            raise fail(f"claim {c['claim']!r}: metric must be one of {', '.join(CLAIM_METRICS)}, got {c['metric']!r}")
         for key in ("method", "baseline"):
             if c[key] not in methods:
                 raise fail(f"claim {c['claim']!r}: {key} {c[key]!r} is not one of the protocol's methods")

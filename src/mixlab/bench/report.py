@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mixlab import registry
-from mixlab.bench.protocols import method_name
+from mixlab.bench.protocols import CLAIM_METRICS, method_name
 from mixlab.evaluation.corruptions import CORRUPTIONS
 
 __all__ = ["COLUMNS", "finetune_key", "read_rows", "collect_rows", "read_history", "mean_std", "pooled_std", "summarize", "compare_to_baseline", "check_claim",
@@ -210,21 +210,24 @@ def compare_to_baseline(rows: Sequence[dict[str, Any]], key: str = "top1", label
 
 
 def check_claim(rows: Sequence[dict[str, Any]], method: str, baseline: str, claim: str, key: str = "top1") -> str:
-    """One sentence on a paper's claim that ``method`` beats ``baseline``: the measured difference
-    and whether it exceeds 2 x the pooled seed-to-seed std of the two (the screen of
-    :func:`compare_to_baseline`)."""
+    """One sentence on a paper's claim that ``method`` beats ``baseline`` on ``key``: the measured
+    difference and whether it exceeds 2 x the pooled seed-to-seed std of the two (the screen of
+    :func:`compare_to_baseline`). "Beats" is "is lower" for the metrics that
+    :data:`~mixlab.bench.protocols.CLAIM_METRICS` marks lower-is-better (ECE, RMS, NLL)."""
     a = [r[key] for r in rows if r["method"] == method]
     b = [r[key] for r in rows if r["method"] == baseline]
     if not a or not b:
         return f"{claim}: not checked ({method if not a else baseline} has no finished run)."
     delta = mean_std(a)[0] - mean_std(b)[0]
+    gain = -delta if CLAIM_METRICS.get(key) == "lower" else delta
     s = pooled_std([a, b])
-    head = f"{claim}: {method} {mean_std(a)[0]:.2f} vs {baseline} {mean_std(b)[0]:.2f} ({delta:+.2f} points"
+    metric = "" if key == "top1" else f"{key} " + ("(lower is better) " if gain != delta else "")
+    head = f"{claim}: {metric}{method} {mean_std(a)[0]:.2f} vs {baseline} {mean_std(b)[0]:.2f} ({delta:+.2f} points"
     if math.isnan(s):
         return head + "; one seed each: no spread to judge by)."
-    if delta > 2 * s:
+    if gain > 2 * s:
         verdict = "supported here"
-    elif delta < -2 * s:
+    elif gain < -2 * s:
         verdict = "contradicted here (the difference is the other way, beyond the spread)"
     else:
         verdict = "not resolved here (within the spread)"
@@ -293,7 +296,7 @@ def write_markdown(rows: Sequence[dict[str, Any]], path: str | Path, *, protocol
         lines += ["", "## The papers' claims", ""]
         for c in claims:  # self-supervised: on the kNN monitor, the linear probe and each fine-tuning
             lines += [f"- {check_claim(rows, c.method, c.baseline, c.claim + (f' [{label}]' if ssl else ''), key)}"
-                      for key, label in (compared[:-1] if ssl else (("top1", ""),))]
+                      for key, label in (compared[:-1] if ssl else ((getattr(c, "metric", "top1"), ""),))]
     lines += ["", "## How it was run", ""]
     lines += [f"- command: `{c}`" for c in commands]
     lines += [f"- machine: {m}" for m in machines]

@@ -32,6 +32,9 @@ __all__ = [
     "paste_boxes",
     "resize_into_boxes",
     "resize_paste",
+    "resize_paste_labels",
+    "label_resize_mode",
+    "mask_boxes",
 ]
 
 
@@ -177,7 +180,7 @@ def boxes_to_mask(
     ys = torch.arange(height, device=device).view(1, height, 1)
     xs = torch.arange(width, device=device).view(1, 1, width)
     x1, y1, x2, y2 = (boxes[:, k].view(-1, 1, 1) for k in range(4))
-    inside = (ys >= y1) & (ys < y2) & (xs >= x1) & (xs < x2)  # (B, H, W)
+    inside = ((ys >= y1) & (ys < y2)) & ((xs >= x1) & (xs < x2))  # (B, H, 1) & (B, 1, W) -> (B, H, W)
     return inside.unsqueeze(1).to(dtype)
 
 
@@ -329,3 +332,54 @@ def resize_paste(
             small = _to_dtype(small, source.dtype)
         return paste_boxes(images, small, boxes, out)
     return paste_boxes(images, resize_into_boxes(source, boxes, h, w, mode=mode), boxes, out)
+
+
+def label_resize_mode(mode: str) -> str:
+    """The nearest-neighbour mode that moves a label map with images resampled by ``mode``: the
+    legacy ``"nearest-legacy"`` for it, ``"nearest"`` (pixel centres, the geometry of bilinear with
+    ``align_corners=False``) for every other mode. Classes are never blended."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"mode must be one of {list(RESIZE_MODES)}, got {mode!r}")
+    return "nearest-legacy" if mode == "nearest-legacy" else "nearest"
+
+
+def resize_paste_labels(
+    maps: Tensor, source: Tensor, boxes: tuple[int, int, int, int] | Tensor, mode: str = "nearest"
+) -> Tensor:
+    """Label maps ``maps`` (B, H, W) with each whole ``source[i]`` (B, h, w) resized into box i by
+    nearest neighbour (ResizeMix's and RecursiveMix's paste, for segmentation targets).
+
+    The same sampling as :func:`resize_paste` in the same ``mode`` (``"nearest"`` or
+    ``"nearest-legacy"``): a label map pasted with an image's nearest mode sits pixel for pixel under
+    the pasted image. Any integer dtype (``F.interpolate`` has no int64 kernel: the map is gathered).
+    Returns a new tensor.
+
+    Args:
+        maps: (B, H, W) the label maps pasted into.
+        source: (B, h, w) the maps to resize into the boxes.
+        boxes: one box ``(x1, y1, x2, y2)`` of Python ints for the batch, or (B, 4) int64 (or (1, 4)).
+        mode: ``"nearest"`` (pixel centres) or ``"nearest-legacy"``; see :func:`label_resize_mode`.
+    """
+    if mode not in ("nearest", "nearest-legacy"):
+        raise ValueError(f"label maps are resized by nearest neighbour: mode must be 'nearest' or "
+                         f"'nearest-legacy', got {mode!r}")
+    b, h, w = maps.shape
+    if isinstance(boxes, tuple):
+        boxes = torch.tensor(boxes).to(maps.device, non_blocking=True).view(1, 4)
+    boxes = boxes.to(maps.device).expand(b, 4)
+    canvas = resize_into_boxes(source.unsqueeze(1), boxes, h, w, mode=mode).squeeze(1)
+    return torch.where(boxes_to_mask(boxes, h, w, device=maps.device).squeeze(1), canvas, maps)
+
+
+def mask_boxes(mask: Tensor) -> Tensor:
+    """Bounding boxes (n, 4) int64 ``(x1, y1, x2, y2)``, half-open, of the True pixels of each
+    (n, H, W) mask; ``(0, 0, 0, 0)`` for an empty mask."""
+    n, h, w = mask.shape
+    byte = mask.view(torch.uint8) if mask.dtype == torch.bool else mask.ne(0).view(torch.uint8)
+    rows, cols = byte.amax(dim=2) > 0, byte.amax(dim=1) > 0  # (n, H), (n, W); uint8 max: a fast "any"
+    y1 = rows.to(torch.uint8).argmax(dim=1)
+    y2 = h - rows.flip(1).to(torch.uint8).argmax(dim=1)
+    x1 = cols.to(torch.uint8).argmax(dim=1)
+    x2 = w - cols.flip(1).to(torch.uint8).argmax(dim=1)
+    boxes = torch.stack([x1, y1, x2, y2], dim=1).long()
+    return torch.where(rows.any(dim=1, keepdim=True), boxes, torch.zeros_like(boxes))

@@ -7,10 +7,10 @@ output is produced.
 
 from __future__ import annotations
 
-from typing import Any
-
 import math
+import sys
 from numbers import Real
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -19,11 +19,16 @@ __all__ = [
     "IncompatibleModelError",
     "check_alpha",
     "check_bool",
+    "check_nonnegative",
     "check_probability",
     "check_range",
+    "check_real",
     "check_images",
     "check_labels",
+    "check_label_maps",
     "check_choice",
+    "check_ignore_index",
+    "is_label_map",
     "reads_values",
 ]
 
@@ -41,6 +46,34 @@ def check_alpha(alpha: float, name: str = "alpha") -> float:
     if not math.isfinite(alpha) or alpha <= 0.0:
         raise ValueError(f"{name} must be a finite number > 0, got {alpha}")
     return alpha
+
+
+def check_real(value: Any, name: str, low: float, high: float, low_open: bool = False,
+               high_open: bool = False) -> float:
+    """A finite real number in the interval from ``low`` to ``high`` (open ends as told), as a float.
+
+    Raises:
+        TypeError: not a real number (bools refused), naming ``name`` and the interval.
+        ValueError: outside the interval or not finite, naming ``name``, the interval and the value.
+    """
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number in {interval}, got {type(value).__name__}")
+    value = float(value)
+    ok = (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+    if not ok or not math.isfinite(value):
+        raise ValueError(f"{name} must be in {interval}, got {value}")
+    return value
+
+
+def check_nonnegative(value: float, name: str) -> float:
+    """A finite real number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number >= 0, got {type(value).__name__}")
+    value = float(value)
+    if not (value >= 0.0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
 
 
 def check_probability(p: float, name: str = "p") -> float:
@@ -121,7 +154,8 @@ def check_labels(
     if not isinstance(labels, Tensor):
         raise TypeError(f"labels must be a torch.Tensor of shape (B,) or (B, K), got {type(labels).__name__}")
     if labels.ndim not in (1, 2):
-        raise ValueError(f"labels must be (B,) class indices or (B, K) float targets, got shape {tuple(labels.shape)}")
+        raise ValueError(f"labels must be (B,) class indices, (B, K) float targets or (B, H, W) label maps, "
+                         f"got shape {tuple(labels.shape)}")
     if labels.shape[0] != batch_size:
         raise ValueError(f"labels length must match the batch size of the images: {labels.shape[0]} != {batch_size}")
     if labels.ndim == 1:
@@ -144,3 +178,67 @@ def check_labels(
         raise ValueError("labels contain NaN or infinite values (check_finite=True)")
     if reads_values(labels, check_values) and bool((labels < 0).any()):
         raise ValueError("(B, K) labels must be non-negative")
+
+
+def is_label_map(labels: Any) -> bool:
+    """Whether ``labels`` are per-pixel label maps (segmentation targets) rather than class labels:
+    a ``tv_tensors.Mask``, or any tensor with 3 dims (B, H, W).
+
+    The one place that decides "labels are dense": the mixers, :class:`~mixlab.core.result.MixResult`
+    and the losses all ask it. A ``tv_tensors.Mask`` is recognised without importing torchvision
+    (if one exists, torchvision is imported already).
+    """
+    if not isinstance(labels, Tensor):
+        return False
+    if labels.ndim == 3:
+        return True
+    tv_tensors = sys.modules.get("torchvision.tv_tensors")
+    return tv_tensors is not None and isinstance(labels, tv_tensors.Mask)
+
+
+def check_ignore_index(ignore_index: Any, num_classes: int) -> int:
+    """The label-map value that marks pixels without a class: an int outside [0, K) (255, VOC's,
+    or -1, ...)."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    if 0 <= ignore_index < num_classes:
+        raise ValueError(f"ignore_index must lie outside the classes [0, {num_classes}) (e.g. 255 or -1), "
+                         f"got {ignore_index}")
+    return ignore_index
+
+
+def check_label_maps(
+    maps: Tensor, images: Tensor, num_classes: int, ignore_index: int, check_values: bool | None = None
+) -> None:
+    """Per-pixel class indices (B, H, W) of an integer dtype, one map per image of ``images``
+    (B, C, H, W), each value in [0, K) or ``ignore_index``.
+
+    Shapes and dtypes are always checked; values as :func:`reads_values` says for ``check_values``.
+
+    Raises:
+        TypeError: not an integer tensor.
+        ValueError: a shape that is not the images' (B, H, W), or a value outside the classes.
+    """
+    expected = (images.shape[0], *images.shape[-2:])
+    if maps.ndim != 3:
+        raise ValueError(f"label maps must be (B, H, W) class indices, one per image: expected {expected}, "
+                         f"got shape {tuple(maps.shape)}" + (" (squeeze the channel dim)" if maps.ndim == 4 else ""))
+    if tuple(maps.shape) != expected:
+        raise ValueError(f"label maps must have the images' batch size and size (B, H, W) = {expected}, "
+                         f"got shape {tuple(maps.shape)}")
+    if maps.is_floating_point() or maps.is_complex() or maps.dtype == torch.bool:
+        raise TypeError(f"label maps must hold integer class indices (uint8, int32, int64), got {maps.dtype}")
+    check_ignore_index(ignore_index, num_classes)
+    if maps.numel() and reads_values(maps, check_values):
+        lo, hi = (int(v) for v in torch.aminmax(maps))
+        if lo >= 0 and hi < num_classes:  # one pass when no pixel is ignored
+            return
+        if lo >= 0 and hi < 1 << 16:  # one counting pass over the map
+            present = torch.bincount(maps.flatten(), minlength=hi + 1).nonzero().squeeze(1)
+            bad = present[(present >= num_classes) & (present != ignore_index)]
+        else:
+            outside = ((maps < 0) | (maps >= num_classes)) & (maps != ignore_index)
+            bad = maps[outside].unique()
+        if bad.numel():
+            raise ValueError(f"label maps must hold class indices in [0, {num_classes}) or ignore_index="
+                             f"{ignore_index}, got the values {bad[:8].tolist()}")

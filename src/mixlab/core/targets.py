@@ -3,6 +3,9 @@
 Accepting probability labels means mixers chain (CutMix after CropMix, Mixup after a mixer).
 Label smoothing (Szegedy et al. 2016) is applied to the un-mixed targets,
 t = (1 - ε) y + ε / K, before they are mixed, as timm does.
+
+Segmentation: :func:`dense_soft_targets` turns a mixed batch's two label maps and λ into per-pixel
+soft targets (B, K, H, W).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["soft_targets", "mix_targets"]
+__all__ = ["soft_targets", "mix_targets", "dense_soft_targets"]
 
 
 def soft_targets(
@@ -36,3 +39,38 @@ def mix_targets(targets: Tensor, index: Tensor, lam: Tensor) -> Tensor:
     """λ_i t_i + (1 - λ_i) t_index[i] for dense targets (B, K) and per-sample λ (B,)."""
     lam = lam.to(device=targets.device, dtype=targets.dtype).unsqueeze(1)
     return torch.lerp(targets[index], targets, lam)
+
+
+def dense_soft_targets(
+    targets: Tensor, partner_targets: Tensor, lam: Tensor, num_classes: int, ignore_index: int = 255,
+    label_smoothing: float = 0.0, dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Per-pixel soft targets (B, K, H, W) of a mixed segmentation batch:
+    ``t[i, :, p] = λ_i·onehot(y_a[i, p]) + (1 - λ_i)·onehot(y_b[i, p])`` (smoothed to
+    ``(1 - ε)·onehot + ε/K`` first), where a map that says ``ignore_index`` at p contributes nothing.
+
+    ``(y_a, y_b, λ)`` is :meth:`MixResult.pairs() <mixlab.core.result.MixResult.pairs>` of a mixed
+    batch of label maps: ``dense_soft_targets(*result.pairs(), num_classes)``. A pixel's targets sum
+    to the weight of its non-ignored labels (1, or less where a map ignores it), so
+    ``Σ_p Σ_k -t log softmax(z) / Σ_p Σ_k t`` is :func:`~mixlab.core.losses.mixed_segmentation_loss`.
+
+    Args:
+        targets, partner_targets: (B, H, W) integer label maps.
+        lam: (B,) weight of ``targets``.
+        num_classes: K.
+        ignore_index: the value of pixels without a class.
+        label_smoothing: ε.
+        dtype: floating dtype of the result.
+    """
+    lam = lam.to(device=targets.device, dtype=dtype).view(-1, 1, 1, 1)
+
+    def one_hot(maps: Tensor) -> Tensor:
+        maps = maps.long()
+        valid = (maps != ignore_index).unsqueeze(1)  # (B, 1, H, W)
+        hot = torch.zeros(maps.shape[0], num_classes, *maps.shape[1:], dtype=dtype, device=maps.device)
+        hot.scatter_(1, torch.where(valid, maps.unsqueeze(1), 0), 1.0)
+        if label_smoothing > 0.0:
+            hot.mul_(1.0 - label_smoothing).add_(label_smoothing / num_classes)
+        return hot * valid
+
+    return torch.lerp(one_hot(partner_targets), one_hot(targets), lam)

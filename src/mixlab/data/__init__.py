@@ -15,6 +15,19 @@ cifar100       :func:`load_cifar100`: ``root`` holds ``cifar-100-python``
 imagefolder    :class:`ImageFolder`: ``root`` is a directory or ``.zip`` of ``<split>/<class>/<img>``
 cub200         :func:`load_cub`: ``root`` holds ``CUB_200_2011`` (``download=True``), with boxes
 =============  ==============================================================================
+
+Dense targets (``build_dataset(name, split, root, task=...)``; items in torchvision's v2 formats,
+:mod:`mixlab.data.dense`):
+
+============  ==========  ========================================================================
+task          name        dataset
+============  ==========  ========================================================================
+segmentation  synthetic   :meth:`SyntheticShapes.segmentation`: semantic maps, background 0
+segmentation  voc         :func:`load_voc_segmentation`: ``root`` holds ``VOCdevkit/VOC2012``
+detection     synthetic   :meth:`SyntheticShapes.detection` (``objects=4`` for several per image)
+detection     coco        :func:`load_coco_detection`: ``root`` holds ``<split>2017/`` and
+                          ``annotations/`` (needs pycocotools: ``mixlab[detection]``)
+============  ==========  ========================================================================
 """
 
 from __future__ import annotations
@@ -32,7 +45,7 @@ from .synthetic import SHAPES, SYNTHETIC_MEAN, SYNTHETIC_STD, SyntheticShapes
 from .tensor_dataset import EncodedImages, ImageTensorDataset
 
 __all__ = [
-    "DATASETS", "build_dataset",
+    "DATASETS", "DENSE_DATASETS", "TASKS", "build_dataset",
     "ImageTensorDataset", "EncodedImages", "ImageFolder", "SyntheticShapes", "SHAPES",
     "load_cifar", "load_cifar10", "load_cifar100", "load_cub", "cache_dir",
     "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "SYNTHETIC_MEAN", "SYNTHETIC_STD",
@@ -77,25 +90,66 @@ DATASETS: dict[str, Callable[..., ImageTensorDataset]] = {
     "cub200": _cub200,
 }
 
+#: what ``build_dataset(..., task=)`` builds
+TASKS = ("classification", "segmentation", "detection")
 
-def build_dataset(name: str, split: str, root: str | os.PathLike | None = None, **kwargs) -> ImageTensorDataset:
-    """Build a dataset from :data:`DATASETS` by name.
+
+def _synthetic_segmentation(split: str, root=None, transforms=None, **kwargs):
+    return SyntheticShapes(split, **kwargs).segmentation(transforms)
+
+
+def _synthetic_detection(split: str, root=None, transforms=None, with_masks: bool = True, **kwargs):
+    return SyntheticShapes(split, **kwargs).detection(transforms, with_masks)
+
+
+def _voc(split: str, root=None, **kwargs):
+    from .voc import load_voc_segmentation
+
+    return load_voc_segmentation(_need_root("voc", root, "the folder holding VOCdevkit/VOC2012"), split, **kwargs)
+
+
+def _coco(split: str, root=None, **kwargs):
+    from .coco import load_coco_detection
+
+    return load_coco_detection(_need_root("coco", root, "the folder holding <split>2017/ and annotations/"), split,
+                               **kwargs)
+
+
+#: task -> name -> constructor of the datasets with dense targets (:mod:`mixlab.data.dense`)
+DENSE_DATASETS: dict[str, dict[str, Callable]] = {
+    "segmentation": {"synthetic": _synthetic_segmentation, "voc": _voc},
+    "detection": {"synthetic": _synthetic_detection, "coco": _coco},
+}
+
+
+def build_dataset(name: str, split: str, root: str | os.PathLike | None = None, task: str = "classification",
+                  **kwargs):
+    """Build a dataset from :data:`DATASETS` (``task="classification"``, an
+    :class:`ImageTensorDataset`) or :data:`DENSE_DATASETS` (``"segmentation"``, ``"detection"``:
+    items in torchvision's v2 formats, :mod:`mixlab.data.dense`) by name.
 
     Args:
-        name: one of ``DATASETS`` (case-insensitive).
-        split: ``"train"``/``"test"`` (ImageFolder: any split folder name).
+        name: a name of the task's registry (case-insensitive).
+        split: ``"train"``/``"test"`` (ImageFolder: any split folder name; VOC/COCO: ``"val"`` too).
         root: data location (not used by ``synthetic``).
-        **kwargs: passed to the dataset (``num_per_class``, ``seed``, ``download``, ``transform``, ...).
+        task: ``"classification"`` (default), ``"segmentation"`` or ``"detection"``.
+        **kwargs: passed to the dataset (``num_per_class``, ``seed``, ``download``, ``transform``;
+            dense datasets: ``transforms``, and ``objects`` for the synthetic shapes, ...).
 
     Raises:
         TypeError: ``name`` is not a string.
-        ValueError: unknown ``name`` (lists the valid names and the nearest one), or a missing ``root``.
+        ValueError: unknown ``task`` or ``name`` (lists the valid names and the nearest one), or a
+            missing ``root``.
     """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
+    registry = DATASETS if task == "classification" else DENSE_DATASETS[task]
     if not isinstance(name, str):
-        raise TypeError(f"name must be a str, one of {sorted(DATASETS)}, got {type(name).__name__}")
+        raise TypeError(f"name must be a str, one of {sorted(registry)}, got {type(name).__name__}")
     key = name.strip().lower()
-    if key not in DATASETS:
-        near = difflib.get_close_matches(key, DATASETS, n=1)
+    if key not in registry:
+        near = difflib.get_close_matches(key, registry, n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ValueError(f"unknown dataset name {name!r}; valid names: {', '.join(sorted(DATASETS))}{hint}")
-    return DATASETS[key](split, root, **kwargs)
+        what = "dataset name" if task == "classification" else f"{task} dataset name"
+        raise ValueError(f"unknown {what} {name!r}; valid names: {', '.join(sorted(registry))}{hint}")
+    return registry[key](split, root, **kwargs)

@@ -8,6 +8,8 @@
 * :mod:`~mixlab.evaluation.calibration`: ECE, RMS calibration error, reliability diagrams;
 * :mod:`~mixlab.evaluation.corruptions`: CIFAR-10-C style corruptions in torch;
 * :mod:`~mixlab.evaluation.robustness`: clean metrics, FGSM, corruption accuracy, ``evaluate_all``;
+* :mod:`~mixlab.evaluation.ood`: out-of-distribution detection by the maximum softmax probability
+  (AUROC, FPR at 95 % TPR) against synthetic noise images or a held-out dataset;
 * :mod:`~mixlab.evaluation.features`: a backbone's pooled features;
 * :mod:`~mixlab.evaluation.knn`: weighted kNN classification of features (the SSL monitor);
 * :mod:`~mixlab.evaluation.cam`: class activation maps (CAM, Grad-CAM) and the run-comparison figure;
@@ -27,6 +29,7 @@ from mixlab.evaluation.effective_classes import EffectiveClasses, effective_clas
 from mixlab.evaluation.features import extract_features
 from mixlab.evaluation.knn import knn_accuracy, knn_monitor, knn_predict
 from mixlab.evaluation.metrics import accuracy, evaluate
+from mixlab.evaluation.ood import OOD_SETS, auroc, fpr_at_tpr, msp_scores, ood_detection, synthetic_ood
 from mixlab.evaluation.robustness import (clean_metrics, corruption_accuracy, evaluate_all, fgsm_accuracy,
                                           format_table, predict)
 from mixlab.evaluation.wsol import (IOU_THRESHOLDS, MaxBoxAccV2, box_iou_inclusive, component_boxes,
@@ -38,8 +41,10 @@ __all__ = [
     "CORRUPTIONS",
     "EffectiveClasses",
     "IOU_THRESHOLDS",
+    "OOD_SETS",
     "MaxBoxAccV2",
     "accuracy",
+    "auroc",
     "box_iou_inclusive",
     "class_activation_maps",
     "clean_metrics",
@@ -52,15 +57,19 @@ __all__ = [
     "expected_calibration_error",
     "extract_features",
     "fgsm_accuracy",
+    "fpr_at_tpr",
     "format_table",
     "knn_accuracy",
     "knn_monitor",
     "knn_predict",
     "localization_accuracy",
     "measure_effective_classes",
+    "msp_scores",
+    "ood_detection",
     "plot_cams",
     "predict",
     "reliability_diagram",
     "rms_calibration_error",
     "scoremap_boxes",
+    "synthetic_ood",
 ]

@@ -40,6 +40,12 @@ two masks:
   ``m = 1 - (1 - m_0)(cos(π t) + 1) / 2`` rising from m_0 = 0.999 to 1 over the training
   fraction t. θk starts as a copy of θq (built in :meth:`AutoMix.setup`).
 
+The pipeline (θk, its stage-l features, the momentum schedule, the mixing of images by a mask,
+the λ embedding, the two draws, the classifier's losses) is
+:class:`mixlab.methods.momentum_pipeline.PairPipeline`, which SAMix (:mod:`mixlab.methods.samix`)
+shares; AdAutoMix (:mod:`mixlab.methods.adautomix`) shares its base. ``decouple=η`` adds
+DecoupleMix's regulariser to the classifier's ℓ_MCE^cls (:func:`mixlab.core.losses.decouple_term`).
+
 The deployed model is θq alone; the Mix Block and the momentum copy are submodules of the method,
 so they are in its ``state_dict`` (the checkpoint) and never in the model's.
 
@@ -125,42 +131,25 @@ Usage in any training loop (the trainer does the same)::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from numbers import Real
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixlab.core.checks import check_alpha, check_bool, check_choice
-from mixlab.core.lam import sample_lambda
+from mixlab.core.checks import check_bool, check_choice, check_real
 from mixlab.core.losses import soft_cross_entropy
-from mixlab.core.momentum import cosine_momentum, frozen_copy, momentum_update_
-from mixlab.core.pairing import PAIRINGS, pair_index
-from mixlab.core.result import MixResult
-from mixlab.core.targets import mix_targets, soft_targets
-from mixlab.methods.base import Method, StepOutput
-from mixlab.models.staged import check_stage, forward_until
+from mixlab.core.targets import mix_targets
+from mixlab.methods.momentum_pipeline import (
+    MOMENTUM_SCHEDULES,
+    UPSAMPLING,
+    PairPipeline,
+    lam_channels,
+    row_attention,
+)
 
-__all__ = ["AutoMix", "AutoMixLosses", "MixBlock", "MOMENTUM_SCHEDULES", "UPSAMPLING", "VALUES"]
+__all__ = ["AutoMix", "MixBlock", "MOMENTUM_SCHEDULES", "UPSAMPLING", "VALUES"]
 
-UPSAMPLING = ("nearest", "bilinear")
-MOMENTUM_SCHEDULES = ("cosine", "constant")
 VALUES = ("own", "partner")
-
-
-def _check_real(value: Any, name: str, low: float, high: float, low_open: bool = False,
-                high_open: bool = False) -> float:
-    """A finite real number in the interval; ``TypeError``/``ValueError`` naming ``name``."""
-    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a real number in {interval}, got {type(value).__name__}")
-    value = float(value)
-    ok = (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
-    if not ok or not math.isfinite(value):
-        raise ValueError(f"{name} must be in {interval}, got {value}")
-    return value
 
 
 class MixBlock(nn.Module):
@@ -208,10 +197,7 @@ class MixBlock(nn.Module):
 
     def attention(self, z_i: Tensor, z_j: Tensor) -> Tensor:
         """Eq. 6: (B, hw, hw) row-stochastic P between the λ-embedded maps (B, C, h, w)."""
-        q = self.proj(z_i).flatten(2)  # (B, d, hw) for x_i
-        k = self.proj(z_j).flatten(2)  # (B, d, hw) for x_j
-        logits = q.transpose(1, 2) @ k / math.sqrt(self.inter_channels)  # (B, hw_i, hw_j)
-        return logits.softmax(dim=-1)
+        return row_attention(self.proj(z_i).flatten(2), self.proj(z_j).flatten(2))  # rows: x_i's positions
 
     def forward(self, features: Tensor, lam: Tensor, index: Tensor, size: tuple[int, int]) -> Tensor:
         if features.ndim != 4:
@@ -223,8 +209,7 @@ class MixBlock(nn.Module):
             z = features.float()
             z_i, z_j = z, z[index]
             if self.lam_concat:  # λ embedding: z_{i,λ}, z_{j,1-λ}
-                lam_map = lam.to(device=z.device, dtype=z.dtype).view(b, 1, 1, 1).expand(b, 1, h, w)
-                z_i, z_j = torch.cat([z_i, lam_map], dim=1), torch.cat([z_j, 1 - lam_map], dim=1)
+                z_i, z_j = lam_channels([z_i, z_j], [lam, 1 - lam])
             p = self.attention(z_i, z_j)  # (B, hw, hw)
             v = self.value(z_i if self.value_from == "own" else z_j).flatten(2).transpose(1, 2)  # (B, hw, 1)
             mask = torch.sigmoid((p @ v).transpose(1, 2).reshape(b, 1, h, w))  # Eq. 5 before U
@@ -238,33 +223,9 @@ class MixBlock(nn.Module):
                 f"lam_concat={self.lam_concat}, value={self.value_from!r}, upsampling={self.upsampling!r}")
 
 
-@dataclass
-class AutoMixLosses:
-    """The two halves of Eq. 8 for one batch, before they are summed.
-
-    Attributes:
-        classification: ``ℓ_CE + ℓ_MCE^cls``; its gradient reaches θq only.
-        generation: ``ℓ_MCE^gen + γ ℓ_λ``; its gradient reaches φ only.
-        logits: (B, K) the classifier's logits on its mixed batch.
-        mixed: the classifier's mixed batch (``mask`` = s_i, ``lam`` = λ_q, the label weight).
-        gen_mask: (B, 1, H, W) the Mix Block's mask s_i for λ_k (with its graph to φ).
-        gen_lam: (B,) λ_k, the Mix Block's ratio (one value per batch).
-        gen_index: (B,) its partners.
-        logs: detached scalars for the trainer's log.
-    """
-
-    classification: Tensor
-    generation: Tensor
-    logits: Tensor
-    mixed: MixResult
-    gen_mask: Tensor
-    gen_lam: Tensor
-    gen_index: Tensor
-    logs: dict[str, Tensor] = field(default_factory=dict)
-
-
-class AutoMix(Method):
-    """AutoMix (the module docstring has the equations and every choice made).
+class AutoMix(PairPipeline):
+    """AutoMix (the module docstring has the equations and every choice made; the momentum
+    pipeline it runs is :class:`~mixlab.methods.momentum_pipeline.PairPipeline`).
 
     Args:
         num_classes: K.
@@ -289,13 +250,14 @@ class AutoMix(Method):
         clean_loss: include ℓ_CE on the clean images (default True).
         mix_block_lr_scale: the Mix Block's lr as a multiple of the model's, > 0 (it follows the
             main schedule). Default 1.
+        decouple: η of DecoupleMix's regulariser added to the classifier's ℓ_MCE^cls, >= 0
+            (:func:`mixlab.core.losses.decouple_term`). Default 0 (off).
 
     Raises:
         TypeError / ValueError: an argument of the wrong type or outside its range, named.
     """
 
     name = "automix"
-    preview_lams = (0.2, 0.5, 0.8)  # `mixlab show` draws the masks at these λ (the paper's Fig. 4 / 7)
 
     def __init__(
         self,
@@ -316,174 +278,43 @@ class AutoMix(Method):
         pairing: str = "random",
         clean_loss: bool = True,
         mix_block_lr_scale: float = 1.0,
+        decouple: float = 0.0,
     ) -> None:
-        super().__init__(num_classes, label_smoothing)
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2 for AutoMix, got {num_classes}")
-        self.alpha = check_alpha(alpha)
-        if stage is not None and (isinstance(stage, bool) or not isinstance(stage, int) or stage < 1):
-            raise ValueError(f"stage must be None (the second-to-last stage) or an int >= 1 (1 = the first "
-                             f"stage's output; the input image, stage 0, has no features), got {stage!r}")
-        self.stage = stage
-        self.momentum = _check_real(momentum, "momentum", 0.0, 1.0)
-        self.momentum_schedule = check_choice(momentum_schedule, "momentum_schedule", MOMENTUM_SCHEDULES)
-        self.gamma = _check_real(gamma, "gamma", 0.0, math.inf, high_open=True)
-        self.epsilon = _check_real(epsilon, "epsilon", 0.0, 1.0, high_open=True)
-        self.lam_margin = _check_real(lam_margin, "lam_margin", 0.0, 0.5, high_open=True)
+        super().__init__(num_classes, label_smoothing, alpha=alpha, stage=stage, momentum=momentum,
+                         momentum_schedule=momentum_schedule, lam_margin=lam_margin, pairing=pairing,
+                         clean_loss=clean_loss, mix_block_lr_scale=mix_block_lr_scale, decouple=decouple)
+        self.gamma = check_real(gamma, "gamma", 0.0, math.inf, high_open=True)
+        self.epsilon = check_real(epsilon, "epsilon", 0.0, 1.0, high_open=True)
         self.lam_concat = check_bool(lam_concat, "lam_concat")
         self.value = check_choice(value, "value", VALUES)
         self.upsampling = check_choice(upsampling, "upsampling", UPSAMPLING)
         if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
             raise ValueError(f"reduction must be an int >= 1, got {reduction!r}")
         self.reduction = reduction
-        self.pairing = check_choice(pairing, "pairing", PAIRINGS)
-        self.clean_loss = check_bool(clean_loss, "clean_loss")
-        self.mix_block_lr_scale = _check_real(mix_block_lr_scale, "mix_block_lr_scale", 0.0, math.inf,
-                                              low_open=True, high_open=True)
-        self.feature_stage: int | None = None  # l, resolved by setup()
-        self.mix_block: MixBlock | None = None  # M_φ, built by setup()
-        self.momentum_model: nn.Module | None = None  # f_θk, built by setup()
 
-    # ------------------------------------------------------------------ setup
-    def setup(self, model: nn.Module, generator: torch.Generator | None = None) -> None:
-        """Resolve the stage l, build the Mix Block (C_l channels, initialised from ``generator``,
-        on the model's device) and the momentum encoder θk (a deep copy of the model, with
-        ``requires_grad=False``).
+    def build_mix_block(self, channels: int) -> MixBlock:
+        """M_φ: a :class:`MixBlock` on C_l channels."""
+        return MixBlock(channels, self.reduction, self.lam_concat, self.value, self.upsampling)
 
-        Raises:
-            TypeError: the model does not implement the staged protocol (``mixlab.models.staged``).
-            ValueError: ``stage`` larger than the model's number of stages.
-        """
-        super().setup(model, generator)
-        check_stage(model, 0, "AutoMix")  # the protocol itself
-        n = model.num_stages
-        stage = self.stage if self.stage is not None else max(n - 1, 1)
-        if stage > n:
-            raise ValueError(f"stage must be in 1..{n} for {type(model).__name__} ({n} stages), got {stage}")
-        self.feature_stage = stage
-        device = next(model.parameters()).device
-        block = MixBlock(model.stage_channels[stage - 1], self.reduction, self.lam_concat, self.value,
-                         self.upsampling)
-        block.reset_parameters(generator)
-        self.mix_block = block.to(device)
-        self.momentum_model = frozen_copy(model)
-        self.momentum_model.train(self.training)
-
-    def _ready(self) -> tuple[MixBlock, nn.Module]:
-        if self.mix_block is None or self.momentum_model is None:
-            raise RuntimeError("AutoMix.setup(model, generator) must be called before training or previewing")
-        return self.mix_block, self.momentum_model
-
-    def param_groups(self, base_lr: float) -> list[dict]:
-        """φ with the model's lr (times ``mix_block_lr_scale``), schedule and weight decay."""
-        block, _ = self._ready()
-        return [{"params": list(block.parameters()), "lr_scale": self.mix_block_lr_scale}]
-
-    # ------------------------------------------------------------------ schedules
-    def momentum_at(self, progress: float) -> float:
-        """m = 1 - (1 - m_0)(cos(π t) + 1) / 2 at training fraction t: m_0 at t = 0, 1 at t = 1
-        (m_0 throughout with ``momentum_schedule="constant"``)."""
-        if self.momentum_schedule == "constant":
-            return self.momentum
-        return cosine_momentum(self.momentum, progress)
-
+    # ------------------------------------------------------------------ ℓ_λ and the generation loss
     def gamma_at(self, progress: float) -> float:
         """γ decays linearly from ``gamma`` to 0 over training."""
         return self.gamma * (1.0 - min(max(float(progress), 0.0), 1.0))
-
-    # ------------------------------------------------------------------ the losses of one step
-    def _draw(self, b: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        lam = sample_lambda(b, self.alpha, "batch", generator=self.generator, device=device)
-        index = pair_index(b, self.pairing, self.generator, device=device)
-        return lam, index
-
-    @staticmethod
-    def _mix(images: Tensor, mask: Tensor, index: Tensor) -> Tensor:
-        """Eq. 4: ``s ⊙ x_i + (1 - s) ⊙ x_j``, in the images' dtype and memory format."""
-        partner = images[index]
-        return partner + mask.to(images.dtype) * (images - partner)
 
     def lam_loss(self, mask: Tensor, lam: Tensor) -> Tensor:
         """ℓ_λ of Eq. 7 without γ: ``mean_i max(|λ_i - mean_hw s_i| - ε, 0)``."""
         mean = mask.float().mean(dim=(1, 2, 3))
         return (torch.abs(lam.float() - mean) - self.epsilon).clamp_min(0.0).mean()
 
-    def losses(self, model: nn.Module, images: Tensor, labels: Tensor, progress: float) -> AutoMixLosses:
-        """Both halves of Eq. 8 for one batch (the trainer sums them in :meth:`training_step`).
-
-        Args:
-            model: the classifier f_θq.
-            images: (B, C, H, W) float batch (normalised, on the training device).
-            labels: (B,) class indices or (B, K) soft targets.
-            progress: training fraction in [0, 1] (for γ).
-        """
-        block, encoder = self._ready()
-        b, size = images.shape[0], images.shape[-2:]
-        device = images.device
-        targets = soft_targets(labels, self.num_classes, self.label_smoothing).to(device)
-        lam_q, index_q = self._draw(b, device)  # the classifier's pair (λ_q, idx_q)
-        lam_k, index_k = self._draw(b, device)  # the Mix Block's pair (λ_k, idx_k)
-        with torch.no_grad():
-            features = forward_until(encoder, images, self.feature_stage)  # f_θk at stage l, (B, C_l, h, w)
-            mask_q = block(features, lam_q, index_q, size)  # detached: no gradient from ℓ^cls to φ
-            if self.lam_margin > 0:  # near-pure λ: plain Mixup weights for the classifier
-                edge = (lam_q <= self.lam_margin) | (lam_q >= 1 - self.lam_margin)
-                mask_q = torch.where(edge.view(b, 1, 1, 1), lam_q.view(b, 1, 1, 1).to(mask_q.dtype), mask_q)
-            mixed_q = self._mix(images, mask_q, index_q)
-
-        # classification: ℓ_CE + ℓ_MCE^cls, gradients to θq only
-        targets_q = mix_targets(targets, index_q, lam_q)  # label weight λ_q (Eq. 2)
-        logits_q = model(mixed_q)
-        loss_mix = soft_cross_entropy(logits_q, targets_q)
-        loss_clean = soft_cross_entropy(model(images), targets) if self.clean_loss else logits_q.new_zeros(()).float()
-        classification = loss_clean + loss_mix
-
-        # generation: ℓ_MCE^gen (through f_θk, stop-gradient on θk) + γ ℓ_λ, gradients to φ only
-        mask_k = block(features, lam_k, index_k, size)
-        mixed_k = self._mix(images, mask_k, index_k)
-        loss_gen = soft_cross_entropy(encoder(mixed_k), mix_targets(targets, index_k, lam_k))
+    def generation_loss(self, logits: Tensor, targets: Tensor, index: Tensor, lam: Tensor, mask: Tensor,
+                        progress: float) -> tuple[Tensor, dict[str, Tensor]]:
+        """``ℓ_MCE^gen + γ(t) ℓ_λ``: the mixup cross-entropy of θk on the Mix Block's images (label
+        weight λ_k), plus Eq. 7."""
+        loss_gen = soft_cross_entropy(logits, mix_targets(targets, index, lam))
         gamma = self.gamma_at(progress)
-        loss_lam = self.lam_loss(mask_k, lam_k)
+        loss_lam = self.lam_loss(mask, lam)
         generation = loss_gen + gamma * loss_lam if gamma > 0 else loss_gen
-
-        mixed = MixResult(mixed_q, targets_q, lam_q, index_q, targets, mask=mask_q)
-        gap = (mask_k.detach().float().mean(dim=(1, 2, 3)) - lam_k).abs().mean()  # |mean s_i - λ_k|
-        logs = {"loss_ce": loss_clean.detach(), "loss_mix": loss_mix.detach(), "loss_gen": loss_gen.detach(),
-                "loss_lam": loss_lam.detach(), "lam": lam_q.mean(), "mask_gap": gap}
-        return AutoMixLosses(classification, generation, logits_q, mixed, mask_k, lam_k, index_k, logs)
-
-    def training_step(self, model: nn.Module, batch: Any, progress: float) -> StepOutput:
-        images, labels = batch
-        out = self.losses(model, images, labels, progress)
-        return StepOutput(loss=out.classification + out.generation, logits=out.logits, logs=out.logs,
-                          mixed=out.mixed)
-
-    @torch.no_grad()
-    def after_optimizer_step(self, model: nn.Module, progress: float) -> None:
-        """Eq. 12 over the parameters: ``θk ← m θk + (1 - m) θq`` with the cosine m of ``progress``."""
-        _, encoder = self._ready()
-        momentum_update_(encoder.parameters(), model.parameters(), self.momentum_at(progress))
-
-    # ------------------------------------------------------------------ pictures
-    @torch.no_grad()
-    def mix_preview(self, images: Tensor, labels: Tensor, lam: float | None = None) -> MixResult:
-        """The Mix Block's mixed batch from the momentum encoder's features, for a λ drawn from
-        Beta(α, α) or the given ``lam``; ``mask`` is s_i. The momentum encoder's BatchNorm
-        statistics are put back afterwards: nothing in the method changes (the generator moves)."""
-        block, encoder = self._ready()
-        b, device = images.shape[0], images.device
-        drawn, index = self._draw(b, device)
-        lam_t = drawn if lam is None else torch.full((b,), _check_real(lam, "lam", 0.0, 1.0), device=device)
-        saved = [t.clone() for t in encoder.buffers()]
-        try:
-            features = forward_until(encoder, images, self.feature_stage)
-        finally:
-            for t, s in zip(encoder.buffers(), saved):
-                t.copy_(s)
-        mask = block(features, lam_t, index, images.shape[-2:])
-        targets = soft_targets(labels, self.num_classes, self.label_smoothing).to(device)
-        return MixResult(self._mix(images, mask, index), mix_targets(targets, index, lam_t), lam_t, index, targets,
-                         mask=mask)
+        return generation, {"loss_gen": loss_gen.detach(), "loss_lam": loss_lam.detach()}
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, alpha={self.alpha}, stage={self.stage}, "
@@ -491,4 +322,5 @@ class AutoMix(Method):
                 f"epsilon={self.epsilon}, "
                 f"lam_margin={self.lam_margin}, lam_concat={self.lam_concat}, value={self.value!r}, "
                 f"upsampling={self.upsampling!r}, reduction={self.reduction}, pairing={self.pairing!r}, "
-                f"clean_loss={self.clean_loss}, mix_block_lr_scale={self.mix_block_lr_scale}")
+                f"clean_loss={self.clean_loss}, mix_block_lr_scale={self.mix_block_lr_scale}, "
+                f"decouple={self.decouple}")

@@ -38,13 +38,15 @@ self-supervised (MoCo, DINO)  ``batch`` is ``(views, labels)``; projector/predic
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from mixlab.core.losses import SoftTargetCrossEntropy
+from mixlab.core.checks import check_real
+from mixlab.core.losses import SoftTargetCrossEntropy, decouple_term
 from mixlab.core.result import MixResult
 
 __all__ = ["Method", "StepOutput", "ImageRows", "Vanilla", "MixerMethod"]
@@ -214,22 +216,27 @@ class MixerMethod(Method):
     """Adapter that turns any stateless batch mixer into a training method.
 
     The mixer produces dense soft targets (label smoothing is the mixer's job), and the loss is
-    the soft-target cross-entropy ``-sum_k t_k log softmax(z)_k`` averaged over the batch.
+    the soft-target cross-entropy ``-sum_k t_k log softmax(z)_k`` averaged over the batch, plus
+    DecoupleMix's regulariser ``decouple · R`` (:func:`mixlab.core.losses.decouple_term`) when
+    ``decouple`` > 0.
 
     Args:
         mixer: a callable ``mixer(images, labels) -> MixResult`` (``mixlab.Mixup``, ...).
         loss: loss on (logits, soft targets); default soft-target cross-entropy.
+        decouple: η of DecoupleMix (Liu et al. 2023), >= 0; default 0 (off: the plain loss).
 
     Example:
         >>> import mixlab
         >>> method = MixerMethod(mixlab.CutMix(num_classes=10, alpha=1.0))
+        >>> with_dm = MixerMethod(mixlab.Mixup(num_classes=10, alpha=1.0), decouple=0.1)
     """
 
-    def __init__(self, mixer: Callable[..., MixResult], loss: nn.Module | None = None) -> None:
+    def __init__(self, mixer: Callable[..., MixResult], loss: nn.Module | None = None, decouple: float = 0.0) -> None:
         num_classes = getattr(mixer, "num_classes", 0)
         super().__init__(num_classes=num_classes)
         self.mixer = mixer
         self.loss_fn = loss if loss is not None else SoftTargetCrossEntropy()
+        self.decouple = check_real(decouple, "decouple", 0.0, math.inf, high_open=True)
         self.name = getattr(mixer, "name", type(mixer).__name__.lower())
 
     def setup(self, model: nn.Module, generator: torch.Generator | None = None) -> None:
@@ -242,11 +249,13 @@ class MixerMethod(Method):
         mixed = self.mixer(images, labels)
         logits = model(mixed.images)
         loss = self.loss_fn(logits, mixed.targets)
+        if self.decouple:
+            loss = loss + self.decouple * decouple_term(logits, mixed)
         return StepOutput(loss=loss, logits=logits, mixed=mixed)
 
     def mix_preview(self, images: Tensor, labels: Tensor) -> MixResult | None:
         return self.mixer(images, labels)
 
     def extra_repr(self) -> str:
-        return f"mixer={self.mixer!r}"
+        return f"mixer={self.mixer!r}" + (f", decouple={self.decouple}" if self.decouple else "")
 

@@ -52,6 +52,14 @@ Choices where the paper is silent (documented so they can be argued with):
 * Table 2's ablations: ``history=False, omega=0`` is "RS" (the resize-paste with a partner from
   the current batch, CutMix's pairing, instead of the history); ``omega=0`` is "RS + HIS"; the
   default is "RS + HIS + CL".
+* Segmentation label maps ((B, H, W) class indices, a ``tv_tensors.Mask`` or a plain tensor) are
+  pasted with the images: the historical map is resized into the same box by nearest neighbour
+  (:func:`mixlab.core.boxes.resize_paste_labels`; pixel centres, exactly under the pixels in the
+  ``"nearest"`` mode, never blending classes), the history keeps the mixed maps, and the step's
+  loss is :func:`~mixlab.core.losses.mixed_segmentation_loss` (the exact map's cross-entropy) on
+  ``model(images)`` (a tensor (B, K, H, W), or torchvision's ``{"out": ...}``). The consistency
+  term compares class predictions of the pasted region, which a segmenter does not make: label
+  maps need ``omega=0`` (Table 2's "RS + HIS").
 
 Usage in any training loop (the trainer does the same in :meth:`RecursiveMix.training_step`)::
 
@@ -74,9 +82,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mixlab.core.boxes import box_area_fraction, rand_box, rand_boxes, resize_paste
-from mixlab.core.checks import check_bool, check_choice
-from mixlab.core.losses import SoftTargetCrossEntropy
+from mixlab.core.boxes import box_area_fraction, rand_box, rand_boxes, resize_paste, resize_paste_labels
+from mixlab.core.checks import check_bool, check_choice, check_label_maps, is_label_map
+from mixlab.core.losses import SoftTargetCrossEntropy, mixed_segmentation_loss
 from mixlab.core.pairing import pair_index
 from mixlab.core.random import rand
 from mixlab.core.result import MixResult
@@ -105,6 +113,7 @@ class RecursiveMix(Method):
         reset_each_epoch: drop the history at every epoch start (default, as the authors do).
         in_features: channels of the final feature map; default ``model.num_features`` at
             :meth:`setup`.
+        ignore_index: the label-map value of pixels without a class (segmentation; default 255).
 
     Raises:
         ValueError: α outside (0, 1], ω < 0, an unknown interpolation, or ``omega > 0`` without
@@ -129,6 +138,7 @@ class RecursiveMix(Method):
         history: bool = True,
         reset_each_epoch: bool = True,
         in_features: int | None = None,
+        ignore_index: int = 255,
     ) -> None:
         super().__init__(num_classes, label_smoothing)
         if num_classes < 2:
@@ -146,6 +156,9 @@ class RecursiveMix(Method):
         if in_features is not None and (isinstance(in_features, bool) or not isinstance(in_features, int)
                                         or in_features < 1):
             raise ValueError(f"in_features must be None or an integer >= 1, got {in_features!r}")
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+        self.ignore_index = ignore_index
         self.alpha, self.omega = float(alpha), float(omega)
         self.interpolation = check_choice(interpolation, "interpolation", INTERPOLATIONS)
         self.share_head, self.per_sample_boxes = share_head, per_sample_boxes
@@ -245,16 +258,18 @@ class RecursiveMix(Method):
 
         Args:
             images: (B, C, H, W) float batch (normalised, on the training device).
-            labels: (B,) int64 class indices, or (B, K) soft targets.
+            labels: (B,) int64 class indices, (B, K) soft targets, or (B, H, W) label maps.
 
         Returns:
             :class:`~mixlab.core.result.MixResult`: ``lam[i]`` is the current image's weight
             (1 − pasted fraction), ``boxes`` the pasted regions, ``partner_targets`` the
-            historical labels (``index`` is then the identity).
+            historical labels (``index`` is then the identity). Label maps: ``targets`` and
+            ``partner_targets`` are the exact mixed maps (the module docstring).
 
         Raises:
             RuntimeError: the previous ``mix`` was not followed by :meth:`update`.
-            ValueError: images not (B, C, H, W) floats, or a history of another image size.
+            ValueError: images not (B, C, H, W) floats, a history of another image size or kind of
+                label, label maps with ``omega > 0`` or ``label_smoothing > 0``, bad label maps.
         """
         if self._pending is not None and self.training:
             raise RuntimeError("RecursiveMix.mix() called twice without update(features, logits) in between; "
@@ -262,9 +277,11 @@ class RecursiveMix(Method):
         if images.ndim != 4 or not images.is_floating_point():
             raise ValueError(f"images must be a (B, C, H, W) float tensor, got {tuple(images.shape)} {images.dtype}")
         b, _, h, w = images.shape
-        targets = soft_targets(labels, self.num_classes, self.label_smoothing).to(images.device)
+        dense = is_label_map(labels)
+        targets = self._targets(images, labels)
         ident = torch.arange(b, device=images.device)
-        plain = MixResult(images, targets, torch.ones(b, device=images.device), ident, targets)
+        plain = MixResult(images, targets, torch.ones(b, device=images.device), ident, targets,
+                          partner_targets=targets if dense else None)
         if not self.training:
             return plain
         if self.history and not self.has_history:  # the first step: plain training; update() stores
@@ -274,6 +291,10 @@ class RecursiveMix(Method):
             if self.hist_images.shape[1:] != images.shape[1:]:
                 raise ValueError(f"the history holds images of shape {tuple(self.hist_images.shape[1:])}, this batch "
                                  f"{tuple(images.shape[1:])}; call reset() when the image size changes")
+            if (self.hist_targets.ndim == 3) != dense:
+                kinds = ("class targets", "label maps")
+                raise ValueError(f"the history holds {kinds[self.hist_targets.ndim == 3]}, this batch has "
+                                 f"{kinds[dense]}; call reset() when the kind of label changes")
             n = min(b, self.hist_images.shape[0])
             partner, partner_targets = self.hist_images[:n].to(images.dtype), self.hist_targets[:n]
             index = ident
@@ -291,15 +312,34 @@ class RecursiveMix(Method):
         lam_hist = torch.zeros(b, device=images.device)
         lam_hist[:n] = frac
         mixed_targets = targets.clone()
-        mixed_targets[:n] = frac[:, None] * partner_targets + (1 - frac[:, None]) * targets[:n]  # ỹ, Eq. 1
+        if dense:  # the historical map resized into the same box by nearest neighbour
+            mixed_targets[:n] = resize_paste_labels(targets[:n], partner_targets, box_t.expand(n, 4))
+        else:
+            mixed_targets[:n] = frac[:, None] * partner_targets + (1 - frac[:, None]) * targets[:n]  # ỹ, Eq. 1
         all_boxes = torch.zeros(b, 4, dtype=torch.long, device=images.device)
         all_boxes[:n] = box_t
-        full_partner = targets.clone()
-        full_partner[:n] = partner_targets
+        if dense:  # one exact map: y_a = y_b
+            full_partner = mixed_targets
+        else:
+            full_partner = targets.clone()
+            full_partner[:n] = partner_targets
         mixed = MixResult(out, mixed_targets, 1 - lam_hist, index, targets, boxes=all_boxes,
-                          partner_targets=full_partner if self.history else None)
+                          partner_targets=full_partner if self.history or dense else None)
         self._pending = {"mixed": mixed, "n": n if self.history else 0, "pasted": pasted, "owned": True}
         return mixed
+
+    def _targets(self, images: Tensor, labels: Tensor) -> Tensor:
+        """The un-mixed targets on the images' device: soft (B, K), or checked label maps (B, H, W)."""
+        if not is_label_map(labels):
+            return soft_targets(labels, self.num_classes, self.label_smoothing).to(images.device)
+        if self.omega > 0:
+            raise ValueError(f"label maps need omega=0: the consistency loss (omega={self.omega}) compares class "
+                             "predictions of the pasted region, which a segmenter does not make")
+        if self.label_smoothing > 0:
+            raise ValueError("label_smoothing applies to class targets; for label maps pass it to "
+                             "mixlab.core.losses.mixed_segmentation_loss")
+        check_label_maps(labels, images, self.num_classes, self.ignore_index)
+        return labels.as_subclass(Tensor).to(images.device)
 
     # ------------------------------------------------------------------ call 2: consistency + history (Eq. 3-5)
     def roi_logits(self, features: Tensor, boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
@@ -323,12 +363,13 @@ class RecursiveMix(Method):
         weight = next(head.parameters(), None)  # H' reads the pooled features in its own dtype
         return head(pooled.flatten(1) if weight is None else pooled.flatten(1).to(weight.dtype))
 
-    def update(self, features: Tensor, logits: Tensor) -> Tensor:
+    def update(self, features: Tensor | None, logits: Tensor) -> Tensor:
         """The consistency term ``ω·λ·KL(p^h ‖ p_roi)`` of Eq. 5 for the batch of the last
         :meth:`mix`, then that batch becomes the history ``(x̃, ỹ, softmax(logits))``.
 
         Args:
-            features: (B, C, h, w) final feature map of the mixed batch (``model.forward_features``).
+            features: (B, C, h, w) final feature map of the mixed batch (``model.forward_features``);
+                read only by the consistency term (may be ``None`` with ``omega=0``).
             logits: (B, K) the model's logits on it (``model.forward_head(features)``).
 
         Returns:
@@ -357,14 +398,24 @@ class RecursiveMix(Method):
             loss = self.omega * (lam * kl).mean()  # Eq. 5, second term
         if self.history:  # mixed batches are new tensors; the first step's is the caller's: copy it
             copy = (lambda t: t) if pending["owned"] else torch.clone
+            dense = is_label_map(mixed.targets)
             self.hist_images = copy(mixed.images.detach())
-            self.hist_targets = copy(mixed.targets.detach().float())
-            self.hist_probs = logits.detach().float().softmax(dim=1)  # p^h, Eq. 3
+            self.hist_targets = copy(mixed.targets.detach() if dense else mixed.targets.detach().float())
+            # p^h, Eq. 3 (label maps: omega = 0, no consistency term, nothing to keep)
+            self.hist_probs = torch.empty(0, device=logits.device) if dense else logits.detach().float().softmax(dim=1)
         return loss
 
     # ------------------------------------------------------------------ the trainer's step
     def training_step(self, model: nn.Module, batch: Any, progress: float) -> StepOutput:
         images, labels = batch
+        if is_label_map(labels):  # segmentation: the model's per-pixel logits, no RoI branch (omega = 0)
+            mixed = self.mix(images, labels)
+            pasted = self._pending is not None and self._pending["pasted"]
+            out = model(mixed.images)
+            logits = out["out"] if isinstance(out, dict) else out  # torchvision segmenters return {"out": ...}
+            loss = mixed_segmentation_loss(logits, mixed, self.ignore_index)
+            self.update(None, logits)
+            return StepOutput(loss=loss, logs={"lam": (1 - mixed.lam).mean()}, mixed=mixed if pasted else None)
         mixed = self.mix(images, labels)
         pasted = self._pending is not None and self._pending["pasted"]  # a host flag: no device read
         features = model.forward_features(mixed.images)
@@ -390,7 +441,7 @@ class RecursiveMix(Method):
             stand_in = self.history and not (self.has_history and self.hist_images.shape[1:] == images.shape[1:])
             if stand_in:
                 self.hist_images = images.roll(1, dims=0)
-                self.hist_targets = soft_targets(labels, self.num_classes, self.label_smoothing).to(images.device).roll(1, 0)
+                self.hist_targets = self._targets(images, labels).roll(1, 0)
             mixed = self.mix(images, labels)
             if stand_in:
                 mixed.index = torch.arange(images.shape[0], device=images.device).roll(1)

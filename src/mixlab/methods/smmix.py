@@ -186,6 +186,11 @@ class SMMix(Method):
             nn.init.trunc_normal_(self.token_head.weight, std=0.02)
             nn.init.zeros_(self.token_head.bias)
 
+    @property
+    def ddp_find_unused_parameters(self) -> bool:  # type: ignore[override]
+        """True when a batch may be Mixup'ed: that branch leaves the token head without a gradient."""
+        return self.token_head is not None and self.mixup is not None and self.smmix_prob < 1.0
+
     def param_groups(self, base_lr: float) -> list[dict]:
         """The token head trains with the model's learning rate and schedule (no decay on its bias)."""
         if self.token_head is None:

@@ -8,6 +8,12 @@ caller's tensors unless ``inplace=True``.
 The two pixel kernels every mixer reduces to live here too: :func:`blend_with_partner`
 (``λ x_i + (1-λ) x_j``, Mixup) and :func:`select_from_partner` (``x_i`` where a mask keeps it,
 ``x_j`` elsewhere: CutMix, FMix, SaliencyMix).
+
+Segmentation targets extend the same template: when the labels are per-pixel label maps
+(:func:`~mixlab.core.checks.is_label_map`), :meth:`Mixer.apply` moves them with the geometry the
+pixels moved with (:meth:`Mixer.mix_label_maps`: the box or mask a mixer reports, ResizeMix's
+resize by nearest neighbour) instead of mixing soft targets; a global blend (Mixup) returns both
+maps and λ.
 """
 
 from __future__ import annotations
@@ -18,7 +24,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mixlab.core.checks import check_bool, check_choice, check_images, check_labels, check_probability
+from mixlab.core.boxes import boxes_to_mask, paste_boxes
+from mixlab.core.checks import (
+    check_bool,
+    check_choice,
+    check_images,
+    check_label_maps,
+    check_labels,
+    check_probability,
+    is_label_map,
+)
 from mixlab.core.lam import GRANULARITIES, sample_lambda
 from mixlab.core.pairing import PAIRINGS, pair_index
 from mixlab.core.random import rand
@@ -48,6 +63,15 @@ class Mixer(ABC):
       through unmixed: λ = 1, ``index = [0]``, the (smoothed) one-hot targets.
     * labels: (B,) class indices, or (B, K) float targets: probabilities (mixers chain), or
       multi-hot / multi-label rows that need not sum to 1 (mixed linearly, as v2.MixUp does).
+    * or segmentation label maps: (B, H, W) integer class indices in [0, K) or ``ignore_index``,
+      a ``tv_tensors.Mask`` or a plain tensor. They move with the pixels: box and mask mixers
+      return the exact mixed map (each pixel's class is the class of the source pixel now there;
+      ResizeMix resizes the partner's map by nearest neighbour, never blending classes), Mixup
+      returns each image's own map and its partner's with λ (``targets`` and ``partner_targets``,
+      see :class:`~mixlab.core.result.MixResult`); the maps keep their dtype and tensor subclass,
+      and are never written in place. Train with
+      :func:`~mixlab.core.losses.mixed_segmentation_loss`. ``label_smoothing`` does not apply to
+      maps (pass it to the loss).
 
     Label check rule: shapes and dtypes are always checked. The label *values* (indices in
     [0, K), no negative entry in (B, K) targets) are checked when the labels are on the CPU and
@@ -76,6 +100,8 @@ class Mixer(ABC):
             ``True`` (always) or ``False`` (never).
         generator: ``torch.Generator`` for all randomness (default: the global torch seed).
         target_dtype: dtype of the soft targets (default float32).
+        ignore_index: the label-map value of pixels without a class (default 255, VOC's); it
+            must lie outside [0, K). Checked and carried through, never mixed into a class.
     """
 
     name = "mixer"
@@ -93,6 +119,7 @@ class Mixer(ABC):
         check_values: bool | None = None,
         generator: torch.Generator | None = None,
         target_dtype: torch.dtype = torch.float32,
+        ignore_index: int = 255,
     ) -> None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int):
             raise TypeError(f"num_classes must be an int >= 1, got {type(num_classes).__name__}")
@@ -113,11 +140,14 @@ class Mixer(ABC):
             raise TypeError(f"target_dtype must be a floating torch.dtype, got {target_dtype!r}")
         if check_values is not None:
             check_bool(check_values, "check_values")
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
         self.inplace = bool(inplace)
         self.check_finite = bool(check_finite)
         self.check_values = check_values
         self.generator = generator
         self.target_dtype = target_dtype
+        self.ignore_index = ignore_index
 
     # ---------------------------------------------------------------- what subclasses provide
     @abstractmethod
@@ -131,6 +161,27 @@ class Mixer(ABC):
     @abstractmethod
     def mix(self, images: Tensor, index: Tensor, params: dict) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         """Apply the parameters; return ``(mixed, exact λ (B,), mask or None, boxes or None)``."""
+
+    def mix_label_maps(self, maps: Tensor, index: Tensor, params: dict, mask: Tensor | None,
+                       boxes: Tensor | None) -> Tensor | None:
+        """Move the label maps (B, H, W) as :meth:`mix` moved the pixels, given what it returned.
+
+        The default covers the mixers that copy pixels in place: the partner's labels inside the
+        reported ``boxes`` (CutMix, SaliencyMix), or where the reported ``mask`` is below 0.5 (FMix).
+        ``None`` means a global blend (no box, no mask: Mixup): every pixel keeps both labels.
+        A mixer that moves pixels otherwise (ResizeMix's resize) overrides this.
+        """
+        if "box" in params:  # the batch's one box as Python ints (CutMix): a slice copy, as the pixels
+            x1, y1, x2, y2 = params["box"]
+            patch = partner_of(maps[:, None, y1:y2, x1:x2], index, self.pairing)
+            return paste_boxes(maps.unsqueeze(1), patch, params["box"]).squeeze(1)
+        if boxes is not None:
+            keep = ~boxes_to_mask(boxes, maps.shape[-2], maps.shape[-1], device=maps.device).squeeze(1)
+        elif mask is not None:
+            keep = mask.squeeze(1) > 0.5
+        else:
+            return None
+        return select_from_partner(maps, index, keep, out=torch.empty_like(maps), pairing=self.pairing)
 
     # ---------------------------------------------------------------- the fixed template
     def sample_lambda(self, batch_size: int, alpha: float, index: Tensor, device, distribution: str = "beta",
@@ -161,18 +212,33 @@ class Mixer(ABC):
         x = images if type(images) is Tensor else plain_view(images)
         source = self.source_targets(x, labels)
         if x.shape[0] < 2 or self.p == 0.0:
-            return unmixed(images, source)
+            return rewrap(unmixed(images, source), images, labels)
         index, params = self.draw(x)
-        return rewrap(self.apply(x, source, index, params), images)
+        return rewrap(self.apply(x, source, index, params), images, labels)
 
     def source_targets(self, images: Tensor, labels: Tensor) -> Tensor:
-        """Check the inputs; the un-mixed (smoothed) dense targets (B, K) on the images' device."""
+        """Check the inputs; the un-mixed (smoothed) dense targets (B, K) on the images' device,
+        or, for label maps, the maps (B, H, W) there (a plain tensor)."""
         check_images(images, check_finite=self.check_finite)
-        check_labels(labels, images.shape[0], self.num_classes, self.check_finite, self.check_values)
+        if is_label_map(labels):
+            check_label_maps(labels, images, self.num_classes, self.ignore_index, self.check_values)
+        else:
+            check_labels(labels, images.shape[0], self.num_classes, self.check_finite, self.check_values)
         return self.soft_targets(labels, images.device)
 
     def soft_targets(self, labels: Tensor, device: torch.device) -> Tensor:
-        """The un-mixed dense targets (B, K) of checked ``labels``, smoothed, on ``device``."""
+        """The un-mixed dense targets (B, K) of checked ``labels``, smoothed, on ``device``;
+        checked label maps are returned as they are (a plain tensor on ``device``).
+
+        Raises:
+            ValueError: label maps with ``label_smoothing > 0`` (smooth in the loss instead).
+        """
+        if is_label_map(labels):
+            if self.label_smoothing > 0.0:
+                raise ValueError(f"label_smoothing={self.label_smoothing} applies to class targets; label maps "
+                                 "are mixed as class indices: pass label_smoothing to "
+                                 "mixlab.core.losses.mixed_segmentation_loss instead")
+            return plain_view(labels).to(device, non_blocking=True)
         return soft_targets(labels.to(device, non_blocking=True), self.num_classes, self.label_smoothing,
                             self.target_dtype)
 
@@ -188,11 +254,20 @@ class Mixer(ABC):
     def apply(self, images: Tensor, source: Tensor, index: Tensor, params: dict) -> MixResult:
         """Mix ``images`` and their targets ``source`` with drawn parameters (no randomness)."""
         mixed, lam, mask, boxes = self.mix(images, index, params)
-        targets = mix_targets(source, index, lam)
+        partner = None
+        if is_label_map(source):
+            targets = self.mix_label_maps(source, index, params, mask, boxes)
+            if targets is not None:
+                partner = targets  # one exact map: y_a = y_b
+        else:
+            targets = mix_targets(source, index, lam)
         if "coin" in params:  # the p coin: an unmixed batch reports its own index
             index = torch.where(params["coin"].to(index.device, non_blocking=True), index,
                                 torch.arange(images.shape[0], device=index.device))
-        return MixResult(mixed, targets, lam, index, source, mask=mask, boxes=boxes)
+        if is_label_map(source) and targets is None:  # a global blend: each pixel keeps both labels
+            targets = source
+            partner = partner_of(source, index, self.pairing if "coin" not in params else "")
+        return MixResult(mixed, targets, lam, index, source, mask=mask, boxes=boxes, partner_targets=partner)
 
     def _out(self, images: Tensor, params: dict) -> Tensor | None:
         """The tensor to write the result into: the caller's (``inplace``, unless ``params`` say
@@ -229,9 +304,12 @@ def unpack_batch(images: Any, labels: Any) -> tuple[Any, Any]:
 
 
 def unmixed(images: Tensor, source: Tensor) -> MixResult:
-    """The result of not mixing: the batch itself, λ = 1, each image its own partner."""
+    """The result of not mixing: the batch itself, λ = 1, each image its own partner (label maps:
+    ``targets`` and ``partner_targets`` both the maps)."""
     b, device = images.shape[0], images.device
-    return MixResult(images, source.clone(), torch.ones(b, device=device), torch.arange(b, device=device), source)
+    targets = source.clone()
+    return MixResult(images, targets, torch.ones(b, device=device), torch.arange(b, device=device), source,
+                     partner_targets=targets if is_label_map(source) else None)
 
 
 def needs_grad(images: Tensor) -> bool:
@@ -245,12 +323,20 @@ def plain_view(images: Tensor) -> Tensor:
     return images.as_subclass(Tensor) if isinstance(images, Tensor) else images
 
 
-def rewrap(result: MixResult, like: Tensor) -> MixResult:
-    """``result`` with its images in ``like``'s tensor subclass (torchvision's ``tv_tensors.wrap``)."""
-    kind = type(like)
-    if kind is Tensor:
-        return result
-    return result.replace(images=result[0].as_subclass(kind))
+def rewrap(result: MixResult, like: Tensor, labels_like: Tensor | None = None) -> MixResult:
+    """``result`` with its images in ``like``'s tensor subclass (torchvision's ``tv_tensors.wrap``),
+    and, for label maps, its maps in ``labels_like``'s (``tv_tensors.Mask``)."""
+    changes = {}
+    if type(like) is not Tensor and type(result[0]) is not type(like):
+        changes["images"] = result[0].as_subclass(type(like))
+    kind = type(labels_like)
+    if labels_like is not None and kind is not Tensor and is_label_map(result[1]):
+        same = result.partner_targets is result[1]
+        changes["targets"] = result[1].as_subclass(kind)
+        changes["source_targets"] = result.source_targets.as_subclass(kind)
+        if result.partner_targets is not None:
+            changes["partner_targets"] = changes["targets"] if same else result.partner_targets.as_subclass(kind)
+    return result.replace(**changes) if changes else result
 
 
 def partner_of(images: Tensor, index: Tensor, pairing: str) -> Tensor:

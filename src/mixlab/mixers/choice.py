@@ -40,7 +40,9 @@ class RandomChoice:
 
     Fields of a selected result that not every candidate provides are ``None``: ``boxes`` is
     set only if every candidate is a box mixer, ``mask`` only if every candidate has a mask or
-    boxes (Mixup rows have no mask: their per-pixel weight is ``lam``).
+    boxes (Mixup rows have no mask: their per-pixel weight is ``lam``). Label maps: each row's
+    ``targets``/``partner_targets`` are its mixer's (the exact map twice for a box or mask mixer,
+    the two source maps for Mixup), so ``mixed_segmentation_loss`` is right row by row.
 
     Args:
         mixers: the candidate mixers (:class:`~mixlab.mixers.base.Mixer`); all must share
@@ -133,7 +135,7 @@ class RandomChoice:
         source = first.source_targets(x, labels)
         b = x.shape[0]
         if b < 2 or self.p == 0.0:
-            return unmixed(images, source)
+            return rewrap(unmixed(images, source), images, labels)
         on_host = (self.granularity == "batch" and generator_device(self._generator).type == "cpu"
                    and not torch.compiler.is_compiling())  # the choice is a host value: read it, run one mixer
         choice = self._host_choice() if on_host else self.draw_choice(1 if self.granularity == "batch" else b)
@@ -141,12 +143,13 @@ class RandomChoice:
         sources = [source if _same_targets(m, first) else m.soft_targets(labels, x.device) for m in self.mixers]
         if on_host:
             if choice < 0:
-                return unmixed(images, source)
-            return rewrap(self.mixers[choice].apply(x, sources[choice], *plans[choice]), images)
+                return rewrap(unmixed(images, source), images, labels)
+            return rewrap(self.mixers[choice].apply(x, sources[choice], *plans[choice]), images, labels)
         for _, params in plans:  # every candidate reads the caller's images: none may write into them
             params["fresh"] = True
         results = [m.apply(x, s, *plan) for m, s, plan in zip(self.mixers, sources, plans)]
-        return rewrap(_select_rows(choice.to(x.device, non_blocking=True), results, x, source, self.p < 1.0), images)
+        return rewrap(_select_rows(choice.to(x.device, non_blocking=True), results, x, source, self.p < 1.0),
+                      images, labels)
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{m!r}: {q}" for m, q in zip(self.mixers, self.probabilities))
@@ -170,16 +173,18 @@ def _select_rows(choice: Tensor, results: list[MixResult], images: Tensor, sourc
         fields["boxes"] = None
     in_place = not needs_grad(images)
     rows_of = [(k, choice == k) for k in range(1, len(results))]
+    dense = fields["partner_targets"] is not None  # label maps: every result has both maps
     if unmixed_rows:
-        unmixed_value = {"images": images, "targets": source, "lam": torch.ones_like(fields["lam"]),
+        unmixed_value = {"images": images, "targets": source, "partner_targets": source,
+                         "lam": torch.ones_like(fields["lam"]),
                          "index": torch.arange(images.shape[0], device=images.device), "source_targets": source,
                          "boxes": torch.zeros_like(fields["boxes"]) if with_boxes else None,
                          "mask": torch.ones_like(fields["mask"]) if with_mask else None}
         rows_of.append((-1, choice < 0))
     for k, rows in rows_of:
         r = unmixed_value if k < 0 else results[k].fields() | ({"mask": results[k].mask} if with_mask else {})
-        for name in ("images", "targets", "lam", "index", "source_targets", "boxes", "mask"):
-            if fields[name] is None:
+        for name in ("images", "targets", "partner_targets", "lam", "index", "source_targets", "boxes", "mask"):
+            if fields[name] is None or (name == "partner_targets" and not dense):
                 continue
             cond = rows.view(-1, *([1] * (fields[name].ndim - 1)))
             if in_place and name in ("images", "mask"):  # fresh buffers of the first result

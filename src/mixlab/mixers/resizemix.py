@@ -23,6 +23,11 @@ Interpolation (the paper is silent): ``"nearest"`` (default) samples at pixel ce
 ``mode="nearest"`` (source pixel ``floor(i·in/out)``), what openmixup calls, shifted by up to half
 a source pixel; ``"bilinear"`` uses ``align_corners=False``. Each mode samples identically on the
 one-box and the per-sample-box paths (``"bilinear"`` to float rounding).
+
+Label maps (segmentation targets) are resized into the same box by nearest neighbour, never
+blending classes: with the ``"nearest"`` and ``"nearest-legacy"`` modes each pasted label sits
+exactly under the pixel it labels; with ``"bilinear"`` the map uses ``"nearest"`` (pixel centres,
+the same geometry as bilinear's ``align_corners=False``).
 """
 
 from __future__ import annotations
@@ -36,8 +41,10 @@ from mixlab.core.boxes import (
     clipped_box,
     clipped_boxes,
     kept_fraction,
+    label_resize_mode,
     rand_boxes_inside,
     resize_paste,
+    resize_paste_labels,
 )
 from mixlab.core.checks import check_choice, check_range, reads_values
 from mixlab.core.random import rand
@@ -121,6 +128,12 @@ class ResizeMix(Mixer):
         boxes = params["boxes"].expand(b, 4)
         mixed = resizemix_images(images, index, boxes, self.interpolation, out=out, pairing=self.pairing)
         return mixed, kept_fraction(boxes, h, w), None, boxes
+
+    def mix_label_maps(self, maps: Tensor, index: Tensor, params: dict, mask: Tensor | None,
+                       boxes: Tensor | None) -> Tensor:
+        """The partner's whole label map resized into the box by nearest neighbour (module docstring)."""
+        partner = partner_of(maps, index, self.pairing)
+        return resize_paste_labels(maps, partner, boxes, label_resize_mode(self.interpolation))
 
     def _hyper_repr(self) -> str:
         return f"scale={self.scale}, interpolation={self.interpolation!r}, box={self.box!r}"

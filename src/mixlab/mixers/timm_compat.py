@@ -42,13 +42,21 @@ What differs, on purpose:
 from __future__ import annotations
 
 import math
-from numbers import Real
 
 import torch
 from torch import Tensor
 
 from mixlab.core.boxes import clipped_box, clipped_boxes, kept_fraction, paste_boxes
-from mixlab.core.checks import check_bool, check_choice, check_images, check_labels, check_probability, reads_values
+from mixlab.core.checks import (
+    check_bool,
+    check_choice,
+    check_images,
+    check_labels,
+    check_nonnegative,
+    check_probability,
+    is_label_map,
+    reads_values,
+)
 from mixlab.core.random import beta_sample, rand
 from mixlab.core.result import MixResult
 from mixlab.core.targets import mix_targets, soft_targets
@@ -60,15 +68,6 @@ __all__ = ["TimmMixup", "TIMM_MODES"]
 
 #: timm's ``mode`` values
 TIMM_MODES = ("batch", "pair", "elem")
-
-
-def _check_nonnegative(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a real number >= 0, got {type(value).__name__}")
-    value = float(value)
-    if not value >= 0.0 or value == float("inf"):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return value
 
 
 class TimmMixup:
@@ -113,8 +112,8 @@ class TimmMixup:
         generator: torch.Generator | None = None,
         inplace: bool = True,
     ) -> None:
-        self.mixup_alpha = _check_nonnegative(mixup_alpha, "mixup_alpha")
-        self.cutmix_alpha = _check_nonnegative(cutmix_alpha, "cutmix_alpha")
+        self.mixup_alpha = check_nonnegative(mixup_alpha, "mixup_alpha")
+        self.cutmix_alpha = check_nonnegative(cutmix_alpha, "cutmix_alpha")
         if cutmix_minmax is not None:
             if not isinstance(cutmix_minmax, (tuple, list)) or len(cutmix_minmax) != 2:
                 raise TypeError(f"cutmix_minmax must be a pair (min, max) or None, got {cutmix_minmax!r}")
@@ -260,6 +259,9 @@ class TimmMixup:
         return lam[row], cut[row], boxes[row]
 
     def _targets(self, target: Tensor, b: int, device) -> Tensor:
+        if is_label_map(target):
+            raise TypeError("TimmMixup mixes class labels, as timm's Mixup; for segmentation label maps (B, H, W) "
+                            "use mixlab.Mixup / CutMix / ResizeMix / FMix / SaliencyMix, which move them with the pixels")
         if self.multi_label:
             check_labels(target, b, self.num_classes)
             if target.ndim != 2:

@@ -367,6 +367,13 @@ def augment_view(image: Tensor, params: dict[str, Any] | None) -> Tensor:
     return image
 
 
+def _flips(params: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The geometric part of intermediate-augmentation parameters (the flips), for masks."""
+    if not params:
+        return None
+    return {k: params[k] for k in ("hflip", "vflip") if k in params} or None
+
+
 def mixup_views(first: Tensor, second: Tensor, lam: float, augment: dict[str, Any] | None = None) -> Tensor:
     """One Mixup step of CropMix: ``λ·first + (1-λ)·second``, the weaker operand augmented.
 
@@ -466,10 +473,19 @@ class CropMix(v2.Transform):
 
     A ``torchvision.transforms.v2`` transform: one image in (a C×H×W or ...×C×H×W ``uint8`` or
     float tensor, a ``tv_tensors.Image``, or a PIL image), one image of ``size`` out, of the same
-    type and dtype (``uint8`` is mixed in float and rounded back). Everything else in the sample
-    (labels, and also boxes or masks, which no longer describe the mixed image) passes through
-    unchanged: every crop comes from the same image, so the label does not change. Randomness
-    comes from the global torch RNG (``torch.manual_seed``, each DataLoader worker's seed).
+    type and dtype (``uint8`` is mixed in float and rounded back). Labels pass through unchanged:
+    every crop comes from the same image, so the label does not change. Randomness comes from the
+    global torch RNG (``torch.manual_seed``, each DataLoader worker's seed).
+
+    Segmentation: with ``mix="cutmix"`` a ``tv_tensors.Mask`` in the sample ((H, W) label map, or
+    (..., H, W) masks) moves with the image: the same N crops (resized by nearest neighbour:
+    ``NEAREST`` when the images use ``"nearest"``, so each label sits exactly under its pixel, else
+    ``NEAREST_EXACT``, pixel centres, the geometry of bilinear/bicubic), the same pastes, and the
+    same flips of the intermediate augmentations (the colour ones do not touch a mask).
+    ``mix="mixup"`` blends whole crops, so no one label map describes the result: a Mask then raises
+    ``ValueError`` (mix label maps in the batch with :class:`mixlab.Mixup`, which returns both
+    maps and λ). ``tv_tensors.BoundingBoxes`` raise ``TypeError``: crops and pastes would cut
+    boxes in ways one box cannot describe (use the detection mixers, :mod:`mixlab.mixers.detection`).
 
     Args:
         size: output size, an int or ``(h, w)``; ``None`` keeps each input's size.
@@ -515,7 +531,7 @@ class CropMix(v2.Transform):
         box centre and coin, then the step's augmentation parameters; then the ``"after"`` ones.
     """
 
-    _transformed_types = (tv_tensors.Image, PIL.Image.Image, F.is_pure_tensor)
+    _transformed_types = (tv_tensors.Image, PIL.Image.Image, F.is_pure_tensor, tv_tensors.Mask)
 
     def __init__(
         self,
@@ -543,6 +559,17 @@ class CropMix(v2.Transform):
         self._jitter = v2.ColorJitter(*JITTER) if "colorjitter" in self.inter_aug else None
 
     # ------------------------------------------------------------------ sampling
+    def check_inputs(self, flat_inputs: list[Any]) -> None:
+        """Refuse what cannot follow the mix, before anything is drawn (class docstring)."""
+        if any(isinstance(x, tv_tensors.BoundingBoxes) for x in flat_inputs):
+            raise TypeError("CropMix does not move tv_tensors.BoundingBoxes: its crops and pastes cut boxes in "
+                            "ways one box cannot describe; use mixlab's detection mixers (mixlab.mixers.detection)")
+        if self.mix == "mixup" and max(self.num_crops) > 1 and any(isinstance(x, tv_tensors.Mask)
+                                                                   for x in flat_inputs):
+            raise ValueError("CropMix(mix='mixup') blends whole crops, so no one label map describes the result: "
+                             "a tv_tensors.Mask cannot follow it. Use mix='cutmix' (the mask moves with the crops "
+                             "and pastes), or mix label maps in the batch with mixlab.Mixup (both maps and lambda)")
+
     def _aug_params(self, channels: int) -> dict[str, Any]:
         params: dict[str, Any] = {}
         if "permute" in self.inter_aug:
@@ -610,7 +637,22 @@ class CropMix(v2.Transform):
             out = mix_views([v.float().div_(255.0) for v in views], params, self.mix).mul_(255.0)
         return out.round_().to(torch.uint8)
 
+    def _mix_mask(self, mask: Tensor, params: dict[str, Any]) -> Tensor:
+        """The mask through the same crops, pastes and flips as the image (class docstring)."""
+        mode = InterpolationMode.NEAREST if self.interpolation == InterpolationMode.NEAREST \
+            else InterpolationMode.NEAREST_EXACT
+        squeeze = mask.ndim == 2
+        m = mask.unsqueeze(0) if squeeze else mask
+        views = [F.resize_mask(F.crop_mask(m, **crop), list(params["size"]), interpolation=mode)
+                 for crop in params["crops"]]
+        flips = {**params, "steps": [{**step, "aug": _flips(step["aug"])} for step in params["steps"]],
+                 "after": _flips(params["after"])}
+        out = mix_views(views, flips, self.mix)
+        return out.squeeze(0) if squeeze else out
+
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.Mask):
+            return tv_tensors.wrap(self._mix_mask(inpt.as_subclass(Tensor), params), like=inpt)
         if isinstance(inpt, PIL.Image.Image):
             if inpt.mode not in ("L", "RGB", "RGBA", "LA"):
                 raise TypeError(f"CropMix takes PIL images of mode L, LA, RGB or RGBA, got mode {inpt.mode!r}; "
