@@ -78,7 +78,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         formatter_class=_Formatter,
         description="Train a model with a mixing method and write a run directory: metrics.csv, metrics.jsonl, "
                     "checkpoint.pt (every epoch; --set run.checkpoint_every=N also every N steps), curves.png, samples.png, config.yaml; then evaluate the final "
-                    "checkpoint as `mixlab eval` does (eval.json, calibration.png; --no-eval skips it).\n\n"
+                    "checkpoint as `mixlab eval` does (eval.json, calibration.png; --no-eval skips it), the weakly "
+                    "supervised localization excepted (half a minute on the default run: `mixlab eval RUN` "
+                    "adds it).\n\n"
                     "Settings come from the defaults, then CONFIG.yaml, then --set, then the flags below.\n"
                     "With no arguments this is the README's default run (a few minutes on a laptop CPU).",
         epilog=f"methods:\n{methods}\n\nexamples:\n"
@@ -214,10 +216,11 @@ def _report_train(metrics: dict[str, Any], cfg: Any, corruption_images: int | No
               f"(`mixlab eval {run_dir}` evaluates any checkpoint)")
         return
     n = corruption_images
-    print(f"evaluating the final checkpoint (clean, FGSM{f', corruptions on {n} test images' if n else ''}; "
-          f"--no-eval skips this)", flush=True)
+    print(f"evaluating the final checkpoint (clean, FGSM{f', corruptions on {n} test images' if n else ''}, "
+          f"out-of-distribution detection; --no-eval skips this; `mixlab eval {run_dir}` adds the localization "
+          f"on datasets with boxes)", flush=True)
     _report(evaluate_checkpoint(metrics["checkpoint"], corruptions=n > 0, max_corruption_images=n or None,
-                                device=cfg.run.device, progress=cfg.run.progress))
+                                device=cfg.run.device, progress=cfg.run.progress, wsol=False))
 
 
 # --------------------------------------------------------------------------------------- pretrain
@@ -330,7 +333,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         description="Evaluate a run's checkpoint on its test split, rebuilt from the run's config (same dataset, "
                     "image size and normalisation): clean top-1 / top-5 / NLL, ECE and RMS calibration error "
                     "(15 bins), top-1 under FGSM (eps = 8/255 in pixel space), and top-1 under each CIFAR-10-C "
-                    "style corruption (noise, blur, contrast, JPEG, ...) at severities 1-5 (their mean: mCA). On a "
+                    "style corruption (noise, blur, contrast, JPEG, ...) at severities 1-5 (their mean: mCA), and "
+                    "how well the maximum softmax probability tells the test images from synthetic noise images "
+                    "(Gaussian and uniform pixels; out-of-distribution AUROC and FPR at 95% TPR). On a "
                     "dataset with object boxes (synthetic, cub200) also the weakly supervised localization: "
                     "MaxBoxAccV2 (Choe et al. 2020) of the CAM of each test image's true class, boxes from every "
                     "contour at CAM thresholds 0, 0.01, ..., 0.99, the best threshold per IoU 30/50/70, averaged. "
@@ -351,6 +356,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-corruption-images", type=_positive, metavar="N",
                    help="corruption accuracy on N test images only, evenly spread over the test set "
                         "(default: all)")
+    p.add_argument("--no-ood", dest="ood", action="store_false",
+                   help="skip the out-of-distribution detection (max softmax vs Gaussian and uniform noise images)")
+    from mixlab.engine.eval_run import OOD_IMAGES
+
+    p.add_argument("--ood-images", type=_positive, default=OOD_IMAGES, metavar="N",
+                   help=f"images of each synthetic out-of-distribution set (default {OOD_IMAGES})")
     p.add_argument("--wsol", action=argparse.BooleanOptionalAction, default=None,
                    help="weakly supervised localization, MaxBoxAccV2 (default: when the test split has object "
                         "boxes; --wsol: required, an error without boxes; --no-wsol: skipped)")
@@ -385,7 +396,8 @@ def _eval(args: argparse.Namespace) -> int:
     results = evaluate_checkpoint(args.path, fgsm=args.fgsm, corruptions=args.corruptions,
                                   max_corruption_images=args.max_corruption_images, device=args.device,
                                   batch_size=args.batch_size, progress=args.progress, data_root=args.data_root,
-                                  wsol=args.wsol, effective_classes=args.effective_classes)
+                                  wsol=args.wsol, ood=args.ood, ood_images=args.ood_images,
+                                  effective_classes=args.effective_classes)
     print(f"{results['checkpoint']} (epoch {results['epoch']}): {results['method']} | {results['model']} | "
           f"{results['dataset']} | {results['device']} | {results['seconds']:.1f}s")
     _report(results)

@@ -131,8 +131,9 @@ def compare_cams(runs: Sequence[str | os.PathLike], *, images: int = 8, indices:
             raise ValueError(f"cannot compare {path} with {first_path}: their test images differ in size "
                              f"({size} vs {tuple(x.shape[1:])})")
         model = load_weights(rebuild_model(cfg, num_classes, dev), ckpt["model"], "model weights", ckpt["path"])
-        out = class_activation_maps(model, normalize_on_device(x.to(dev), mean, std), topk=topk)
-        outputs.append((name, CAMOutput(out.cams.cpu(), out.classes.cpu(), out.probs.cpu(), out.method, out.layer)))
+        maps = class_activation_maps(model, normalize_on_device(x.to(dev), mean, std), topk=topk)
+        outputs.append((name, CAMOutput(maps.cams.cpu(), maps.classes.cpu(), maps.probs.cpu(), maps.method,
+                                        maps.layer)))
     path = Path(out) if out is not None else Path("runs") / "cam" / f"{'+'.join(n for n, _ in outputs)[:150]}.png"
     plot_cams(x, outputs, test_set.classes, labels=y, path=path)
     return path, outputs

@@ -11,12 +11,14 @@ The model and the test split are rebuilt from the config saved in the checkpoint
 built them (same dataset and size, same test transform, the train split's normalisation), the
 saved weights are loaded, and :func:`mixlab.evaluation.evaluate_all` measures clean top-1 /
 top-5 / NLL, ECE and RMS calibration error (15 bins), FGSM accuracy (ε = 8/255 in pixel space) and
-accuracy under the corruptions at severities 1-5; on a dataset with object boxes (the synthetic
-shapes, CUB-200-2011) also the weakly supervised localization, MaxBoxAccV2 of the true class's CAM
+accuracy under the corruptions at severities 1-5, and the out-of-distribution detection by the
+maximum softmax probability against synthetic noise images (AUROC, FPR@95TPR;
+:mod:`mixlab.evaluation.ood`); on a dataset with object boxes (the synthetic shapes,
+CUB-200-2011) also the weakly supervised localization, MaxBoxAccV2 of the true class's CAM
 (:func:`localization_split`, :func:`mixlab.evaluation.wsol.localization_accuracy`); on request the
 effective class number of the run's first training steps (:mod:`mixlab.engine.effective`). The
-results go to ``eval.json`` and the reliability diagram to ``calibration.png``, next to the checkpoint. A run that kept an EMA of the
-weights (``model.ema_decay > 0``) is evaluated twice: the plain weights (the top-level results) and
+results go to ``eval.json`` and the reliability diagram to ``calibration.png``, next to the
+checkpoint. A run that kept an EMA of the weights (``model.ema_decay > 0``) is evaluated twice: the plain weights (the top-level results) and
 the EMA weights (``results["ema"]``, ``calibration-ema.png``).
 """
 
@@ -38,12 +40,15 @@ from mixlab.engine.checkpoint import CHECKPOINT_NAME, CheckpointError, load_chec
 from mixlab.engine.config import TrainConfig, config_from_dict
 from mixlab.engine.data import align_test_split, build_split, default_transforms, train_split
 from mixlab.engine.distributed import resolve_device
-from mixlab.evaluation import evaluate_all, localization_accuracy
+from mixlab.evaluation import OOD_SETS, evaluate_all, localization_accuracy
 
-__all__ = ["evaluate_checkpoint", "EVAL_NAME", "open_checkpoint", "eval_data", "check_classes", "rebuild_model",
+__all__ = ["evaluate_checkpoint", "EVAL_NAME", "OOD_IMAGES", "open_checkpoint", "eval_data", "check_classes", "rebuild_model",
            "load_weights", "run_threads", "results_head", "localization_split"]
 
 EVAL_NAME = "eval.json"
+#: images of each synthetic OOD set (gaussian, uniform): about one clean pass of the default run's
+#: 1 000 test images in all, so the OOD score adds about a second to its final evaluation
+OOD_IMAGES = 500
 
 
 def _checkpoint_file(path: str | os.PathLike) -> Path:
@@ -187,7 +192,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, fgsm: bool = True, corruptio
                         max_corruption_images: int | None = None, device: str = "auto",
                         batch_size: int | None = None, progress: bool = True,
                         data_root: str | os.PathLike | None = None, wsol: bool | None = None,
-                        effective_classes: int = 0) -> dict[str, Any]:
+                        ood: bool = True, ood_images: int = OOD_IMAGES, effective_classes: int = 0
+                        ) -> dict[str, Any]:
     """Evaluate the checkpoint at ``path`` on its run's test split; write ``eval.json`` beside it.
 
     Args:
@@ -204,13 +210,17 @@ def evaluate_checkpoint(path: str | os.PathLike, *, fgsm: bool = True, corruptio
             ..., 0.99) on the test images with their boxes (:func:`localization_split`): ``None``
             (default) when the dataset has boxes, ``True`` always (an error without boxes),
             ``False`` never.
+        ood: score the max-softmax out-of-distribution detector against the synthetic sets
+            :data:`~mixlab.evaluation.ood.OOD_SETS` (Gaussian and uniform noise images).
+        ood_images: images of each OOD set (default :data:`OOD_IMAGES`; None: as many as the test
+            images).
         effective_classes: N > 0 measures the effective class number of the run's first N
             training steps with the trained weights (:func:`~mixlab.engine.effective.run_effective_classes`);
             0 (default) does not.
 
     Returns:
         :func:`~mixlab.evaluation.robustness.evaluate_all`'s dict for the plain weights (``clean``,
-        ``fgsm``, ``corruptions``; accuracies and calibration errors in %), plus ``ema`` (the same
+        ``fgsm``, ``corruptions``, ``ood``; accuracies, calibration errors, AUROC in %), plus ``ema`` (the same
         dict for the EMA weights, or ``None`` when the run kept no EMA), ``wsol`` in each
         (:func:`~mixlab.evaluation.wsol.localization_accuracy`'s dict, or ``None``),
         ``effective_classes`` (``mean``, ``steps``, ``threshold``, ``images``, ``per_step``; or
@@ -230,12 +240,15 @@ def evaluate_checkpoint(path: str | os.PathLike, *, fgsm: bool = True, corruptio
         directory share it (the last evaluation wins).
     """
     t0 = time.perf_counter()
-    for name, value in (("max_corruption_images", max_corruption_images), ("batch_size", batch_size)):
+    for name, value in (("max_corruption_images", max_corruption_images), ("batch_size", batch_size),
+                        ("ood_images", ood_images)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
     if isinstance(effective_classes, bool) or not isinstance(effective_classes, int) or effective_classes < 0:
         raise ValueError(f"effective_classes must be an integer >= 0 (training steps; 0: not measured), got "
                          f"{effective_classes!r}")
+    if not isinstance(ood, bool):
+        raise ValueError(f"ood must be True or False, got {ood!r}")
     if wsol not in (None, True, False):
         raise ValueError(f"wsol must be None (when the dataset has boxes), True or False, got {wsol!r}")
     dev = resolve_device(device, what="device")
@@ -268,7 +281,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, fgsm: bool = True, corruptio
             for name, model in models.items():
                 evaluations[name] = evaluate_all(
                     model, data, mean, std, dev, out_dir=Path(tmp) / name, fgsm=fgsm, corruptions=corruptions,
-                    max_corruption_images=max_corruption_images, batch_size=batch_size, progress=progress)
+                    max_corruption_images=max_corruption_images, batch_size=batch_size, progress=progress,
+                    ood=OOD_SETS if ood else (), ood_images=ood_images)
                 evaluations[name]["wsol"] = None if boxed is None else localization_accuracy(
                     model, eval_loader(boxed, batch_size, cfg.data.num_workers), boxed.boxes, mean, std, dev)
             effective = None
