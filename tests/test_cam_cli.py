@@ -201,7 +201,7 @@ def test_bench_reports_localization_ood_and_effective_classes(tmp_path):
     protocol = protocol_from_dict(_analysis_protocol(wsol=True, effective_classes=2), "analysis")
     result = run_protocol(protocol, tmp_path / "b", log=lambda _: None)
     rows = {r["method"]: r for r in result["rows"]}
-    for method, row in rows.items():
+    for row in rows.values():
         ev = json.loads((Path(row["run_dir"]) / "eval.json").read_text())
         assert row["maxboxacc"] == ev["wsol"]["maxboxacc"] and row["ood_auroc"] == ev["ood"]["auroc"]
         assert row["ood_fpr95"] == ev["ood"]["fpr95"] and row["effective_classes"] == ev["effective_classes"]["mean"]
