@@ -394,12 +394,19 @@ def evaluate_all(model: nn.Module, loader: Data, mean: Sequence[float], std: Seq
         raise ValueError(f"mean and std must be per-channel sequences of the same length, got {mean!r} and {std!r}")
     _stats(mean, std, len(mean), torch.device("cpu"))  # std > 0, before any evaluation
 
-    logits, labels = predict(model, loader, device, mean=mean, std=std, batch_size=batch_size)
+    shape: list[tuple[int, ...]] = []  # (C, H, W) of the images, read on the way (the OOD images' shape)
+
+    def batches():
+        for images, labels in iter_batches(loader, batch_size):
+            shape[:] = [tuple(images.shape[1:])]
+            yield images, labels
+
+    logits, labels = predict(model, batches(), device, mean=mean, std=std)
     results: dict[str, Any] = {"clean": clean_metrics(logits, labels, n_bins), "fgsm": None, "corruptions": None,
                                "ood": None}
     if ood:
         sets = {name: ood_detection(model, loader, name, mean, std, device, n_out=ood_images, batch_size=batch_size,
-                                    in_logits=logits) for name in ood}
+                                    in_logits=logits, image_shape=shape[0]) for name in ood}
         results["ood"] = {key: sum(r[key] for r in sets.values()) / len(sets) for key in ("auroc", "fpr95")}
         results["ood"]["sets"] = sets
     if fgsm:
