@@ -126,6 +126,17 @@ def test_evaluate_all_ood_reuses_the_clean_logits_and_matches_ood_detection():
     alone = ood_detection(model, (images, labels), "uniform", mean, std, n_out=16)
     assert results["ood"]["sets"]["uniform"] == pytest.approx(alone)
     assert results["ood"]["auroc"] == pytest.approx(alone["auroc"]) and "OOD     AUROC" in format_table(results)
+
+    def unread():  # with the logits and the images' shape given, the in-distribution data is not read
+        raise AssertionError("in_data was read")
+        yield
+
+    with torch.no_grad():
+        logits = model(images)
+    assert ood_detection(model, unread(), "uniform", mean, std, n_out=16, in_logits=logits,
+                         image_shape=(3, 8, 8)) == pytest.approx(alone)
+    with pytest.raises(ValueError, match=r"in_logits must be None or the \(N, K\) logits of in_data, got \(24,\)"):
+        ood_detection(model, (images, labels), "uniform", mean, std, in_logits=logits[:, 0])
     assert evaluate_all(model, (images, labels), mean, std, fgsm=False, corruptions=False)["ood"] is None
     for bad, message in ((("svhn",), r"ood must be distinct names among \['gaussian', 'uniform'\], got \('svhn',\)"),
                          ("gaussian", "ood must be distinct names"), (("uniform", "uniform"), "ood must be distinct")):
