@@ -46,8 +46,8 @@ __all__ = ["evaluate_checkpoint", "EVAL_NAME", "OOD_IMAGES", "open_checkpoint", 
            "load_weights", "run_threads", "results_head", "localization_split"]
 
 EVAL_NAME = "eval.json"
-#: images of each synthetic OOD set (gaussian, uniform): about one clean pass of the default run's
-#: 1 000 test images in all, so the OOD score adds about a second to its final evaluation
+#: images of each synthetic OOD set (gaussian, uniform): their forward passes are 1.6 % of the time of
+#: the default run's final evaluation (8 s on two idle cores), less than a pass over its 1 000 test images
 OOD_IMAGES = 500
 
 
