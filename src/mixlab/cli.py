@@ -79,8 +79,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         description="Train a model with a mixing method and write a run directory: metrics.csv, metrics.jsonl, "
                     "checkpoint.pt (every epoch; --set run.checkpoint_every=N also every N steps), curves.png, samples.png, config.yaml; then evaluate the final "
                     "checkpoint as `mixlab eval` does (eval.json, calibration.png; --no-eval skips it), the weakly "
-                    "supervised localization excepted (half a minute on the default run: `mixlab eval RUN` "
-                    "adds it).\n\n"
+                    "supervised localization excepted (its threshold sweep costs about ten passes over the test "
+                    "images, a third more evaluation time on the default run: `mixlab eval RUN` adds it).\n\n"
                     "Settings come from the defaults, then CONFIG.yaml, then --set, then the flags below.\n"
                     "With no arguments this is the README's default run (a few minutes on a laptop CPU).",
         epilog=f"methods:\n{methods}\n\nexamples:\n"
