@@ -107,6 +107,9 @@ def test_train_evaluates_the_final_checkpoint_with_its_ema(tmp_path, capsys):
     results = json.loads((out / "eval.json").read_text())
     assert results["corruptions"]["n"] == 8 and CLEAN_KEYS <= set(results["ema"]["clean"])
     assert results["ema"]["corruptions"]["n"] == 8
+    # the OOD score (cheap) is in; the localization (a third more time) is left to `mixlab eval`
+    assert results["wsol"] is None and sorted(results["ood"]["sets"]) == ["gaussian", "uniform"]
+    assert "OOD     AUROC" in text and "WSOL" not in text and "adds the localization" in text
     assert (out / "calibration.png").is_file() and (out / "calibration-ema.png").is_file()
 
 

@@ -436,7 +436,7 @@ def test_evaluate_all_writes_outputs_and_table(trained, tmp_path):
     results = evaluate_all(model, loader, MEAN, STD, out_dir=tmp_path, max_corruption_images=48, progress=False)
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved == json.loads(json.dumps(results))
-    assert set(saved) == {"clean", "fgsm", "corruptions"}
+    assert set(saved) == {"clean", "fgsm", "corruptions", "ood"} and saved["ood"] is None  # ood: none asked for
     assert set(saved["corruptions"]["accuracy"]) == set(CORRUPTIONS)
     assert all(len(v) == 5 for v in saved["corruptions"]["accuracy"].values())
     with Image.open(tmp_path / "calibration.png") as im:

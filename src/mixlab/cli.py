@@ -8,6 +8,7 @@
     mixlab eval runs/cutmix-resnet_small-synthetic-20250101-120000 --max-corruption-images 1000
     mixlab finetune runs/mocov2-resnet_small-imagefolder-20250101-120000 --fraction 0.01
     mixlab show --method fmix --n 8 --set method.params.decay_power=4
+    mixlab cam runs/vanilla-s0 runs/cutmix-s0 --images 8 --topk 2
     mixlab list methods
     mixlab --version
 """
@@ -77,7 +78,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         formatter_class=_Formatter,
         description="Train a model with a mixing method and write a run directory: metrics.csv, metrics.jsonl, "
                     "checkpoint.pt (every epoch; --set run.checkpoint_every=N also every N steps), curves.png, samples.png, config.yaml; then evaluate the final "
-                    "checkpoint as `mixlab eval` does (eval.json, calibration.png; --no-eval skips it).\n\n"
+                    "checkpoint as `mixlab eval` does (eval.json, calibration.png; --no-eval skips it), the weakly "
+                    "supervised localization excepted (its threshold sweep costs about ten passes over the test "
+                    "images, a third more evaluation time on the default run: `mixlab eval RUN` adds it).\n\n"
                     "Settings come from the defaults, then CONFIG.yaml, then --set, then the flags below.\n"
                     "With no arguments this is the README's default run (a few minutes on a laptop CPU).",
         epilog=f"methods:\n{methods}\n\nexamples:\n"
@@ -213,10 +216,11 @@ def _report_train(metrics: dict[str, Any], cfg: Any, corruption_images: int | No
               f"(`mixlab eval {run_dir}` evaluates any checkpoint)")
         return
     n = corruption_images
-    print(f"evaluating the final checkpoint (clean, FGSM{f', corruptions on {n} test images' if n else ''}; "
-          f"--no-eval skips this)", flush=True)
+    print(f"evaluating the final checkpoint (clean, FGSM{f', corruptions on {n} test images' if n else ''}, "
+          f"out-of-distribution detection; --no-eval skips this; `mixlab eval {run_dir}` adds the localization "
+          f"on datasets with boxes)", flush=True)
     _report(evaluate_checkpoint(metrics["checkpoint"], corruptions=n > 0, max_corruption_images=n or None,
-                                device=cfg.run.device, progress=cfg.run.progress))
+                                device=cfg.run.device, progress=cfg.run.progress, wsol=False))
 
 
 # --------------------------------------------------------------------------------------- pretrain
@@ -345,15 +349,21 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         description="Evaluate a run's checkpoint on its test split, rebuilt from the run's config (same dataset, "
                     "image size and normalisation): clean top-1 / top-5 / NLL, ECE and RMS calibration error "
                     "(15 bins), top-1 under FGSM (eps = 8/255 in pixel space), and top-1 under each CIFAR-10-C "
-                    "style corruption (noise, blur, contrast, JPEG, ...) at severities 1-5 (their mean: mCA). A run "
-                    "that kept an EMA of the weights is evaluated twice (plain and EMA weights).\n\n"
+                    "style corruption (noise, blur, contrast, JPEG, ...) at severities 1-5 (their mean: mCA), and "
+                    "how well the maximum softmax probability tells the test images from synthetic noise images "
+                    "(Gaussian and uniform pixels; out-of-distribution AUROC and FPR at 95% TPR). On a "
+                    "dataset with object boxes (synthetic, cub200) also the weakly supervised localization: "
+                    "MaxBoxAccV2 (Choe et al. 2020) of the CAM of each test image's true class, boxes from every "
+                    "contour at CAM thresholds 0, 0.01, ..., 0.99, the best threshold per IoU 30/50/70, averaged. "
+                    "A run that kept an EMA of the weights is evaluated twice (plain and EMA weights).\n\n"
                     "Writes eval.json and calibration.png (calibration-ema.png) next to the checkpoint, and prints "
                     "the table. CPU threads: the run's run.threads, else torch's default (all cores).",
         epilog="examples:\n"
                "  mixlab eval runs/cutmix-resnet_small-synthetic-20250101-120000\n"
                "  mixlab eval runs/x/checkpoint.pt --no-corruptions\n"
                "  mixlab eval runs/x --max-corruption-images 1000 --device cuda\n"
-               "  mixlab eval runs/x --data-root /data/cifar10-jpeg.zip     # the dataset moved since training",
+               "  mixlab eval runs/x --data-root /data/cifar10-jpeg.zip     # the dataset moved since training\n"
+               "  mixlab eval runs/x --no-wsol --effective-classes 100      # RecursiveMix Fig. 7's measure",
     )
     p.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="a run directory (its checkpoint.pt) or a checkpoint file")
     p.add_argument("--no-fgsm", dest="fgsm", action="store_false", help="skip the FGSM attack")
@@ -362,6 +372,19 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-corruption-images", type=_positive, metavar="N",
                    help="corruption accuracy on N test images only, evenly spread over the test set "
                         "(default: all)")
+    p.add_argument("--no-ood", dest="ood", action="store_false",
+                   help="skip the out-of-distribution detection (max softmax vs Gaussian and uniform noise images)")
+    from mixlab.engine.eval_run import OOD_IMAGES
+
+    p.add_argument("--ood-images", type=_positive, default=OOD_IMAGES, metavar="N",
+                   help=f"images of each synthetic out-of-distribution set (default {OOD_IMAGES})")
+    p.add_argument("--wsol", action=argparse.BooleanOptionalAction, default=None,
+                   help="weakly supervised localization, MaxBoxAccV2 (default: when the test split has object "
+                        "boxes; --wsol: required, an error without boxes; --no-wsol: skipped)")
+    p.add_argument("--effective-classes", type=_non_negative, default=0, metavar="N",
+                   help="also measure the effective class number of the run's first N training steps (the "
+                        "average number of classes whose target weight exceeds 1e-4, RecursiveMix Fig. 7; "
+                        "default 0: not measured)")
     p.add_argument("--batch-size", type=_positive, metavar="N",
                    help="evaluation batch size (default: the run's data.eval_batch_size)")
     p.add_argument("--device", default="auto", metavar="D",
@@ -388,7 +411,9 @@ def _eval(args: argparse.Namespace) -> int:
 
     results = evaluate_checkpoint(args.path, fgsm=args.fgsm, corruptions=args.corruptions,
                                   max_corruption_images=args.max_corruption_images, device=args.device,
-                                  batch_size=args.batch_size, progress=args.progress, data_root=args.data_root)
+                                  batch_size=args.batch_size, progress=args.progress, data_root=args.data_root,
+                                  wsol=args.wsol, ood=args.ood, ood_images=args.ood_images,
+                                  effective_classes=args.effective_classes)
     print(f"{results['checkpoint']} (epoch {results['epoch']}): {results['method']} | {results['model']} | "
           f"{results['dataset']} | {results['device']} | {results['seconds']:.1f}s")
     _report(results)
@@ -554,13 +579,18 @@ def _add_show(sub: argparse._SubParsersAction) -> None:
                     "flat grey tile at lambda for global mixes such as Mixup), row 4 the mixed images with their "
                     "top-2 soft label and lambda. A method that does not mix (vanilla) shows the inputs only. "
                     "With --checkpoint the model and the method's state (AutoMix's Mix Block) come from a run; "
-                    "AutoMix draws its masks and mixed images at lambda 0.2, 0.5 and 0.8.",
+                    "AutoMix draws its masks and mixed images at lambda 0.2, 0.5 and 0.8.\n\n"
+                    "With --effective-classes N it draws nothing and prints instead the effective class number of "
+                    "the method's targets (RecursiveMix, Fig. 7): the average number of classes whose target weight "
+                    "exceeds 1e-4, over the first N training steps of the run `mixlab train` would start with the "
+                    "same settings (batch size, data, seed), replayed without training, label smoothing off.",
         epilog=f"methods: {', '.join(METHODS)}\n\nexamples:\n"
                "  mixlab show --method cutmix\n"
                "  mixlab show --method mixup --set method.params.alpha=0.4 --n 6 --seed 3 --out mixup.png\n"
                "  mixlab show --method fmix --dataset imagefolder --data-root /path/to/cifar10-jpeg.zip\n"
                "  mixlab show --method cutmix --set method.params.granularity=elem --set data.image_size=64\n"
-               "  mixlab show --method automix --checkpoint runs/<run dir>",
+               "  mixlab show --method automix --checkpoint runs/<run dir>\n"
+               "  mixlab show --method recursivemix --effective-classes 100   # about 4.5 (CutMix: 2 at most)",
     )
     p.add_argument("--method", required=True, metavar="NAME", help=f"the method to show: {', '.join(METHODS)}")
     p.add_argument("--dataset", metavar="NAME",
@@ -577,11 +607,26 @@ def _add_show(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override as in `mixlab train` (method.params.alpha=0.4, method.label_smoothing=0.1, "
                         "data.image_size=64); repeatable")
+    p.add_argument("--effective-classes", type=_positive, metavar="N",
+                   help="print the effective class number of the method's targets over the first N training steps "
+                        "(mean, then each step's) instead of drawing")
     p.set_defaults(func=_show)
 
 
 def _show(args: argparse.Namespace) -> int:
-    from mixlab.engine.show import show_method
+    from mixlab.engine.show import show_effective_classes, show_method
+
+    if args.effective_classes:
+        measured = show_effective_classes(args.method, steps=args.effective_classes, dataset=args.dataset,
+                                          data_root=args.data_root, checkpoint=args.checkpoint,
+                                          overrides=args.overrides)
+        steps = measured.per_step.tolist()
+        print(f"{args.method}: {measured.mean:.3f} effective classes per target over the first {len(steps)} training "
+              f"steps ({measured.images} images; classes with weight > {measured.threshold:g}, label smoothing off)")
+        for start in range(0, len(steps), 10):
+            print(f"  steps {start + 1:>4}-{min(start + 10, len(steps)):<4} "
+                  + " ".join(f"{v:5.2f}" for v in steps[start:start + 10]))
+        return 0
 
     path, what = show_method(args.method, dataset=args.dataset, data_root=args.data_root, n=args.n, seed=args.seed,
                              out=args.out, checkpoint=args.checkpoint, overrides=args.overrides)
@@ -623,6 +668,68 @@ def _gallery(args: argparse.Namespace) -> int:
     for entry in entries:
         print(f"{entry.name}: {entry.what}; wrote {entry.path}")
     print(f"index {os.path.join(args.out, 'index.md')}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- cam
+def _indices(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated test image indices >= 0 (e.g. 3,17,42), "
+                                         f"got {text!r}")
+    return values
+
+
+def _add_cam(sub: argparse._SubParsersAction) -> None:
+    from mixlab.engine.cam import MAX_IMAGES, compare_cams
+
+    d = _defaults(compare_cams)
+    p = sub.add_parser(
+        "cam",
+        help="class activation maps of trained runs on the same images, side by side (PNG)",
+        formatter_class=_Formatter,
+        description="Draw the class activation maps of one or more trained runs on the same test images (those of "
+                    "the first run's test split, with its test transform), as in RecursiveMix Fig. 6 and AutoMix "
+                    "Fig. 3: one row per image, the image with its true class, then for every run its top-k maps "
+                    "overlaid (jet, min-max scaled per map) with the class names and the run's probabilities "
+                    "(green: the true class). CAM (Zhou et al. 2016: the classifier weights on the final feature "
+                    "map) for models whose head is global average pooling + one linear layer (the CIFAR ResNets, "
+                    "WRN, timm CNNs with an average-pool head); Grad-CAM (Selvaraju et al. 2017) otherwise, on the "
+                    "final feature map, or for ViTs on the patch tokens entering the last block. Maps are "
+                    "upsampled bilinearly to the image size.",
+        epilog="examples:\n"
+               "  mixlab cam runs/bench/cifar10-quick/runs/{vanilla,mixup,cutmix,recursivemix}-s0\n"
+               "  mixlab cam runs/a runs/b --images 4 --topk 3 --out cams.png\n"
+               "  mixlab cam runs/a runs/b --indices 0,10,20 --device cuda",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (their checkpoint.pt) or checkpoint files")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--images", type=_positive, default=d["images"], metavar="N",
+                       help=f"number of test images, spread over the classes, 1 to {MAX_IMAGES} (default "
+                            f"{d['images']})")
+    which.add_argument("--indices", type=_indices, metavar="I,J,...",
+                       help="these test images instead (indices into the first run's test split)")
+    p.add_argument("--topk", type=_positive, default=d["topk"], metavar="K",
+                   help=f"maps per run and image: the K most probable classes (default {d['topk']})")
+    p.add_argument("--out", metavar="FILE.png", help="the PNG to write (default runs/cam/<run names>.png)")
+    p.add_argument("--device", default="auto", metavar="D", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--data-root", metavar="PATH",
+                   help="where the runs' dataset is now, if it moved since training (replaces data.root)")
+    p.set_defaults(func=_cam)
+
+
+def _cam(args: argparse.Namespace) -> int:
+    from mixlab.engine.cam import compare_cams
+
+    path, outputs = compare_cams(args.runs, images=args.images, indices=args.indices, topk=args.topk, out=args.out,
+                                 device=args.device, data_root=args.data_root)
+    n = outputs[0][1].cams.shape[0]
+    maps = ", ".join(f"{name}: {out.method}" + (" (patch tokens)" if out.layer == "tokens" else "")
+                     for name, out in outputs)
+    print(f"wrote {path}: {n} image(s) x {len(outputs)} run(s), top-{args.topk} maps ({maps})")
     return 0
 
 
@@ -723,6 +830,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  mixlab eval runs/<run dir>            # eval.json: clean, calibration, FGSM, corruptions\n"
                "  mixlab show --method fmix             # runs/show/fmix.png: inputs, partners, masks, mixed\n"
                "  mixlab gallery --out docs/gallery     # every method on the same batch (the docs' gallery)\n"
+               "  mixlab cam runs/<run a> runs/<run b>  # runs/cam/a+b.png: the runs' CAMs on the same images\n"
                "  mixlab list methods\n\n"
                "`mixlab COMMAND --help` describes each command.")
     parser.add_argument("--version", action="version", version=f"mixlab {mixlab.__version__}")
@@ -734,6 +842,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune(sub)
     _add_show(sub)
     _add_gallery(sub)
+    _add_cam(sub)
     _add_list(sub)
     from mixlab.bench import command as bench_command
 

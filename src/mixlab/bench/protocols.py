@@ -12,13 +12,16 @@ A protocol is a YAML file shipped in ``mixlab/bench/protocols/`` (or any file gi
       mixup: {alpha: 1.0}
       rrc@0.01: {scale: [0.01, 1.0]}   # "name@variant": method "name" again, with other parameters
     seeds: [0, 1, 2]
-    eval: {max_corruption_images: 1000, fgsm: true, corruptions: true}
+    eval: {max_corruption_images: 1000, fgsm: true, corruptions: true, ood: true}
+    # datasets with boxes (synthetic, cub200): wsol (MaxBoxAccV2; default: when the test split has boxes) and
+    #   effective_classes: N (the effective class number over each run's first N steps; default 0: not measured)
     # self-supervised protocols: probe_epochs (linear probe) and the fine-tunings with a fraction of the labels:
     #   finetune: {fractions: [0.01, 0.1], epochs: 30, lr: 0.001, optimizer: adamw, weight_decay: 0.05,
     #              head_lr_scale: 1.0, method: vanilla, batch_size: 128}     (mixlab finetune's arguments)
     claims:                # optional: the papers' claims the results check (method vs baseline, top-1)
       - {method: mixup, baseline: vanilla, claim: "Mixup beats ERM (Zhang et al. 2018, Table 1)"}
       - {method: regmixup, baseline: mixup, metric: ece, claim: "..."}   # another results column (lower ECE wins)
+      - {method: automix, baseline: cutmix, metric: maxboxacc, claim: "..."}   # localization (eval.json's wsol)
     overrides:             # optional: config keys one method label sets differently from base
       automix: {optim.min_lr: 0.05}
     references:            # optional: published top-1 per method label, a column of results.md beside mixlab's
@@ -57,8 +60,10 @@ _REFERENCE_KEYS = ("name", "source", "top1")
 _CLAIM_KEYS = ("method", "baseline", "claim")  # and optionally "metric"
 #: the results.csv columns a claim may compare, and which way is better on each
 CLAIM_METRICS = {"top1": "higher", "top5": "higher", "fgsm_top1": "higher", "corruption_top1": "higher",
-                 "knn_top1": "higher", "ece": "lower", "rms": "lower", "nll": "lower"}
-_EVAL_KEYS = ("max_corruption_images", "fgsm", "corruptions", "probe_epochs", "finetune")
+                 "knn_top1": "higher", "ece": "lower", "rms": "lower", "nll": "lower", "maxboxacc": "higher",
+                 "ood_auroc": "higher", "ood_fpr95": "lower"}
+_EVAL_KEYS = ("max_corruption_images", "fgsm", "corruptions", "ood", "wsol", "effective_classes", "probe_epochs",
+              "finetune")
 # set per run by the runner, so a protocol must leave them alone
 _RUNNER_KEYS = ("method.name", "method.params", "run.seed", "run.out", "run.resume", "run.stop_epoch")
 
@@ -96,6 +101,9 @@ class EvalSettings:
     max_corruption_images: int | None = None  # corruption accuracy on the first N test images (None: all)
     fgsm: bool = True
     corruptions: bool = True
+    ood: bool = True  # out-of-distribution detection against the synthetic noise sets
+    wsol: bool | None = None  # MaxBoxAccV2: None when the test split has boxes, True required, False never
+    effective_classes: int = 0  # the effective class number over each run's first N steps (0: not measured)
     probe_epochs: int = 100  # self-supervised runs: epochs of the linear probe (``mixlab probe``)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)  # self-supervised runs' fine-tunings
 
@@ -317,9 +325,14 @@ def protocol_from_dict(data: Any, name: str = "protocol") -> Protocol:
     n = ev.get("max_corruption_images")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise fail(f"eval.max_corruption_images must be null (all test images) or an integer >= 1, got {n!r}")
-    for key in ("fgsm", "corruptions"):
+    for key in ("fgsm", "corruptions", "ood"):
         if not isinstance(ev.get(key, True), bool):
             raise fail(f"eval.{key} must be true or false, got {ev[key]!r}")
+    if ev.get("wsol") not in (None, True, False):
+        raise fail(f"eval.wsol must be true, false or null (when the test split has boxes), got {ev['wsol']!r}")
+    n = ev.get("effective_classes", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise fail(f"eval.effective_classes must be an integer >= 0 (training steps; 0: not measured), got {n!r}")
     e = ev.get("probe_epochs", 100)
     if isinstance(e, bool) or not isinstance(e, int) or e < 1:
         raise fail(f"eval.probe_epochs must be an integer >= 1, got {e!r}")

@@ -43,6 +43,13 @@ COLUMNS = {
     "fgsm_top1": "test top-1 % under FGSM, eps = 8/255 (last epoch)",
     "corruption_top1": "mean test top-1 % over the corruptions x severities 1-5 (mCA, last epoch)",
     "corruption_images": "test images the corruption accuracy is measured on",
+    "ood_auroc": "out-of-distribution AUROC % of the max softmax probability, test images vs synthetic noise images "
+                 "(mean over the Gaussian and uniform sets; last epoch)",
+    "ood_fpr95": "out-of-distribution FPR % at 95 % TPR, as ood_auroc (lower is better)",
+    "maxboxacc": "weakly supervised localization: MaxBoxAccV2 % of the true class's CAM, IoU 30/50/70 averaged "
+                 "(datasets with boxes; last epoch)",
+    "effective_classes": "effective class number: classes with target weight > 1e-4 per training target, averaged "
+                         "over the run's first N steps (RecursiveMix Fig. 7; eval.effective_classes = N)",
     "epochs": "epochs trained",
     "epoch_time_s": "mean seconds of training per epoch (the test passes not included)",
     "images_per_s": "mean training throughput, images per second",
@@ -55,6 +62,16 @@ _TABLE = [("top1", "top-1 % (last epoch)"), ("ece", "ECE %"), ("fgsm_top1", "FGS
 # self-supervised protocols: the kNN monitor, the linear probe and the probe's robustness
 _TABLE_SSL = [("knn_top1", "kNN top-1 %"), ("top1", "linear-probe top-1 %"),
               ("corruption_top1", "probe corruption top-1 % (mCA)"), ("epoch_time_s", "train s / epoch")]
+# shown when some row has them: the OOD score, the localization, the effective class number
+_OPTIONAL = [("ood_auroc", "OOD AUROC %"), ("maxboxacc", "MaxBoxAccV2 %"), ("effective_classes", "effective classes")]
+_OPTIONAL_NOTES = {
+    "ood_auroc": "OOD AUROC: how well the maximum softmax probability tells the test images from synthetic noise "
+                 "images (Gaussian and uniform pixels, mean of the two; 50 is chance, 100 perfect).",
+    "maxboxacc": "MaxBoxAccV2: boxes from the true class's CAM thresholded at 0, 0.01, ..., 0.99, the best threshold "
+                 "per IoU 30/50/70, averaged (Choe et al. 2020).",
+    "effective_classes": "Effective classes: the mean number of classes whose target weight exceeds 1e-4, over each "
+                         "run's first training steps (RecursiveMix Fig. 7).",
+}
 _COMPARED = (("top1", "Clean top-1 (last epoch)"), ("fgsm_top1", "FGSM top-1"), ("corruption_top1", "Corruption top-1 (mCA)"))
 _COMPARED_SSL = (("knn_top1", "kNN top-1"), ("top1", "Linear-probe top-1"),
                  ("corruption_top1", "Linear-probe corruption top-1 (mCA)"))
@@ -70,6 +87,11 @@ def _finetune_columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
     keys = {k for r in rows for k in r if k.startswith("ft") and k.endswith("_top1")}
     pct = lambda k: float(k[2:-len("_top1")])  # noqa: E731
     return [(k, f"fine-tune {pct(k):g} % top-1") for k in sorted(keys, key=pct)]
+
+
+def _optional_columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """``(key, label)`` of the :data:`_OPTIONAL` columns that some row has a number in."""
+    return [(k, label) for k, label in _OPTIONAL if any(not math.isnan(float(r.get(k, math.nan))) for r in rows)]
 
 
 def _self_supervised(rows: Sequence[dict[str, Any]]) -> bool:
@@ -98,6 +120,7 @@ def _row(run_dir: Path, method: str, seed: int) -> dict[str, Any]:
     wall = max(timing.get("train_s", 0.0), sum(r["epoch_time"] for r in history)) \
         + timing.get("eval_s", ev.get("seconds", 0.0))
     corr, fgsm, clean = ev.get("corruptions") or {}, ev.get("fgsm") or {}, ev["clean"]
+    ood, wsol, effective = ev.get("ood") or {}, ev.get("wsol") or {}, ev.get("effective_classes") or {}
     finetuned = {}
     for path in sorted(run_dir.glob("finetune-*pct/finetune.json")) if self_supervised else ():
         ft = json.loads(path.read_text())
@@ -109,7 +132,9 @@ def _row(run_dir: Path, method: str, seed: int) -> dict[str, Any]:
         "best_top1": math.nan if self_supervised else best["test_acc1"],
         "best_epoch": int(best["epoch"]), "top5": clean["top5"], "nll": clean["nll"], "ece": clean["ece"],
         "rms": clean["rms"], "fgsm_top1": fgsm.get("top1", math.nan), "corruption_top1": corr.get("mCA", math.nan),
-        "corruption_images": corr.get("n", 0), "epochs": int(history[-1]["epoch"]),
+        "corruption_images": corr.get("n", 0), "ood_auroc": ood.get("auroc", math.nan),
+        "ood_fpr95": ood.get("fpr95", math.nan), "maxboxacc": wsol.get("maxboxacc", math.nan),
+        "effective_classes": effective.get("mean", math.nan), "epochs": int(history[-1]["epoch"]),
         # training time only: the per-epoch test pass (run.eval_every) is the protocol's, not the method's
         "epoch_time_s": sum(r.get("train_time", r["epoch_time"]) for r in history) / len(history),
         "images_per_s": sum(r["images_per_s"] for r in history) / len(history), "wall_time_s": wall,
@@ -172,7 +197,7 @@ def summarize(rows: Sequence[dict[str, Any]], baseline: str = "vanilla") -> list
         mine = [r for r in rows if r["method"] == m]
         s = {"method": m, "n": len(mine), "seeds": [r["seed"] for r in mine]}
         s.update({key: mean_std([r.get(key, math.nan) for r in mine])
-                  for key, _ in _TABLE + _TABLE_SSL + _finetune_columns(rows)})
+                  for key, _ in _TABLE + _TABLE_SSL + _OPTIONAL + _finetune_columns(rows)})
         out.append(s)
     base = next((s for s in out if s["method"] == baseline), None)
     for s in out:
@@ -215,10 +240,11 @@ def check_claim(rows: Sequence[dict[str, Any]], method: str, baseline: str, clai
     difference and whether it exceeds 2 x the pooled seed-to-seed std of the two (the screen of
     :func:`compare_to_baseline`). "Beats" is "is lower" for the metrics that
     :data:`~mixlab.bench.protocols.CLAIM_METRICS` marks lower-is-better (ECE, RMS, NLL)."""
-    a = [r[key] for r in rows if r["method"] == method]
-    b = [r[key] for r in rows if r["method"] == baseline]
+    a = [r[key] for r in rows if r["method"] == method and not math.isnan(float(r.get(key, math.nan)))]
+    b = [r[key] for r in rows if r["method"] == baseline and not math.isnan(float(r.get(key, math.nan)))]
     if not a or not b:
-        return f"{claim}: not checked ({method if not a else baseline} has no finished run)."
+        with_key = "" if key == "top1" else f" with {key}"  # e.g. a protocol that stopped measuring it
+        return f"{claim}: not checked ({method if not a else baseline} has no finished run{with_key})."
     delta = mean_std(a)[0] - mean_std(b)[0]
     gain = -delta if CLAIM_METRICS.get(key) == "lower" else delta
     s = pooled_std([a, b])
@@ -291,6 +317,8 @@ def write_markdown(rows: Sequence[dict[str, Any]], path: str | Path, *, protocol
     table, compared = (_TABLE_SSL, _COMPARED_SSL) if ssl else (_TABLE, _COMPARED)
     if ssl:  # the fine-tunings with a fraction of the labels, after the linear probe
         table = table[:2] + _finetune_columns(rows) + table[2:]
+    else:
+        table = table[:-1] + _optional_columns(rows) + table[-1:]
         compared = compared[:2] + tuple((k, label.capitalize()) for k, label in _finetune_columns(rows)) + compared[2:]
     if rows and baseline not in {r["method"] for r in rows}:
         baseline = rows[0]["method"]  # a protocol without vanilla: its first method
@@ -323,7 +351,8 @@ def write_markdown(rows: Sequence[dict[str, Any]], path: str | Path, *, protocol
               f"test images." + (" Fine-tune k %: the whole network trained end to end from the pre-trained "
                                  "weights, with a fresh classifier, on a class-balanced k % of the training images "
                                  "with their labels (`mixlab finetune`), tested once after its last epoch."
-                                 if ssl and _finetune_columns(rows) else ""),
+                                 if ssl and _finetune_columns(rows) else "")
+              + "".join(" " + _OPTIONAL_NOTES[k] for k, _ in _optional_columns(rows) if not ssl),
               "", f"Seed-to-seed std of {'linear-probe ' if ssl else ''}top-1: {spread_text}.", "",
               "## Which methods differ from " + baseline, ""]
     lines.append(f"A method differs from {baseline} when its mean is more than 2 x the pooled seed-to-seed std away "

@@ -175,8 +175,12 @@ def _evaluated(path: Path, epoch: int, settings: EvalSettings) -> bool:
     except (OSError, ValueError, KeyError, TypeError):
         return False
     wanted_n = n if settings.max_corruption_images is None else min(n, settings.max_corruption_images)
+    effective = ev.get("effective_classes")
     return (ev.get("epoch") == epoch and (ev.get("fgsm") is not None) == settings.fgsm
-            and (corr is not None) == settings.corruptions and (corr is None or corr.get("n") == wanted_n))
+            and (corr is not None) == settings.corruptions and (corr is None or corr.get("n") == wanted_n)
+            and (ev.get("ood") is not None) == settings.ood
+            and (settings.wsol is None and "wsol" in ev or (ev.get("wsol") is not None) is settings.wsol)
+            and (effective["steps"] if effective else 0) == settings.effective_classes)
 
 
 def _data_root(protocol: Protocol, data_root: str | os.PathLike | None) -> str | None:
@@ -282,7 +286,8 @@ def _evaluate(run: Run, settings: EvalSettings, threads: int, workers: int) -> N
         for what in pending_evaluations(run.dir, cfg, settings, cfg.optim.epochs):
             if what == "eval":
                 evaluate_checkpoint(run.dir, fgsm=settings.fgsm, corruptions=settings.corruptions,
-                                    max_corruption_images=settings.max_corruption_images, **common)
+                                    max_corruption_images=settings.max_corruption_images, ood=settings.ood,
+                                    wsol=settings.wsol, effective_classes=settings.effective_classes, **common)
             elif what == "probe":
                 linear_probe(run.dir, epochs=settings.probe_epochs, corruptions=settings.corruptions,
                              max_corruption_images=settings.max_corruption_images, **common)
@@ -333,7 +338,11 @@ def _subprocess(run: Run, settings: EvalSettings, threads: int, workers: int) ->
         cmd = [*cli, what, str(run.dir), *where]  # mixlab eval / mixlab probe (the linear probe)
         cmd += ["--max-corruption-images", str(settings.max_corruption_images)] if settings.max_corruption_images else []
         cmd += ["--epochs", str(settings.probe_epochs)] if what == "probe" else []
-        cmd += ["--no-fgsm"] if what == "eval" and not settings.fgsm else []
+        if what == "eval":
+            cmd += ["--no-fgsm"] if not settings.fgsm else []
+            cmd += ["--no-ood"] if not settings.ood else []
+            cmd += [] if settings.wsol is None else ["--wsol" if settings.wsol else "--no-wsol"]
+            cmd += ["--effective-classes", str(settings.effective_classes)] if settings.effective_classes else []
         cmd += ["--no-corruptions"] if not settings.corruptions else []
         steps.append(("eval_s", cmd))
     if run.status in ("new", "resume"):

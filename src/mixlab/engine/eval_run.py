@@ -11,9 +11,14 @@ The model and the test split are rebuilt from the config saved in the checkpoint
 built them (same dataset and size, same test transform, the train split's normalisation), the
 saved weights are loaded, and :func:`mixlab.evaluation.evaluate_all` measures clean top-1 /
 top-5 / NLL, ECE and RMS calibration error (15 bins), FGSM accuracy (ε = 8/255 in pixel space) and
-accuracy under the corruptions at severities 1-5. The results go to ``eval.json`` and the
-reliability diagram to ``calibration.png``, next to the checkpoint. A run that kept an EMA of the
-weights (``model.ema_decay > 0``) is evaluated twice: the plain weights (the top-level results) and
+accuracy under the corruptions at severities 1-5, and the out-of-distribution detection by the
+maximum softmax probability against synthetic noise images (AUROC, FPR@95TPR;
+:mod:`mixlab.evaluation.ood`); on a dataset with object boxes (the synthetic shapes,
+CUB-200-2011) also the weakly supervised localization, MaxBoxAccV2 of the true class's CAM
+(:func:`localization_split`, :func:`mixlab.evaluation.wsol.localization_accuracy`); on request the
+effective class number of the run's first training steps (:mod:`mixlab.engine.effective`). The
+results go to ``eval.json`` and the reliability diagram to ``calibration.png``, next to the
+checkpoint. A run that kept an EMA of the weights (``model.ema_decay > 0``) is evaluated twice: the plain weights (the top-level results) and
 the EMA weights (``results["ema"]``, ``calibration-ema.png``).
 """
 
@@ -35,12 +40,15 @@ from mixlab.engine.checkpoint import CHECKPOINT_NAME, CheckpointError, load_chec
 from mixlab.engine.config import TrainConfig, config_from_dict
 from mixlab.engine.data import align_test_split, build_split, default_transforms, train_split
 from mixlab.engine.distributed import resolve_device
-from mixlab.evaluation import evaluate_all
+from mixlab.evaluation import OOD_SETS, evaluate_all, localization_accuracy
 
-__all__ = ["evaluate_checkpoint", "EVAL_NAME", "open_checkpoint", "eval_data", "check_classes", "rebuild_model",
-           "load_weights", "run_threads", "results_head"]
+__all__ = ["evaluate_checkpoint", "EVAL_NAME", "OOD_IMAGES", "open_checkpoint", "eval_data", "check_classes", "rebuild_model",
+           "load_weights", "run_threads", "results_head", "localization_split"]
 
 EVAL_NAME = "eval.json"
+#: images of each synthetic OOD set (gaussian, uniform): their forward passes are 1.6 % of the time of
+#: the default run's final evaluation (8 s on two idle cores), less than a pass over its 1 000 test images
+OOD_IMAGES = 500
 
 
 def _checkpoint_file(path: str | os.PathLike) -> Path:
@@ -118,6 +126,33 @@ def check_classes(ckpt: dict[str, Any], test_set, cfg: TrainConfig, path: str | 
     return num_classes
 
 
+def localization_split(cfg: TrainConfig, test_set, path: str | os.PathLike):
+    """The images the localization is measured on, with their ``boxes``, or None when the run's
+    test split has no boxes.
+
+    The benchmark's test images are whole images resized to the input size (Choe et al. 2020,
+    ``Resize((224, 224))``), never cropped, so that the boxes stay inside them: a test split of
+    fixed-size images (the synthetic shapes) is used as it is; one of mixed sizes, which the run
+    tests through a crop, is rebuilt with every image resized to ``data.image_size`` squared and
+    its boxes scaled (``build_dataset(name, "test", root, image_size=...)``, CUB-200-2011's reader).
+    Labels are the evaluated test split's (the model's class indices).
+
+    Raises:
+        ValueError: the dataset of mixed sizes cannot be rebuilt at a fixed size.
+    """
+    if getattr(test_set, "boxes", None) is None:
+        return None
+    if not test_set.is_lazy:
+        return test_set
+    d = cfg.data
+    try:
+        resized = registry.build_dataset(d.name, "test", root=d.root, image_size=d.image_size)
+    except (TypeError, OSError, ValueError) as e:
+        raise ValueError(f"cannot evaluate the localization of {path}: the test images of dataset {d.name!r} differ "
+                         f"in size and cannot be rebuilt resized to {d.image_size} ({e}); pass --no-wsol") from None
+    return resized.with_classes(test_set.classes)
+
+
 def results_head(ckpt_path: Path, ckpt: dict[str, Any], cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     """The head of a results dict: which checkpoint, epoch, method, model, dataset and device."""
     return {"checkpoint": str(ckpt_path), "epoch": ckpt["epoch"], "method": cfg.method.name,
@@ -156,7 +191,9 @@ def rebuild_model(cfg: TrainConfig, num_classes: int, device: torch.device) -> n
 def evaluate_checkpoint(path: str | os.PathLike, *, fgsm: bool = True, corruptions: bool = True,
                         max_corruption_images: int | None = None, device: str = "auto",
                         batch_size: int | None = None, progress: bool = True,
-                        data_root: str | os.PathLike | None = None) -> dict[str, Any]:
+                        data_root: str | os.PathLike | None = None, wsol: bool | None = None,
+                        ood: bool = True, ood_images: int = OOD_IMAGES, effective_classes: int = 0
+                        ) -> dict[str, Any]:
     """Evaluate the checkpoint at ``path`` on its run's test split; write ``eval.json`` beside it.
 
     Args:
@@ -169,11 +206,25 @@ def evaluate_checkpoint(path: str | os.PathLike, *, fgsm: bool = True, corruptio
         batch_size: evaluation batch size (default: the run's ``data.eval_batch_size``).
         progress: tqdm bar over the corruptions.
         data_root: where the dataset is now, if it moved since training (replaces ``data.root``).
+        wsol: weakly supervised localization (MaxBoxAccV2, IoU 30/50/70, CAM thresholds 0, 0.01,
+            ..., 0.99) on the test images with their boxes (:func:`localization_split`): ``None``
+            (default) when the dataset has boxes, ``True`` always (an error without boxes),
+            ``False`` never.
+        ood: score the max-softmax out-of-distribution detector against the synthetic sets
+            :data:`~mixlab.evaluation.ood.OOD_SETS` (Gaussian and uniform noise images).
+        ood_images: images of each OOD set (default :data:`OOD_IMAGES`; None: as many as the test
+            images).
+        effective_classes: N > 0 measures the effective class number of the run's first N
+            training steps with the trained weights (:func:`~mixlab.engine.effective.run_effective_classes`);
+            0 (default) does not.
 
     Returns:
         :func:`~mixlab.evaluation.robustness.evaluate_all`'s dict for the plain weights (``clean``,
-        ``fgsm``, ``corruptions``; accuracies and calibration errors in %), plus ``ema`` (the same
-        dict for the EMA weights, or ``None`` when the run kept no EMA), ``checkpoint``, ``epoch``,
+        ``fgsm``, ``corruptions``, ``ood``; accuracies, calibration errors, AUROC in %), plus ``ema`` (the same
+        dict for the EMA weights, or ``None`` when the run kept no EMA), ``wsol`` in each
+        (:func:`~mixlab.evaluation.wsol.localization_accuracy`'s dict, or ``None``),
+        ``effective_classes`` (``mean``, ``steps``, ``threshold``, ``images``, ``per_step``; or
+        ``None``), ``checkpoint``, ``epoch``,
         ``method``, ``model``, ``dataset``, ``device``, ``seconds`` and ``eval_json`` (the path
         written). ``format_table(results)`` prints it.
 
@@ -181,16 +232,25 @@ def evaluate_checkpoint(path: str | os.PathLike, *, fgsm: bool = True, corruptio
         ValueError (``CheckpointError`` is one): ``path`` is missing, not a mixlab checkpoint, or
             truncated; it is a self-supervised run (no trained classifier: ``linear_probe`` scores
             it); its weights do not fit its config's model; the run's dataset cannot be
-            loaded (the message says to pass ``data_root``); the directory is not writable.
+            loaded (the message says to pass ``data_root``); ``wsol=True`` for a dataset without
+            boxes; ``effective_classes`` not an integer >= 0; the directory is not writable.
 
     Note:
         ``eval.json`` is named after nothing but its directory: two checkpoint files in one
         directory share it (the last evaluation wins).
     """
     t0 = time.perf_counter()
-    for name, value in (("max_corruption_images", max_corruption_images), ("batch_size", batch_size)):
+    for name, value in (("max_corruption_images", max_corruption_images), ("batch_size", batch_size),
+                        ("ood_images", ood_images)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
+    if isinstance(effective_classes, bool) or not isinstance(effective_classes, int) or effective_classes < 0:
+        raise ValueError(f"effective_classes must be an integer >= 0 (training steps; 0: not measured), got "
+                         f"{effective_classes!r}")
+    if not isinstance(ood, bool):
+        raise ValueError(f"ood must be True or False, got {ood!r}")
+    if wsol not in (None, True, False):
+        raise ValueError(f"wsol must be None (when the dataset has boxes), True or False, got {wsol!r}")
     dev = resolve_device(device, what="device")
     ckpt_path, ckpt, cfg = open_checkpoint(path, data_root)
     if registry.is_self_supervised(cfg.method.name):
@@ -204,6 +264,10 @@ def evaluate_checkpoint(path: str | os.PathLike, *, fgsm: bool = True, corruptio
     from mixlab.data import eval_loader
 
     data = eval_loader(test_set, batch_size, cfg.data.num_workers)
+    boxed = localization_split(cfg, test_set, path) if wsol is not False else None
+    if wsol is True and boxed is None:
+        raise ValueError(f"cannot evaluate the localization of {path}: the test split of dataset {cfg.data.name!r} "
+                         f"has no object boxes (synthetic and cub200 have them)")
 
     models = {"model": load_weights(rebuild_model(cfg, num_classes, dev), ckpt["model"], "model weights", ckpt["path"])}
     if ckpt["ema"] is not None:  # AveragedModel.state_dict(): "module.<name>" entries + "n_averaged"
@@ -217,9 +281,19 @@ def evaluate_checkpoint(path: str | os.PathLike, *, fgsm: bool = True, corruptio
             for name, model in models.items():
                 evaluations[name] = evaluate_all(
                     model, data, mean, std, dev, out_dir=Path(tmp) / name, fgsm=fgsm, corruptions=corruptions,
-                    max_corruption_images=max_corruption_images, batch_size=batch_size, progress=progress)
+                    max_corruption_images=max_corruption_images, batch_size=batch_size, progress=progress,
+                    ood=OOD_SETS if ood else (), ood_images=ood_images)
+                evaluations[name]["wsol"] = None if boxed is None else localization_accuracy(
+                    model, eval_loader(boxed, batch_size, cfg.data.num_workers), boxed.boxes, mean, std, dev)
+            effective = None
+            if effective_classes:
+                from mixlab.engine.effective import effective_classes_dict, run_effective_classes
+
+                effective = effective_classes_dict(run_effective_classes(
+                    cfg, effective_classes, device=str(dev), model_state=ckpt["model"]))
             results: dict[str, Any] = {
                 **evaluations["model"],
+                "effective_classes": effective,
                 "ema": evaluations.get("ema"),
                 **results_head(ckpt_path, ckpt, cfg, dev),
                 "seconds": round(time.perf_counter() - t0, 2),

@@ -8,6 +8,13 @@ own image; a flat grey tile at λ for global mixes such as Mixup), row 4 the mix
 their top-2 soft label and λ (:func:`~mixlab.engine.plots.plot_mix`). The images are drawn from the
 training split as the trainer sees them (the run's test crop for images of mixed sizes, normalised
 with the split's statistics); the method mixes them in training mode, as for ``samples.png``.
+
+    measured = show_effective_classes("recursivemix", steps=100)   # mixlab show --effective-classes 100
+    print(measured.mean)                                             # about 4.5 (RecursiveMix Fig. 7)
+
+:func:`show_effective_classes` measures instead the effective class number of the method's
+targets over the first steps of the run the same settings would train
+(:func:`mixlab.engine.effective.run_effective_classes`).
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ from mixlab.engine.config import config_from_dict
 from mixlab.engine.data import default_transforms
 from mixlab.engine.plots import plot_mix
 from mixlab.engine.presets import load_run_config
+from mixlab.evaluation.effective_classes import EFFECTIVE_THRESHOLD, EffectiveClasses
 
-__all__ = ["show_method"]
+__all__ = ["show_method", "show_effective_classes"]
 
 
 def show_method(method: str, *, dataset: str | None = None, data_root: str | None = None, n: int = 8, seed: int = 0,
@@ -52,18 +60,7 @@ def show_method(method: str, *, dataset: str | None = None, data_root: str | Non
     """
     if not 2 <= n <= 32:
         raise ValueError(f"--n must be in [2, 32] (mixing pairs images; one column per image), got {n}")
-    ckpt, base = None, None
-    if checkpoint:
-        ckpt = load_checkpoint(checkpoint)
-        base = config_from_dict(ckpt["config"], source=ckpt["path"])
-        if base.method.name != method:
-            raise ValueError(f"--checkpoint {checkpoint} was trained with method {base.method.name!r}, not {method!r}")
-    values = {"method.name": method}
-    if dataset is not None or base is None:
-        values.update({"data.name": dataset or "synthetic", "data.root": data_root})
-    elif data_root is not None:
-        values["data.root"] = data_root
-    cfg = load_run_config(None, overrides, base, values, method_settings=ckpt is None)
+    cfg, ckpt = _show_config(method, dataset, data_root, checkpoint, overrides)
     m, d = cfg.method, cfg.data
     registry.check_names(m.name, m.params, dataset=d.name)
     g = torch.Generator().manual_seed(seed)
@@ -110,3 +107,46 @@ def show_method(method: str, *, dataset: str | None = None, data_root: str | Non
     what = ("no mixing" if first is None else "lambda " + ", ".join(f"{lam:g}" for lam in lams) if lams
             else f"mean lambda {float(first.lam.float().mean()):.2f}")
     return path, what
+
+
+def _show_config(method: str, dataset: str | None, data_root: str | None, checkpoint: str | None,
+                 overrides: Sequence[str]):
+    """``(config, checkpoint or None)`` of ``mixlab show``: the defaults (or the checkpoint's
+    config), ``overrides``, then the method and data given."""
+    ckpt, base = None, None
+    if checkpoint:
+        ckpt = load_checkpoint(checkpoint)
+        base = config_from_dict(ckpt["config"], source=ckpt["path"])
+        if base.method.name != method:
+            raise ValueError(f"--checkpoint {checkpoint} was trained with method {base.method.name!r}, not {method!r}")
+    values = {"method.name": method}
+    if dataset is not None or base is None:
+        values.update({"data.name": dataset or "synthetic", "data.root": data_root})
+    elif data_root is not None:
+        values["data.root"] = data_root
+    return load_run_config(None, overrides, base, values, method_settings=ckpt is None), ckpt
+
+
+def show_effective_classes(method: str, *, steps: int = 100, dataset: str | None = None, data_root: str | None = None,
+                           checkpoint: str | None = None, overrides: Sequence[str] = (),
+                           threshold: float = EFFECTIVE_THRESHOLD, device: str = "cpu") -> EffectiveClasses:
+    """The effective class number of ``method``'s targets over the first ``steps`` steps of the run
+    that ``mixlab train`` would start with the same settings (batch size, data, seed from
+    ``overrides``; label smoothing off), without training.
+
+    Args:
+        method: a registered classification method.
+        steps: training steps to replay, >= 1.
+        dataset, data_root, checkpoint, overrides: as :func:`show_method` (with ``checkpoint``, its
+            config and trained weights).
+        threshold: target weights strictly above it count (default 10⁻⁴).
+        device: where the steps run.
+
+    Raises:
+        ValueError: a self-supervised method, bad ``steps``/``threshold``, unknown names or settings.
+    """
+    from mixlab.engine.effective import run_effective_classes
+
+    cfg, ckpt = _show_config(method, dataset, data_root, checkpoint, overrides)
+    registry.check_names(cfg.method.name, cfg.method.params, dataset=cfg.data.name)
+    return run_effective_classes(cfg, steps, threshold, device, model_state=ckpt["model"] if ckpt else None)

@@ -13,7 +13,8 @@
 * :mod:`~mixlab.evaluation.features`: a backbone's pooled features;
 * :mod:`~mixlab.evaluation.knn`: weighted kNN classification of features (the SSL monitor);
 * :mod:`~mixlab.evaluation.cam`: class activation maps (CAM, Grad-CAM) and the run-comparison figure;
-* :mod:`~mixlab.evaluation.wsol`: weakly supervised object localization, MaxBoxAccV2;
+* :mod:`~mixlab.evaluation.wsol`: weakly supervised object localization, MaxBoxAccV2 (and of a model
+  over a dataset with boxes, ``localization_accuracy``);
 * :mod:`~mixlab.evaluation.effective_classes`: the effective class number of a method's targets.
 
 It may use :mod:`mixlab.models`, :mod:`mixlab.data`, the methods and the core, never the engine;
@@ -31,7 +32,8 @@ from mixlab.evaluation.metrics import accuracy, evaluate
 from mixlab.evaluation.ood import OOD_SETS, auroc, fpr_at_tpr, msp_scores, ood_detection, synthetic_ood
 from mixlab.evaluation.robustness import (clean_metrics, corruption_accuracy, evaluate_all, fgsm_accuracy,
                                           format_table, predict)
-from mixlab.evaluation.wsol import IOU_THRESHOLDS, MaxBoxAccV2, box_iou_inclusive, component_boxes, scoremap_boxes
+from mixlab.evaluation.wsol import (IOU_THRESHOLDS, MaxBoxAccV2, box_iou_inclusive, component_boxes,
+                                    localization_accuracy, scoremap_boxes)
 
 __all__ = [
     "CAMOutput",
@@ -60,6 +62,7 @@ __all__ = [
     "knn_accuracy",
     "knn_monitor",
     "knn_predict",
+    "localization_accuracy",
     "measure_effective_classes",
     "msp_scores",
     "ood_detection",

@@ -126,7 +126,8 @@ def synthetic_ood(kind: str, n: int, shape: Sequence[int], seed: int = 0) -> Ten
 
 def ood_detection(model: nn.Module, in_data: Data, out_data: str | Data, mean: Sequence[float], std: Sequence[float],
                   device: torch.device | str | None = None, *, n_out: int | None = None, seed: int = 0,
-                  batch_size: int | None = None) -> dict[str, Any]:
+                  batch_size: int | None = None, in_logits: Tensor | None = None,
+                  image_shape: Sequence[int] | None = None) -> dict[str, Any]:
     """Max-softmax-probability OOD detection of ``model``: AUROC and FPR@95TPR, in %.
 
     Args:
@@ -141,23 +142,34 @@ def ood_detection(model: nn.Module, in_data: Data, out_data: str | Data, mean: S
         n_out: synthetic images (default: as many as the in-distribution images).
         seed: the synthetic set's seed.
         batch_size: for pairs of tensors (default 256).
+        in_logits: the model's (N, K) logits on ``in_data`` when they are at hand (the clean pass
+            of :func:`~mixlab.evaluation.robustness.evaluate_all`): that pass is not run again.
+        image_shape: (C, H, W) of the in-distribution images, the synthetic images' shape
+            (default: read from ``in_data``'s first batch). With ``in_logits`` too, ``in_data`` is
+            not read at all.
 
     Returns:
         ``{"ood": name, "auroc": %, "fpr95": %, "n_in", "n_out", "msp_in": mean score %,
         "msp_out": mean score %}``.
 
     Raises:
-        ValueError: an unknown set name, no samples, ``n_out`` < 1.
+        ValueError: an unknown set name, no samples, ``n_out`` < 1, ``in_logits`` not (N, K).
     """
     if isinstance(out_data, str):
         if out_data not in OOD_SETS:
             raise ValueError(f"out_data must be one of {list(OOD_SETS)} or (images, labels) data, got {out_data!r}")
         if n_out is not None and (isinstance(n_out, bool) or not isinstance(n_out, int) or n_out < 1):
             raise ValueError(f"n_out must be None or an int >= 1, got {n_out!r}")
-    logits_in, _ = predict(model, in_data, device, mean=mean, std=std, batch_size=batch_size)
+    if in_logits is not None and (not isinstance(in_logits, Tensor) or in_logits.ndim != 2):
+        raise ValueError(f"in_logits must be None or the (N, K) logits of in_data, got "
+                         f"{tuple(in_logits.shape) if isinstance(in_logits, Tensor) else type(in_logits).__name__}")
+    logits_in = in_logits if in_logits is not None else \
+        predict(model, in_data, device, mean=mean, std=std, batch_size=batch_size)[0]
     if isinstance(out_data, str):
-        first, _ = next(iter_batches(in_data, 1))  # the images' shape (C, H, W)
-        pixels = synthetic_ood(out_data, n_out or logits_in.shape[0], tuple(first.shape[1:]), seed)
+        if image_shape is None:
+            first, _ = next(iter_batches(in_data, 1))  # the images' shape (C, H, W)
+            image_shape = first.shape[1:]
+        pixels = synthetic_ood(out_data, n_out or logits_in.shape[0], tuple(image_shape), seed)
         m = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         s = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         out_pair = ((pixels - m) / s, torch.zeros(pixels.shape[0], dtype=torch.int64))

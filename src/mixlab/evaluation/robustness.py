@@ -348,8 +348,10 @@ def evaluate_all(model: nn.Module, loader: Data, mean: Sequence[float], std: Seq
                  fgsm: bool = True, corruptions: bool | Sequence[str] = True,
                  max_corruption_images: int | None = None, *, epsilon: float = 8 / 255,
                  severities: Sequence[int] = (1, 2, 3, 4, 5), seed: int = 0, n_bins: int = 15,
-                 batch_size: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Clean metrics, calibration, FGSM and corruption accuracy of ``model`` on ``loader``.
+                 batch_size: int | None = None, progress: bool = True, ood: Sequence[str] = (),
+                 ood_images: int | None = None) -> dict[str, Any]:
+    """Clean metrics, calibration, FGSM, corruption accuracy and out-of-distribution detection of
+    ``model`` on ``loader``.
 
     Args:
         model, loader, mean, std, device: as :func:`fgsm_accuracy`.
@@ -362,15 +364,27 @@ def evaluate_all(model: nn.Module, loader: Data, mean: Sequence[float], std: Seq
         n_bins: calibration bins (default 15).
         batch_size: batch size for tensor input and corrupted batches.
         progress: tqdm bar over the corruption loop.
+        ood: names of synthetic out-of-distribution sets (:data:`~mixlab.evaluation.ood.OOD_SETS`:
+            ``"gaussian"``, ``"uniform"``) the max-softmax detector is scored against
+            (:func:`~mixlab.evaluation.ood.ood_detection`, on the clean pass's logits); default none.
+        ood_images: images of each OOD set (default: as many as the test images).
 
     Returns:
         ``{"clean": clean_metrics(...), "fgsm": {"epsilon", "top1"} or None,
-        "corruptions": corruption_accuracy(...) or None}``; accuracies and calibration errors in %.
+        "corruptions": corruption_accuracy(...) or None, "ood": {"auroc", "fpr95" (means over the
+        sets), "sets": {name: ood_detection(...)}} or None}``; accuracies, calibration errors,
+        AUROC and FPR@95TPR in %.
 
     Raises:
         ValueError: as the functions above; arguments are checked before any evaluation.
     """
+    from mixlab.evaluation.ood import OOD_SETS, ood_detection  # ood builds on predict: imported here
+
     epsilon = _check_epsilon(epsilon)
+    if isinstance(ood, str) or not all(name in OOD_SETS for name in ood) or len(set(ood)) != len(ood):
+        raise ValueError(f"ood must be distinct names among {list(OOD_SETS)}, got {ood!r}")
+    if ood_images is not None and (isinstance(ood_images, bool) or not isinstance(ood_images, int) or ood_images < 1):
+        raise ValueError(f"ood_images must be None or an integer >= 1, got {ood_images!r}")
     names = None
     if not isinstance(corruptions, bool):
         names, _ = _check_corruption_plan(corruptions, severities)
@@ -383,8 +397,21 @@ def evaluate_all(model: nn.Module, loader: Data, mean: Sequence[float], std: Seq
 
     with eval_mode(model):
         model = fused_for_inference(model)  # BatchNorm folded into the convolutions: ~1.3x faster
-    logits, labels = predict(model, loader, device, mean=mean, std=std, batch_size=batch_size)
-    results: dict[str, Any] = {"clean": clean_metrics(logits, labels, n_bins), "fgsm": None, "corruptions": None}
+    shape: list[tuple[int, ...]] = []  # (C, H, W) of the images, read on the way (the OOD images' shape)
+
+    def batches():
+        for images, labels in iter_batches(loader, batch_size):
+            shape[:] = [tuple(images.shape[1:])]
+            yield images, labels
+
+    logits, labels = predict(model, batches(), device, mean=mean, std=std)
+    results: dict[str, Any] = {"clean": clean_metrics(logits, labels, n_bins), "fgsm": None, "corruptions": None,
+                               "ood": None}
+    if ood:
+        sets = {name: ood_detection(model, loader, name, mean, std, device, n_out=ood_images, batch_size=batch_size,
+                                    in_logits=logits, image_shape=shape[0]) for name in ood}
+        results["ood"] = {key: sum(r[key] for r in sets.values()) / len(sets) for key in ("auroc", "fpr95")}
+        results["ood"]["sets"] = sets
     if fgsm:
         results["fgsm"] = {"epsilon": epsilon,
                            "top1": fgsm_accuracy(model, loader, mean, std, epsilon, device, batch_size)}
@@ -409,12 +436,18 @@ def _format_epsilon(epsilon: float) -> str:
 
 def format_table(results: dict[str, Any]) -> str:
     """A compact text table of :func:`evaluate_all`'s results: clean top-1/top-5/NLL/ECE/RMS, FGSM,
-    mCA, then one line per corruption with its accuracy at each severity and the mean.
+    the out-of-distribution detection, the localization (``results["wsol"]``,
+    :func:`~mixlab.evaluation.wsol.localization_accuracy`) and the effective class number
+    (``results["effective_classes"]``) when present, mCA, then one line per corruption with its
+    accuracy at each severity and the mean.
 
     Example output::
 
         clean   top-1 95.12%  top-5 99.81%  NLL 0.1812  ECE 2.31%  RMS 3.10%  (n=10000)
         FGSM    top-1 23.45%  (eps=8/255)
+        OOD     AUROC 97.40%  FPR@95 12.35%  (max softmax vs gaussian 98.10 / 8.20, uniform 96.70 / 16.50; n=1000 each)
+        WSOL    MaxBoxAccV2 61.02%  (IoU 30/50/70: 90.10 / 65.30 / 27.67; cam of the true class, n=1000)
+        classes 4.51 effective classes per training target (weight > 0.0001, first 100 steps, 12800 images)
         mCA     75.40%  (12 corruptions x 5 severities, n=10000, clean top-1 on them 95.12%)
         corruption           s1     s2     s3     s4     s5   mean
         gaussian_noise    90.12  85.40  ...
@@ -427,6 +460,23 @@ def format_table(results: dict[str, Any]) -> str:
     fgsm = results.get("fgsm")
     if fgsm:
         lines.append(f"FGSM    top-1 {fgsm['top1']:.2f}%  (eps={_format_epsilon(fgsm['epsilon'])})")
+    ood = results.get("ood")
+    if ood:
+        sets = ood["sets"]
+        sizes = sorted({r["n_out"] for r in sets.values()})
+        lines.append(f"OOD     AUROC {ood['auroc']:.2f}%  FPR@95 {ood['fpr95']:.2f}%  (max softmax vs "
+                     + ", ".join(f"{name} {r['auroc']:.2f} / {r['fpr95']:.2f}" for name, r in sets.items())
+                     + f"; n={'/'.join(map(str, sizes))} each)")
+    wsol = results.get("wsol")
+    if wsol:
+        deltas = [k.partition("@")[2] for k in wsol if k.startswith("maxboxacc@")]
+        lines.append(f"WSOL    MaxBoxAccV2 {wsol['maxboxacc']:.2f}%  (IoU " + "/".join(deltas) + ": "
+                     + " / ".join(f"{wsol['maxboxacc@' + d]:.2f}" for d in deltas)
+                     + f"; {wsol['cam']} of the true class, n={wsol['n']})")
+    effective = results.get("effective_classes")
+    if effective:
+        lines.append(f"classes {effective['mean']:.2f} effective classes per training target (weight > "
+                     f"{effective['threshold']:g}, first {effective['steps']} steps, {effective['images']} images)")
     corr = results.get("corruptions")
     if corr:
         sevs = corr["severities"]

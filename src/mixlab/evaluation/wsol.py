@@ -45,15 +45,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from mixlab.evaluation.cam import class_activation_maps
+from mixlab.evaluation.metrics import Data, iter_batches, model_device
 
 __all__ = [
     "CAM_CURVE_INTERVAL",
     "IOU_THRESHOLDS",
     "MaxBoxAccV2",
+    "localization_accuracy",
     "ScoremapBoxes",
     "box_iou_inclusive",
     "cam_thresholds",
@@ -474,3 +479,60 @@ class MaxBoxAccV2:
             out[f"best_threshold@{delta}"] = round(float(self.thresholds[first]), 10)
         out["n"] = self.count
         return out
+
+
+def localization_accuracy(model: nn.Module, data: Data, boxes: Tensor | Sequence[Tensor],
+                          mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                          device: torch.device | str | None = None, *, batch_size: int | None = None,
+                          cam_curve_interval: float = CAM_CURVE_INTERVAL,
+                          iou_thresholds: Sequence[int] = IOU_THRESHOLDS) -> dict[str, Any]:
+    """MaxBoxAccV2 of ``model`` over ``data`` in the GT-known setting: each image's map is the CAM
+    (or Grad-CAM, :func:`~mixlab.evaluation.cam.class_activation_maps` with ``method="auto"``) of
+    its *true* class at the feature resolution, resized to the image as the benchmark does
+    (:class:`MaxBoxAccV2`). The images must be the whole images the boxes were drawn on (the
+    benchmark's test transform is a plain resize, never a crop).
+
+    Args:
+        model: a classifier with ``forward_features``/``forward_head`` (every mixlab model).
+        data: ``(images, labels)`` batches in the order of ``boxes`` (an ``eval_loader``), or one
+            pair of tensors; ``uint8`` images are normalised on the device with ``mean``/``std``,
+            float images are taken as normalised.
+        boxes: the ground-truth boxes of every image, in order: (N, 4), (N, G, 4) or a sequence of
+            N (n_i, 4) tensors of ``(x0, y0, x1, y1)`` pixels (the dataset's ``boxes``).
+        mean, std: normalisation of ``uint8`` images.
+        device: where to run (default: the model's).
+        batch_size: slices a pair of tensors (default 256).
+        cam_curve_interval, iou_thresholds: as :class:`MaxBoxAccV2`.
+
+    Returns:
+        :meth:`MaxBoxAccV2.compute`'s dict (``maxboxacc``, ``maxboxacc@δ``, ``best_threshold@δ``,
+        ``n``; accuracies in %) plus ``cam`` (``"cam"`` or ``"gradcam"``), ``layer`` and
+        ``cam_curve_interval``.
+
+    Raises:
+        ValueError: ``data`` has more or fewer images than ``boxes``, ``uint8`` images without
+            ``mean``/``std``, or as :class:`MaxBoxAccV2`.
+    """
+    metric = MaxBoxAccV2(cam_curve_interval, iou_thresholds)  # arguments checked before any forward pass
+    device = model_device(model, device)
+    total = len(boxes)
+    seen, used = 0, None
+    for images, labels in iter_batches(data, batch_size):
+        b = images.shape[0]
+        if seen + b > total:
+            raise ValueError(f"data holds more images than boxes has entries ({total}): boxes must give every "
+                             f"image's ground-truth boxes, in the data's order")
+        images = images.to(device, non_blocking=True)
+        if images.dtype == torch.uint8:
+            if mean is None or std is None:
+                raise ValueError("uint8 images need mean and std to be normalised (pass mean=, std=)")
+            from mixlab.data import normalize_on_device
+
+            images = normalize_on_device(images, mean, std)
+        out = class_activation_maps(model, images, classes=labels.to(device), upsample=None)
+        metric.update(out.cams[:, 0], boxes[seen:seen + b], image_size=images.shape[-2:])
+        seen, used = seen + b, (out.method, out.layer)
+    if seen != total:
+        raise ValueError(f"data holds {seen} images but boxes has {total} entries: boxes must give every image's "
+                         f"ground-truth boxes, in the data's order")
+    return {**metric.compute(), "cam": used[0], "layer": used[1], "cam_curve_interval": cam_curve_interval}
