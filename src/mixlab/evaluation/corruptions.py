@@ -9,48 +9,10 @@ the images' device (JPEG excepted, see :func:`jpeg_compression`).
     >>> images = torch.rand(8, 3, 32, 32)
     >>> noisy = corrupt(images, "gaussian_noise", 3, generator=torch.Generator().manual_seed(0))
 
-Severity parameters
--------------------
-All constants are those of the CIFAR reference script ``ImageNet-C/create_c/make_cifar_c.py`` in
-``github.com/hendrycks/robustness``, commit ``ca360085d57889288c4143fddd8a707bbcae01bd``
-(2019-01-08, the only commit touching the file), line numbers of that file:
-
-==================  ======  ========================================================
-corruption          line    parameters for severities 1..5
-==================  ======  ========================================================
-gaussian_noise      131     std 0.04, 0.06, 0.08, 0.09, 0.10
-shot_noise          138     photons per unit 500, 250, 100, 75, 50
-impulse_noise       145     salt-and-pepper amount 0.01, 0.02, 0.03, 0.05, 0.07
-speckle_noise       152     std 0.06, 0.1, 0.12, 0.16, 0.2
-gaussian_blur       159     sigma 0.4, 0.6, 0.7, 0.8, 1
-defocus_blur        184     (radius, alias_blur) (0.3, 0.4), (0.4, 0.5), (0.5, 0.6),
-                            (1, 0.2), (1.5, 0.1); disk kernel: lines 34-46
-zoom_blur           216-7   zoom factors ``np.arange(1, e, 0.01)`` for e = 1.06, 1.11,
-                            1.16, 1.21, 1.26, i.e. 1.00 .. 1.06 / 1.11 / 1.15 / 1.20 /
-                            1.25 (7, 12, 16, 21, 26 factors: float ``arange`` includes
-                            the end point for the first two); clipped zoom: 112-122
-contrast            334     factor 0.75, 0.5, 0.4, 0.3, 0.15
-brightness          342     V shift +0.05, 0.1, 0.15, 0.2, 0.3
-saturate            353     (S scale, S shift) (0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1),
-                            (2.5, 0.2)
-jpeg_compression    364     quality 80, 65, 58, 50, 40
-pixelate            374     size factor 0.95, 0.9, 0.85, 0.75, 0.65 (BOX down, BOX up,
-                            lines 376-377)
-==================  ======  ========================================================
-
-These are the CIFAR values; ImageNet-C (``make_imagenet_c.py``, 224 px) uses different ones. Glass blur
-(a sequential pixel-swap loop), motion blur and snow (ImageMagick), frost (image files), fog,
-spatter and elastic transform are outside this set (12 of the 19), so a mean over :data:`CORRUPTIONS` is not the
-15-corruption CIFAR-10-C number.
-
-The HSV conversions and the separable Gaussian filter are the batched augmentation kernels'
-(:mod:`mixlab.transforms.batched`): one implementation for training and evaluation.
-
-Differences common to all corruptions: the reference works on one uint8 PIL image at a time, in
-float64 via NumPy/skimage/OpenCV, and stores ``np.uint8(result)`` (truncation, so its float-valued
-corruptions come out on average ~0.5/255 darker); here a float batch is corrupted in its own precision
-(float32 for half inputs) and not quantised, and the random numbers come from torch, not NumPy's
-global state, so individual noise draws differ while their distribution is the same.
+The severity constants are those of the CIFAR reference script (``make_cifar_c.py`` of
+hendrycks/robustness); 12 of its 19 corruptions are here. The table of constants with their
+source lines, and how the float batches differ from the reference's uint8 images: the
+"Corruptions" section of ``docs/guide/evaluation.md``.
 """
 
 from __future__ import annotations

@@ -10,45 +10,11 @@ could not be read here beyond its abstract; the parts below follow the authors' 
 ``AutoMixup`` (``openmixup/models/classifiers/automix.py``) as the SAMix CIFAR config sets it
 (``configs/classification/cifar100/samix/basic/r18_l2_a2_bili_val_dp0_mul_x_cat_L1_var_01_mlr5e_2.py``).
 
-**Mixer** M_φ (:class:`SAMixBlock`), for the pair (x_i, x_j = x[index[i]]) and λ, from θk's map z:
-
-* adaptive λ encoding (``lam_mul=True, lam_residual=True, lam_mul_k=0.25``): λ is rescaled to
-  ``λ̃ = (4/3 λ³ - 2 λ² + k' λ) / (k' - 2/3)`` with ``k' = k + 1`` (a cubic through 0, 1/2 and 1,
-  symmetric about 1/2, increasing for k >= 0, steep at the ends and flat near 1/2 for small k;
-  ``lam_rescale=None`` keeps λ̃ = λ, the ImageNet configs' ``k = -1``), and the maps are scaled:
-  ``z_i ← (1 + λ̃) z_i``, ``z_j ← (2 - λ̃) z_j``;
-* query and key from both images (``x_qk_concat=True``): two 1×1 convolutions with bias of
-  ``concat(z_i, z_j)`` (2 C_l channels) to ``C_l / 2``; ``P = softmax(q kᵀ / sqrt(C_l / 2))`` row-wise
-  (AutoMix's Eq. 6 with separate projections);
-* non-linear value (``value_neck_cfg``, the reference's ``ConvNeck``): ``1×1 conv (C_l -> C_l / 2, no
-  bias) - BatchNorm - ELU - 1×1 conv (-> 1, no bias)`` of the partner's z_j;
-* ``s_j = σ(U(P · v))``: the logits are upsampled (``"bilinear"``, as the CIFAR config) before the
-  sigmoid, as the code does; ``s_i = 1 - s_j``. Every convolution starts N(0, 0.01²) with zero
-  biases (masks of 0.5), BatchNorm at (1, 0).
-
-**The Mixer's loss**, through θk (gradients to φ only):
-
-* η-balanced mixup loss. The mixup cross-entropy of a pair (a, b) splits exactly into a local term,
-  the cross-entropy between the two classes only, ``-λ log(p_a / S) - (1 - λ) log(p_b / S)`` with
-  ``S = p_a + p_b``, and a global term, ``-log S``, the mixed sample against every other class:
-  ``ℓ_MCE = ℓ_local + ℓ_global``. SAMix weighs the global term by η:
-  ``ℓ_η = ℓ_local + η ℓ_global = ℓ_MCE - (1 - η) ℓ_global`` (η = 1 is AutoMix's loss; the CIFAR
-  config's η is 0.5). In the reference this is ``neg_weight`` of the Mixer's head, a class weight
-  on the non-mixed classes of a soft cross-entropy, which changes the loss only where those
-  classes' targets are non-zero (label smoothing); mixlab applies it to the global term above, the
-  part of the loss that the non-mixed classes make. With label smoothing, ℓ_MCE is the smoothed one.
-* mask loss (``mask_loss_mode="L1+Variance"``, margin 0.1, weight 0.1 constant as the CIFAR config;
-  the ImageNet configs decay the weight with a cosine): ``max(|1 - mean(s_j) - λ| - 0.1, 0) - 2
-  Var(s_j)``, the mean and variance over the whole batch's masks (one λ per batch): the mean mask
-  near λ, and masks pushed away from 0.5.
-
-The classifier's loss and every pipeline choice (θk in training mode, ``lam_margin = 0.08``, the
-Mixer in the model's optimizer group, two random derangements per step) are AutoMix's
-(:mod:`mixlab.methods.automix`); SAMix's configs use α = 2, stage 3 of 4 (``mask_layer=2``), m_0
-0.999 rising to 1.
-
-Not implemented: ``mask_adjust`` (0 in the configs), ``value_neck`` dropout (0 on CIFAR; 0.1 on
-ImageNet: it would draw from the global RNG), several upsampling modes at random.
+Mixer M_φ (:class:`SAMixBlock`): adaptive λ encoding of θk's maps, query and key of both images,
+a non-linear value of the partner's map, ``s_j = σ(U(P · v))``, ``s_i = 1 - s_j``. Its loss, through
+θk: the η-balanced mixup loss ``ℓ_local + η ℓ_global`` (η = 0.5) plus :func:`mask_loss` (L1 +
+variance, margin 0.1, weight 0.1). The classifier's loss and the pipeline are AutoMix's. The
+equations, the reference's settings and what is not implemented: ``docs/methods/samix.md``.
 
 **SSL**: SAMix's self-supervised variant (openmixup's ``MoCoSAMix``) is
 :class:`mixlab.ssl.samix.SAMixSSL` (``mixlab pretrain --framework samix-ssl``): MoCo v2 whose key
@@ -107,7 +73,7 @@ def pair_global_loss(logits: Tensor, classes_a: Tensor, classes_b: Tensor) -> Te
 
 
 class SAMixBlock(nn.Module):
-    """SAMix's Mixer M_φ (the module docstring has its equations).
+    """SAMix's Mixer M_φ (docs/methods/samix.md has its equations).
 
     Args:
         in_channels: channels C_l of θk's feature map at stage l.
@@ -179,7 +145,7 @@ class SAMixBlock(nn.Module):
 
 
 class SAMix(PairPipeline):
-    """SAMix for classification (the module docstring has its equations and choices).
+    """SAMix for classification (docs/methods/samix.md has its equations and choices).
 
     Args:
         num_classes: K.

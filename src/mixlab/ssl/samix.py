@@ -30,36 +30,11 @@ The step's loss (every weight 1 but the mask loss's 0.1, the code's defaults)::
       + ℓ_mixer(g_k(f_k(x_mix_m)), λ_m)    the Mixer's mix through θk (stop-gradient)   → φ only
       + 0.1 · mask_loss(s_m, λ_m)          SAMix's L1 + variance mask loss              → φ only
 
-* ℓ_mixer is ℓ_NCE (the code's default ``main_mb_loss="infoNCE"``), or with ``eta`` = η the
-  η-balanced form ``ℓ_local + η ℓ_NCE``: ℓ_local, the two-instance cross-entropy
-  ``−λ log p_a − (1 − λ) log p_b`` with ``(p_a, p_b) = softmax(m·k(x_k[i])/τ, m·k(x_q[j])/τ)``, is
-  the local term (the mix between its two instances only), ℓ_NCE the global one (against every
-  other instance of the queue). This is the code's ``main_mb_loss="BCE"`` with
-  ``auxi_mb_loss="infoNCE"`` weighted ``weight_mb_auxi`` (0.5 by default there), without its
-  ``feat_pos_extend`` (positives extended by mixing in the latent space, drawn with NumPy).
-* The backbone's mask is mean-adjusted (the code's default ``mask_adjust="auto"``, margin
-  ``mask_adjust`` = 0.1): where mean(s) > λ_b + 0.1, s ← s · λ_b / mean(s); where mean(s) <
-  λ_b − 0.1, 1 − s ← (1 − s)(1 − λ_b) / (1 − mean(s)); so no mask strays far from its λ.
-* θk follows θq by MoCo's constant momentum after the optimiser step, and the keys k(x_k) enter the
-  queue (:meth:`MoCoV2.after_optimizer_step`); the Mixer trains in the model's optimiser, with
-  ``mix_block_lr_scale`` times its lr.
-
-Where this differs from the code:
-
-* partners within each process's batch; the code gathers every GPU's maps and key views and
-  permutes the global batch (``_grad_batch_shuffle_ddp``), and shuffles the mixed images across GPUs
-  for BatchNorm before each encoder. In one process the query encoder sees the whole mixed batch,
-  as it sees the query views (MoCo v2 here, shuffle-BN is for the keys);
-* not built: the clustering variant (``head_clst``, DeepCluster or ODC pseudo-labels with
-  ``main_mb_loss="CE"`` and ``mask_adjust="auto_label"``: an epoch-level k-means and memory bank),
-  the pre-Mixer heads (``pre_one_loss``, ``pre_mix_loss``, 0 by default), ``mask_smooth`` (0),
-  ``lam_margin`` (−1: off), the cosine decay of the loss weights (the code's hook sets it only in
-  the ImageNet classification configs);
-* λ and the partners come from the method's generator (the code: NumPy and the global torch seed).
-
-The Mixer is :class:`~mixlab.methods.samix.SAMixBlock` (adaptive λ encoding with k = 0.25, query
-and key from both maps, non-linear value, bilinear upsampling), read at stage l = S − 1 (the code's
-``mask_layer=2``: stage 3 of a 4-stage ResNet).
+ℓ_mixer is ℓ_NCE, or with ``eta`` = η the η-balanced ``ℓ_local + η ℓ_NCE``; the backbone's mask
+is pulled back to mean λ_b beyond a margin of 0.1; θk follows θq by momentum after the optimiser
+step and the keys k(x_k) enter the queue. The Mixer is :class:`~mixlab.methods.samix.SAMixBlock`
+at stage S − 1. Every choice and where it differs from the code (partners within each process,
+no clustering variant, no pre-Mixer heads): ``docs/guide/samix-ssl.md``.
 
 Example::
 
@@ -136,7 +111,7 @@ def adjust_mask_mean(mask: Tensor, lam: Tensor, margin: float, eps: float = 1e-1
 
 
 class SAMixSSL(MoCoV2):
-    """SAMix's self-supervised variant on MoCo v2 (the module docstring has the equations).
+    """SAMix's self-supervised variant on MoCo v2 (the module docstring has the equations; docs/guide/samix-ssl.md the choices).
 
     Args:
         dim, hidden_dim, queue_size, temperature, momentum, scale, shuffle_bn, bn_splits, image_size:
