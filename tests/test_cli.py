@@ -263,5 +263,5 @@ def test_pretrain_heads_are_the_presets_under_the_configs_own():
     cfg = pretrain_config(None, framework="mae")  # no heads to size; its own run settings (a ViT)
     assert cfg.method.params == {} and cfg.model.name == "vit_tiny_patch4"
     with pytest.raises(ValueError, match="method 'cutmix' is not self-supervised; `mixlab pretrain` takes mocov3, "
-                                         "mocov2, dino, mae"):
+                                         "mocov2, samix-ssl, dino, mae"):
         pretrain_config(None, framework="cutmix")
