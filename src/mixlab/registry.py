@@ -455,7 +455,7 @@ def build_dense_model(task: str, name: str, num_classes: int, *, image_size: int
     from mixlab.models.dense import TORCHVISION_DENSE, build_dense_model as build
 
     own = ("levels", "fpn_channels", "head_convs")
-    if name not in TORCHVISION_DENSE.get(task, {}):
+    if not any(name in names for names in TORCHVISION_DENSE.values()):  # (the other task's: said by the builder)
         if not name.startswith("timm:") and name not in model_names():
             raise _unknown("model", name, list(TORCHVISION_DENSE.get(task, {})) + model_names() + ["timm:<name>"])
         check_names(model=name, model_kwargs={k: v for k, v in kwargs.items() if k not in own})
@@ -483,11 +483,14 @@ def method_class(name: str) -> type[Method]:
 def is_self_supervised(method: str | Method) -> bool:
     """Whether ``method`` (a registered name, or a built method) learns without labels, so that a
     run of it has no trained classifier (``mixlab probe`` scores it, not ``mixlab eval``): what its
-    class declares, :attr:`Method.self_supervised`. The one place this is decided.
+    class declares, :attr:`Method.self_supervised` (a name only :data:`DENSE_METHODS` has: False).
+    The one place this is decided.
 
     Raises:
         ValueError: an unknown method name.
     """
+    if isinstance(method, str) and method not in METHODS and any(method in d for d in DENSE_METHODS.values()):
+        return False  # a dense task's method (mosaic, copypaste): supervised
     cls = type(method) if isinstance(method, Method) else method_class(method)
     return bool(cls.self_supervised)
 

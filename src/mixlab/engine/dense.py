@@ -22,6 +22,7 @@ continues bit for bit on the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from functools import partial
 from typing import Any, Callable, Sequence
@@ -36,7 +37,7 @@ from mixlab.engine.data import EpochSampler, RunData, SeededItems, mix_seed, nor
 from mixlab.engine.distributed import DistInfo, all_gather_object, all_reduce_sum
 
 __all__ = ["is_dense", "split", "datasets", "transforms", "collate", "with_transforms", "build_model", "init_target", "build_method", "run_data",
-           "evaluate", "metric_keys"]
+           "evaluate", "metric_keys", "evaluate_dense_checkpoint"]
 
 
 def is_dense(cfg: TrainConfig) -> bool:
@@ -198,3 +199,61 @@ def evaluate(cfg: TrainConfig, model: nn.Module, data: RunData, info: DistInfo,
                                      all_reduce_sum if info.distributed else None)
     gather = (lambda xs: [x for part in all_gather_object(xs) for x in part]) if info.distributed else None
     return evaluate_detection(model, data.test_loader, info.device, data.preprocess, autocast, gather)
+
+
+def evaluate_dense_checkpoint(ckpt_path, ckpt: dict[str, Any], cfg: TrainConfig, device: torch.device,
+                              batch_size: int | None = None) -> dict[str, Any]:
+    """``mixlab eval`` of a dense run (:func:`mixlab.engine.eval_run.evaluate_checkpoint` calls it):
+    the test split rebuilt as the trainer built it, the saved weights (and EMA weights), the task's
+    metrics; written to ``eval.json`` beside the checkpoint.
+
+    Returns:
+        ``{"task", "clean": {miou, pixel_acc, iou, n} or {map, map50, n}, "fgsm": None,
+        "corruptions": None, "ema": the same for the EMA weights or None, checkpoint, epoch, method,
+        model, dataset, device, seconds, eval_json}`` (FGSM and corruptions are classification's).
+
+    Raises:
+        ValueError: the dataset cannot be loaded, or the weights do not fit the config's model.
+    """
+    import json
+    import os
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from mixlab.engine.eval_run import EVAL_NAME, load_weights, results_head, run_threads
+
+    t0 = time.perf_counter()
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=device)
+    try:
+        train_set, test_set = split(cfg, "train"), split(cfg, "test")
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"cannot evaluate {ckpt_path}: the run's dataset {cfg.data.name!r} (task {cfg.data.task}, "
+                         f"root {cfg.data.root}) cannot be loaded: {e}") from None
+    if batch_size is not None:
+        cfg.data.eval_batch_size = batch_size
+    data = run_data(cfg, info, train_set, test_set, None, torch.Generator())
+    num_classes = ckpt["num_classes"]
+
+    def model_with(state: dict[str, Any], what: str) -> nn.Module:
+        model = build_model(cfg, num_classes, train_set.mean, train_set.std).to(device)
+        return load_weights(model, state, what, ckpt["path"]).eval()
+
+    models = {"model": model_with(ckpt["model"], "model weights")}
+    if ckpt["ema"] is not None:
+        models["ema"] = model_with({k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")},
+                                   "EMA weights")
+    with run_threads(cfg):
+        scores = {name: evaluate(cfg, model, data, info, lambda: contextlib.nullcontext()) for name, model in
+                  models.items()}
+    out_dir = Path(ckpt_path).parent
+    results = {"task": cfg.data.task, "clean": scores["model"], "fgsm": None, "corruptions": None,
+               "ema": scores.get("ema"), **results_head(Path(ckpt_path), ckpt, cfg, device),
+               "seconds": round(time.perf_counter() - t0, 2), "eval_json": str(out_dir / EVAL_NAME)}
+    try:
+        with tempfile.NamedTemporaryFile("w", dir=out_dir, prefix=".eval-", suffix=".json", delete=False) as f:
+            f.write(json.dumps(results, indent=2) + "\n")
+        os.replace(f.name, out_dir / EVAL_NAME)
+    except PermissionError as e:
+        raise ValueError(f"cannot write the evaluation of {ckpt_path} into {out_dir}: {e.strerror or e}") from None
+    return results
