@@ -218,3 +218,50 @@ def test_transfer_refuses_a_classification_task_and_a_torchvision_model(classifi
     with pytest.raises(ValueError, match="model.init loads a classification run's backbone"):
         transfer(classification_run, "segmentation",
                  TINY_TRANSFER + ["model.name=lraspp_mobilenet_v3_large", "model.kwargs={}", f"run.out={tmp_path}/x"])
+
+
+# ----------------------------------------------------------------------------------- protocols
+def test_the_dense_quick_protocols_train_their_task_with_its_methods():
+    from mixlab.bench.protocols import load_protocol
+
+    for name, task, methods in (("synthetic-seg-quick", "segmentation", ["vanilla", "cutmix", "mixup"]),
+                                ("synthetic-det-quick", "detection", ["vanilla", "mosaic", "copypaste"])):
+        protocol = load_protocol(name)
+        assert list(protocol.methods) == methods and list(protocol.seeds) == [0, 1, 2]
+        assert protocol.config(methods[1], seed=2).data.task == task
+        assert not protocol.eval.fgsm and not protocol.eval.corruptions
+        assert {c.metric for c in protocol.claims} == {"miou" if task == "segmentation" else "map"}
+    for name in ("voc-seg-full", "coco-det-full"):
+        assert load_protocol(name).config("vanilla", 0).data.task in ("segmentation", "detection")
+
+
+@pytest.mark.parametrize("change,words", [
+    ({"methods": {"vanilla": {}, "automix": {}}}, "'automix' does not train task 'segmentation'"),
+    ({"eval": {"fgsm": True, "corruptions": False}}, "its eval must say fgsm: false and corruptions: false"),
+])
+def test_a_dense_protocol_with_a_classification_method_or_evaluation_is_refused(change, words):
+    from mixlab.bench.protocols import protocol_from_dict
+
+    data = {"description": "d", "base": {"data": {"task": "segmentation"}}, "methods": {"vanilla": {}},
+            "seeds": [0], "eval": {"fgsm": False, "corruptions": False}}
+    protocol_from_dict(data)  # valid as it is
+    with pytest.raises(ValueError, match=words):
+        protocol_from_dict({**data, **change})
+
+
+def test_the_report_of_dense_runs_tabulates_their_metric(tmp_path):
+    from mixlab.bench.report import write_markdown
+
+    rows = [{"method": m, "seed": s, "miou": v, "pixel_acc": 80.0 + v / 10, "top1": float("nan"),
+             "epoch_time_s": 3.0, "wall_time_s": 60.0, "corruption_images": 0}
+            for m, vs in (("vanilla", (10.0, 11.0)), ("cutmix", (20.0, 21.0))) for s, v in enumerate(vs)]
+
+    class P:
+        name, description = "p", "d"
+        claims = [type("C", (), {"method": "cutmix", "baseline": "vanilla", "claim": "CutMix helps", "metric": "miou"})]
+
+    text = write_markdown(rows, tmp_path / "r.md", protocol=P, commands=["c"], machines=["m"], wall_clock_s=1.0)
+    assert "| method | seeds | mIoU % | pixel accuracy % | train s / epoch |" in text
+    assert "| cutmix | 2 | 20.50 ± 0.71 |" in text
+    assert "Test mIoU (last epoch) (vanilla 10.50" in text and "cutmix (+10.00) is better than vanilla" in text
+    assert "CutMix helps: miou cutmix 20.50 vs vanilla 10.50 (+10.00 points" in text and "supported here" in text
