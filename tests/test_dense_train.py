@@ -265,3 +265,12 @@ def test_the_report_of_dense_runs_tabulates_their_metric(tmp_path):
     assert "| cutmix | 2 | 20.50 ± 0.71 |" in text
     assert "Test mIoU (last epoch) (vanilla 10.50" in text and "cutmix (+10.00) is better than vanilla" in text
     assert "CutMix helps: miou cutmix 20.50 vs vanilla 10.50 (+10.00 points" in text and "supported here" in text
+
+
+def test_transfer_help_lists_its_flags_and_examples(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["transfer", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--task", "--method", "--epochs", "--set", "--out", "--no-eval", "examples:", "mixlab transfer"):
+        assert flag in text, flag

@@ -224,8 +224,11 @@ def _report_train(metrics: dict[str, Any], cfg: Any, corruption_images: int | No
               f"(`mixlab eval {run_dir}` evaluates any checkpoint)")
         return
     n = corruption_images
-    print(f"evaluating the final checkpoint (clean, FGSM{f', corruptions on {n} test images' if n else ''}; "
-          f"--no-eval skips this)", flush=True)
+    if cfg.data.task != "classification":
+        print("evaluating the final checkpoint (--no-eval skips this)", flush=True)
+    else:
+        print(f"evaluating the final checkpoint (clean, FGSM{f', corruptions on {n} test images' if n else ''}; "
+              f"--no-eval skips this)", flush=True)
     _report(evaluate_checkpoint(metrics["checkpoint"], corruptions=n > 0, max_corruption_images=n or None,
                                 device=cfg.run.device, progress=cfg.run.progress))
 

@@ -225,18 +225,18 @@ def evaluate_dense_checkpoint(ckpt_path, ckpt: dict[str, Any], cfg: TrainConfig,
 
     t0 = time.perf_counter()
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=device)
-    try:
-        train_set, test_set = split(cfg, "train"), split(cfg, "test")
+    try:  # (the dense datasets' statistics are fixed: the synthetic shapes', ImageNet's for VOC and COCO)
+        test_set = split(cfg, "test")
     except (OSError, ValueError, RuntimeError) as e:
         raise ValueError(f"cannot evaluate {ckpt_path}: the run's dataset {cfg.data.name!r} (task {cfg.data.task}, "
                          f"root {cfg.data.root}) cannot be loaded: {e}") from None
     if batch_size is not None:
         cfg.data.eval_batch_size = batch_size
-    data = run_data(cfg, info, train_set, test_set, None, torch.Generator())
+    data = run_data(cfg, info, test_set, test_set, None, torch.Generator())
     num_classes = ckpt["num_classes"]
 
     def model_with(state: dict[str, Any], what: str) -> nn.Module:
-        model = build_model(cfg, num_classes, train_set.mean, train_set.std).to(device)
+        model = build_model(cfg, num_classes, test_set.mean, test_set.std).to(device)
         return load_weights(model, state, what, ckpt["path"]).eval()
 
     models = {"model": model_with(ckpt["model"], "model weights")}
@@ -244,8 +244,7 @@ def evaluate_dense_checkpoint(ckpt_path, ckpt: dict[str, Any], cfg: TrainConfig,
         models["ema"] = model_with({k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")},
                                    "EMA weights")
     with run_threads(cfg):
-        scores = {name: evaluate(cfg, model, data, info, lambda: contextlib.nullcontext()) for name, model in
-                  models.items()}
+        scores = {name: evaluate(cfg, model, data, info, contextlib.nullcontext) for name, model in models.items()}
     out_dir = Path(ckpt_path).parent
     results = {"task": cfg.data.task, "clean": scores["model"], "fgsm": None, "corruptions": None,
                "ema": scores.get("ema"), **results_head(Path(ckpt_path), ckpt, cfg, device),

@@ -14,6 +14,10 @@ Reading order: :func:`train` (the whole run), :func:`setup` (everything it train
 pipeline is :mod:`mixlab.engine.data`, the optimizer and the step :mod:`mixlab.engine.optim`, the
 run directory :mod:`mixlab.engine.writer`.
 
+Segmentation and detection (``data.task``) run through this same loop: :mod:`mixlab.engine.dense`
+supplies their data, model, training step (a :class:`~mixlab.methods.base.Method` of
+:mod:`mixlab.methods.dense`) and test metric (mIoU, mAP) in :func:`setup` and :func:`evaluate_epoch`.
+
 Randomness: the global RNGs are seeded once from ``seed + rank``; the engine owns one
 ``torch.Generator`` per purpose (data order, the method's mixing, the loader), and each image's
 augmentation is seeded from ``(seed, epoch, index)``, so a run does not depend on the number of
