@@ -28,7 +28,7 @@ from mixlab.mixers import (CopyPaste, CutMix, DetectionCutMix, DetectionMixup, D
                            RandomChoice, ResizeMix, SaliencyMix)
 
 __all__ = ["MethodSpec", "METHODS", "method_class", "is_self_supervised", "self_supervised_methods", "decouple_methods",
-           "build_method", "DENSE_METHODS", "dense_method_names", "check_dense_method", "build_dense_method", "build_dense_model",
+           "build_method", "DENSE_METHODS", "check_dense_method", "build_dense_method", "build_dense_model",
            "build_model", "build_dataset", "check_names", "model_names", "model_arguments", "dataset_names"]
 
 
@@ -387,11 +387,6 @@ DENSE_METHODS: dict[str, dict[str, tuple[type | None, dict[str, Any]]]] = {
 }
 
 
-def dense_method_names(task: str) -> list[str]:
-    """The methods that train ``task`` (``"classification"``: every one of :data:`METHODS`)."""
-    return list(METHODS) if task == "classification" else list(DENSE_METHODS[task])
-
-
 def check_dense_method(task: str, name: str, params: dict | None = None) -> None:
     """Check that method ``name`` of :data:`DENSE_METHODS` trains ``task`` and takes ``params``.
 
@@ -405,7 +400,8 @@ def check_dense_method(task: str, name: str, params: dict | None = None) -> None
     if name not in valid:
         why = (f"{name!r} trains classification only" if name in METHODS else f"unknown method {name!r}")
         close = difflib.get_close_matches(name, list(valid), n=1)
-        raise ValueError(f"method {name!r} does not train task {task!r} ({why}{f'; did you mean {close[0]!r}?' if close else ''}); "
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"method {name!r} does not train task {task!r} ({why}{hint}); "
                          f"methods for {task}: {', '.join(valid)}")
     mixer, _ = valid[name]
     if mixer is None and params:
@@ -415,7 +411,7 @@ def check_dense_method(task: str, name: str, params: dict | None = None) -> None
         if "kwargs" in accepted:  # the detection mixers forward the template's options
             accepted = [p for p in accepted if p != "kwargs"] + [
                 p for p in inspect.signature(mixer.__mro__[1].__init__).parameters if p not in ("self", "kwargs")]
-        set_by_run = ("num_classes", "generator", "ignore_index", "label_smoothing")  # method.label_smoothing: the loss's
+        set_by_run = ("num_classes", "generator", "ignore_index", "label_smoothing")  # (label smoothing: the loss's)
         accepted = [k for k in dict.fromkeys(accepted) if k not in set_by_run]
         for key in params or {}:
             if key not in accepted:

@@ -59,7 +59,8 @@ _TABLE = [("top1", "top-1 % (last epoch)"), ("ece", "ECE %"), ("fgsm_top1", "FGS
 _TABLE_SSL = [("knn_top1", "kNN top-1 %"), ("top1", "linear-probe top-1 %"),
               ("corruption_top1", "probe corruption top-1 % (mCA)"), ("epoch_time_s", "train s / epoch")]
 # the dense tasks (data.task): their metric, and the time
-_TABLE_DENSE = {"segmentation": [("miou", "mIoU %"), ("pixel_acc", "pixel accuracy %"), ("epoch_time_s", "train s / epoch")],
+_TABLE_DENSE = {"segmentation": [("miou", "mIoU %"), ("pixel_acc", "pixel accuracy %"),
+                                  ("epoch_time_s", "train s / epoch")],
                 "detection": [("map", "mAP@[.5:.95] %"), ("map50", "AP50 %"), ("epoch_time_s", "train s / epoch")]}
 _COMPARED = (("top1", "Clean top-1 (last epoch)"), ("fgsm_top1", "FGSM top-1"), ("corruption_top1", "Corruption top-1 (mCA)"))
 _COMPARED_SSL = (("knn_top1", "kNN top-1"), ("top1", "Linear-probe top-1"),
@@ -102,7 +103,8 @@ def _row(run_dir: Path, method: str, seed: int) -> dict[str, Any]:
     self_supervised = registry.is_self_supervised(method_name(method))  # evaluated by its linear probe (probe.json)
     ev = json.loads((run_dir / ("probe.json" if self_supervised else "eval.json")).read_text())
     task = ev.get("task", "classification")  # segmentation / detection: mIoU / mAP instead of top-1
-    key = "knn_acc1" if self_supervised else {"segmentation": "test_miou", "detection": "test_map"}.get(task, "test_acc1")
+    key = "knn_acc1" if self_supervised else \
+        {"segmentation": "test_miou", "detection": "test_map"}.get(task, "test_acc1")
     tested = [r for r in history if not math.isnan(r.get(key, math.nan))]  # run.eval_every may skip epochs
     best = max(tested, key=lambda r: r[key])
     try:
@@ -124,7 +126,8 @@ def _row(run_dir: Path, method: str, seed: int) -> dict[str, Any]:
         "best_top1": best["test_acc1"] if key == "test_acc1" else math.nan,
         "best_epoch": int(best["epoch"]), "top5": clean.get("top5", math.nan), "nll": clean.get("nll", math.nan),
         "ece": clean.get("ece", math.nan), "rms": clean.get("rms", math.nan),
-        **{k: clean.get(k, math.nan) for k in ("miou", "pixel_acc", "map", "map50")}, "fgsm_top1": fgsm.get("top1", math.nan), "corruption_top1": corr.get("mCA", math.nan),
+        **{k: clean.get(k, math.nan) for k in ("miou", "pixel_acc", "map", "map50")},
+        "fgsm_top1": fgsm.get("top1", math.nan), "corruption_top1": corr.get("mCA", math.nan),
         "corruption_images": corr.get("n", 0), "epochs": int(history[-1]["epoch"]),
         # training time only: the per-epoch test pass (run.eval_every) is the protocol's, not the method's
         "epoch_time_s": sum(r.get("train_time", r["epoch_time"]) for r in history) / len(history),

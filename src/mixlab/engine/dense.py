@@ -36,18 +36,13 @@ from mixlab.engine.config import TrainConfig
 from mixlab.engine.data import EpochSampler, RunData, SeededItems, mix_seed, normalizer
 from mixlab.engine.distributed import DistInfo, all_gather_object, all_reduce_sum
 
-__all__ = ["is_dense", "split", "datasets", "transforms", "collate", "with_transforms", "build_model", "init_target", "build_method", "run_data",
-           "evaluate", "metric_keys", "evaluate_dense_checkpoint"]
+__all__ = ["is_dense", "split", "datasets", "transforms", "collate", "with_transforms", "build_model", "init_target",
+           "build_method", "run_data", "evaluate", "evaluate_dense_checkpoint"]
 
 
 def is_dense(cfg: TrainConfig) -> bool:
     """Whether ``cfg`` trains segmentation or detection."""
     return cfg.data.task != "classification"
-
-
-def metric_keys(task: str) -> tuple[str, ...]:
-    """The test metrics of ``task`` (in %, higher is better), as the epoch rows and ``eval.json`` name them."""
-    return {"segmentation": ("miou", "pixel_acc"), "detection": ("map", "map50")}.get(task, ("acc1", "acc5"))
 
 
 def split(cfg: TrainConfig, which: str, transform: Callable | None = None):

@@ -464,7 +464,8 @@ def train_one_epoch(state: State, epoch: int, save: Callable[[], None] | None = 
         images, labels = to_device((images, labels), info.device, data.preprocess)  # images (B, C, H, W) float
         out = step(state, images, labels)
         meter.update(out, labels)
-        if state.step == state.preview_at and info.is_main and method.draws_samples:  # a multi-view batch (self-supervised): its first view
+        # samples.png; a multi-view batch (self-supervised): its first view
+        if state.step == state.preview_at and info.is_main and method.draws_samples:
             first = images if isinstance(images, Tensor) else images[0]
             state.samples = preview_batch(method, out, first[:16], labels[:16])
         state.step += 1
