@@ -31,6 +31,7 @@ __all__ = ["main", "build_parser", "config_from_args"]
 # train.py names: -b/--batch-size, -j/--workers, --data-dir, --opt, --weight-decay, --sched, ...)
 _TRAIN_FLAGS = {
     "method": "method.name",
+    "task": "data.task",
     "model": "model.name",
     "dataset": "data.name",
     "data_root": "data.root",
@@ -115,6 +116,10 @@ def _add_run_flags(p: argparse.ArgumentParser, method: bool) -> None:
         from mixlab.registry import METHODS
 
         p.add_argument("--method", metavar="NAME", help=f"training method: {', '.join(METHODS)} (default cutmix)")
+        p.add_argument("--task", choices=("classification", "segmentation", "detection"),
+                       help="what to train (data.task, default classification): segmentation (mIoU; methods vanilla, "
+                            "mixup, cutmix, resizemix, fmix, saliencymix) or detection (mAP; vanilla, mosaic, "
+                            "copypaste, mixup, cutmix, resizemix); see docs/guide/dense.md")
     p.add_argument("--model", metavar="NAME",
                    help="model: resnet18, resnet34, preactresnet18, resnet_small, wrn28_2, wrn28_10, "
                         "vit_tiny_patch4 or timm:<name> (default resnet_small)")
@@ -207,7 +212,13 @@ def _report_train(metrics: dict[str, Any], cfg: Any, corruption_images: int | No
               f"(a self-supervised run: `mixlab probe {run_dir}` trains and evaluates a linear probe)")
         return
     nan = float("nan")
-    print(f"final test accuracy: {metrics.get('test_acc1', nan):.2f}% (top-5 {metrics.get('test_acc5', nan):.2f}%)")
+    if cfg.data.task == "segmentation":
+        print(f"final test mIoU: {metrics.get('test_miou', nan):.2f}% (pixel accuracy "
+              f"{metrics.get('test_pixel_acc', nan):.2f}%)")
+    elif cfg.data.task == "detection":
+        print(f"final test mAP: {metrics.get('test_map', nan):.2f}% (AP50 {metrics.get('test_map50', nan):.2f}%)")
+    else:
+        print(f"final test accuracy: {metrics.get('test_acc1', nan):.2f}% (top-5 {metrics.get('test_acc5', nan):.2f}%)")
     print(f"run directory: {run_dir}")
     if corruption_images is None:
         return
@@ -216,9 +227,12 @@ def _report_train(metrics: dict[str, Any], cfg: Any, corruption_images: int | No
               f"(`mixlab eval {run_dir}` evaluates any checkpoint)")
         return
     n = corruption_images
-    print(f"evaluating the final checkpoint (clean, FGSM{f', corruptions on {n} test images' if n else ''}, "
-          f"out-of-distribution detection; --no-eval skips this; `mixlab eval {run_dir}` adds the localization "
-          f"on datasets with boxes)", flush=True)
+    if cfg.data.task != "classification":
+        print("evaluating the final checkpoint (--no-eval skips this)", flush=True)
+    else:
+        print(f"evaluating the final checkpoint (clean, FGSM{f', corruptions on {n} test images' if n else ''}, "
+              f"out-of-distribution detection; --no-eval skips this; `mixlab eval {run_dir}` adds the localization "
+              f"on datasets with boxes)", flush=True)
     _report(evaluate_checkpoint(metrics["checkpoint"], corruptions=n > 0, max_corruption_images=n or None,
                                 device=cfg.run.device, progress=cfg.run.progress, wsol=False))
 
@@ -400,6 +414,13 @@ def _report(results: dict[str, Any]) -> None:
     from mixlab.evaluation import format_table
 
     ema = results.get("ema")
+    if results.get("task", "classification") != "classification":  # mIoU / mAP
+        for name, scores in (("weights", results["clean"]), ("EMA weights", ema)):
+            if scores is not None:
+                print(f"{name}: " + "  ".join(f"{k} {v:.2f}%" for k, v in scores.items() if k not in ("n", "iou"))
+                      + f"  ({scores['n']} test images)")
+        print(f"evaluation written to {results['eval_json']}")
+        return
     print(("weights:\n" if ema else "") + format_table(results))
     if ema:
         print("EMA weights:\n" + format_table(ema))
@@ -417,6 +438,49 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"{results['checkpoint']} (epoch {results['epoch']}): {results['method']} | {results['model']} | "
           f"{results['dataset']} | {results['device']} | {results['seconds']:.1f}s")
     _report(results)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ transfer
+def _add_transfer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "transfer",
+        help="fine-tune a classification run's backbone for segmentation or detection: mIoU / mAP",
+        formatter_class=_Formatter,
+        description="Build a segmenter (an FPN head) or a detector (FCOS) on the backbone of a classification "
+                    "run, load the run's weights into it (classifier excepted), fine-tune the whole model on the "
+                    "task's data (default: the synthetic shapes in a low-data regime, a few minutes on a CPU) and "
+                    "evaluate it (eval.json). The run directory is <RUN>/transfer-<task> unless --out is given. "
+                    "The papers' downstream experiments (RecursiveMix Tables 7-9, AutoMix Table 7, CropMix "
+                    "Table 3); see docs/guide/dense.md.",
+        epilog="examples:\n"
+               "  mixlab transfer runs/cutmix-resnet_small-synthetic-20250101-120000 --task detection\n"
+               "  mixlab transfer runs/x --task segmentation --epochs 30 --method cutmix\n"
+               "  mixlab transfer runs/x --task segmentation --set data.name=voc --set data.root=/data/voc "
+               "--set data.image_size=256")
+    p.add_argument("run", metavar="RUN", help="a classification run directory or checkpoint file")
+    p.add_argument("--task", required=True, choices=("segmentation", "detection"), help="the downstream task")
+    p.add_argument("--method", metavar="NAME", help="the fine-tuning's method (default vanilla)")
+    p.add_argument("--epochs", type=int, metavar="N", help="fine-tuning epochs (optim.epochs)")
+    p.add_argument("--lr", type=float, metavar="X", help="peak learning rate (optim.lr)")
+    p.add_argument("--seed", type=int, metavar="N", help="seed (default: the run's)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default <RUN>/transfer-<task>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key of the fine-tuning, dotted; repeatable")
+    p.add_argument("--no-eval", dest="eval", action="store_false", help="do not write eval.json after training")
+    p.set_defaults(func=_transfer)
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    from mixlab.engine.eval_run import evaluate_checkpoint
+    from mixlab.engine.transfer import transfer
+
+    flags = {"method": "method.name", "epochs": "optim.epochs", "lr": "optim.lr", "seed": "run.seed", "out": "run.out"}
+    values = {key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag) is not None}
+    metrics = transfer(args.run, args.task, args.overrides, values)
+    print(f"run directory: {metrics['run_dir']}")
+    if args.eval:
+        _report(evaluate_checkpoint(metrics["checkpoint"], fgsm=False, corruptions=False, progress=False))
     return 0
 
 
@@ -840,6 +904,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_probe(sub)
     _add_finetune(sub)
+    _add_transfer(sub)
     _add_show(sub)
     _add_gallery(sub)
     _add_cam(sub)

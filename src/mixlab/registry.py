@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from mixlab.methods.base import Method, MixerMethod, Vanilla
-from mixlab.mixers import CutMix, FMix, Mixup, RandomChoice, ResizeMix, SaliencyMix
+from mixlab.mixers import (CopyPaste, CutMix, DetectionCutMix, DetectionMixup, DetectionResizeMix, FMix, Mixup, Mosaic,
+                           RandomChoice, ResizeMix, SaliencyMix)
 
 __all__ = ["MethodSpec", "METHODS", "method_class", "is_self_supervised", "self_supervised_methods", "decouple_methods",
-           "build_method",
+           "build_method", "DENSE_METHODS", "check_dense_method", "build_dense_method", "build_dense_model",
            "build_model", "build_dataset", "check_names", "model_names", "model_arguments", "dataset_names"]
 
 
@@ -387,6 +388,91 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 
+#: the methods of the dense tasks (``data.task``): name -> (mixer class or None for vanilla, its
+#: defaults). Segmentation: the mixers that move label maps with the pixels (``mixlab.mixers.base``);
+#: detection: the mixers of ``mixlab.mixers.detection``, Mosaic and Copy-Paste. Each trains with
+#: :mod:`mixlab.methods.dense`'s step; ``method.params`` go to the mixer's constructor.
+DENSE_METHODS: dict[str, dict[str, tuple[type | None, dict[str, Any]]]] = {
+    "segmentation": {"vanilla": (None, {}), "mixup": (Mixup, {"alpha": 1.0}), "cutmix": (CutMix, {"alpha": 1.0}),
+                     "resizemix": (ResizeMix, {"scale": (0.1, 0.8)}),
+                     "fmix": (FMix, {"alpha": 1.0, "decay_power": 3.0}), "saliencymix": (SaliencyMix, {"alpha": 1.0})},
+    "detection": {"vanilla": (None, {}), "mosaic": (Mosaic, {}), "copypaste": (CopyPaste, {}),
+                  "mixup": (DetectionMixup, {}), "cutmix": (DetectionCutMix, {}),
+                  "resizemix": (DetectionResizeMix, {})},
+}
+
+
+def check_dense_method(task: str, name: str, params: dict | None = None) -> None:
+    """Check that method ``name`` of :data:`DENSE_METHODS` trains ``task`` and takes ``params``.
+
+    Raises:
+        ValueError: an unknown task, a method that does not train it (the ones that do are listed),
+            or a hyper-parameter its mixer does not take (the valid ones are listed).
+    """
+    if task not in DENSE_METHODS:
+        raise ValueError(f"task must be 'classification', 'segmentation' or 'detection', got {task!r}")
+    valid = DENSE_METHODS[task]
+    if name not in valid:
+        why = (f"{name!r} trains classification only" if name in METHODS else f"unknown method {name!r}")
+        close = difflib.get_close_matches(name, list(valid), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"method {name!r} does not train task {task!r} ({why}{hint}); "
+                         f"methods for {task}: {', '.join(valid)}")
+    mixer, _ = valid[name]
+    if mixer is None and params:
+        raise ValueError(f"method 'vanilla' of task {task!r} takes no hyper-parameters, got {sorted(params)}")
+    if mixer is not None:
+        accepted = [p for p in inspect.signature(mixer.__init__).parameters if p not in ("self", "num_classes")]
+        if "kwargs" in accepted:  # the detection mixers forward the template's options
+            accepted = [p for p in accepted if p != "kwargs"] + [
+                p for p in inspect.signature(mixer.__mro__[1].__init__).parameters if p not in ("self", "kwargs")]
+        set_by_run = ("num_classes", "generator", "ignore_index", "label_smoothing")  # (label smoothing: the loss's)
+        accepted = [k for k in dict.fromkeys(accepted) if k not in set_by_run]
+        for key in params or {}:
+            if key not in accepted:
+                raise ValueError(f"method {name!r} of task {task!r} ({mixer.__name__}) has no hyper-parameter "
+                                 f"{key!r}; valid: {', '.join(accepted)}")
+
+
+def build_dense_method(task: str, name: str, num_classes: int, label_smoothing: float = 0.0,
+                       ignore_index: int = 255, **overrides: Any) -> Method:
+    """The :mod:`mixlab.methods.dense` step of ``task`` with the mixer ``name`` of
+    :data:`DENSE_METHODS` (its defaults updated by ``overrides``).
+
+    Raises:
+        ValueError: a method that does not train ``task`` (the ones that do are listed), or a
+            hyper-parameter its mixer does not take.
+    """
+    from mixlab.methods.dense import DetectionStep, SegmentationStep
+
+    check_dense_method(task, name, overrides)
+    cls, defaults = DENSE_METHODS[task][name]
+    hparams = {k: tuple(v) if isinstance(v, list) else v for k, v in {**defaults, **overrides}.items()}
+    if task == "segmentation":
+        mixer = cls(num_classes, ignore_index=ignore_index, **hparams) if cls is not None else None
+        return SegmentationStep(mixer, num_classes, label_smoothing, name, ignore_index)
+    return DetectionStep(cls(**hparams) if cls is not None else None, num_classes, label_smoothing, name)
+
+
+def build_dense_model(task: str, name: str, num_classes: int, *, image_size: int, mean=(0.5,) * 3, std=(0.25,) * 3,
+                      **kwargs: Any):
+    """:func:`mixlab.models.dense.build_dense_model` with the name checked: one of torchvision's
+    dense models (:data:`~mixlab.models.dense.TORCHVISION_DENSE`) or a classification model (the
+    backbone), whose own keyword arguments are checked as :func:`build_model`'s.
+
+    Raises:
+        ValueError: an unknown name or keyword argument.
+    """
+    from mixlab.models.dense import TORCHVISION_DENSE, build_dense_model as build
+
+    own = ("levels", "fpn_channels", "head_convs")
+    if not any(name in names for names in TORCHVISION_DENSE.values()):  # (the other task's: said by the builder)
+        if not name.startswith("timm:") and name not in model_names():
+            raise _unknown("model", name, list(TORCHVISION_DENSE.get(task, {})) + model_names() + ["timm:<name>"])
+        check_names(model=name, model_kwargs={k: v for k, v in kwargs.items() if k not in own})
+    return build(task, name, num_classes, image_size=image_size, mean=mean, std=std, **kwargs)
+
+
 def _unknown(kind: str, name: str, valid: list[str]) -> ValueError:
     close = difflib.get_close_matches(name, valid, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -408,11 +494,14 @@ def method_class(name: str) -> type[Method]:
 def is_self_supervised(method: str | Method) -> bool:
     """Whether ``method`` (a registered name, or a built method) learns without labels, so that a
     run of it has no trained classifier (``mixlab probe`` scores it, not ``mixlab eval``): what its
-    class declares, :attr:`Method.self_supervised`. The one place this is decided.
+    class declares, :attr:`Method.self_supervised` (a name only :data:`DENSE_METHODS` has: False).
+    The one place this is decided.
 
     Raises:
         ValueError: an unknown method name.
     """
+    if isinstance(method, str) and method not in METHODS and any(method in d for d in DENSE_METHODS.values()):
+        return False  # a dense task's method (mosaic, copypaste): supervised
     cls = type(method) if isinstance(method, Method) else method_class(method)
     return bool(cls.self_supervised)
 

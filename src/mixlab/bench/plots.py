@@ -23,10 +23,11 @@ __all__ = ["plot_accuracy", "plot_curves", "plot_gallery", "gallery_batch"]
 
 
 def plot_accuracy(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "",
-                  ylabel: str = "test top-1 % (last epoch)") -> None:
-    """Bar per method: mean last-epoch test top-1 with a ± 1 std error bar; each seed as a dot."""
+                  ylabel: str = "test top-1 % (last epoch)", key: str = "top1") -> None:
+    """Bar per method: mean last-epoch test top-1 (the results column ``key``: ``miou``, ``map``
+    for the dense tasks) with a ± 1 std error bar; each seed as a dot."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    values = [[r["top1"] for r in rows if r["method"] == m] for m in methods]
+    values = [[r[key] for r in rows if r["method"] == m] for m in methods]
     stats = [mean_std(v) for v in values]
     fig = new_figure(max(4.0, 0.9 * len(methods) + 1.5), 3.6)
     ax = fig.add_subplot(1, 1, 1)
@@ -48,10 +49,11 @@ def plot_accuracy(rows: Sequence[dict[str, Any]], path: str | Path, title: str =
     fig.savefig(path)
 
 
-def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> None:
-    """Test top-1 (self-supervised runs: kNN top-1) per epoch from each run's ``metrics.csv``, mean
-    over seeds, one line per method (shaded: ± 1 std where there are 2+ seeds). Rows whose run
-    directory is not here (merged from another bench's results.csv) are left out."""
+def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "", metric: str | None = None) -> None:
+    """Test top-1 (self-supervised runs: kNN top-1; ``metric``: that ``metrics.csv`` column, e.g.
+    ``test_miou``) per epoch from each run's ``metrics.csv``, mean over seeds, one line per method
+    (shaded: ± 1 std where there are 2+ seeds). Rows whose run directory is not here (merged from
+    another bench's results.csv) are left out."""
     fig = new_figure(7.5, 4.2)
     ax = fig.add_subplot(1, 1, 1)
     rows = [r for r in rows if (Path(str(r["run_dir"])) / "metrics.csv").is_file()]
@@ -59,7 +61,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "
     for method in dict.fromkeys(r["method"] for r in rows):
         histories = [read_history(r["run_dir"]) for r in rows if r["method"] == method]
         epochs = min(len(h) for h in histories)  # the epochs every seed tested (run.eval_every may skip some)
-        key = "knn_acc1" if registry.is_self_supervised(method_name(method)) else "test_acc1"  # SSL: the kNN monitor
+        key = metric or ("knn_acc1" if registry.is_self_supervised(method_name(method)) else "test_acc1")  # SSL: kNN
         xs = [e + 1 for e in range(epochs) if all(not math.isnan(h[e].get(key, math.nan)) for h in histories)]
         curve = [mean_std([h[x - 1][key] for h in histories]) for x in xs]
         mean = [m for m, _ in curve]
@@ -69,7 +71,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "
                             alpha=0.15, linewidth=0)
     ax.set_xlabel("epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_ylabel("test top-1 %" if key == "test_acc1" else "kNN top-1 % (test)")
+    ax.set_ylabel({"test_acc1": "test top-1 %", "knn_acc1": "kNN top-1 % (test)"}.get(key, f"{key} %"))
     ax.set_title(title or "test top-1 per epoch, mean over seeds", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

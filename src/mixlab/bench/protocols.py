@@ -61,7 +61,8 @@ _CLAIM_KEYS = ("method", "baseline", "claim")  # and optionally "metric"
 #: the results.csv columns a claim may compare, and which way is better on each
 CLAIM_METRICS = {"top1": "higher", "top5": "higher", "fgsm_top1": "higher", "corruption_top1": "higher",
                  "knn_top1": "higher", "ece": "lower", "rms": "lower", "nll": "lower", "maxboxacc": "higher",
-                 "ood_auroc": "higher", "ood_fpr95": "lower"}
+                 "ood_auroc": "higher", "ood_fpr95": "lower",
+                 "miou": "higher", "pixel_acc": "higher", "map": "higher", "map50": "higher"}  # dense tasks: the last 4
 _EVAL_KEYS = ("max_corruption_images", "fgsm", "corruptions", "ood", "wsol", "effective_classes", "probe_epochs",
               "finetune")
 # set per run by the runner, so a protocol must leave them alone
@@ -293,8 +294,15 @@ def protocol_from_dict(data: Any, name: str = "protocol") -> Protocol:
         raise fail(f"base sets {', '.join(taken)}, which the runner sets per run (use 'methods' and 'seeds')")
     try:
         base = config_from_dict(base_dict, source=f"protocol {name!r} base")
+        task = base.data.task
+        dense = task != "classification"  # segmentation / detection: mixlab.registry.DENSE_METHODS
         validate_config(base)
-        registry.check_names(model=base.model.name, dataset=base.data.name)
+        if dense:  # (its datasets and models are checked when built)
+            if data.get("eval") is None or any((data.get("eval") or {}).get(k, True) for k in ("fgsm", "corruptions")):
+                raise ValueError(f"a {task} protocol is scored by its task's metric: its eval must say fgsm: false "
+                                 f"and corruptions: false (classification's), got {data.get('eval')!r}")
+        else:
+            registry.check_names(model=base.model.name, dataset=base.data.name)
     except ValueError as e:
         raise fail(str(e)) from None
 
@@ -307,7 +315,10 @@ def protocol_from_dict(data: Any, name: str = "protocol") -> Protocol:
         try:  # names, then values: building a method is cheap and checks its hyper-parameters
             if "@" in str(method) and not str(method).partition("@")[2]:
                 raise ValueError(f"method label {method!r} has an empty variant after '@' (e.g. 'rrc@0.01')")
-            registry.build_method(method_name(str(method)), 10, base.method.label_smoothing, **(params or {}))
+            if dense:
+                registry.check_dense_method(task, method_name(str(method)), params)
+            else:
+                registry.build_method(method_name(str(method)), 10, base.method.label_smoothing, **(params or {}))
         except (ValueError, TypeError) as e:
             raise fail(str(e)) from None
     methods = {str(m): dict(p or {}) for m, p in methods.items()}

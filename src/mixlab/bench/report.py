@@ -50,6 +50,10 @@ COLUMNS = {
                  "(datasets with boxes; last epoch)",
     "effective_classes": "effective class number: classes with target weight > 1e-4 per training target, averaged "
                          "over the run's first N steps (RecursiveMix Fig. 7; eval.effective_classes = N)",
+    "miou": "segmentation: test mIoU % (last epoch; classes present in the labels or predictions)",
+    "pixel_acc": "segmentation: test pixel accuracy % (last epoch)",
+    "map": "detection: test COCO box mAP@[.50:.95] % (last epoch, pycocotools)",
+    "map50": "detection: test box AP at IoU 0.50 % (last epoch)",
     "epochs": "epochs trained",
     "epoch_time_s": "mean seconds of training per epoch (the test passes not included)",
     "images_per_s": "mean training throughput, images per second",
@@ -72,6 +76,10 @@ _OPTIONAL_NOTES = {
     "effective_classes": "Effective classes: the mean number of classes whose target weight exceeds 1e-4, over each "
                          "run's first training steps (RecursiveMix Fig. 7).",
 }
+# the dense tasks (data.task): their metric, and the time
+_TABLE_DENSE = {"segmentation": [("miou", "mIoU %"), ("pixel_acc", "pixel accuracy %"),
+                                  ("epoch_time_s", "train s / epoch")],
+                "detection": [("map", "mAP@[.5:.95] %"), ("map50", "AP50 %"), ("epoch_time_s", "train s / epoch")]}
 _COMPARED = (("top1", "Clean top-1 (last epoch)"), ("fgsm_top1", "FGSM top-1"), ("corruption_top1", "Corruption top-1 (mCA)"))
 _COMPARED_SSL = (("knn_top1", "kNN top-1"), ("top1", "Linear-probe top-1"),
                  ("corruption_top1", "Linear-probe corruption top-1 (mCA)"))
@@ -94,6 +102,14 @@ def _optional_columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(k, label) for k, label in _OPTIONAL if any(not math.isnan(float(r.get(k, math.nan))) for r in rows)]
 
 
+def _dense_task(rows: Sequence[dict[str, Any]]) -> str | None:
+    """``"segmentation"`` / ``"detection"`` when the rows are of a dense task's runs, else None."""
+    for task, key in (("segmentation", "miou"), ("detection", "map")):
+        if any(not math.isnan(float(r.get(key, math.nan))) for r in rows):
+            return task
+    return None
+
+
 def _self_supervised(rows: Sequence[dict[str, Any]]) -> bool:
     """Whether the rows are of self-supervised methods (scored by their linear probe)."""
     return any(registry.is_self_supervised(method_name(r["method"])) for r in rows)
@@ -109,7 +125,9 @@ def _row(run_dir: Path, method: str, seed: int) -> dict[str, Any]:
     history = read_history(run_dir)
     self_supervised = registry.is_self_supervised(method_name(method))  # evaluated by its linear probe (probe.json)
     ev = json.loads((run_dir / ("probe.json" if self_supervised else "eval.json")).read_text())
-    key = "knn_acc1" if self_supervised else "test_acc1"
+    task = ev.get("task", "classification")  # segmentation / detection: mIoU / mAP instead of top-1
+    key = "knn_acc1" if self_supervised else \
+        {"segmentation": "test_miou", "detection": "test_map"}.get(task, "test_acc1")
     tested = [r for r in history if not math.isnan(r.get(key, math.nan))]  # run.eval_every may skip epochs
     best = max(tested, key=lambda r: r[key])
     try:
@@ -127,11 +145,13 @@ def _row(run_dir: Path, method: str, seed: int) -> dict[str, Any]:
         finetuned[finetune_key(ft["fraction"])] = ft["top1"]
         wall += ft.get("seconds", 0.0)
     return {**finetuned,
-        "method": method, "seed": seed, "top1": clean["top1"],
+        "method": method, "seed": seed, "top1": clean.get("top1", math.nan),
         "knn_top1": history[-1]["knn_acc1"] if self_supervised else math.nan,
-        "best_top1": math.nan if self_supervised else best["test_acc1"],
-        "best_epoch": int(best["epoch"]), "top5": clean["top5"], "nll": clean["nll"], "ece": clean["ece"],
-        "rms": clean["rms"], "fgsm_top1": fgsm.get("top1", math.nan), "corruption_top1": corr.get("mCA", math.nan),
+        "best_top1": best["test_acc1"] if key == "test_acc1" else math.nan,
+        "best_epoch": int(best["epoch"]), "top5": clean.get("top5", math.nan), "nll": clean.get("nll", math.nan),
+        "ece": clean.get("ece", math.nan), "rms": clean.get("rms", math.nan),
+        **{k: clean.get(k, math.nan) for k in ("miou", "pixel_acc", "map", "map50")},
+        "fgsm_top1": fgsm.get("top1", math.nan), "corruption_top1": corr.get("mCA", math.nan),
         "corruption_images": corr.get("n", 0), "ood_auroc": ood.get("auroc", math.nan),
         "ood_fpr95": ood.get("fpr95", math.nan), "maxboxacc": wsol.get("maxboxacc", math.nan),
         "effective_classes": effective.get("mean", math.nan), "epochs": int(history[-1]["epoch"]),
@@ -197,7 +217,8 @@ def summarize(rows: Sequence[dict[str, Any]], baseline: str = "vanilla") -> list
         mine = [r for r in rows if r["method"] == m]
         s = {"method": m, "n": len(mine), "seeds": [r["seed"] for r in mine]}
         s.update({key: mean_std([r.get(key, math.nan) for r in mine])
-                  for key, _ in _TABLE + _TABLE_SSL + _OPTIONAL + _finetune_columns(rows)})
+                  for key, _ in (_TABLE + _TABLE_SSL + _OPTIONAL + sum(_TABLE_DENSE.values(), [])
+                                 + _finetune_columns(rows))})
         out.append(s)
     base = next((s for s in out if s["method"] == baseline), None)
     for s in out:
@@ -313,13 +334,16 @@ def write_markdown(rows: Sequence[dict[str, Any]], path: str | Path, *, protocol
                    baseline: str = "vanilla", merged: Sequence[tuple[str, Sequence[str]]] = ()) -> str:
     """``results.md``: the per-method table (mean ± std over seeds), the seed-to-seed spread, the
     generated comparison with ``baseline``, the commands, machines and wall-clock time. Returns the text."""
-    ssl = _self_supervised(rows)
+    ssl, task = _self_supervised(rows), _dense_task(rows)
     table, compared = (_TABLE_SSL, _COMPARED_SSL) if ssl else (_TABLE, _COMPARED)
+    if task is not None:  # one metric, no FGSM / corruptions
+        table = _TABLE_DENSE[task]
+        compared = tuple((k, f"Test {label[:-2]} (last epoch)") for k, label in table[:2])
     if ssl:  # the fine-tunings with a fraction of the labels, after the linear probe
         table = table[:2] + _finetune_columns(rows) + table[2:]
-    else:
-        table = table[:-1] + _optional_columns(rows) + table[-1:]
         compared = compared[:2] + tuple((k, label.capitalize()) for k, label in _finetune_columns(rows)) + compared[2:]
+    elif task is None:  # the OOD score, the localization, the effective classes, where measured
+        table = table[:-1] + _optional_columns(rows) + table[-1:]
     if rows and baseline not in {r["method"] for r in rows}:
         baseline = rows[0]["method"]  # a protocol without vanilla: its first method
     summary = summarize(rows, baseline)
@@ -337,7 +361,8 @@ def write_markdown(rows: Sequence[dict[str, Any]], path: str | Path, *, protocol
         lines.append("| " + " | ".join(cells + [ratio]) + " |")
     if reference:
         lines += ["", reference[2]]
-    spread = pooled_std([[r["top1"] for r in rows if r["method"] == s["method"]] for s in summary])
+    main = compared[0][0] if task is not None else "top1"
+    spread = pooled_std([[r[main] for r in rows if r["method"] == s["method"]] for s in summary])
     spread_text = (f"{spread:.2f} points (pooled over the methods with 2+ seeds)" if not math.isnan(spread)
                    else "unknown (one seed per method)")
     what = ("Mean ± sample std over seeds; every number on the test split, after the last epoch: the kNN monitor "
@@ -347,13 +372,21 @@ def write_markdown(rows: Sequence[dict[str, Any]], path: str | Path, *, protocol
             "Mean ± sample std over seeds; every number on the test split, at the last epoch (the best-epoch "
             "accuracy is only in results.csv, labelled best_top1). Calibration: 15 bins. FGSM: eps = 8/255. "
             "Corruptions: ")
-    lines += ["", what + f"{len(CORRUPTIONS)} kinds of corruption x severities 1-5 on {_corruption_images(rows)} "
-              f"test images." + (" Fine-tune k %: the whole network trained end to end from the pre-trained "
-                                 "weights, with a fresh classifier, on a class-balanced k % of the training images "
-                                 "with their labels (`mixlab finetune`), tested once after its last epoch."
-                                 if ssl and _finetune_columns(rows) else "")
-              + "".join(" " + _OPTIONAL_NOTES[k] for k, _ in _optional_columns(rows) if not ssl),
-              "", f"Seed-to-seed std of {'linear-probe ' if ssl else ''}top-1: {spread_text}.", "",
+    if task is not None:
+        what = ("Mean ± sample std over seeds; every number on the test split, at the last epoch: " +
+                ("mIoU over the classes present in the labels or the predictions (background included, ignored "
+                 "pixels left out) and pixel accuracy." if task == "segmentation" else
+                 "COCO box mAP@[.50:.95] and AP50 by pycocotools' COCOeval (100 detections per image)."))
+    else:
+        what += (f"{len(CORRUPTIONS)} kinds of corruption x severities 1-5 on {_corruption_images(rows)} test images."
+                 + (" Fine-tune k %: the whole network trained end to end from the pre-trained "
+                    "weights, with a fresh classifier, on a class-balanced k % of the training images "
+                    "with their labels (`mixlab finetune`), tested once after its last epoch."
+                    if ssl and _finetune_columns(rows) else "")
+                 + "".join(" " + _OPTIONAL_NOTES[k] for k, _ in _optional_columns(rows) if not ssl))
+    lines += ["", what,
+              "", f"Seed-to-seed std of {'linear-probe ' if ssl else ''}{'top-1' if task is None else main}: "
+                  f"{spread_text}.", "",
               "## Which methods differ from " + baseline, ""]
     lines.append(f"A method differs from {baseline} when its mean is more than 2 x the pooled seed-to-seed std away "
                  f"from {baseline}'s (pooled over the methods with 2+ seeds; with 3 seeds that is about 2.4 standard "

@@ -495,10 +495,16 @@ def run_protocol(protocol: Protocol, out: str | os.PathLike, *, methods: Sequenc
     report.write_markdown(rows, files[1], protocol=protocol, commands=info["commands"], machines=info["machines"],
                           wall_clock_s=info["wall_clock_s"], missing=missing, merged=merged)
     what = "linear-probe test top-1" if is_self_supervised(everything[0].config) else "last-epoch test top-1"
-    plots.plot_accuracy(rows, files[2], title=f"{protocol.name}: {what}\nmean ± std over seeds (dots: seeds)",
-                        ylabel=f"{what} %")
     curve = "kNN top-1" if is_self_supervised(everything[0].config) else "test top-1"
-    plots.plot_curves(rows, files[3], title=f"{protocol.name}: {curve} per epoch, mean over seeds")
-    plots.plot_gallery(everything[0].config, protocol.methods, files[4])
+    key = {"segmentation": "miou", "detection": "map"}.get(everything[0].config.data.task)  # the dense tasks' metric
+    if key is not None:
+        what, curve = f"last-epoch test {key}", f"test {key}"
+        files = files[:4]  # (gallery.png shows classification mixes)
+    plots.plot_accuracy(rows, files[2], title=f"{protocol.name}: {what}\nmean ± std over seeds (dots: seeds)",
+                        ylabel=f"{what} %", key=key or "top1")
+    plots.plot_curves(rows, files[3], title=f"{protocol.name}: {curve} per epoch, mean over seeds",
+                      metric=key and f"test_{key}")
+    if key is None:
+        plots.plot_gallery(everything[0].config, protocol.methods, files[4])
     log(f"mixlab bench: {len(rows)} finished run(s) reported in {out}: " + ", ".join(f.name for f in files))
     return {"runs": runs, "outcomes": outcomes, "rows": rows, "files": files}

@@ -76,7 +76,9 @@ def load_coco_detection(root: str | os.PathLike, split: str = "train", year: str
                         transforms: Callable | None = None, with_masks: bool = True,
                         image_folder: str | os.PathLike | None = None,
                         annotation_file: str | os.PathLike | None = None) -> COCODetectionData:
-    """COCO detection of ``split`` (``"train"``, ``"val"``) from ``root`` (module docstring).
+    """COCO detection of ``split`` (``"train"``, ``"val"``; ``"test"`` reads val: COCO's test
+    split has no public annotations, and mixlab's engine asks for ``"test"``) from ``root``
+    (module docstring).
 
     Raises:
         ValueError: the image folder or the annotation file is missing (both paths named).
@@ -84,6 +86,7 @@ def load_coco_detection(root: str | os.PathLike, split: str = "train", year: str
     """
     from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
 
+    split = "val" if split == "test" else split
     images = Path(image_folder) if image_folder is not None else Path(root) / f"{split}{year}"
     ann = Path(annotation_file) if annotation_file is not None else Path(root) / "annotations" / f"instances_{split}{year}.json"
     if not images.is_dir() or not ann.is_file():

@@ -48,6 +48,7 @@ __all__ = [
     "resolve_key",
     "check_value",
     "ALIASES",
+    "TASKS",
 ]
 
 #: the datasets ``data.download`` can fetch (torchvision's md5-checked archives; CUB's and Tiny-ImageNet's readers)
@@ -77,12 +78,17 @@ ALIASES: dict[str, str] = {
     "smoothing": "method.label_smoothing", "label_smoothing": "method.label_smoothing",
     "model_ema_decay": "model.ema_decay", "ema_decay": "model.ema_decay",
     "seed": "run.seed", "amp": "run.amp", "device": "run.device",
+    "task": "data.task",
 }
+
+#: what a run trains (``data.task``): the data, the model builder, the method's step and the metric follow it
+TASKS = ("classification", "segmentation", "detection")
 
 
 @dataclass
 class DataConfig:
-    name: str = "synthetic"  # a key of mixlab.data.DATASETS
+    name: str = "synthetic"  # a key of mixlab.data.DATASETS (dense tasks: of mixlab.data.DENSE_DATASETS[task])
+    task: str = "classification"  # "classification", "segmentation" (mIoU) or "detection" (mAP); `task:` at top level too
     root: str | None = None  # directory or .zip (imagefolder), CIFAR directory
     download: bool = False  # DOWNLOADABLE datasets: fetch the official archive (md5-checked) into root if missing
     batch_size: int = 128
@@ -96,6 +102,7 @@ class DataConfig:
     # the method's augmentation batched on the training device (the loader only decodes and collates
     # uint8 images); null = true on CUDA when the method's transform has a batched twin, false on CPU
     device_augment: bool | None = None
+    objects: int = 1  # synthetic: the most shapes per image (1..8; detection: several, e.g. 3)
 
 
 @dataclass
@@ -292,6 +299,10 @@ def config_from_dict(d: dict[str, Any], base: TrainConfig | None = None, source:
         raise ValueError(f"{source} must be a mapping of sections (data, model, optim, method, run), "
                          f"got {type(d).__name__}")
     for section, values in d.items():
+        if section not in _section_types() and resolve_key(str(section)) is not None \
+                and not isinstance(values, dict):  # a top-level alias: `task: segmentation`
+            _set(cfg, str(section), values)
+            continue
         if section not in _section_types():
             raise _unknown_key(str(section))
         if not isinstance(values, (dict, type(None))):
@@ -386,6 +397,9 @@ def validate_config(cfg: TrainConfig) -> None:
     check_value(d.image_size >= 8, "data.image_size", "an integer >= 8", d.image_size)
     check_value(d.device_augment is None or isinstance(d.device_augment, bool), "data.device_augment",
                 "true, false or null (auto: true on CUDA)", d.device_augment)
+    check_value(d.task in TASKS, "data.task", " or ".join(map(repr, TASKS)), d.task)
+    check_value(1 <= d.objects <= 8, "data.objects", "an integer in [1, 8] (synthetic: the most shapes per image)",
+                d.objects)
     check_value(not d.download or d.name in DOWNLOADABLE, "data.download",
                 f"false for dataset {d.name!r} (only {', '.join(DOWNLOADABLE)} download themselves)", d.download)
     check_value(0.0 <= cfg.model.ema_decay < 1.0, "model.ema_decay", "in [0, 1) (0 disables the EMA)",

@@ -326,13 +326,15 @@ def encoded_collate(items: list[tuple[Tensor, int, str]]) -> tuple[list[Tensor],
 
 
 def to_device(batch: Any, device: torch.device, preprocess: Callable[[Tensor], Tensor]) -> Any:
-    """Move a (nested) batch to the device without waiting for the copy; 4-D image tensors go
-    through ``preprocess``."""
+    """Move a (nested: tuples, lists, dicts) batch to the device without waiting for the copy; 4-D
+    image tensors go through ``preprocess``."""
     if isinstance(batch, Tensor):
         batch = batch.to(device, non_blocking=True)
         return preprocess(batch) if batch.ndim == 4 else batch
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(b, device, preprocess) for b in batch)
+    if isinstance(batch, dict):  # a detection target: its tensors (boxes, labels, instance masks)
+        return {k: to_device(v, device, preprocess) for k, v in batch.items()}
     return batch
 
 

@@ -228,6 +228,10 @@ def evaluate_checkpoint(path: str | os.PathLike, *, fgsm: bool = True, corruptio
         ``method``, ``model``, ``dataset``, ``device``, ``seconds`` and ``eval_json`` (the path
         written). ``format_table(results)`` prints it.
 
+    A segmentation or detection run (``data.task``) is scored by its task's metrics instead
+    (:func:`mixlab.engine.dense.evaluate_dense_checkpoint`: mIoU / mAP; ``fgsm`` and
+    ``corruptions`` do not apply).
+
     Raises:
         ValueError (``CheckpointError`` is one): ``path`` is missing, not a mixlab checkpoint, or
             truncated; it is a self-supervised run (no trained classifier: ``linear_probe`` scores
@@ -258,6 +262,10 @@ def evaluate_checkpoint(path: str | os.PathLike, *, fgsm: bool = True, corruptio
                          f"whose classifier was never trained (its accuracy would be chance). `mixlab probe {path}` "
                          f"trains a linear probe on its frozen backbone and evaluates that (`mixlab finetune {path}` "
                          f"fine-tunes it with labels)")
+    if cfg.data.task != "classification":  # segmentation / detection: mIoU / mAP (no FGSM, no corruptions)
+        from mixlab.engine.dense import evaluate_dense_checkpoint
+
+        return evaluate_dense_checkpoint(ckpt_path, ckpt, cfg, dev, batch_size)
     test_set, mean, std, _ = eval_data(cfg, path)
     num_classes = check_classes(ckpt, test_set, cfg, path)
     batch_size = batch_size or cfg.data.eval_batch_size

@@ -14,6 +14,10 @@ Reading order: :func:`train` (the whole run), :func:`setup` (everything it train
 pipeline is :mod:`mixlab.engine.data`, the optimizer and the step :mod:`mixlab.engine.optim`, the
 run directory :mod:`mixlab.engine.writer`.
 
+Segmentation and detection (``data.task``) run through this same loop: :mod:`mixlab.engine.dense`
+supplies their data, model, training step (a :class:`~mixlab.methods.base.Method` of
+:mod:`mixlab.methods.dense`) and test metric (mIoU, mAP) in :func:`setup` and :func:`evaluate_epoch`.
+
 Randomness: the global RNGs are seeded once from ``seed + rank``; the engine owns one
 ``torch.Generator`` per purpose (data order, the method's mixing, the loader, the augmentation on
 the device with ``data.device_augment``), and each image's per-image augmentation is seeded from
@@ -55,6 +59,7 @@ import torch
 from torch import Tensor, nn
 
 from mixlab import registry
+from mixlab.engine import dense
 from mixlab.engine.checkpoint import (CHECKPOINT_NAME, CheckpointError, check_epochs_left, check_mid_epoch,
                                       check_resumable, init_from_checkpoint, load_checkpoint, load_state, rng_state,
                                       set_rng_state)
@@ -197,7 +202,11 @@ def setup(cfg: TrainConfig, info: DistInfo, splits: tuple[Any, Any] | None = Non
         ValueError, FileNotFoundError: see :func:`train`.
     """
     validate_config(cfg)
-    registry.check_names(cfg.method.name, cfg.method.params, cfg.model.name, cfg.data.name)
+    is_dense = dense.is_dense(cfg)  # segmentation / detection: their data, model, step and metric (engine.dense)
+    if is_dense:
+        registry.check_dense_method(cfg.data.task, cfg.method.name, cfg.method.params)
+    else:
+        registry.check_names(cfg.method.name, cfg.method.params, cfg.model.name, cfg.data.name)
     d, o, r = cfg.data, cfg.optim, cfg.run
     device, on_gpu = info.device, info.device.type == "cuda"
     if on_gpu:
@@ -215,27 +224,33 @@ def setup(cfg: TrainConfig, info: DistInfo, splits: tuple[Any, Any] | None = Non
         ckpt = load_checkpoint(r.resume)
         check_resumable(ckpt, cfg)
         check_epochs_left(ckpt, cfg)
-    registry.check_names(model=cfg.model.name, model_kwargs=cfg.model.kwargs)  # after the checkpoint's diffs
+    if not is_dense:  # (a dense model's name is checked when it is built)
+        registry.check_names(model=cfg.model.name, model_kwargs=cfg.model.kwargs)  # after the checkpoint's diffs
 
-    train_set, test_set = splits if splits is not None else load_datasets(cfg, info)
+    if splits is None:
+        splits = dense.datasets(cfg, info.world_size) if is_dense else load_datasets(cfg, info)
+    train_set, test_set = splits
     num_classes = train_set.num_classes
     if ckpt is not None and ckpt["num_classes"] != num_classes:
         raise CheckpointError(f"checkpoint {ckpt['path']} has {ckpt['num_classes']} classes, dataset "
                               f"{d.name!r} has {num_classes}")
-    model = registry.build_model(cfg.model.name, num_classes, **cfg.model.kwargs).to(device)
+    model = (dense.build_model(cfg, num_classes, train_set.mean, train_set.std) if is_dense
+             else registry.build_model(cfg.model.name, num_classes, **cfg.model.kwargs)).to(device)
     if cfg.model.init and ckpt is None:  # a pre-trained backbone (fine-tuning); resuming loads everything below
-        init_from_checkpoint(model, cfg.model.init)
+        init_from_checkpoint(dense.init_target(model, cfg) if is_dense else model, cfg.model.init)
     if r.channels_last:  # ~1.5x faster on CPU too (oneDNN), measured on resnet_small
         model = model.to(memory_format=torch.channels_last)
     if r.sync_bn:  # before the method copies the model (momentum encoders normalise like it)
         model = sync_batchnorm(model, info)
     broadcast_tensors(model.state_dict().values())  # every rank starts from rank 0's initial weights
-    method = registry.build_method(cfg.method.name, num_classes, cfg.method.label_smoothing,
-                                   **cfg.method.params).to(device)
-    generators = rank_generators(r.seed, info.rank, augment=wants_device_augment(cfg, device))
+    method = (dense.build_method(cfg, num_classes, getattr(train_set, "ignore_index", 255)) if is_dense else
+              registry.build_method(cfg.method.name, num_classes, cfg.method.label_smoothing,
+                                    **cfg.method.params)).to(device)
+    generators = rank_generators(r.seed, info.rank, augment=not is_dense and wants_device_augment(cfg, device))
     method.setup(model, generators["method"])
     broadcast_tensors(method.state_dict().values())
-    data = run_data(cfg, info, train_set, test_set, method, generators["loader"], generators.get("augment"))
+    data = (dense.run_data(cfg, info, train_set, test_set, method, generators["loader"]) if is_dense else
+            run_data(cfg, info, train_set, test_set, method, generators["loader"], generators.get("augment")))
 
     optimizer = build_optimizer(model, method, o)
     amp = {"auto": "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "none"}.get(r.amp, r.amp)
@@ -342,8 +357,8 @@ class EpochMeter:
         self.correct: Tensor | int = 0
         self.seen = 0
 
-    def update(self, out: StepOutput, labels: Tensor) -> None:
-        b = labels.shape[0]
+    def update(self, out: StepOutput, labels: Any) -> None:
+        b = len(labels)  # (B,) labels, (B, H, W) label maps or B detection targets
         for key, value in (("loss", out.loss), *out.logs.items()):
             self.keys[key] = None
             if isinstance(value, Tensor):  # (a CPU log on a GPU run is copied without waiting)
@@ -451,7 +466,8 @@ def train_one_epoch(state: State, epoch: int, save: Callable[[], None] | None = 
         images, labels = data.train_inputs(batch)  # images (B, C, H, W) float, or a list of views; on the device
         out = step(state, images, labels)
         meter.update(out, labels)
-        if state.step == state.preview_at and info.is_main:  # a multi-view batch (self-supervised): its first view
+        # samples.png; a multi-view batch (self-supervised): its first view
+        if state.step == state.preview_at and info.is_main and method.draws_samples:
             first = images if isinstance(images, Tensor) else images[0]
             state.samples = preview_batch(method, out, first[:16], labels[:16])
         state.step += 1
@@ -494,6 +510,7 @@ def evaluate_epoch(state: State, epoch: int) -> dict[str, Any]:
     row = {}
     for prefix, model in (("test_", state.model), ("ema_test_", state.ema.module if state.ema is not None else None)):
         if model is not None:
-            results = metrics.evaluate(model, data.test_loader, device, data.preprocess, state.autocast, reduce)
-            row.update({prefix + k: v for k, v in results.items() if k != "n"})
+            results = (dense.evaluate(cfg, model, data, info, state.autocast) if dense.is_dense(cfg) else
+                       metrics.evaluate(model, data.test_loader, device, data.preprocess, state.autocast, reduce))
+            row.update({prefix + k: v for k, v in results.items() if k not in ("n", "iou")})
     return row

@@ -46,7 +46,8 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path) -> None:
     ax1.set_xlabel("epoch")
     ax1.set_title("loss")
     ax1.legend()
-    for key, label in (("test_acc1", "test top-1"), ("knn_acc1", "kNN top-1 (test)")):  # classification / SSL
+    for key, label in (("test_acc1", "test top-1"), ("knn_acc1", "kNN top-1 (test)"),  # classification / SSL
+                       ("test_miou", "test mIoU"), ("test_map", "test mAP")):  # segmentation / detection
         tested = [row for row in history if key in row]  # run.eval_every > 1 skips epochs
         if tested:
             ax2.plot([row["epoch"] for row in tested], [row[key] for row in tested], marker=marker, label=label)

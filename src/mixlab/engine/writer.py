@@ -261,6 +261,9 @@ class RunWriter:
 
     def _print(self, row: dict[str, Any], ema: bool) -> None:
         test = f"  kNN top-1 {row['knn_acc1']:.2f}%" if "knn_acc1" in row else ""
+        for key, label in (("test_miou", "test mIoU"), ("test_map", "test mAP")):  # segmentation, detection
+            if key in row:
+                test = f"  {label} {row[key]:.2f}%"
         if "test_acc1" in row:
             ema_text = f" (EMA {row['ema_test_acc1']:.1f}%)" if ema else ""
             test = (f"  test top-1 {row['test_acc1']:.2f}%{ema_text}  top-5 {row['test_acc5']:.2f}%  "

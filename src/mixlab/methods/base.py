@@ -122,6 +122,9 @@ class Method(nn.Module):
     #: the engine's ``DistributedDataParallel`` then looks for them after each forward
     #: (``find_unused_parameters``, a walk over the autograd graph), which the other methods skip.
     ddp_find_unused_parameters: bool = False
+    #: the engine draws ``samples.png`` from the step's batch (classification targets); the dense
+    #: tasks' steps (:mod:`mixlab.methods.dense`) have none to show and say False
+    draws_samples: bool = True
 
     def __init__(self, num_classes: int = 0, label_smoothing: float = 0.0) -> None:
         super().__init__()
