@@ -147,7 +147,7 @@ class RunConfig:
     channels_last: bool = True  # NHWC model and batches (faster on GPU, and on CPU with oneDNN)
     compile: bool = False  # torch.compile the training step (the method's training_step with the model inside)
     sync_bn: bool = False  # SyncBatchNorm under data parallel (GPUs): BatchNorm statistics of the whole batch
-    threads: int = 0  # torch CPU threads; 0 = the cores not taken by data.num_workers (at least 1)
+    threads: int = 0  # torch CPU threads; 0 = every core (under torchrun: cores / local processes)
     progress: bool = True  # tqdm bar over each epoch's batches
     tensorboard: bool = True  # also log to TensorBoard when it is installed
     resume: str | None = None  # checkpoint file or run directory to continue
