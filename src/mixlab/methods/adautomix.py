@@ -6,7 +6,7 @@ fraction); it is trained every other step *against* the momentum classifier (−
 β = 0.3) with a cosine term that keeps the mixed sample close to its sources; the classifier also
 sees a plain N-image Mixup. The rest follows the authors' code (JinXins/Adversarial-AutoMixup).
 
-Which facts come from the code, where mixlab departs from it, and what is not implemented:
+Which facts come from the code, where mixlab departs from it, and what is left out:
 docs/methods/adautomix.md.
 
 Example::
@@ -36,6 +36,7 @@ from mixlab.methods.momentum_pipeline import (
     mix_images,
     preserved_buffers,
     row_attention,
+    upsample_to,
 )
 from mixlab.models.staged import forward_from
 
@@ -106,10 +107,7 @@ class AdaptiveMaskGenerator(nn.Module):
             others = k.sum(dim=0, keepdim=True) - k  # Σ_{m≠n} k_m: the attention logits are linear in k
             p = row_attention(q.flatten(0, 1), others.flatten(0, 1))  # (N B, hw, hw)
             logits = (p @ v.flatten(0, 1).transpose(1, 2)).view(n, b, h, w).permute(1, 0, 2, 3)  # (B, N, h, w)
-            if (h, w) != tuple(size):
-                logits = F.interpolate(logits, size=tuple(size), mode=self.upsampling,
-                                       **({"align_corners": False} if self.upsampling == "bilinear" else {}))
-            return logits.softmax(dim=1)
+            return upsample_to(logits, size, self.upsampling).softmax(dim=1)
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, inter_channels={self.inter_channels}, "

@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixlab.core.checks import check_bool, check_choice, check_real
@@ -41,6 +40,7 @@ from mixlab.methods.momentum_pipeline import (
     PairPipeline,
     lam_channels,
     row_attention,
+    upsample_to,
 )
 
 __all__ = ["AutoMix", "MixBlock", "MOMENTUM_SCHEDULES", "UPSAMPLING", "VALUES"]
@@ -109,9 +109,7 @@ class MixBlock(nn.Module):
             p = self.attention(z_i, z_j)  # (B, hw, hw)
             v = self.value(z_i if self.value_from == "own" else z_j).flatten(2).transpose(1, 2)  # (B, hw, 1)
             mask = torch.sigmoid((p @ v).transpose(1, 2).reshape(b, 1, h, w))  # Eq. 5 before U
-            if (h, w) != tuple(size):
-                mask = F.interpolate(mask, size=tuple(size), mode=self.upsampling,
-                                     **({"align_corners": False} if self.upsampling == "bilinear" else {}))
+            mask = upsample_to(mask, size, self.upsampling)
             return mask if self.value_from == "own" else 1 - mask  # s_i
 
     def extra_repr(self) -> str:

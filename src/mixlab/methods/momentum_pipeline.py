@@ -41,9 +41,10 @@ import abc
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixlab.core.checks import check_alpha, check_bool, check_choice, check_real
@@ -56,7 +57,7 @@ from mixlab.core.targets import mix_targets, soft_targets
 from mixlab.methods.base import Method, StepOutput
 from mixlab.models.staged import check_stage, forward_until
 
-__all__ = ["MomentumPipeline", "PairPipeline", "PipelineLosses", "MOMENTUM_SCHEDULES", "UPSAMPLING", "mix_images",
+__all__ = ["MomentumPipeline", "PairPipeline", "PipelineLosses", "MOMENTUM_SCHEDULES", "UPSAMPLING", "upsample_to", "mix_images",
            "lam_channels", "row_attention", "preserved_buffers", "resolve_stage"]
 
 MOMENTUM_SCHEDULES = ("cosine", "constant")
@@ -112,6 +113,14 @@ def row_attention(q: Tensor, k: Tensor) -> Tensor:
     projections q (B, d, hw_q) and k (B, d, hw_k)."""
     logits = q.transpose(1, 2) @ k / math.sqrt(q.shape[1])
     return logits.softmax(dim=-1)
+
+
+def upsample_to(maps: Tensor, size: Sequence[int], mode: str) -> Tensor:
+    """The Mix Blocks' maps (B, C, h, w) resized to ``size`` with ``mode`` in :data:`UPSAMPLING`
+    (bilinear without corner alignment, as the reference); returned as they are at that size."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps, size=tuple(size), mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ Mixer M_φ (:class:`SAMixBlock`): adaptive λ encoding of θk's maps, query and 
 a non-linear value of the partner's map, ``s_j = σ(U(P · v))``, ``s_i = 1 - s_j``. Its loss, through
 θk: the η-balanced mixup loss ``ℓ_local + η ℓ_global`` (η = 0.5) plus :func:`mask_loss` (L1 +
 variance, margin 0.1, weight 0.1). The classifier's loss and the pipeline are AutoMix's. The
-equations, the reference's settings and what is not implemented: ``docs/methods/samix.md``.
+equations, the reference's settings and what is left out: ``docs/methods/samix.md``.
 
 **SSL**: SAMix's self-supervised variant (openmixup's ``MoCoSAMix``) is
 :class:`mixlab.ssl.samix.SAMixSSL` (``mixlab pretrain --framework samix-ssl``): MoCo v2 whose key
@@ -39,7 +39,12 @@ from torch import Tensor, nn
 from mixlab.core.checks import check_choice, check_real
 from mixlab.core.losses import soft_cross_entropy
 from mixlab.core.targets import mix_targets
-from mixlab.methods.momentum_pipeline import UPSAMPLING, PairPipeline, row_attention
+from mixlab.methods.momentum_pipeline import (
+    UPSAMPLING,
+    PairPipeline,
+    row_attention,
+    upsample_to,
+)
 
 __all__ = ["SAMix", "SAMixBlock", "rescale_lam", "pair_global_loss", "mask_loss"]
 
@@ -134,10 +139,7 @@ class SAMixBlock(nn.Module):
             p = row_attention(self.query(pair).flatten(2), self.key(pair).flatten(2))  # (B, hw, hw)
             v = self.value(z_j).flatten(2).transpose(1, 2)  # (B, hw, 1), non-linear value of x_j
             logits = (p @ v).transpose(1, 2).reshape(b, 1, h, w)
-            if (h, w) != tuple(size):
-                logits = F.interpolate(logits, size=tuple(size), mode=self.upsampling,
-                                       **({"align_corners": False} if self.upsampling == "bilinear" else {}))
-            return 1 - torch.sigmoid(logits)  # s_i = 1 - s_j
+            return 1 - torch.sigmoid(upsample_to(logits, size, self.upsampling))  # s_i = 1 - s_j
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, inter_channels={self.inter_channels}, "
