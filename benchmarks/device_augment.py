@@ -201,6 +201,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda: the batched path also on the GPU")
     parser.add_argument("--sizes", default="32,224")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the batched path on the CPU")
+    parser.add_argument("--only", default="", help="only the pipelines whose name contains this text")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -217,6 +218,8 @@ def main() -> None:
         images = torch.randint(0, 256, (256, 3, source, source), dtype=torch.uint8,
                                generator=torch.Generator().manual_seed(size))
         for name, t in pipelines(size).items():
+            if args.only not in name:
+                continue
             per = per_image_rate(images, t, args.batch, args.batches)
             cpu = batched_rate(images, t, args.batch, args.batches, torch.device("cpu"))
             row = f"| {name} | {size} | {per:.0f} | {cpu:.0f} | {cpu / per:.2f}x |"

@@ -16,7 +16,8 @@ functional ops take one Python number per call (a batch with per-sample factors 
 factors, is not a dependency. :mod:`mixlab.evaluation.corruptions` takes its HSV conversion and
 Gaussian kernels from here.
 
-Resampling. :func:`resized_crops` resizes every crop with separable per-sample weight matrices
+Resampling. :func:`resized_crops` resizes uint8 crops on the CPU with ATen's uint8 kernel, crop by
+crop, and otherwise every crop with separable per-sample weight matrices
 built exactly as ATen's ``interpolate`` builds its weights (bilinear, bicubic, with or without
 antialiasing; :func:`axis_taps`), applied with two batched matrix products: it equals
 ``v2.functional.resized_crop`` on float images up to float rounding for every crop size, up- or
@@ -208,13 +209,17 @@ def _resample_matrices(start: Tensor, length: Tensor, out: int, full: int, inter
 
 
 def resized_crops(images: Tensor, boxes: Tensor, size: tuple[int, int], interpolation: str = "bilinear",
-                  antialias: bool = False, flip: Tensor | None = None) -> Tensor:
+                  antialias: bool = False, flip: Tensor | None = None, backend: str = "auto") -> Tensor:
     """Crop N boxes of every image and resize each to ``size``: ``v2.functional.resized_crop`` for
     a whole batch, with per-crop boxes and optional horizontal flips.
 
     Bilinear and bicubic crops are two batched matrix products with :func:`axis_taps`' weights
-    (the order, rows or columns first, that costs fewer multiplications); ``"nearest"`` (never
-    antialiased, as torchvision) two integer gathers, ``src = ⌊dst·length/out⌋``. Boxes must lie
+    (the order, rows or columns first, that costs fewer multiplications; ``backend="matrix"``), or,
+    for uint8 images on the CPU, ATen's own vectorised uint8 kernel crop by crop
+    (``backend="aten"``, the ``"auto"`` choice there): the per-image ``resized_crop`` exactly, each
+    view rounded to uint8 as the per-image transform rounds it, and about 9x faster than the dense
+    matrices at 256² -> 224² on one core (``benchmarks/device_augment.py``). ``"nearest"`` (never
+    antialiased, as torchvision) is two integer gathers, ``src = ⌊dst·length/out⌋``. Boxes must lie
     inside the images; pixels outside a box are never read (a zero-padded batch of images of
     several sizes is fine).
 
@@ -227,6 +232,9 @@ def resized_crops(images: Tensor, boxes: Tensor, size: tuple[int, int], interpol
         antialias: as ``resized_crop``'s (only bilinear and bicubic downscaling use it).
         flip: optional (B, N) bool: mirror those crops left-right (``v2.functional.hflip`` of the
             result, at no cost).
+        backend: ``"auto"`` (``"aten"`` for uint8 images on the CPU, else ``"matrix"``),
+            ``"matrix"`` or ``"aten"`` (bilinear and bicubic only; one kernel call per crop, with
+            the boxes read on the host: meant for the CPU).
 
     Returns:
         (B, N, C, h, w) float (float32 for uint8 input, else the input dtype; a view of a
@@ -237,6 +245,8 @@ def resized_crops(images: Tensor, boxes: Tensor, size: tuple[int, int], interpol
     """
     if interpolation not in _RESIZE_MODES:
         raise ValueError(f"interpolation must be one of {list(_RESIZE_MODES)}, got {interpolation!r}")
+    if backend not in ("auto", "matrix", "aten"):
+        raise ValueError(f"backend must be 'auto', 'matrix' or 'aten', got {backend!r}")
     if images.ndim != 4 or boxes.ndim != 3 or boxes.shape[-1] != 4 or boxes.shape[0] != images.shape[0]:
         raise ValueError(f"images must be (B, C, H, W) and boxes (B, N, 4), got {tuple(images.shape)} and "
                          f"{tuple(boxes.shape)}")
@@ -260,6 +270,8 @@ def resized_crops(images: Tensor, boxes: Tensor, size: tuple[int, int], interpol
         return out.to(dtype) * gain if gain != 1.0 else out.to(dtype)
     host = boxes.to("cpu", torch.long).reshape(b * n, 4)
     flips = None if flip is None else flip.to("cpu").reshape(b * n)
+    if backend == "aten" or (backend == "auto" and dev.type == "cpu" and images.dtype == torch.uint8):
+        return _aten_resized_crops(images, host, flips, (oh, ow), interpolation, antialias).view(b, n, c, oh, ow)
     ry = _resample_matrices(host[:, 0], host[:, 2], oh, height, interpolation, antialias, None, gain, dev, dtype)
     rx = _resample_matrices(host[:, 1], host[:, 3], ow, width, interpolation, antialias, flips, 1.0, dev, dtype)
     x = images.to(dtype)
@@ -271,6 +283,26 @@ def resized_crops(images: Tensor, boxes: Tensor, size: tuple[int, int], interpol
         t = torch.bmm(ry.view(b, n * oh, height), x.permute(0, 2, 1, 3).reshape(b, height, c * width))
         out = torch.bmm(t.view(b * n, oh * c, width), rx.transpose(1, 2))  # (B·N, h·C, w)
     return out.view(b, n, oh, c, ow).permute(0, 1, 3, 2, 4)
+
+
+def _aten_resized_crops(images: Tensor, boxes: Tensor, flips: Tensor | None, size: tuple[int, int],
+                        interpolation: str, antialias: bool) -> Tensor:
+    """:func:`resized_crops` crop by crop through ``F.interpolate`` (``boxes``: (B·N, 4) host),
+    each crop converted to float while it is in cache."""
+    b, c = images.shape[:2]
+    per_image = boxes.shape[0] // b
+    uint8 = images.dtype == torch.uint8
+    out = torch.empty(boxes.shape[0], c, *size, dtype=torch.float32 if uint8 else images.dtype, device=images.device)
+    mirrored = [False] * boxes.shape[0] if flips is None else flips.tolist()
+    for i, (top, left, h, w) in enumerate(boxes.tolist()):  # host boxes: no device wait
+        crop = images[i // per_image, None, :, top:top + h, left:left + w]
+        view = F.interpolate(crop, size=size, mode=interpolation, align_corners=False, antialias=antialias)[0]
+        view = view.flip(-1) if mirrored[i] else view
+        if uint8:
+            torch.mul(view, 1.0 / 255.0, out=out[i])
+        else:
+            out[i].copy_(view)
+    return out
 
 
 # ------------------------------------------------------------------------------ per-sample selection

@@ -9,9 +9,10 @@ with no per-image Python loop (the trainer's ``data.device_augment`` path, and t
   drawn at once, the first valid one taken, torchvision's centre-crop fallback otherwise; each
   crop's area fraction comes from its own sub-range of ``scale`` (§3.2); images may differ in size
   (a zero-padded batch with each image's size);
-* resampling: :func:`~mixlab.transforms.batched.resized_crops`, two batched matrix products with
-  ATen's interpolation weights, antialiased like the per-image transform (``antialias=True``):
-  ``v2.functional.resized_crop`` up to float rounding;
+* resampling: :func:`~mixlab.transforms.batched.resized_crops`: uint8 batches on the CPU crop by
+  crop through ATen's uint8 kernel (the per-image views exactly), otherwise two batched matrix
+  products with ATen's interpolation weights, antialiased like the per-image transform
+  (``antialias=True``): ``v2.functional.resized_crop`` up to float rounding;
 * N per image (``num_crops=(2, 3, 4)``): views are drawn for N_max = max(N) and mixing step t only
   acts on the images with t < N; Mixup's λ ~ Beta(α/N, α/N) is drawn once per distinct N;
 * mixing: Mixup with channel permutations (the classification setting) is linear in the views, so
@@ -27,9 +28,9 @@ identical batches on CPU and GPU up to the resampling arithmetic.
 
 Differences from the per-image :class:`~mixlab.transforms.CropMix`, which is the reference:
 
-* uint8 batches are resampled and mixed in float [0, 1] and rounded once at the end (or kept
-  float: ``transform(..., keep_float=True)``); the per-image version resamples uint8 views in
-  uint8 (each view rounded) before mixing them in float;
+* uint8 batches are mixed in float [0, 1] and rounded once at the end (or kept float:
+  ``transform(..., keep_float=True)``), as the per-image version mixes; their views are rounded to
+  uint8 on the CPU, as the per-image version's are, and kept in float on other devices;
 * crop positions are drawn for every attempt and RNG streams differ, so the two versions agree in
   distribution (tested with KS tests), not draw for draw; given the same parameters they agree on
   the pixels up to float rounding (tested).
@@ -38,6 +39,7 @@ Differences from the per-image :class:`~mixlab.transforms.CropMix`, which is the
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -49,7 +51,7 @@ from mixlab.core.random import beta_sample, generator_device
 from mixlab.transforms.batched import apply_to, color_jitter, permute_channels, resized_crops, sample_crop_boxes
 from mixlab.transforms.cropmix import JITTER, check_config, check_size, set_config
 
-__all__ = ["CropMixBatch", "cropmix_batch", "augment_batch", "mixup_matrices"]
+__all__ = ["CropMixBatch", "cropmix_batch", "augment_batch", "mixup_matrices", "slice_params", "CPU_SLICE"]
 
 
 # ------------------------------------------------------------------------------ kernels
@@ -110,6 +112,20 @@ def mixup_matrices(params: dict[str, Any], b: int, c: int, device: torch.device,
     if after and "perm" in after:
         a = torch.matmul(eye[after["perm"].to(device, non_blocking=True)].unsqueeze(1), a)
     return a
+
+
+def slice_params(params: Any, start: int, stop: int, batch_size: int) -> Any:
+    """Images ``start:stop`` of a batch's draws: every tensor whose first dimension is the batch
+    is sliced, in nested dicts too; the rest (the output size, ``None``) is kept."""
+    if isinstance(params, dict):
+        return {key: slice_params(value, start, stop, batch_size) for key, value in params.items()}
+    if isinstance(params, Tensor) and params.ndim and params.shape[0] == batch_size:
+        return params[start:stop]
+    return params
+
+
+#: images a slice of :meth:`CropMixBatch.transform` on the CPU (measured: ``benchmarks/device_augment.py``)
+CPU_SLICE = 8
 
 
 # ------------------------------------------------------------------------------ the class
@@ -254,10 +270,27 @@ class CropMixBatch:
         Mixup with at most a channel permutation is linear in the views: the output is
         ``Σ_k A_k · view_k`` with per-sample (C, C) matrices ``A_k`` (:func:`mixup_matrices`),
         applied in one ``bmm``. Other settings run the N_max - 1 steps with per-sample masks.
+        On the CPU the batch goes through in slices of :data:`CPU_SLICE` images, whose
+        intermediates stay in cache and reuse freed memory (the same result).
 
         Args:
             keep_float: uint8 images come out as float32 in [0, 1] instead of rounded uint8.
         """
+        b = images.shape[0]
+        if images.device.type != "cpu" or b <= CPU_SLICE:
+            return self._transform(images, params, keep_float)
+
+        def part(i: int) -> Tensor:
+            return self._transform(images[i:i + CPU_SLICE], slice_params(params, i, i + CPU_SLICE, b), keep_float)
+
+        starts = range(0, b, CPU_SLICE)
+        threads = min(torch.get_num_threads(), len(starts))
+        if threads == 1:
+            return torch.cat([part(i) for i in starts])
+        with ThreadPoolExecutor(threads) as pool:  # ATen releases the GIL; each slice is independent
+            return torch.cat(list(pool.map(part, starts)))
+
+    def _transform(self, images: Tensor, params: dict[str, Any], keep_float: bool) -> Tensor:
         dev, dtype = images.device, images.dtype
         b, c = images.shape[:2]
         x = images if dtype in (torch.uint8, torch.float32, torch.float64) else images.float()
@@ -266,8 +299,8 @@ class CropMixBatch:
         n, (h, w) = views.shape[1], views.shape[-2:]
         if self.mix == "mixup" and set(self.inter_aug) <= {"permute"}:
             a = mixup_matrices(params, b, c, dev, views.dtype)  # (B, N, C, C)
-            stacked = views.transpose(1, 2).reshape(b, c * n, h * w)  # (B, C·N, h·w)
-            out = torch.bmm(a.permute(0, 2, 3, 1).reshape(b, c, c * n), stacked).view(b, c, h, w)
+            stacked = views.reshape(b, n * c, h * w)  # (B, N·C, h·w), no copy
+            out = torch.bmm(a.transpose(1, 2).reshape(b, c, n * c), stacked).view(b, c, h, w)
         else:
             out = self._mix_steps(views, params)
         if dtype == torch.uint8:

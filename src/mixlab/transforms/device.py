@@ -89,8 +89,8 @@ class Flip:
     def make_params(self, b: int, g: torch.Generator | None) -> dict[str, Any]:
         return {"flags": _flags(self.p, b, g)}
 
-    def apply(self, x: Tensor, params: dict[str, Any]) -> Tensor:
-        return apply_to(x, params["flags"], lambda t: t.flip(-1))
+    def apply(self, x: Tensor, params: dict[str, Any], inplace: bool = False) -> Tensor:
+        return apply_to(x, params["flags"], lambda t: t.flip(-1), inplace=inplace)
 
     def __repr__(self) -> str:
         return f"Flip(p={self.p})"
@@ -115,8 +115,8 @@ class Jitter:
         factors = torch.stack([_uniform(lo, hi, b, g) for lo, hi in self.ranges], dim=1)
         return {"flags": flags, "order": order, "factors": factors}
 
-    def apply(self, x: Tensor, params: dict[str, Any]) -> Tensor:
-        return apply_to(x, params["flags"], color_jitter, params["order"], params["factors"])
+    def apply(self, x: Tensor, params: dict[str, Any], inplace: bool = False) -> Tensor:
+        return apply_to(x, params["flags"], color_jitter, params["order"], params["factors"], inplace=inplace)
 
     def __repr__(self) -> str:
         return f"Jitter(ranges={self.ranges}, p={self.p})"
@@ -131,8 +131,8 @@ class Grayscale:
     def make_params(self, b: int, g: torch.Generator | None) -> dict[str, Any]:
         return {"flags": _flags(self.p, b, g)}
 
-    def apply(self, x: Tensor, params: dict[str, Any]) -> Tensor:
-        return apply_to(x, params["flags"], grayscale)
+    def apply(self, x: Tensor, params: dict[str, Any], inplace: bool = False) -> Tensor:
+        return apply_to(x, params["flags"], grayscale, inplace=inplace)
 
     def __repr__(self) -> str:
         return f"Grayscale(p={self.p})"
@@ -149,8 +149,8 @@ class Blur:
         flags = _flags(self.p, b, g)
         return {"flags": flags, "sigma": _uniform(*self.sigma, b, g)}
 
-    def apply(self, x: Tensor, params: dict[str, Any]) -> Tensor:
-        return apply_to(x, params["flags"], gaussian_blur, params["sigma"], self.kernel_size)
+    def apply(self, x: Tensor, params: dict[str, Any], inplace: bool = False) -> Tensor:
+        return apply_to(x, params["flags"], gaussian_blur, params["sigma"], self.kernel_size, inplace=inplace)
 
     def __repr__(self) -> str:
         return f"Blur(kernel_size={self.kernel_size}, sigma={self.sigma}, p={self.p})"
@@ -165,8 +165,8 @@ class Solarize:
     def make_params(self, b: int, g: torch.Generator | None) -> dict[str, Any]:
         return {"flags": _flags(self.p, b, g)}
 
-    def apply(self, x: Tensor, params: dict[str, Any]) -> Tensor:
-        return apply_to(x, params["flags"], solarize, self.threshold / 255.0)
+    def apply(self, x: Tensor, params: dict[str, Any], inplace: bool = False) -> Tensor:
+        return apply_to(x, params["flags"], solarize, self.threshold / 255.0, inplace=inplace)
 
     def __repr__(self) -> str:
         return f"Solarize(threshold={self.threshold:g}, p={self.p})"
@@ -298,7 +298,8 @@ class MixedQueryCrop:
     def apply(self, images: Tensor, params: dict[str, Any]) -> Tensor:
         b = images.shape[0]
         views = resized_crops(images, params["boxes"], self.size, "bilinear", True)  # (B, 2, C, h, w)
-        views = self.augment.apply_ops(views.transpose(0, 1).reshape(2 * b, *views.shape[2:]), params["augment"])
+        views = views.transpose(0, 1).reshape(2 * b, *views.shape[2:])  # a copy: the operations may write into it
+        views = self.augment.apply_ops(views, params["augment"], inplace=True)
         base, patch = views[:b], views[b:]
         inside = boxes_to_mask(params["paste"], self.size[0], self.size[1], device=images.device)
         return torch.where(inside, patch, base)
@@ -322,9 +323,10 @@ class BatchedPipeline:
     def make_ops_params(self, b: int, g: torch.Generator | None) -> list[dict[str, Any]]:
         return [op.make_params(b, g) for op in self.ops]
 
-    def apply_ops(self, x: Tensor, params: list[dict[str, Any]]) -> Tensor:
+    def apply_ops(self, x: Tensor, params: list[dict[str, Any]], inplace: bool = False) -> Tensor:
+        """The pixel operations; ``inplace``: they may write into ``x`` (a buffer of the caller's own)."""
         for op, p in zip(self.ops, params):
-            x = op.apply(x, p)
+            x = op.apply(x, p, inplace=inplace)
         return x
 
     def make_params(self, b: int, height: int | Tensor, width: int | Tensor,
@@ -335,7 +337,9 @@ class BatchedPipeline:
 
     def apply(self, images: Tensor, params: dict[str, Any]) -> Tensor:
         """Deterministic: ``images`` with ``params`` (:meth:`make_params`)."""
-        return self.apply_ops(self.geometry.apply(images, params["geometry"]), params["ops"])
+        x = self.geometry.apply(images, params["geometry"])
+        owned = x.untyped_storage().data_ptr() != images.untyped_storage().data_ptr()  # not the caller's pixels
+        return self.apply_ops(x, params["ops"], inplace=owned)
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None, sizes: Tensor | None = None
                  ) -> Tensor:
