@@ -448,7 +448,7 @@ def test_uint8_crops_on_the_cpu_are_the_per_image_views_exactly(mode):
     images = torch.randint(0, 256, (12, 3, 40, 36), dtype=torch.uint8, generator=g)
     crops = CropMixBatch(num_crops=2, generator=g).make_params(12, 40, 36)["crops"]
     flip = torch.rand(12, 2, generator=g) < 0.5
-    aten = resized_crops(images, crops, (24, 20), mode, antialias=True, flip=flip)  # "auto": ATen's uint8 kernel
+    aten = resized_crops(images, crops, (24, 20), mode, antialias=True, flip=flip, backend="aten")
     matrix = resized_crops(images, crops, (24, 20), mode, antialias=True, flip=flip, backend="matrix")
     assert aten.dtype == matrix.dtype == torch.float32 and aten.shape == matrix.shape == (12, 2, 3, 24, 20)
     for i in range(12):
@@ -462,6 +462,10 @@ def test_uint8_crops_on_the_cpu_are_the_per_image_views_exactly(mode):
         assert diff.max() <= 1 / 255 + 1e-6
     else:  # it also clamps bicubic's overshoot between its two passes (the float matrices do not)
         assert diff.mean() < 1 / 255
+    big = torch.randint(0, 256, (2, 3, 80, 80), dtype=torch.uint8, generator=g)  # "auto": ATen for large outputs
+    boxes = torch.tensor([[[0, 0, 80, 80]], [[5, 9, 40, 50]]])
+    assert torch.equal(resized_crops(big, boxes, (64, 64), mode, True), resized_crops(big, boxes, (64, 64), mode, True,
+                                                                                       backend="aten"))
     with pytest.raises(ValueError, match="backend"):
         resized_crops(images, crops, (24, 20), backend="pil")
 

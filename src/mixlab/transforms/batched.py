@@ -47,6 +47,7 @@ from mixlab.transforms.cropmix import ATTEMPTS
 
 __all__ = [
     "GRAY_WEIGHTS",
+    "ATEN_MIN_PIXELS",
     "sample_crop_boxes",
     "axis_taps",
     "resized_crops",
@@ -70,6 +71,9 @@ __all__ = [
 #: ITU-R 601 luma weights of torchvision's ``rgb_to_grayscale`` (R, G, B)
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 _RESIZE_MODES = ("nearest", "bilinear", "bicubic")
+#: uint8 crops on the CPU larger than this (output pixels) go through ATen's kernel crop by crop; the
+#: batched matrices are faster below (``benchmarks/device_augment.py``: 32² 3.2 vs 4.6 ms, 64² 14 vs 7.5 ms)
+ATEN_MIN_PIXELS = 48 * 48
 
 
 # ------------------------------------------------------------------------------ crop boxes
@@ -216,9 +220,9 @@ def resized_crops(images: Tensor, boxes: Tensor, size: tuple[int, int], interpol
     Bilinear and bicubic crops are two batched matrix products with :func:`axis_taps`' weights
     (the order, rows or columns first, that costs fewer multiplications; ``backend="matrix"``), or,
     for uint8 images on the CPU, ATen's own vectorised uint8 kernel crop by crop
-    (``backend="aten"``, the ``"auto"`` choice there): the per-image ``resized_crop`` exactly, each
-    view rounded to uint8 as the per-image transform rounds it, and about 9x faster than the dense
-    matrices at 256² -> 224² on one core (``benchmarks/device_augment.py``). ``"nearest"`` (never
+    (``backend="aten"``, the ``"auto"`` choice there for outputs over :data:`ATEN_MIN_PIXELS`):
+    the per-image ``resized_crop`` exactly, each view rounded to uint8 as the per-image transform
+    rounds it, and about 4x faster than the dense matrices at 256² -> 224² on one core. ``"nearest"`` (never
     antialiased, as torchvision) is two integer gathers, ``src = ⌊dst·length/out⌋``. Boxes must lie
     inside the images; pixels outside a box are never read (a zero-padded batch of images of
     several sizes is fine).
@@ -232,7 +236,8 @@ def resized_crops(images: Tensor, boxes: Tensor, size: tuple[int, int], interpol
         antialias: as ``resized_crop``'s (only bilinear and bicubic downscaling use it).
         flip: optional (B, N) bool: mirror those crops left-right (``v2.functional.hflip`` of the
             result, at no cost).
-        backend: ``"auto"`` (``"aten"`` for uint8 images on the CPU, else ``"matrix"``),
+        backend: ``"auto"`` (``"aten"`` for uint8 images on the CPU and outputs over
+            :data:`ATEN_MIN_PIXELS`, else ``"matrix"``),
             ``"matrix"`` or ``"aten"`` (bilinear and bicubic only; one kernel call per crop, with
             the boxes read on the host: meant for the CPU).
 
@@ -270,7 +275,8 @@ def resized_crops(images: Tensor, boxes: Tensor, size: tuple[int, int], interpol
         return out.to(dtype) * gain if gain != 1.0 else out.to(dtype)
     host = boxes.to("cpu", torch.long).reshape(b * n, 4)
     flips = None if flip is None else flip.to("cpu").reshape(b * n)
-    if backend == "aten" or (backend == "auto" and dev.type == "cpu" and images.dtype == torch.uint8):
+    if backend == "aten" or (backend == "auto" and dev.type == "cpu" and images.dtype == torch.uint8
+                             and oh * ow > ATEN_MIN_PIXELS):
         return _aten_resized_crops(images, host, flips, (oh, ow), interpolation, antialias).view(b, n, c, oh, ow)
     ry = _resample_matrices(host[:, 0], host[:, 2], oh, height, interpolation, antialias, None, gain, dev, dtype)
     rx = _resample_matrices(host[:, 1], host[:, 3], ow, width, interpolation, antialias, flips, 1.0, dev, dtype)

@@ -51,7 +51,7 @@ from mixlab.core.random import beta_sample, generator_device
 from mixlab.transforms.batched import apply_to, color_jitter, permute_channels, resized_crops, sample_crop_boxes
 from mixlab.transforms.cropmix import JITTER, check_config, check_size, set_config
 
-__all__ = ["CropMixBatch", "cropmix_batch", "augment_batch", "mixup_matrices", "slice_params", "CPU_SLICE"]
+__all__ = ["CropMixBatch", "cropmix_batch", "augment_batch", "mixup_matrices", "slice_params", "CPU_SLICE_BYTES"]
 
 
 # ------------------------------------------------------------------------------ kernels
@@ -124,8 +124,9 @@ def slice_params(params: Any, start: int, stop: int, batch_size: int) -> Any:
     return params
 
 
-#: images a slice of :meth:`CropMixBatch.transform` on the CPU (measured: ``benchmarks/device_augment.py``)
-CPU_SLICE = 8
+#: bytes of float views a slice of :meth:`CropMixBatch.transform` holds on the CPU (8 images of
+#: 2 views at 224²; measured with ``benchmarks/device_augment.py``)
+CPU_SLICE_BYTES = 10 << 20
 
 
 # ------------------------------------------------------------------------------ the class
@@ -270,20 +271,22 @@ class CropMixBatch:
         Mixup with at most a channel permutation is linear in the views: the output is
         ``Σ_k A_k · view_k`` with per-sample (C, C) matrices ``A_k`` (:func:`mixup_matrices`),
         applied in one ``bmm``. Other settings run the N_max - 1 steps with per-sample masks.
-        On the CPU the batch goes through in slices of :data:`CPU_SLICE` images, whose
-        intermediates stay in cache and reuse freed memory (the same result).
+        On the CPU a large batch goes through in slices of about :data:`CPU_SLICE_BYTES` of views,
+        shared among torch's threads, whose intermediates reuse freed memory (the same result).
 
         Args:
             keep_float: uint8 images come out as float32 in [0, 1] instead of rounded uint8.
         """
-        b = images.shape[0]
-        if images.device.type != "cpu" or b <= CPU_SLICE:
+        b, c = images.shape[:2]
+        h, w = params["size"]
+        step = max(1, CPU_SLICE_BYTES // (params["crops"].shape[1] * c * h * w * 4))  # images whose views fit
+        if images.device.type != "cpu" or b <= step:
             return self._transform(images, params, keep_float)
 
         def part(i: int) -> Tensor:
-            return self._transform(images[i:i + CPU_SLICE], slice_params(params, i, i + CPU_SLICE, b), keep_float)
+            return self._transform(images[i:i + step], slice_params(params, i, i + step, b), keep_float)
 
-        starts = range(0, b, CPU_SLICE)
+        starts = range(0, b, step)
         threads = min(torch.get_num_threads(), len(starts))
         if threads == 1:
             return torch.cat([part(i) for i in starts])
