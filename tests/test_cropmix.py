@@ -464,8 +464,8 @@ def test_uint8_crops_on_the_cpu_are_the_per_image_views_exactly(mode):
         assert diff.mean() < 1 / 255
     big = torch.randint(0, 256, (2, 3, 80, 80), dtype=torch.uint8, generator=g)  # "auto": ATen for large outputs
     boxes = torch.tensor([[[0, 0, 80, 80]], [[5, 9, 40, 50]]])
-    assert torch.equal(resized_crops(big, boxes, (64, 64), mode, True), resized_crops(big, boxes, (64, 64), mode, True,
-                                                                                       backend="aten"))
+    auto = resized_crops(big, boxes, (64, 64), mode, True)
+    assert torch.equal(auto, resized_crops(big, boxes, (64, 64), mode, True, backend="aten"))
     with pytest.raises(ValueError, match="backend"):
         resized_crops(images, crops, (24, 20), backend="pil")
 
