@@ -39,7 +39,6 @@ Differences from the per-image :class:`~mixlab.transforms.CropMix`, which is the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -51,7 +50,7 @@ from mixlab.core.random import beta_sample, generator_device
 from mixlab.transforms.batched import apply_to, color_jitter, permute_channels, resized_crops, sample_crop_boxes
 from mixlab.transforms.cropmix import JITTER, check_config, check_size, set_config
 
-__all__ = ["CropMixBatch", "cropmix_batch", "augment_batch", "mixup_matrices", "slice_params", "CPU_SLICE_BYTES"]
+__all__ = ["CropMixBatch", "cropmix_batch", "augment_batch", "mixup_matrices"]
 
 
 # ------------------------------------------------------------------------------ kernels
@@ -112,21 +111,6 @@ def mixup_matrices(params: dict[str, Any], b: int, c: int, device: torch.device,
     if after and "perm" in after:
         a = torch.matmul(eye[after["perm"].to(device, non_blocking=True)].unsqueeze(1), a)
     return a
-
-
-def slice_params(params: Any, start: int, stop: int, batch_size: int) -> Any:
-    """Images ``start:stop`` of a batch's draws: every tensor whose first dimension is the batch
-    is sliced, in nested dicts too; the rest (the output size, ``None``) is kept."""
-    if isinstance(params, dict):
-        return {key: slice_params(value, start, stop, batch_size) for key, value in params.items()}
-    if isinstance(params, Tensor) and params.ndim and params.shape[0] == batch_size:
-        return params[start:stop]
-    return params
-
-
-#: bytes of float views a slice of :meth:`CropMixBatch.transform` holds on the CPU (8 images of
-#: 2 views at 224²; measured with ``benchmarks/device_augment.py``)
-CPU_SLICE_BYTES = 10 << 20
 
 
 # ------------------------------------------------------------------------------ the class
@@ -271,29 +255,10 @@ class CropMixBatch:
         Mixup with at most a channel permutation is linear in the views: the output is
         ``Σ_k A_k · view_k`` with per-sample (C, C) matrices ``A_k`` (:func:`mixup_matrices`),
         applied in one ``bmm``. Other settings run the N_max - 1 steps with per-sample masks.
-        On the CPU a large batch goes through in slices of about :data:`CPU_SLICE_BYTES` of views,
-        shared among torch's threads, whose intermediates reuse freed memory (the same result).
 
         Args:
             keep_float: uint8 images come out as float32 in [0, 1] instead of rounded uint8.
         """
-        b, c = images.shape[:2]
-        h, w = params["size"]
-        step = max(1, CPU_SLICE_BYTES // (params["crops"].shape[1] * c * h * w * 4))  # images whose views fit
-        if images.device.type != "cpu" or b <= step:
-            return self._transform(images, params, keep_float)
-
-        def part(i: int) -> Tensor:
-            return self._transform(images[i:i + step], slice_params(params, i, i + step, b), keep_float)
-
-        starts = range(0, b, step)
-        threads = min(torch.get_num_threads(), len(starts))
-        if threads == 1:
-            return torch.cat([part(i) for i in starts])
-        with ThreadPoolExecutor(threads) as pool:  # ATen releases the GIL; each slice is independent
-            return torch.cat(list(pool.map(part, starts)))
-
-    def _transform(self, images: Tensor, params: dict[str, Any], keep_float: bool) -> Tensor:
         dev, dtype = images.device, images.dtype
         b, c = images.shape[:2]
         x = images if dtype in (torch.uint8, torch.float32, torch.float64) else images.float()
