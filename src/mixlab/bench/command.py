@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.protocol:
         raise ValueError(f"give a protocol: {', '.join(list_protocols())} (or a .yaml file); see mixlab bench --help")
-    from mixlab.bench.runner import run_protocol
+    from mixlab.bench.runner import evaluations, pending_evaluations, run_protocol
 
     protocol = load_protocol(args.protocol)
     out = args.out or f"runs/bench/{protocol.name}"
@@ -145,9 +145,14 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         todo = [r for r in result["runs"] if r.status != "done"]
         print(f"protocol {protocol.name}: {len(result['runs'])} run(s) in {out}/runs, {len(todo)} to do")
-        for r in result["runs"]:
-            what = {"done": "done (skipped)", "evaluate": "evaluate only", "new": "train + evaluate",
-                    "resume": f"resume from epoch {r.epoch}/{r.config.optim.epochs} + evaluate"}[r.status]
+        for r in result["runs"]:  # with the evaluations beyond the first (fine-tunings, transfers), or those left
+            if r.status == "done":
+                what = "done (skipped)"
+            elif r.status == "evaluate":
+                what = "evaluate only: " + ", ".join(pending_evaluations(r.dir, r.config, protocol.eval, r.epoch))
+            else:
+                what = ("train" if r.status == "new" else f"resume from epoch {r.epoch}/{r.config.optim.epochs}")
+                what += "".join(f" + {e}" for e in ["evaluate", *evaluations(r.config, protocol.eval)[1:]])
             print(f"  {r.name:<22} {what}")
         return 0
     failed = {k: v for k, v in result["outcomes"].items() if v.startswith("failed")}
