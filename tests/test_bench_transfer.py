@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mixlab.bench import command
+from mixlab.bench import command, report
 from mixlab.bench.protocols import load_protocol, protocol_from_dict
 from mixlab.bench.runner import TRANSFER_NAME, plan, run_protocol
 from mixlab.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -229,3 +229,16 @@ def test_jobs_run_the_transfer_in_a_subprocess(bench: Path, tmp_path: Path) -> N
     assert result["rows"][0]["transfer_miou"] == pytest.approx(float(first["transfer_miou"]), abs=1e-3)
     timing = json.loads((out / "runs" / "vanilla-s0" / "bench-timing.json").read_text())
     assert timing["transfer_s"] > 0
+
+
+def test_merged_rows_without_the_transfer_columns_are_reported_without_them(tmp_path: Path) -> None:
+    """Rows of an older results.csv (``--merge``) lack the transfer_* columns: the table and the
+    comparison read them as missing, and a claim on them says which method has no number."""
+    rows = [{"method": m, "seed": s, "top1": 50.0 + s, "ece": 1.0, "fgsm_top1": 10.0, "corruption_top1": 40.0,
+             "epoch_time_s": 1.0, "wall_time_s": 10.0, "corruption_images": 100,
+             **({"transfer_miou": 20.0 + s} if m == "vanilla" else {})} for m in ("vanilla", "cutmix") for s in (0, 1)]
+    md = report.write_markdown(rows, tmp_path / "results.md", protocol=protocol_from_dict(_tiny(), "t"),
+                               commands=[], machines=[], wall_clock_s=1.0)
+    assert "| vanilla | 2 | 50.50 ± 0.71 | 1.00 ± 0.00 | 10.00 ± 0.00 | 40.00 ± 0.00 | 20.50 ± 0.71 |" in md
+    assert "| cutmix | 2 | 50.50 ± 0.71 | 1.00 ± 0.00 | 10.00 ± 0.00 | 40.00 ± 0.00 | – |" in md
+    assert "- CutMix backbones transfer better: not checked (cutmix has no finished run with transfer_miou)." in md

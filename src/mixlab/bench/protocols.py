@@ -117,7 +117,7 @@ class EvalSettings:
     effective_classes: int = 0  # the effective class number over each run's first N steps (0: not measured)
     probe_epochs: int = 100  # self-supervised runs: epochs of the linear probe (``mixlab probe``)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)  # self-supervised runs' fine-tunings
-    transfer: tuple[str, ...] = ()  # supervised runs: the dense tasks their backbone is transferred to (mixlab transfer)
+    transfer: tuple[str, ...] = ()  # supervised runs: the dense tasks their backbone is transferred to
     transfer_overrides: tuple[str, ...] = ()  # key=value overrides of every transfer (after TRANSFER_DEFAULTS)
 
 

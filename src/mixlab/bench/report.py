@@ -75,7 +75,8 @@ _TABLE_SSL = [("knn_top1", "kNN top-1 %"), ("top1", "linear-probe top-1 %"),
 _TRANSFER = [("transfer_miou", "transfer mIoU %"), ("transfer_map", "transfer mAP %"),
              ("transfer_map50", "transfer AP50 %")]
 _TRANSFER_COMPARED = {"transfer_miou": "Transfer mIoU (segmentation)",
-                      "transfer_map": "Transfer mAP@[.5:.95] (detection)", "transfer_map50": "Transfer AP50 (detection)"}
+                      "transfer_map": "Transfer mAP@[.5:.95] (detection)",
+                      "transfer_map50": "Transfer AP50 (detection)"}
 _OPTIONAL = [("ood_auroc", "OOD AUROC %"), ("maxboxacc", "MaxBoxAccV2 %"), ("effective_classes", "effective classes"),
              *_TRANSFER]
 _OPTIONAL_NOTES = {
@@ -415,7 +416,8 @@ def write_markdown(rows: Sequence[dict[str, Any]], path: str | Path, *, protocol
                     "weights, with a fresh classifier, on a class-balanced k % of the training images "
                     "with their labels (`mixlab finetune`), tested once after its last epoch."
                     if ssl and _finetune_columns(rows) else "")
-                 + "".join(" " + _OPTIONAL_NOTES[k] for k, _ in _optional_columns(rows) if not ssl and k in _OPTIONAL_NOTES))
+                 + "".join(" " + _OPTIONAL_NOTES[k] for k, _ in _optional_columns(rows)
+                           if not ssl and k in _OPTIONAL_NOTES))
     lines += ["", what,
               "", f"Seed-to-seed std of {'linear-probe ' if ssl else ''}{'top-1' if task is None else main}: "
                   f"{spread_text}.", "",

@@ -350,7 +350,8 @@ def _add_timing(run_dir: Path, **seconds: float) -> None:
     except (OSError, ValueError):
         timing = {}
     for key, value in seconds.items():
-        timing[key] = round((timing.get(key, 0.0) if key in ("train_s", "finetune_s", "transfer_s") else 0.0) + value, 2)
+        summed = key in ("train_s", "finetune_s", "transfer_s")
+        timing[key] = round((timing.get(key, 0.0) if summed else 0.0) + value, 2)
     timing["machine"] = machine_description()
     path.write_text(json.dumps(timing, indent=2) + "\n")
 
