@@ -356,10 +356,13 @@ def _add_timing(run_dir: Path, **seconds: float) -> None:
     path.write_text(json.dumps(timing, indent=2) + "\n")
 
 
-def _job_sets(cfg: TrainConfig, threads: int, workers: int) -> list[str]:
-    """The overrides of a job's fine-tuning and transfer runs: its threads and workers, no progress bar."""
-    return [f"run.threads={threads}", f"data.num_workers={workers}", "run.progress=false",
-            f"run.tensorboard={str(cfg.run.tensorboard).lower()}"]
+def _transfer_sets(cfg: TrainConfig, settings: EvalSettings, tcfg: TrainConfig, todo: str, threads: int,
+                   workers: int) -> list[str]:
+    """The overrides of a transfer (:func:`_prepare_transfer` left ``todo``) of a run of ``cfg`` in a
+    job: the protocol's, the job's threads and workers, no progress bar, and ``run.resume`` to continue."""
+    return [*_transfer_overrides(cfg, settings), f"run.threads={threads}", f"data.num_workers={workers}",
+            "run.progress=false", f"run.tensorboard={str(cfg.run.tensorboard).lower()}",
+            *([f"run.resume={tcfg.run.out}"] if todo == "resume" else [])]
 
 
 def _evaluate(run: Run, settings: EvalSettings, threads: int, workers: int) -> float:
@@ -386,10 +389,7 @@ def _evaluate(run: Run, settings: EvalSettings, threads: int, workers: int) -> f
                     tcfg, record = plans[what.partition("@")[2]]
                     todo = _prepare_transfer(tcfg, record)
                     if todo != "evaluate":
-                        resume = [f"run.resume={tcfg.run.out}"] if todo == "resume" else []
-                        transfer(run.dir, tcfg.data.task,
-                                 overrides=[*_transfer_overrides(cfg, settings), *_job_sets(cfg, threads, workers),
-                                            *resume])
+                        transfer(run.dir, tcfg.data.task, _transfer_sets(cfg, settings, tcfg, todo, threads, workers))
                     evaluate_checkpoint(tcfg.run.out, fgsm=False, corruptions=False, ood=False, device=cfg.run.device,
                                         progress=False)
                 finally:  # an interrupted transfer's time counts too
@@ -488,8 +488,7 @@ def _transfer_command(run: Run, task: str, settings: EvalSettings, threads: int,
     cli = [sys.executable, "-m", "mixlab.cli"]
     if todo == "evaluate":
         return [*cli, "eval", tcfg.run.out, "--no-progress", "--device", run.config.run.device]
-    sets = [*_transfer_overrides(run.config, settings), *_job_sets(run.config, threads, workers),
-            *([f"run.resume={tcfg.run.out}"] if todo == "resume" else [])]
+    sets = _transfer_sets(run.config, settings, tcfg, todo, threads, workers)
     return [*cli, "transfer", str(run.dir), "--task", task, *(a for s in sets for a in ("--set", s))]
 
 
