@@ -64,7 +64,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                "written to DIR:\n"
                "  results.csv   one row per run: last-epoch top-1 (and best_top1, labelled\n"
                "                best), top-5, NLL, ECE, RMS, FGSM, corruption top-1, s/epoch,\n"
-               "                images/s, wall time\n"
+               "                images/s, wall time (+ transfer_miou, transfer_map, transfer_map50\n"
+               "                with the protocol's eval.transfer)\n"
                "  results.md    one row per method, mean ± std over seeds (beside the published\n"
                "                top-1 when the protocol has references); the seed-to-seed\n"
                "                spread; which methods differ from vanilla by more than 2x the\n"
@@ -72,7 +73,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                "  accuracy.png  last-epoch top-1 per method with std error bars\n"
                "  curves.png    test top-1 per epoch, mean over seeds, one line per method\n"
                "  gallery.png   the same 8 test images mixed by every method\n"
-               "  runs/         the run directories (checkpoint.pt, metrics.csv, eval.json, ...)\n\n"
+               "  runs/         the run directories (checkpoint.pt, metrics.csv, eval.json,\n"
+               "                transfer-<task>/, ...)\n\n"
                "examples:\n"
                "  mixlab bench cifar10-quick --dry-run           # what would run\n"
                "  mixlab bench cifar10-quick --methods vanilla,mixup --seeds 0\n"
@@ -136,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.protocol:
         raise ValueError(f"give a protocol: {', '.join(list_protocols())} (or a .yaml file); see mixlab bench --help")
-    from mixlab.bench.runner import run_protocol
+    from mixlab.bench.runner import evaluations, pending_evaluations, run_protocol
 
     protocol = load_protocol(args.protocol)
     out = args.out or f"runs/bench/{protocol.name}"
@@ -145,9 +147,14 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         todo = [r for r in result["runs"] if r.status != "done"]
         print(f"protocol {protocol.name}: {len(result['runs'])} run(s) in {out}/runs, {len(todo)} to do")
-        for r in result["runs"]:
-            what = {"done": "done (skipped)", "evaluate": "evaluate only", "new": "train + evaluate",
-                    "resume": f"resume from epoch {r.epoch}/{r.config.optim.epochs} + evaluate"}[r.status]
+        for r in result["runs"]:  # with the evaluations beyond the first (fine-tunings, transfers), or those left
+            if r.status == "done":
+                what = "done (skipped)"
+            elif r.status == "evaluate":
+                what = "evaluate only: " + ", ".join(pending_evaluations(r.dir, r.config, protocol.eval, r.epoch))
+            else:
+                what = ("train" if r.status == "new" else f"resume from epoch {r.epoch}/{r.config.optim.epochs}")
+                what += "".join(f" + {e}" for e in ["evaluate", *evaluations(r.config, protocol.eval)[1:]])
             print(f"  {r.name:<22} {what}")
         return 0
     failed = {k: v for k, v in result["outcomes"].items() if v.startswith("failed")}

@@ -18,10 +18,14 @@ A protocol is a YAML file shipped in ``mixlab/bench/protocols/`` (or any file gi
     # self-supervised protocols: probe_epochs (linear probe) and the fine-tunings with a fraction of the labels:
     #   finetune: {fractions: [0.01, 0.1], epochs: 30, lr: 0.001, optimizer: adamw, weight_decay: 0.05,
     #              head_lr_scale: 1.0, method: vanilla, batch_size: 128}     (mixlab finetune's arguments)
+    # supervised classification protocols: transfer: [segmentation, detection] fine-tunes each run's backbone on
+    #   the dense tasks (mixlab transfer's defaults, <run>/transfer-<task>; results columns transfer_miou,
+    #   transfer_map, transfer_map50), with transfer_overrides: [optim.epochs=5, ...] applied to every transfer
     claims:                # optional: the papers' claims the results check (method vs baseline, top-1)
       - {method: mixup, baseline: vanilla, claim: "Mixup beats ERM (Zhang et al. 2018, Table 1)"}
       - {method: regmixup, baseline: mixup, metric: ece, claim: "..."}   # another results column (lower ECE wins)
       - {method: automix, baseline: cutmix, metric: maxboxacc, claim: "..."}   # localization (eval.json's wsol)
+      - {method: cutmix, baseline: vanilla, metric: transfer_miou, claim: "..."}   # needs eval.transfer
     overrides:             # optional: config keys one method label sets differently from base
       automix: {optim.min_lr: 0.05}
     references:            # optional: published top-1 per method label, a column of results.md beside mixlab's
@@ -52,8 +56,8 @@ import yaml
 from mixlab import registry
 from mixlab.engine.config import TrainConfig, config_from_dict, resolve_key, set_value, validate_config
 
-__all__ = ["Protocol", "Claim", "CLAIM_METRICS", "EvalSettings", "FinetuneSettings", "References", "list_protocols",
-           "load_protocol", "protocol_from_dict", "method_name"]
+__all__ = ["Protocol", "Claim", "CLAIM_METRICS", "TRANSFER_METRICS", "EvalSettings", "FinetuneSettings", "References",
+           "list_protocols", "load_protocol", "protocol_from_dict", "method_name"]
 
 _KEYS = ("description", "base", "methods", "seeds", "eval", "claims", "overrides", "references")
 _REFERENCE_KEYS = ("name", "source", "top1")
@@ -62,9 +66,15 @@ _CLAIM_KEYS = ("method", "baseline", "claim")  # and optionally "metric"
 CLAIM_METRICS = {"top1": "higher", "top5": "higher", "fgsm_top1": "higher", "corruption_top1": "higher",
                  "knn_top1": "higher", "ece": "lower", "rms": "lower", "nll": "lower", "maxboxacc": "higher",
                  "ood_auroc": "higher", "ood_fpr95": "lower",
-                 "miou": "higher", "pixel_acc": "higher", "map": "higher", "map50": "higher"}  # dense tasks: the last 4
+                 "miou": "higher", "pixel_acc": "higher", "map": "higher", "map50": "higher",  # dense tasks: these 4
+                 # eval.transfer: the transferred backbones' segmentation mIoU and detection mAP / AP50
+                 "transfer_miou": "higher", "transfer_map": "higher", "transfer_map50": "higher"}
+#: the task of eval.transfer each transfer_* claim metric needs
+TRANSFER_METRICS = {"transfer_miou": "segmentation", "transfer_map": "detection", "transfer_map50": "detection"}
 _EVAL_KEYS = ("max_corruption_images", "fgsm", "corruptions", "ood", "wsol", "effective_classes", "probe_epochs",
-              "finetune")
+              "finetune", "transfer", "transfer_overrides")
+# set by the runner on every transfer (where it writes, what it continues, its weights, when it stops)
+_TRANSFER_RUNNER_KEYS = ("run.out", "run.resume", "model.init", "run.stop_epoch")
 # set per run by the runner, so a protocol must leave them alone
 _RUNNER_KEYS = ("method.name", "method.params", "run.seed", "run.out", "run.resume", "run.stop_epoch")
 
@@ -107,6 +117,8 @@ class EvalSettings:
     effective_classes: int = 0  # the effective class number over each run's first N steps (0: not measured)
     probe_epochs: int = 100  # self-supervised runs: epochs of the linear probe (``mixlab probe``)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)  # self-supervised runs' fine-tunings
+    transfer: tuple[str, ...] = ()  # supervised runs: the dense tasks their backbone is transferred to
+    transfer_overrides: tuple[str, ...] = ()  # key=value overrides of every transfer (after TRANSFER_DEFAULTS)
 
 
 @dataclass(frozen=True)
@@ -264,6 +276,41 @@ def _finetune_settings(d: Any, fail: Callable[[str], ValueError]) -> FinetuneSet
     return FinetuneSettings(**{**d, **floats, "fractions": tuple(float(f) for f in fractions)})
 
 
+def _transfer_settings(tasks: Any, overrides: Any, base: TrainConfig, methods: dict[str, dict[str, Any]],
+                       fail: Callable[[str], ValueError]) -> dict[str, tuple[str, ...]]:
+    """``eval.transfer`` and ``eval.transfer_overrides`` checked: distinct dense tasks of
+    :data:`~mixlab.engine.transfer.TRANSFER_DEFAULTS`, in a supervised classification protocol;
+    ``key=value`` strings that make a valid transfer config of ``base`` for each task and leave alone
+    the keys the runner sets."""
+    from mixlab.engine.transfer import TRANSFER_DEFAULTS, transfer_config_from
+
+    tasks = [] if tasks is None else tasks
+    if (not isinstance(tasks, list) or len(set(map(str, tasks))) != len(tasks)
+            or any(not isinstance(t, str) or t not in TRANSFER_DEFAULTS for t in tasks)):
+        raise fail(f"eval.transfer must be a list of distinct tasks among {', '.join(TRANSFER_DEFAULTS)} "
+                   f"(e.g. [segmentation, detection]), got {tasks!r}")
+    overrides = [] if overrides is None else overrides
+    if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+        raise fail(f"eval.transfer_overrides must be a list of key=value strings (e.g. [optim.epochs=5]), "
+                   f"got {overrides!r}")
+    if tasks and base.data.task != "classification":
+        raise fail(f"eval.transfer transfers classification backbones; this protocol's task is {base.data.task!r}")
+    ssl = [m for m in methods if registry.is_self_supervised(method_name(m))]
+    if tasks and ssl:
+        raise fail(f"eval.transfer transfers supervised runs' backbones; {', '.join(ssl)} "
+                   f"{'is' if len(ssl) == 1 else 'are'} self-supervised")
+    taken = [o for o in overrides if resolve_key(o.partition("=")[0].strip()) in _TRANSFER_RUNNER_KEYS]
+    if taken:
+        raise fail(f"eval.transfer_overrides: {', '.join(map(repr, taken))} sets a key the runner sets on every "
+                   f"transfer ({', '.join(_TRANSFER_RUNNER_KEYS)})")
+    for task in tasks:  # (the transfers' datasets and models are checked when built, as a dense protocol's)
+        try:
+            transfer_config_from(base, "checkpoint.pt", task, overrides)  # (any run's checkpoint)
+        except ValueError as e:
+            raise fail(f"eval.transfer_overrides of the transfer to {task}: {e}") from None
+    return {"transfer": tuple(tasks), "transfer_overrides": tuple(overrides)}
+
+
 def protocol_from_dict(data: Any, name: str = "protocol") -> Protocol:
     """Validate a protocol given as a dict (the parsed YAML).
 
@@ -347,7 +394,8 @@ def protocol_from_dict(data: Any, name: str = "protocol") -> Protocol:
     e = ev.get("probe_epochs", 100)
     if isinstance(e, bool) or not isinstance(e, int) or e < 1:
         raise fail(f"eval.probe_epochs must be an integer >= 1, got {e!r}")
-    ev = {**ev, "finetune": _finetune_settings(ev.get("finetune") or {}, fail)}
+    ev = {**ev, "finetune": _finetune_settings(ev.get("finetune") or {}, fail),
+          **_transfer_settings(ev.get("transfer"), ev.get("transfer_overrides"), base, methods, fail)}
     claims = data.get("claims") or []
     if not isinstance(claims, list):
         raise fail(f"claims must be a list of {{method, baseline, claim}} mappings, got {claims!r}")
@@ -358,6 +406,11 @@ def protocol_from_dict(data: Any, name: str = "protocol") -> Protocol:
                        f"metric), got {c!r}")
         if c.get("metric", "top1") not in CLAIM_METRICS:
             raise fail(f"claim {c['claim']!r}: metric must be one of {', '.join(CLAIM_METRICS)}, got {c['metric']!r}")
+        needs = TRANSFER_METRICS.get(c.get("metric", "top1"))
+        if needs is not None and needs not in ev["transfer"]:
+            raise fail(f"claim {c['claim']!r}: metric {c['metric']} is measured by the transfer to "
+                       f"{TRANSFER_METRICS[c['metric']]}, which eval.transfer does not list (it lists "
+                       f"{list(ev['transfer'])})")
         for key in ("method", "baseline"):
             if c[key] not in methods:
                 raise fail(f"claim {c['claim']!r}: {key} {c[key]!r} is not one of the protocol's methods")

@@ -54,11 +54,16 @@ COLUMNS = {
     "pixel_acc": "segmentation: test pixel accuracy % (last epoch)",
     "map": "detection: test COCO box mAP@[.50:.95] % (last epoch, pycocotools)",
     "map50": "detection: test box AP at IoU 0.50 % (last epoch)",
+    "transfer_miou": "eval.transfer: test mIoU % of the run's backbone fine-tuned for segmentation (mixlab transfer; "
+                     "<run>/transfer-segmentation/eval.json)",
+    "transfer_map": "eval.transfer: test COCO box mAP@[.50:.95] % of the run's backbone fine-tuned for detection "
+                    "(<run>/transfer-detection/eval.json)",
+    "transfer_map50": "eval.transfer: test box AP at IoU 0.50 % of the detection transfer",
     "epochs": "epochs trained",
     "epoch_time_s": "mean seconds of training per epoch (the test passes not included)",
     "images_per_s": "mean training throughput, images per second",
     "wall_time_s": "wall-clock seconds of the run: training (over all resumes; at least the sum of the epochs' "
-                   "times) + evaluation",
+                   "times) + evaluation (+ fine-tunings and transfers)",
     "run_dir": "the run directory",
 }
 _TABLE = [("top1", "top-1 % (last epoch)"), ("ece", "ECE %"), ("fgsm_top1", "FGSM top-1 %"),
@@ -66,8 +71,14 @@ _TABLE = [("top1", "top-1 % (last epoch)"), ("ece", "ECE %"), ("fgsm_top1", "FGS
 # self-supervised protocols: the kNN monitor, the linear probe and the probe's robustness
 _TABLE_SSL = [("knn_top1", "kNN top-1 %"), ("top1", "linear-probe top-1 %"),
               ("corruption_top1", "probe corruption top-1 % (mCA)"), ("epoch_time_s", "train s / epoch")]
-# shown when some row has them: the OOD score, the localization, the effective class number
-_OPTIONAL = [("ood_auroc", "OOD AUROC %"), ("maxboxacc", "MaxBoxAccV2 %"), ("effective_classes", "effective classes")]
+# shown when some row has them: the OOD score, the localization, the effective class number, the transfers
+_TRANSFER = [("transfer_miou", "transfer mIoU %"), ("transfer_map", "transfer mAP %"),
+             ("transfer_map50", "transfer AP50 %")]
+_TRANSFER_COMPARED = {"transfer_miou": "Transfer mIoU (segmentation)",
+                      "transfer_map": "Transfer mAP@[.5:.95] (detection)",
+                      "transfer_map50": "Transfer AP50 (detection)"}
+_OPTIONAL = [("ood_auroc", "OOD AUROC %"), ("maxboxacc", "MaxBoxAccV2 %"), ("effective_classes", "effective classes"),
+             *_TRANSFER]
 _OPTIONAL_NOTES = {
     "ood_auroc": "OOD AUROC: how well the maximum softmax probability tells the test images from synthetic noise "
                  "images (Gaussian and uniform pixels, mean of the two; 50 is chance, 100 perfect).",
@@ -75,6 +86,10 @@ _OPTIONAL_NOTES = {
                  "per IoU 30/50/70, averaged (Choe et al. 2020).",
     "effective_classes": "Effective classes: the mean number of classes whose target weight exceeds 1e-4, over each "
                          "run's first training steps (RecursiveMix Fig. 7).",
+    "transfer_miou": "Transfer mIoU: the run's backbone, classifier excepted, fine-tuned with its segmenter (an FPN "
+                     "head) on the transfer's data and scored on its test split (`mixlab transfer --task "
+                     "segmentation`).",
+    "transfer_map": "Transfer mAP / AP50: the same with the FCOS detector (`mixlab transfer --task detection`).",
 }
 # the dense tasks (data.task): their metric, and the time
 _TABLE_DENSE = {"segmentation": [("miou", "mIoU %"), ("pixel_acc", "pixel accuracy %"),
@@ -121,7 +136,22 @@ def read_history(run_dir: str | Path) -> list[dict[str, float]]:
         return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def _row(run_dir: Path, method: str, seed: int) -> dict[str, Any]:
+def _transferred(run_dir: Path, tasks: Sequence[str]) -> dict[str, float]:
+    """The ``transfer_*`` columns: each transfer's test metrics (its ``eval.json``), NaN where
+    ``tasks`` lacks its task or it has no evaluation."""
+    from mixlab.bench.protocols import TRANSFER_METRICS
+    from mixlab.engine.transfer import transfer_dir
+
+    scores = {}
+    for task in set(TRANSFER_METRICS.values()) & set(tasks):
+        try:
+            scores[task] = json.loads((transfer_dir(run_dir, task) / "eval.json").read_text())["clean"]
+        except (OSError, ValueError, KeyError, TypeError):  # not evaluated (yet)
+            pass
+    return {key: scores.get(task, {}).get(key[len("transfer_"):], math.nan) for key, task in TRANSFER_METRICS.items()}
+
+
+def _row(run_dir: Path, method: str, seed: int, transfer: Sequence[str] = ()) -> dict[str, Any]:
     history = read_history(run_dir)
     self_supervised = registry.is_self_supervised(method_name(method))  # evaluated by its linear probe (probe.json)
     ev = json.loads((run_dir / ("probe.json" if self_supervised else "eval.json")).read_text())
@@ -136,7 +166,7 @@ def _row(run_dir: Path, method: str, seed: int) -> dict[str, Any]:
         timing = {}
     # a segment killed hard (no time recorded) still left its epochs' times in the metrics
     wall = max(timing.get("train_s", 0.0), sum(r["epoch_time"] for r in history)) \
-        + timing.get("eval_s", ev.get("seconds", 0.0))
+        + timing.get("eval_s", ev.get("seconds", 0.0)) + timing.get("transfer_s", 0.0)
     corr, fgsm, clean = ev.get("corruptions") or {}, ev.get("fgsm") or {}, ev["clean"]
     ood, wsol, effective = ev.get("ood") or {}, ev.get("wsol") or {}, ev.get("effective_classes") or {}
     finetuned = {}
@@ -151,6 +181,7 @@ def _row(run_dir: Path, method: str, seed: int) -> dict[str, Any]:
         "best_epoch": int(best["epoch"]), "top5": clean.get("top5", math.nan), "nll": clean.get("nll", math.nan),
         "ece": clean.get("ece", math.nan), "rms": clean.get("rms", math.nan),
         **{k: clean.get(k, math.nan) for k in ("miou", "pixel_acc", "map", "map50")},
+        **_transferred(run_dir, () if self_supervised else transfer),
         "fgsm_top1": fgsm.get("top1", math.nan), "corruption_top1": corr.get("mCA", math.nan),
         "corruption_images": corr.get("n", 0), "ood_auroc": ood.get("auroc", math.nan),
         "ood_fpr95": ood.get("fpr95", math.nan), "maxboxacc": wsol.get("maxboxacc", math.nan),
@@ -182,9 +213,10 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
              for k, v in r.items()} for r in raw]
 
 
-def collect_rows(runs: Sequence[Any]) -> list[dict[str, Any]]:
-    """One row (``COLUMNS``) per finished run (``status == "done"``), in the given order."""
-    return [_row(r.dir, r.method, r.seed) for r in runs if r.status == "done"]
+def collect_rows(runs: Sequence[Any], transfer: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """One row (``COLUMNS``) per finished run (``status == "done"``), in the given order, with the
+    ``transfer_*`` columns of the tasks ``transfer`` (the protocol's ``eval.transfer``)."""
+    return [_row(r.dir, r.method, r.seed, transfer) for r in runs if r.status == "done"]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -237,8 +269,8 @@ def compare_to_baseline(rows: Sequence[dict[str, Any]], key: str = "top1", label
     """One plain-language sentence: which methods differ from ``baseline`` on ``key`` by more than
     2 x the pooled seed-to-seed standard deviation (see the module docstring), and which do not."""
     groups: dict[str, list[float]] = {}
-    for r in rows:
-        groups.setdefault(r["method"], []).append(r[key])
+    for r in rows:  # (merged rows of an older results.csv may lack a column)
+        groups.setdefault(r["method"], []).append(r.get(key, math.nan))
     others = [m for m in groups if m != baseline]
     if baseline not in groups or not others:
         return f"{label}: nothing to compare ({baseline} and at least one other method need finished runs)."
@@ -342,8 +374,9 @@ def write_markdown(rows: Sequence[dict[str, Any]], path: str | Path, *, protocol
     if ssl:  # the fine-tunings with a fraction of the labels, after the linear probe
         table = table[:2] + _finetune_columns(rows) + table[2:]
         compared = compared[:2] + tuple((k, label.capitalize()) for k, label in _finetune_columns(rows)) + compared[2:]
-    elif task is None:  # the OOD score, the localization, the effective classes, where measured
+    elif task is None:  # the OOD score, the localization, the effective classes, the transfers, where measured
         table = table[:-1] + _optional_columns(rows) + table[-1:]
+        compared += tuple((k, _TRANSFER_COMPARED[k]) for k, _ in _optional_columns(rows) if k in _TRANSFER_COMPARED)
     if rows and baseline not in {r["method"] for r in rows}:
         baseline = rows[0]["method"]  # a protocol without vanilla: its first method
     summary = summarize(rows, baseline)
@@ -383,7 +416,8 @@ def write_markdown(rows: Sequence[dict[str, Any]], path: str | Path, *, protocol
                     "weights, with a fresh classifier, on a class-balanced k % of the training images "
                     "with their labels (`mixlab finetune`), tested once after its last epoch."
                     if ssl and _finetune_columns(rows) else "")
-                 + "".join(" " + _OPTIONAL_NOTES[k] for k, _ in _optional_columns(rows) if not ssl))
+                 + "".join(" " + _OPTIONAL_NOTES[k] for k, _ in _optional_columns(rows)
+                           if not ssl and k in _OPTIONAL_NOTES))
     lines += ["", what,
               "", f"Seed-to-seed std of {'linear-probe ' if ssl else ''}{'top-1' if task is None else main}: "
                   f"{spread_text}.", "",

@@ -7,18 +7,27 @@ probe, ``probe.json`` from :func:`mixlab.engine.probe.linear_probe`). The state 
 from its files, so a benchmark can be stopped and restarted at any time:
 
 =========  ==========================================================================
-done       checkpoint at the last epoch and its ``eval.json`` (``probe.json`` and the protocol's
-           fine-tunings, ``finetune-<pct>pct/finetune.json``): never redone
+done       checkpoint at the last epoch and its ``eval.json`` and the protocol's transfers,
+           ``transfer-<task>/eval.json`` (``probe.json`` and the protocol's fine-tunings,
+           ``finetune-<pct>pct/finetune.json``): never redone
 evaluate   checkpoint at the last epoch, an evaluation missing: the missing ones only
 resume     checkpoint of an earlier epoch: training continues from it (``run.resume``)
 new        no checkpoint
 =========  ==========================================================================
 
+A transfer (``eval.transfer``: :func:`mixlab.engine.transfer.transfer` of the finished run, then
+its evaluation) writes ``transfer-<task>/transfer.json`` before it starts: the source checkpoint's
+epoch and weights (:func:`~mixlab.engine.distributed.weights_fingerprint`) and the transfer's
+config (``eval.transfer_overrides`` included). It is done when that record matches the run's
+current checkpoint and the protocol, and its ``eval.json`` is of its last epoch; an interrupted
+transfer resumes from its checkpoint; one of another checkpoint (the run retrained) or of other
+settings is started over (its checkpoint and ``eval.json`` removed).
+
 A run directory trained with a different config (another protocol version) is an error, not
-silently mixed into the results. With ``jobs > 1`` each run is two subprocesses,
-``python -m mixlab.cli train <run dir>/bench-config.yaml --no-eval --set run.threads=T ...`` and
-``python -m mixlab.cli eval <run dir> ...`` (``probe``), with the cores split between the jobs
-(:func:`split_cores`); their output goes to ``<run dir>/bench.log``.
+silently mixed into the results. With ``jobs > 1`` each run is a sequence of subprocesses,
+``python -m mixlab.cli train <run dir>/bench-config.yaml --no-eval --set run.threads=T ...``, then
+``python -m mixlab.cli eval <run dir> ...`` (``probe`` and ``finetune``; ``transfer``), with the cores
+split between the jobs (:func:`split_cores`); their output goes to ``<run dir>/bench.log``.
 
     >>> runs = plan(load_protocol("smoke"), "bench/smoke")
     >>> outcomes = execute(runs, load_protocol("smoke").eval, jobs=1)
@@ -46,13 +55,14 @@ from mixlab.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from mixlab.engine.config import TrainConfig, config_to_dict
 
 __all__ = ["Run", "plan", "execute", "run_protocol", "split_cores", "machine_description", "available_cores",
-           "TIMING_NAME", "is_self_supervised", "pending_evaluations"]
+           "TIMING_NAME", "TRANSFER_NAME", "is_self_supervised", "evaluations", "pending_evaluations"]
 
 EVAL_NAME = "eval.json"  # written by evaluate_checkpoint next to the checkpoint
 PROBE_NAME = "probe.json"  # written by linear_probe next to the checkpoint (self-supervised runs)
 TIMING_NAME = "bench-timing.json"  # wall-clock seconds of a run's training and evaluation, and the machine
 CONFIG_NAME = "bench-config.yaml"  # the run's full config (``mixlab train <run dir>/bench-config.yaml``)
 LOG_NAME = "bench.log"  # output of the --jobs subprocesses
+TRANSFER_NAME = "transfer.json"  # in <run dir>/transfer-<task>: the source and config of the bench's transfer
 # keys that do not change what a run computes: they may differ between a checkpoint and the plan
 _FREE_KEYS = {"run": ("out", "resume", "threads", "progress", "tensorboard", "stop_epoch"),
               "data": ("root", "num_workers", "eval_batch_size")}
@@ -124,12 +134,22 @@ def _state(run_dir: Path, cfg: TrainConfig, settings: EvalSettings) -> tuple[str
     return ("evaluate" if pending_evaluations(run_dir, cfg, settings, epoch) else "done"), epoch
 
 
+def evaluations(cfg: TrainConfig, settings: EvalSettings) -> list[str]:
+    """Every evaluation of a finished run, as :func:`pending_evaluations` names them."""
+    if is_self_supervised(cfg):
+        return ["probe", *(f"finetune@{f:g}" for f in settings.finetune.fractions)]
+    return ["eval", *(f"transfer@{task}" for task in settings.transfer)]
+
+
 def pending_evaluations(run_dir: Path, cfg: TrainConfig, settings: EvalSettings, epoch: int) -> list[str]:
-    """What the finished run at ``epoch`` still lacks: ``"eval"`` (a supervised run's ``eval.json``),
-    ``"probe"`` (a self-supervised run's ``probe.json``) and ``"finetune@<fraction>"`` (its
-    fine-tunings, ``finetune-<pct>pct/finetune.json``), each with the protocol's settings."""
+    """What the finished run at ``epoch`` still lacks: ``"eval"`` (a supervised run's ``eval.json``)
+    and ``"transfer@<task>"`` (its transfers, ``transfer-<task>/eval.json`` of its current weights: see
+    the module docstring), ``"probe"`` (a self-supervised run's ``probe.json``) and
+    ``"finetune@<fraction>"`` (its fine-tunings, ``finetune-<pct>pct/finetune.json``), each with the
+    protocol's settings."""
     if not is_self_supervised(cfg):
-        return [] if _evaluated(run_dir / EVAL_NAME, epoch, settings) else ["eval"]
+        pending = [] if _evaluated(run_dir / EVAL_NAME, epoch, settings) else ["eval"]
+        return pending + [f"transfer@{task}" for task in _untransferred(run_dir, cfg, settings)]
     pending = [] if _probed(run_dir / PROBE_NAME, epoch, settings) else ["probe"]
     return pending + [f"finetune@{f:g}" for f in settings.finetune.fractions
                       if not _finetuned(run_dir, f, epoch, settings)]
@@ -145,6 +165,70 @@ def _finetuned(run_dir: Path, fraction: float, epoch: int, settings: EvalSetting
         return False
     wanted = {**settings.finetune.recipe(), "pretrain_epoch": epoch, "fraction": fraction}
     return all(ft.get(k) == v for k, v in wanted.items())
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON in ``path``, or None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _transfer_overrides(cfg: TrainConfig, settings: EvalSettings) -> list[str]:
+    """The overrides of every transfer of a run of ``cfg``: its device, then ``eval.transfer_overrides``."""
+    return [f"run.device={cfg.run.device}", *settings.transfer_overrides]
+
+
+def _transfer_plans(run_dir: Path, cfg: TrainConfig, settings: EvalSettings
+                    ) -> dict[str, tuple[TrainConfig, dict[str, Any]]]:
+    """``{task: (the transfer's config, its transfer.json record)}`` of the run's current checkpoint
+    (read once), for each task of ``eval.transfer``."""
+    from mixlab.engine.distributed import weights_fingerprint
+    from mixlab.engine.eval_run import open_checkpoint
+    from mixlab.engine.transfer import transfer_config_from
+
+    ckpt_path, ckpt, run_cfg = open_checkpoint(run_dir, None)
+    source = {"source_epoch": int(ckpt["epoch"]), "source_weights": weights_fingerprint(ckpt["model"])}
+    plans = {}
+    for task in settings.transfer:
+        tcfg = transfer_config_from(run_cfg, ckpt_path, task, _transfer_overrides(cfg, settings))
+        config = _comparable(config_to_dict(tcfg))
+        config["model"].pop("init")  # (the source is the record's weights, wherever the bench directory is)
+        plans[task] = (tcfg, json.loads(json.dumps({"task": task, **source, "config": config})))
+    return plans
+
+
+def _untransferred(run_dir: Path, cfg: TrainConfig, settings: EvalSettings) -> list[str]:
+    """The tasks of ``eval.transfer`` without a finished, evaluated transfer of the run's current
+    checkpoint with the protocol's settings (the module docstring says how that is decided)."""
+    from mixlab.engine.transfer import transfer_dir
+
+    records = {task: _read_json(transfer_dir(run_dir, task) / TRANSFER_NAME) for task in settings.transfer}
+    if not any(records.values()):  # nothing transferred yet: no need to read the checkpoint
+        return list(settings.transfer)
+    plans = _transfer_plans(run_dir, cfg, settings)
+    return [task for task, (tcfg, record) in plans.items()
+            if records[task] != record or (_read_json(Path(tcfg.run.out) / EVAL_NAME) or {}).get("epoch")
+            != tcfg.optim.epochs]
+
+
+def _prepare_transfer(tcfg: TrainConfig, record: dict[str, Any]) -> str:
+    """Make the transfer's directory ready for the transfer ``tcfg`` of ``record``: one that holds
+    another transfer (another source checkpoint, other settings, or none recorded) loses its
+    checkpoint and ``eval.json`` and gets ``record``. Returns what is left: ``"train"``,
+    ``"resume"`` (from its checkpoint) or ``"evaluate"``."""
+    out = Path(tcfg.run.out)
+    if _read_json(out / TRANSFER_NAME) != record:
+        for name in (CHECKPOINT_NAME, EVAL_NAME):
+            (out / name).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".{TRANSFER_NAME}.tmp"
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, out / TRANSFER_NAME)
+    if not (out / CHECKPOINT_NAME).is_file():
+        return "train"
+    return "resume" if load_checkpoint(out / CHECKPOINT_NAME)["epoch"] < tcfg.optim.epochs else "evaluate"
 
 
 def is_self_supervised(cfg: TrainConfig) -> bool:
@@ -258,33 +342,61 @@ def machine_description() -> str:
 
 
 def _add_timing(run_dir: Path, **seconds: float) -> None:
-    """Add ``seconds`` to the run's ``bench-timing.json`` (training and fine-tuning accumulate over
-    resumes and fractions)."""
+    """Add ``seconds`` to the run's ``bench-timing.json`` (training, fine-tuning and transfers
+    accumulate over resumes, fractions and tasks)."""
     path = run_dir / TIMING_NAME
     try:
         timing = json.loads(path.read_text())
     except (OSError, ValueError):
         timing = {}
     for key, value in seconds.items():
-        timing[key] = round((timing.get(key, 0.0) if key in ("train_s", "finetune_s") else 0.0) + value, 2)
+        summed = key in ("train_s", "finetune_s", "transfer_s")
+        timing[key] = round((timing.get(key, 0.0) if summed else 0.0) + value, 2)
     timing["machine"] = machine_description()
     path.write_text(json.dumps(timing, indent=2) + "\n")
 
 
-def _evaluate(run: Run, settings: EvalSettings, threads: int, workers: int) -> None:
+def _transfer_sets(cfg: TrainConfig, settings: EvalSettings, tcfg: TrainConfig, todo: str, threads: int,
+                   workers: int) -> list[str]:
+    """The overrides of a transfer (:func:`_prepare_transfer` left ``todo``) of a run of ``cfg`` in a
+    job: the protocol's, the job's threads and workers, no progress bar, and ``run.resume`` to continue."""
+    return [*_transfer_overrides(cfg, settings), f"run.threads={threads}", f"data.num_workers={workers}",
+            "run.progress=false", f"run.tensorboard={str(cfg.run.tensorboard).lower()}",
+            *([f"run.resume={tcfg.run.out}"] if todo == "resume" else [])]
+
+
+def _evaluate(run: Run, settings: EvalSettings, threads: int, workers: int) -> float:
     """The run's pending evaluations (:func:`pending_evaluations`) on ``threads`` torch threads
-    (restored afterwards): ``evaluate_checkpoint``, or ``linear_probe`` and ``finetune``."""
+    (restored afterwards): ``evaluate_checkpoint`` and the transfers (each timed as ``transfer_s``),
+    or ``linear_probe`` and ``finetune``. Returns the seconds of the transfers."""
     from mixlab.engine.eval_run import evaluate_checkpoint
     from mixlab.engine.finetune import finetune
     from mixlab.engine.probe import linear_probe
+    from mixlab.engine.transfer import transfer
 
     cfg = run.config
     common = {"device": cfg.run.device, "progress": False, "data_root": cfg.data.root}
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    transfer_s = 0.0
     try:
-        for what in pending_evaluations(run.dir, cfg, settings, cfg.optim.epochs):
-            if what == "eval":
+        pending = pending_evaluations(run.dir, cfg, settings, cfg.optim.epochs)
+        plans = _transfer_plans(run.dir, cfg, settings) if any(w.startswith("transfer@") for w in pending) else {}
+        for what in pending:
+            if what.startswith("transfer@"):
+                t0 = time.perf_counter()
+                try:
+                    tcfg, record = plans[what.partition("@")[2]]
+                    todo = _prepare_transfer(tcfg, record)
+                    if todo != "evaluate":
+                        transfer(run.dir, tcfg.data.task, _transfer_sets(cfg, settings, tcfg, todo, threads, workers))
+                    evaluate_checkpoint(tcfg.run.out, fgsm=False, corruptions=False, ood=False, device=cfg.run.device,
+                                        progress=False)
+                finally:  # an interrupted transfer's time counts too
+                    seconds = time.perf_counter() - t0
+                    transfer_s += seconds
+                    _add_timing(run.dir, transfer_s=seconds)
+            elif what == "eval":
                 evaluate_checkpoint(run.dir, fgsm=settings.fgsm, corruptions=settings.corruptions,
                                     max_corruption_images=settings.max_corruption_images, ood=settings.ood,
                                     wsol=settings.wsol, effective_classes=settings.effective_classes, **common)
@@ -296,6 +408,7 @@ def _evaluate(run: Run, settings: EvalSettings, threads: int, workers: int) -> N
                          overrides=[f"run.threads={threads}", f"data.num_workers={workers}"], **common)
     finally:
         torch.set_num_threads(previous)
+    return transfer_s
 
 
 def _in_process(run: Run, settings: EvalSettings, threads: int, workers: int) -> None:
@@ -311,8 +424,8 @@ def _in_process(run: Run, settings: EvalSettings, threads: int, workers: int) ->
         finally:  # an interrupted segment's time counts too
             _add_timing(run.dir, train_s=time.perf_counter() - t0)
     t0 = time.perf_counter()
-    _evaluate(run, settings, threads, workers)
-    _add_timing(run.dir, eval_s=time.perf_counter() - t0)
+    transfer_s = _evaluate(run, settings, threads, workers)
+    _add_timing(run.dir, eval_s=time.perf_counter() - t0 - transfer_s)
 
 
 def _subprocess(run: Run, settings: EvalSettings, threads: int, workers: int) -> None:
@@ -325,11 +438,14 @@ def _subprocess(run: Run, settings: EvalSettings, threads: int, workers: int) ->
     cli = [sys.executable, "-m", "mixlab.cli"]
     where = ["--no-progress", "--device", run.config.run.device]
     where += ["--data-root", run.config.data.root] if run.config.data.root else []
-    pending = (["probe", *(f"finetune@{f:g}" for f in settings.finetune.fractions)] if is_self_supervised(run.config)
-               else ["eval"]) if run.status in ("new", "resume") else \
+    pending = evaluations(run.config, settings) if run.status in ("new", "resume") else \
         pending_evaluations(run.dir, run.config, settings, run.config.optim.epochs)
-    steps = []
+    steps: list[tuple[str, list[str] | Callable[[], list[str]]]] = []
     for what in pending:
+        if what.startswith("transfer@"):  # its command once the run is trained (the source weights are recorded)
+            steps.append(("transfer_s", lambda task=what.partition("@")[2]: _transfer_command(run, task, settings,
+                                                                                             threads, workers)))
+            continue
         if what.startswith("finetune@"):  # a training run of its own, on this job's threads and workers
             recipe = [a for k, v in settings.finetune.recipe().items() for a in (f"--{k.replace('_', '-')}", str(v))]
             cmd = [*cli, "finetune", str(run.dir), "--fraction", what.partition("@")[2], *recipe, *where]
@@ -350,6 +466,7 @@ def _subprocess(run: Run, settings: EvalSettings, threads: int, workers: int) ->
         steps.insert(0, ("train_s", train_cmd + [a for s in sets for a in ("--set", s)]))
     with open(run.dir / LOG_NAME, "a") as log:
         for key, cmd in steps:
+            cmd = cmd() if callable(cmd) else cmd
             log.write(f"$ {shlex.join(cmd)}\n")
             log.flush()
             t0 = time.perf_counter()
@@ -360,6 +477,19 @@ def _subprocess(run: Run, settings: EvalSettings, threads: int, workers: int) ->
             if code != 0:
                 tail = (run.dir / LOG_NAME).read_text().splitlines()[-5:]
                 raise RuntimeError(f"exit status {code} (log: {run.dir / LOG_NAME}): " + " | ".join(tail))
+
+
+def _transfer_command(run: Run, task: str, settings: EvalSettings, threads: int, workers: int) -> list[str]:
+    """The subprocess of a transfer of ``run`` to ``task`` (after :func:`_prepare_transfer`):
+    ``mixlab transfer`` (which evaluates after training), or ``mixlab eval`` of a transfer trained
+    to its end."""
+    tcfg, record = _transfer_plans(run.dir, run.config, settings)[task]
+    todo = _prepare_transfer(tcfg, record)
+    cli = [sys.executable, "-m", "mixlab.cli"]
+    if todo == "evaluate":
+        return [*cli, "eval", tcfg.run.out, "--no-progress", "--device", run.config.run.device]
+    sets = _transfer_sets(run.config, settings, tcfg, todo, threads, workers)
+    return [*cli, "transfer", str(run.dir), "--task", task, *(a for s in sets for a in ("--set", s))]
 
 
 def execute(runs: Sequence[Run], settings: EvalSettings, jobs: int = 1,
@@ -479,7 +609,7 @@ def run_protocol(protocol: Protocol, out: str | os.PathLike, *, methods: Sequenc
     all_seeds = list(dict.fromkeys([*protocol.seeds, *(s.seed for s in runs), *_run_dir_seeds(out, protocol.methods)]))
     everything = plan(protocol, out, None, all_seeds, data_root)  # states re-read from disk
     order = list(protocol.methods)
-    rows = report.collect_rows(everything)
+    rows = report.collect_rows(everything, protocol.eval.transfer)
     here = {(r["method"], r["seed"]) for r in rows}
     extra = [r for r in extra if (r["method"], r["seed"]) not in here]
     rows = sorted(rows + extra, key=lambda r: (order.index(r["method"]), r["seed"]))

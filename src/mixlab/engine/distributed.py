@@ -216,9 +216,11 @@ def on_main(fn: Callable[[], Any], info: DistInfo, share: bool = True) -> Any:
     return result
 
 
-def weights_fingerprint(model: nn.Module) -> str:
-    """Exact digest of the weights and buffers (two float64 sums, as hex), to compare ranks."""
-    tensors = [t.detach().double() for t in model.state_dict().values() if t.is_floating_point()]
+def weights_fingerprint(model: nn.Module | dict[str, Tensor]) -> str:
+    """Exact digest of the weights and buffers of a model or a state dict (two float64 sums, as
+    hex): to compare ranks, or a checkpoint's weights with those another run started from."""
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    tensors = [t.detach().double() for t in state.values() if t.is_floating_point()]
     total = sum(float(t.sum()) for t in tensors)
     squares = sum(float(t.square().sum()) for t in tensors)
     return f"{total.hex()}/{squares.hex()}"

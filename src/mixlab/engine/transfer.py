@@ -27,7 +27,7 @@ from typing import Any, Iterable
 
 from mixlab.engine.config import TrainConfig, apply_overrides, check_value, config_from_dict, set_value, validate_config
 
-__all__ = ["TRANSFER_DEFAULTS", "transfer_config", "transfer"]
+__all__ = ["TRANSFER_DEFAULTS", "transfer_dir", "transfer_config", "transfer_config_from", "transfer"]
 
 #: the fine-tuning's settings per task, under the run's model and seed (config sections)
 TRANSFER_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -40,12 +40,17 @@ TRANSFER_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def transfer_dir(run: str | os.PathLike, task: str) -> Path:
+    """The run directory of the transfer of ``run`` (a run directory or its checkpoint file) to
+    ``task``: ``<run>/transfer-<task>``."""
+    p = Path(run)
+    return (p.parent if p.is_file() else p) / f"transfer-{task}"
+
+
 def transfer_config(run: str | os.PathLike, task: str, overrides: Iterable[str] = (),
                     values: dict[str, Any] | None = None) -> TrainConfig:
-    """The training config of the transfer of ``run`` to ``task``: :data:`TRANSFER_DEFAULTS`, the
-    run's ``model.name`` / ``model.kwargs`` and seed, ``model.init`` = its checkpoint, method
-    vanilla, run directory ``<run>/transfer-<task>``; then ``overrides`` (``key=value``) and
-    ``values`` (dotted key -> value, the CLI's flags).
+    """The training config of the transfer of ``run`` to ``task``: :func:`transfer_config_from`
+    of the run's config and checkpoint file.
 
     Raises:
         ValueError (``CheckpointError`` is one): ``task`` is not a dense task, ``run`` is not a
@@ -55,13 +60,27 @@ def transfer_config(run: str | os.PathLike, task: str, overrides: Iterable[str] 
 
     check_value(task in TRANSFER_DEFAULTS, "task", " or ".join(map(repr, TRANSFER_DEFAULTS)), task)
     ckpt_path, _, run_cfg = open_checkpoint(run, None)
+    return transfer_config_from(run_cfg, ckpt_path, task, overrides, values)
+
+
+def transfer_config_from(run_cfg: TrainConfig, checkpoint: str | os.PathLike, task: str,
+                         overrides: Iterable[str] = (), values: dict[str, Any] | None = None) -> TrainConfig:
+    """The transfer config of the run whose config is ``run_cfg`` and checkpoint file ``checkpoint``
+    (nothing is read): :data:`TRANSFER_DEFAULTS`, the run's ``model.name`` / ``model.kwargs`` and
+    seed, ``model.init`` = ``checkpoint``, method vanilla, run directory :func:`transfer_dir`; then
+    ``overrides`` (``key=value``) and ``values`` (dotted key -> value, the CLI's flags).
+
+    Raises:
+        ValueError: ``task`` is not a dense task, an override is invalid or changes ``data.task``.
+    """
+    check_value(task in TRANSFER_DEFAULTS, "task", " or ".join(map(repr, TRANSFER_DEFAULTS)), task)
     cfg = config_from_dict(TRANSFER_DEFAULTS[task])
     cfg.model.name = run_cfg.model.name
     cfg.model.kwargs = {k: v for k, v in run_cfg.model.kwargs.items() if k != "pretrained"}  # weights: the run's
-    cfg.model.init = str(ckpt_path)
+    cfg.model.init = str(checkpoint)
     cfg.method.name = "vanilla"
     cfg.run.seed = run_cfg.run.seed
-    cfg.run.out = str(Path(ckpt_path).parent / f"transfer-{task}")
+    cfg.run.out = str(transfer_dir(Path(checkpoint).parent, task))
     cfg = apply_overrides(cfg, overrides)
     for key, value in (values or {}).items():
         set_value(cfg, key, value)
