@@ -271,3 +271,16 @@ def test_claims_on_the_analysis_metrics():
         {(c.method, c.baseline, c.metric) for c in quick.claims}
     full = load_protocol("cub200-wsol-full")
     assert full.base.data.name == "cub200" and full.base.model.kwargs == {"pretrained": True}
+
+
+def test_a_claim_on_the_effective_class_number_needs_it_measured(tmp_path):
+    claim = {"method": "cutmix", "baseline": "vanilla", "metric": "effective_classes", "claim": "CutMix mixes more"}
+    data = {**_analysis_protocol(wsol=False, effective_classes=2), "claims": [claim]}
+    result = run_protocol(protocol_from_dict(data, "analysis"), tmp_path / "b", log=lambda _: None)
+    rows = {r["method"]: r for r in result["rows"]}
+    md = (tmp_path / "b" / "results.md").read_text()
+    delta = rows["cutmix"]["effective_classes"] - 1.0
+    assert (f"- CutMix mixes more: effective_classes cutmix {rows['cutmix']['effective_classes']:.2f} vs vanilla "
+            f"1.00 ({delta:+.2f} classes") in md
+    with pytest.raises(ValueError, match="effective_classes needs eval.effective_classes"):
+        protocol_from_dict({**_analysis_protocol(wsol=False), "claims": [claim]}, "analysis")

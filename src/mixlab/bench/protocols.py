@@ -65,7 +65,7 @@ _CLAIM_KEYS = ("method", "baseline", "claim")  # and optionally "metric"
 #: the results.csv columns a claim may compare, and which way is better on each
 CLAIM_METRICS = {"top1": "higher", "top5": "higher", "fgsm_top1": "higher", "corruption_top1": "higher",
                  "knn_top1": "higher", "ece": "lower", "rms": "lower", "nll": "lower", "maxboxacc": "higher",
-                 "ood_auroc": "higher", "ood_fpr95": "lower",
+                 "ood_auroc": "higher", "ood_fpr95": "lower", "effective_classes": "higher",
                  "miou": "higher", "pixel_acc": "higher", "map": "higher", "map50": "higher",  # dense tasks: these 4
                  # eval.transfer: the transferred backbones' segmentation mIoU and detection mAP / AP50
                  "transfer_miou": "higher", "transfer_map": "higher", "transfer_map50": "higher"}
@@ -411,6 +411,9 @@ def protocol_from_dict(data: Any, name: str = "protocol") -> Protocol:
             raise fail(f"claim {c['claim']!r}: metric {c['metric']} is measured by the transfer to "
                        f"{TRANSFER_METRICS[c['metric']]}, which eval.transfer does not list (it lists "
                        f"{list(ev['transfer'])})")
+        if c.get("metric") == "effective_classes" and not ev.get("effective_classes"):
+            raise fail(f"claim {c['claim']!r}: metric effective_classes needs eval.effective_classes (the "
+                       f"number of training steps to count over), which is 0")
         for key in ("method", "baseline"):
             if c[key] not in methods:
                 raise fail(f"claim {c['claim']!r}: {key} {c[key]!r} is not one of the protocol's methods")

@@ -302,7 +302,8 @@ def check_claim(rows: Sequence[dict[str, Any]], method: str, baseline: str, clai
     gain = -delta if CLAIM_METRICS.get(key) == "lower" else delta
     s = pooled_std([a, b])
     metric = "" if key == "top1" else f"{key} " + ("(lower is better) " if gain != delta else "")
-    head = f"{claim}: {metric}{method} {mean_std(a)[0]:.2f} vs {baseline} {mean_std(b)[0]:.2f} ({delta:+.2f} points"
+    unit = "classes" if key == "effective_classes" else "points"
+    head = f"{claim}: {metric}{method} {mean_std(a)[0]:.2f} vs {baseline} {mean_std(b)[0]:.2f} ({delta:+.2f} {unit}"
     if math.isnan(s):
         return head + "; one seed each: no spread to judge by)."
     if gain > 2 * s:
